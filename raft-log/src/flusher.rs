@@ -1,0 +1,349 @@
+//! The flusher actor: owns durability of the log.
+//!
+//! The store writes records into the page cache and tells the flusher
+//! ("written up to index I; call this when durable"). The flusher merges all
+//! such requests that arrive while a sync runs (group commit), calls
+//! `fdatasync` on every file written since the last sync and `fsync` on the
+//! directory after a segment roll, and only then publishes the new fsynced
+//! index and fires the callbacks that sync covered.
+//!
+//! A failed sync is fatal (fail-stop): the kernel may have dropped the dirty
+//! pages, so a retry could report success for data that is gone. The failure
+//! is recorded in [`SyncState`], every waiting and later callback gets the
+//! error, and the sync is never retried.
+//!
+//! Under SYNC_FLUSH the flusher syncs as soon as anything is waiting: with an
+//! idle disk it adds no wait of its own. Under BATCH_FLUSH and ASYNC_FLUSH
+//! callbacks fire at write time (in the store) and the flusher syncs when the
+//! unsynced entries reach the policy's count or its interval elapses.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{FlushConfig, FlushPolicy};
+use crate::error::{Error, Result};
+use crate::io::{FileIo, FileSystem};
+
+/// Called once the entries it was registered for are durable (or failed).
+pub type Completion = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// Bound on queued requests; appends wait when the flusher is this far behind.
+const QUEUE_DEPTH: usize = 1024;
+
+/// What has been written but not yet synced. Shared between the store (which
+/// adds to it on every write) and the flusher (which takes it on each sync).
+#[derive(Debug, Default)]
+struct Dirty {
+    files: Vec<Arc<dyn FileIo>>,
+    dir: bool,
+    written: Option<u64>,
+    /// Bumped by truncation and range installs: a sync that started before
+    /// one must not publish an index that no longer means the same entries.
+    epoch: u64,
+    entries: u64,
+    bytes: u64,
+    since: Option<Instant>,
+}
+
+/// Counters of the flusher's work, for monitoring.
+#[derive(Debug, Default)]
+pub struct FlushCounters {
+    pub syncs: AtomicU64,
+    pub sync_nanos_total: AtomicU64,
+    pub sync_nanos_max: AtomicU64,
+    pub sync_nanos_last: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub entries_written: AtomicU64,
+}
+
+/// A snapshot of [`FlushCounters`] and the unsynced backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushStats {
+    pub policy: FlushPolicy,
+    pub syncs: u64,
+    pub sync_nanos_total: u64,
+    pub sync_nanos_max: u64,
+    pub sync_nanos_last: u64,
+    pub bytes_written: u64,
+    pub entries_written: u64,
+    pub unsynced_entries: u64,
+    pub unsynced_bytes: u64,
+    pub written_index: Option<u64>,
+    pub synced_index: Option<u64>,
+}
+
+/// State shared by the store and its flusher.
+#[derive(Debug)]
+pub struct SyncState {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    dirty: Mutex<Dirty>,
+    synced: watch::Sender<Option<u64>>,
+    failed: OnceLock<Arc<str>>,
+    pub counters: FlushCounters,
+}
+
+impl SyncState {
+    pub fn new(fs: Arc<dyn FileSystem>, dir: PathBuf, written: Option<u64>) -> Arc<Self> {
+        // Whatever recovery found on disk counts as durable: it survived.
+        let (synced, _) = watch::channel(written);
+        Arc::new(Self {
+            fs,
+            dir,
+            dirty: Mutex::new(Dirty { written, ..Dirty::default() }),
+            synced,
+            failed: OnceLock::new(),
+            counters: FlushCounters::default(),
+        })
+    }
+
+    fn dirty(&self) -> std::sync::MutexGuard<'_, Dirty> {
+        self.dirty.lock().expect("dirty-state lock poisoned")
+    }
+
+    /// The store wrote entries up to `index` into `file`.
+    pub fn written(&self, file: &Arc<dyn FileIo>, index: u64, entries: u64, bytes: u64) {
+        let mut d = self.dirty();
+        if !d.files.iter().any(|f| Arc::ptr_eq(f, file)) {
+            d.files.push(file.clone());
+        }
+        d.written = Some(index);
+        d.entries += entries;
+        d.bytes += bytes;
+        d.since.get_or_insert_with(Instant::now);
+        self.counters.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        self.counters.entries_written.fetch_add(entries, Ordering::Relaxed);
+    }
+
+    /// A file must be synced before the next published index (a new segment's header).
+    pub fn file_dirty(&self, file: &Arc<dyn FileIo>) {
+        let mut d = self.dirty();
+        if !d.files.iter().any(|f| Arc::ptr_eq(f, file)) {
+            d.files.push(file.clone());
+        }
+    }
+
+    /// The directory changed (a segment was renamed into place).
+    pub fn dir_dirty(&self) {
+        self.dirty().dir = true;
+    }
+
+    /// The log was cut back or replaced: entries after `last` are gone, and
+    /// everything up to it is durable (callers sync before resetting).
+    pub fn reset(&self, last: Option<u64>) {
+        let mut d = self.dirty();
+        d.epoch += 1;
+        d.written = last;
+        d.entries = 0;
+        d.bytes = 0;
+        d.since = None;
+        self.synced.send_replace(last);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
+        self.synced.subscribe()
+    }
+
+    pub fn synced_index(&self) -> Option<u64> {
+        *self.synced.borrow()
+    }
+
+    pub fn failure(&self) -> Option<Error> {
+        self.failed.get().map(|m| Error::Failed(m.clone()))
+    }
+
+    /// Enter the fail-stop state (first failure wins).
+    pub fn fail(&self, what: String) -> Error {
+        tracing::error!(error = %what, "log store fail-stop");
+        let _ = self.failed.set(what.into());
+        self.failure().expect("just set")
+    }
+
+    pub fn stats(&self, policy: FlushPolicy) -> FlushStats {
+        let d = self.dirty();
+        let c = &self.counters;
+        FlushStats {
+            policy,
+            syncs: c.syncs.load(Ordering::Relaxed),
+            sync_nanos_total: c.sync_nanos_total.load(Ordering::Relaxed),
+            sync_nanos_max: c.sync_nanos_max.load(Ordering::Relaxed),
+            sync_nanos_last: c.sync_nanos_last.load(Ordering::Relaxed),
+            bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            entries_written: c.entries_written.load(Ordering::Relaxed),
+            unsynced_entries: d.entries,
+            unsynced_bytes: d.bytes,
+            written_index: d.written,
+            synced_index: self.synced_index(),
+        }
+    }
+
+    fn unsynced(&self) -> (u64, Option<Instant>) {
+        let d = self.dirty();
+        (d.entries, d.since)
+    }
+
+    /// Sync everything written so far; blocking. Returns the fsynced index.
+    pub fn sync_now(&self) -> Result<Option<u64>> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        let (files, dir, upto, epoch) = {
+            let mut d = self.dirty();
+            d.entries = 0;
+            d.bytes = 0;
+            d.since = None;
+            (std::mem::take(&mut d.files), std::mem::take(&mut d.dir), d.written, d.epoch)
+        };
+        if files.is_empty() && !dir {
+            return Ok(self.synced_index());
+        }
+        let started = Instant::now();
+        for file in &files {
+            if let Err(e) = file.sync_data() {
+                return Err(self.fail(format!("fdatasync {file:?}: {e}")));
+            }
+        }
+        if dir && let Err(e) = self.fs.sync_dir(&self.dir) {
+            return Err(self.fail(format!("fsync directory {}: {e}", self.dir.display())));
+        }
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let c = &self.counters;
+        c.syncs.fetch_add(1, Ordering::Relaxed);
+        c.sync_nanos_total.fetch_add(nanos, Ordering::Relaxed);
+        c.sync_nanos_max.fetch_max(nanos, Ordering::Relaxed);
+        c.sync_nanos_last.store(nanos, Ordering::Relaxed);
+        let d = self.dirty();
+        if d.epoch == epoch {
+            self.synced.send_if_modified(|s| {
+                let changed = *s != upto && upto > *s;
+                if changed {
+                    *s = upto;
+                }
+                changed
+            });
+        }
+        Ok(self.synced_index())
+    }
+}
+
+enum Request {
+    /// Entries up to `index` were written; `done` (SYNC_FLUSH) fires once durable.
+    Written { index: u64, done: Option<Completion> },
+    /// Sync now and answer with the fsynced index.
+    Sync { reply: oneshot::Sender<Result<Option<u64>>> },
+}
+
+/// Cloneable handle to the flusher actor; the actor ends when the last
+/// handle drops, after one final sync.
+#[derive(Clone, Debug)]
+pub struct FlusherHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl FlusherHandle {
+    pub fn spawn(state: Arc<SyncState>, config: FlushConfig) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(Flusher { state, config, rx, waiting: Vec::new() }.run());
+        Self { tx }
+    }
+
+    /// Entries up to `index` are in the page cache; `done` fires once a sync covers them.
+    pub async fn written(&self, index: u64, done: Option<Completion>) -> Result<()> {
+        self.tx.send(Request::Written { index, done }).await.map_err(|_| Error::Closed)
+    }
+
+    /// Sync everything written so far and return the fsynced index.
+    pub async fn sync(&self) -> Result<Option<u64>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Sync { reply }).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+}
+
+struct Flusher {
+    state: Arc<SyncState>,
+    config: FlushConfig,
+    rx: mpsc::Receiver<Request>,
+    waiting: Vec<(u64, Completion)>,
+}
+
+impl Flusher {
+    async fn run(mut self) {
+        let interval = Duration::from_millis(self.config.interval_ms);
+        loop {
+            let (unsynced, since) = self.state.unsynced();
+            let deadline = (self.config.policy != FlushPolicy::SyncFlush)
+                .then_some(since)
+                .flatten()
+                .map(|t| tokio::time::Instant::from_std(t + interval));
+            let first = match deadline {
+                Some(at) => tokio::select! {
+                    msg = self.rx.recv() => msg,
+                    () = tokio::time::sleep_until(at) => {
+                        self.sync(Vec::new()).await;
+                        continue;
+                    }
+                },
+                None => self.rx.recv().await,
+            };
+            let Some(first) = first else { break };
+            // Merge everything already queued into this round (group commit).
+            let mut replies = Vec::new();
+            let mut next = Some(first);
+            while let Some(msg) = next {
+                match msg {
+                    Request::Written { index, done } => {
+                        if let Some(done) = done {
+                            self.waiting.push((index, done));
+                        }
+                    }
+                    Request::Sync { reply } => replies.push(reply),
+                }
+                next = self.rx.try_recv().ok();
+            }
+            let (unsynced_now, _) = self.state.unsynced();
+            let due = !replies.is_empty()
+                || !self.waiting.is_empty()
+                || unsynced_now.max(unsynced) >= self.config.sync_every_entries();
+            if due {
+                self.sync(replies).await;
+            }
+        }
+        // Last handle gone: leave nothing unsynced behind on a clean close.
+        if self.state.failure().is_none() {
+            let state = self.state.clone();
+            let _ = tokio::task::spawn_blocking(move || state.sync_now()).await;
+        }
+    }
+
+    async fn sync(&mut self, replies: Vec<oneshot::Sender<Result<Option<u64>>>>) {
+        let state = self.state.clone();
+        let result = match tokio::task::spawn_blocking(move || state.sync_now()).await {
+            Ok(r) => r,
+            Err(e) => Err(self.state.fail(format!("flusher sync task died: {e}"))),
+        };
+        match &result {
+            Ok(synced) => {
+                let synced = *synced;
+                let (ready, later): (Vec<_>, Vec<_>) =
+                    self.waiting.drain(..).partition(|(i, _)| synced.is_some_and(|s| *i <= s));
+                self.waiting = later;
+                for (_, done) in ready {
+                    done(Ok(()));
+                }
+            }
+            Err(e) => {
+                for (_, done) in self.waiting.drain(..) {
+                    done(Err(e.clone()));
+                }
+            }
+        }
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+}

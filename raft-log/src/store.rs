@@ -1,0 +1,790 @@
+//! The store: a directory of segments plus the meta file, with recovery on
+//! open, append, truncate, purge, physical deletion and range install.
+//!
+//! # Durability order
+//!
+//! - append: encode → one `pwrite` per segment touched → entries readable →
+//!   flusher `fdatasync`s (and `fsync`s the directory after a roll) → the
+//!   fsynced index is published → SYNC_FLUSH callbacks fire.
+//! - roll: the old segment is synced *before* the new one is renamed into
+//!   place, so a segment followed by another is always complete on disk and a
+//!   hole in it is corruption, never a torn write.
+//! - truncate: sync → remove later segments → fsync dir → rename a prepared
+//!   segment to the truncation index (write its header, fdatasync) → fsync
+//!   dir. Bytes are never rewritten in place, so mapped payloads never change.
+//! - vote / purge / install: the meta file is replaced atomically (temp,
+//!   fdatasync, rename, fsync dir) before the call returns.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::StoreConfig;
+use crate::error::{Error, Result};
+use crate::flusher::{Completion, FlushStats, FlusherHandle, SyncState};
+use crate::format::{self, LogPos, Meta, MetaVote, Record, RecordMeta, SegmentHeader, RECORD_HEADER_BYTES};
+use crate::io::{FileSystem, RealFs};
+use crate::preparer::{PreparerHandle, PREPARED_PREFIX};
+use crate::segment::{self, Scan, ScanStop, Segment};
+
+/// A record to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    pub meta: RecordMeta,
+    pub payload: Vec<u8>,
+}
+
+/// One segment, as monitoring sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub file: PathBuf,
+    pub first_index: u64,
+    pub last_index: Option<u64>,
+    /// Bytes of records (the file itself is `capacity_bytes`, preallocated).
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub sealed: bool,
+}
+
+#[derive(Debug)]
+struct State {
+    segments: BTreeMap<u64, Segment>,
+    meta: Meta,
+    /// When the committed log id was last written to the meta file.
+    committed_saved_at: Option<Instant>,
+}
+
+impl State {
+    fn active(&self) -> Option<&Segment> {
+        self.segments.values().next_back()
+    }
+
+    fn active_mut(&mut self) -> Option<&mut Segment> {
+        self.segments.values_mut().next_back()
+    }
+
+    /// Log id of the last entry present, purged or not.
+    fn last_present(&self) -> Option<LogPos> {
+        self.segments.values().rev().find_map(|s| {
+            let (term, leader) = s.last_term?;
+            Some(LogPos::new(term, leader, s.last_index()?))
+        })
+    }
+
+    /// The index the next append must carry, if the log constrains it.
+    fn next_index(&self) -> Option<u64> {
+        let present = self.last_present().map(|p| p.index);
+        let purged = self.meta.purged.map(|p| p.index);
+        match (present, purged) {
+            (Some(p), Some(u)) => Some(p.max(u) + 1),
+            (Some(p), None) => Some(p + 1),
+            (None, Some(u)) => Some(u + 1),
+            (None, None) => None,
+        }
+    }
+
+    fn segment_for(&self, index: u64) -> Option<&Segment> {
+        self.segments.range(..=index).next_back().map(|(_, s)| s).filter(|s| s.contains(index))
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: StoreConfig,
+    fs: Arc<dyn FileSystem>,
+    state: Mutex<State>,
+    /// Serializes the write paths (append, truncate, purge, install, delete),
+    /// which may wait on the flusher or the preparer.
+    writer: tokio::sync::Mutex<()>,
+    sync: Arc<SyncState>,
+    flusher: FlusherHandle,
+    preparer: PreparerHandle,
+    max_payload: usize,
+    /// Held for the store's lifetime: the exclusive flock on `LOCK`.
+    _lock: File,
+}
+
+/// keel's segmented log store. Cheap to clone; all clones share one store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create data directory {}", dir.display()), e))?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(Error::Locked { dir: dir.to_path_buf(), reason: "another keel process holds the lock".into() })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Locked { dir: dir.to_path_buf(), reason: e.to_string() }),
+    }
+}
+
+fn corruption(file: &Path, position: u64, index: Option<u64>, reason: impl Into<String>) -> Error {
+    Error::Corruption { file: file.to_path_buf(), position, index, reason: reason.into() }
+}
+
+impl Store {
+    /// Open (or create) the store in `config.dir` on the real filesystem.
+    pub async fn open(config: StoreConfig) -> Result<Self> {
+        Self::open_with(config, Arc::new(RealFs)).await
+    }
+
+    /// Open on a given I/O layer (tests pass [`crate::fault::FaultFs`]).
+    pub async fn open_with(config: StoreConfig, fs: Arc<dyn FileSystem>) -> Result<Self> {
+        config.validate()?;
+        let lock = lock_dir(&config.dir)?;
+        let max_payload = config.max_payload_bytes();
+        let (fs2, config2) = (fs.clone(), config.clone());
+        let state = tokio::task::spawn_blocking(move || recover(&*fs2, &config2, max_payload))
+            .await
+            .map_err(|e| Error::io("recovery task", std::io::Error::other(e.to_string())))??;
+        let written = state.last_present().map(|p| p.index);
+        let sync = SyncState::new(fs.clone(), config.dir.clone(), written);
+        let flusher = FlusherHandle::spawn(sync.clone(), config.flush);
+        let preparer =
+            PreparerHandle::spawn(fs.clone(), config.dir.clone(), config.segment_bytes, config.preallocate, config.preheat);
+        let inner = Inner {
+            config,
+            fs,
+            state: Mutex::new(state),
+            writer: tokio::sync::Mutex::new(()),
+            sync,
+            flusher,
+            preparer,
+            max_payload,
+            _lock: lock,
+        };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().expect("store state lock poisoned")
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match self.inner.sync.failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The largest payload one entry may carry.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.inner.max_payload
+    }
+
+    /// (last purged, last entry present). Entries at or below the purged log
+    /// id may still be on disk (purge is logical) until deleted physically.
+    pub fn log_state(&self) -> (Option<LogPos>, Option<LogPos>) {
+        let s = self.state();
+        (s.meta.purged, s.last_present())
+    }
+
+    /// Lowest index still on disk, purged or not.
+    pub fn first_present_index(&self) -> Option<u64> {
+        let s = self.state();
+        s.segments.values().find(|seg| seg.len() > 0).map(|seg| seg.first)
+    }
+
+    /// Append records, which must continue the log (index = last + 1). When
+    /// this returns they are readable; `done` fires when they are flushed as
+    /// the policy defines (SYNC_FLUSH: after the covering fdatasync).
+    pub async fn append(&self, records: Vec<NewRecord>, done: Completion) -> Result<()> {
+        let _writer = self.inner.writer.lock().await;
+        self.append_locked(records, done).await
+    }
+
+    async fn append_locked(&self, records: Vec<NewRecord>, done: Completion) -> Result<()> {
+        if let Err(e) = self.check_failed() {
+            done(Err(e.clone()));
+            return Err(e);
+        }
+        let (expected, purged) = {
+            let s = self.state();
+            (s.next_index(), s.meta.purged.map(|p| p.index))
+        };
+        // Entries at or below the purge point are already gone for Raft
+        // (openraft's own suite appends such entries): keep none of them.
+        let mut records = records;
+        if let Some(p) = purged {
+            let below = records.iter().take_while(|r| r.meta.index <= p).count();
+            records.drain(..below);
+        }
+        let Some(last_index) = records.last().map(|r| r.meta.index) else {
+            done(Ok(()));
+            return Ok(());
+        };
+        let max = self.inner.max_payload;
+        for (k, r) in records.iter().enumerate() {
+            if r.payload.len() > max {
+                return Err(Error::EntryTooLarge {
+                    index: r.meta.index,
+                    bytes: r.payload.len(),
+                    max,
+                    segment_bytes: self.inner.config.segment_bytes,
+                });
+            }
+            let want = expected.unwrap_or(records[0].meta.index) + k as u64;
+            if r.meta.index != want {
+                return Err(Error::Invalid(format!("append of log index {} where {want} is next", r.meta.index)));
+            }
+        }
+        let mut buf = Vec::with_capacity(records.iter().map(|r| RECORD_HEADER_BYTES + r.payload.len()).sum());
+        let mut metas = Vec::with_capacity(records.len());
+        for r in &records {
+            let rec_len = (RECORD_HEADER_BYTES + r.payload.len()) as u64;
+            let fits = {
+                let s = self.state();
+                s.active().is_some_and(|a| {
+                    !a.sealed && a.next_index() == r.meta.index && a.end + buf.len() as u64 + rec_len <= a.capacity
+                })
+            };
+            if !fits {
+                self.write_batch(&mut buf, &mut metas)?;
+                self.roll(r.meta.index).await?;
+            }
+            metas.push((r.meta, rec_len));
+            format::encode_record(&mut buf, &r.meta, &r.payload);
+        }
+        self.write_batch(&mut buf, &mut metas)?;
+        if self.inner.config.flush.policy == crate::FlushPolicy::SyncFlush {
+            self.inner.flusher.written(last_index, Some(done)).await
+        } else {
+            done(Ok(()));
+            self.inner.flusher.written(last_index, None).await
+        }
+    }
+
+    /// Write the encoded records in `buf` into the active segment with one
+    /// pwrite, then make them visible to readers.
+    fn write_batch(&self, buf: &mut Vec<u8>, metas: &mut Vec<(RecordMeta, u64)>) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let (file, pos) = {
+            let s = self.state();
+            let a = s.active().expect("a batch is only encoded once an active segment exists");
+            (a.file.clone(), a.end)
+        };
+        if let Err(e) = file.write_at(pos, buf) {
+            // The space was preallocated: a failed write here means the
+            // page cache or the device is in an unknown state.
+            return Err(self.inner.sync.fail(format!("write into segment at position {pos}: {e}")));
+        }
+        let mut s = self.state();
+        let a = s.active_mut().expect("active segment present");
+        let mut at = pos;
+        for &(m, len) in metas.iter() {
+            a.push(m.index, at, len, (m.term, m.leader), m.timestamp_ms);
+            at += len;
+        }
+        let (last, n) = (metas.last().expect("non-empty batch").0.index, metas.len() as u64);
+        drop(s);
+        self.inner.sync.written(&file, last, n, buf.len() as u64);
+        buf.clear();
+        metas.clear();
+        Ok(())
+    }
+
+    /// Seal the active segment and start a new one whose first index is `first`.
+    async fn roll(&self, first: u64) -> Result<()> {
+        // The old segment must be complete on disk before a later one exists.
+        self.inner.flusher.sync().await?;
+        let prepared = self.inner.preparer.take().await?;
+        let fs = &*self.inner.fs;
+        let dir = &self.inner.config.dir;
+        let path = dir.join(format::segment_file_name(first));
+        let generation = self.state().meta.generation;
+        let file = (|| {
+            fs.rename(&prepared, &path)?;
+            let file = fs.open(&path)?;
+            file.write_at(0, &format::encode_segment_header(first, generation))?;
+            Ok::<_, std::io::Error>(file)
+        })()
+        .map_err(|e| Error::io(format!("roll to segment {}", path.display()), e))?;
+        let segment = Segment::new_active(first, path.clone(), file.clone(), self.inner.config.segment_bytes)
+            .map_err(|e| Error::io(format!("map {}", path.display()), e))?;
+        self.inner.sync.file_dirty(&file);
+        self.inner.sync.dir_dirty();
+        let mut s = self.state();
+        if let Some(old) = s.active_mut() {
+            old.sealed = true;
+            if let Err(e) = old.write_indexes(fs, dir) {
+                tracing::warn!(error = %e, "could not write segment indexes; they are rebuilt on open");
+            }
+        }
+        // A segment renamed over an existing name (truncation at a boundary).
+        s.segments.insert(first, segment);
+        Ok(())
+    }
+
+    /// Remove entries from `from` on (inclusive), across segments.
+    pub async fn truncate(&self, from: u64) -> Result<()> {
+        let _writer = self.inner.writer.lock().await;
+        self.check_failed()?;
+        let Some(LogPos { index: last, .. }) = self.state().last_present() else { return Ok(()) };
+        if from > last {
+            return Ok(());
+        }
+        self.inner.flusher.sync().await?;
+        let fs = &*self.inner.fs;
+        let dir = self.inner.config.dir.clone();
+        let prepared = self.inner.preparer.take().await?;
+        let doomed: Vec<u64> = self.state().segments.range(from..).map(|(&f, _)| f).collect();
+        let io = |what: &str, e: std::io::Error| Error::io(format!("truncate from {from}: {what}"), e);
+        for &first in doomed.iter().rev() {
+            if first != from {
+                fs.remove(&dir.join(format::segment_file_name(first))).map_err(|e| io("remove segment", e))?;
+            }
+            fs.remove(&dir.join(format::index_file_name(first))).map_err(|e| io("remove index", e))?;
+            fs.remove(&dir.join(format::time_index_file_name(first))).map_err(|e| io("remove index", e))?;
+        }
+        fs.sync_dir(&dir).map_err(|e| io("fsync directory", e))?;
+        let path = dir.join(format::segment_file_name(from));
+        let generation = self.state().meta.generation;
+        let file = (|| {
+            fs.rename(&prepared, &path)?;
+            let file = fs.open(&path)?;
+            file.write_at(0, &format::encode_segment_header(from, generation))?;
+            file.sync_data()?;
+            fs.sync_dir(&dir)?;
+            Ok::<_, std::io::Error>(file)
+        })()
+        .map_err(|e| self.inner.sync.fail(format!("truncate from {from}: {e}")))?;
+        let segment = Segment::new_active(from, path, file, self.inner.config.segment_bytes)
+            .map_err(|e| io("map new segment", e))?;
+        let mut s = self.state();
+        for first in doomed {
+            s.segments.remove(&first);
+        }
+        if let Some(prev) = s.active_mut() {
+            let keep = usize::try_from(from - prev.first).expect("segment record count fits usize");
+            prev.keep_first(keep.min(prev.len() as usize))?;
+            prev.sealed = true;
+            if let Err(e) = prev.write_indexes(fs, &dir) {
+                tracing::warn!(error = %e, "could not write segment indexes; they are rebuilt on open");
+            }
+        }
+        s.segments.insert(from, segment);
+        let last = s.last_present().map(|p| p.index);
+        drop(s);
+        self.inner.sync.reset(last);
+        Ok(())
+    }
+
+    /// Mark entries up to and including `upto` purged: Raft no longer sees
+    /// them. Durable before returning. Bytes stay until [`Self::delete_below`].
+    pub async fn purge(&self, upto: LogPos) -> Result<()> {
+        let _writer = self.inner.writer.lock().await;
+        self.check_failed()?;
+        let mut meta = self.state().meta;
+        if meta.purged.is_some_and(|p| p.index >= upto.index) {
+            return Ok(());
+        }
+        meta.purged = Some(upto);
+        self.write_meta(meta).await
+    }
+
+    /// Delete whole segments all of whose entries are below `index` and
+    /// purged. Never the active segment. Returns how many were deleted.
+    pub async fn delete_below(&self, index: u64) -> Result<usize> {
+        let _writer = self.inner.writer.lock().await;
+        let limit = {
+            let s = self.state();
+            match s.meta.purged {
+                Some(p) => index.min(p.index + 1),
+                None => return Ok(0),
+            }
+        };
+        let doomed: Vec<u64> = {
+            let s = self.state();
+            let firsts: Vec<u64> = s.segments.keys().copied().collect();
+            firsts.windows(2).filter(|w| w[1] <= limit).map(|w| w[0]).collect()
+        };
+        let fs = &*self.inner.fs;
+        let dir = &self.inner.config.dir;
+        for &first in &doomed {
+            for name in [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)] {
+                fs.remove(&dir.join(name)).map_err(|e| Error::io(format!("delete segment {first}"), e))?;
+            }
+            self.state().segments.remove(&first);
+        }
+        // No directory fsync: a segment that reappears after a crash lies
+        // below the purge point and is deleted again.
+        Ok(doomed.len())
+    }
+
+    /// Replace the whole log with `records` (contiguous), durably: for a
+    /// follower installing a snapshot that carries the retained log. `prev`
+    /// is the log id just before the first record (or of the snapshot's last
+    /// entry when `records` is empty); it becomes the purge point.
+    pub async fn install_range(&self, prev: LogPos, records: Vec<Record>) -> Result<()> {
+        let _writer = self.inner.writer.lock().await;
+        self.check_failed()?;
+        for (k, r) in records.iter().enumerate() {
+            let want = prev.index + 1 + k as u64;
+            if r.index != want {
+                return Err(Error::Invalid(format!(
+                    "install range: record {k} has index {} where {want} is expected",
+                    r.index
+                )));
+            }
+        }
+        self.inner.flusher.sync().await?;
+        // A new generation makes every existing segment stale, so a crash
+        // in the middle never mixes old entries with the installed ones.
+        let mut meta = self.state().meta;
+        meta.generation += 1;
+        meta.purged = Some(meta.purged.filter(|p| p.index > prev.index).unwrap_or(prev));
+        self.write_meta(meta).await?;
+        let fs = &*self.inner.fs;
+        let dir = &self.inner.config.dir;
+        let old: Vec<u64> = self.state().segments.keys().copied().collect();
+        for first in old {
+            for name in [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)] {
+                fs.remove(&dir.join(name)).map_err(|e| Error::io(format!("install range: remove segment {first}"), e))?;
+            }
+        }
+        self.state().segments.clear();
+        self.inner.sync.reset(Some(prev.index));
+        if !records.is_empty() {
+            let new: Vec<NewRecord> = records
+                .into_iter()
+                .map(|r| NewRecord {
+                    meta: RecordMeta {
+                        kind: r.kind,
+                        term: r.term,
+                        leader: r.leader,
+                        index: r.index,
+                        timestamp_ms: r.timestamp_ms,
+                    },
+                    payload: r.payload.to_vec(),
+                })
+                .collect();
+            // Durability comes from the sync below, whatever the policy.
+            self.append_locked(new, Box::new(|_| ())).await?;
+        }
+        self.inner.flusher.sync().await?;
+        Ok(())
+    }
+
+    async fn write_meta(&self, meta: Meta) -> Result<()> {
+        let (fs, dir) = (self.inner.fs.clone(), self.inner.config.dir.clone());
+        let bytes = meta.encode();
+        tokio::task::spawn_blocking(move || crate::io::write_file_durably(&*fs, &dir, "meta", &bytes))
+            .await
+            .map_err(|e| Error::io("write meta", std::io::Error::other(e.to_string())))?
+            .map_err(|e| self.inner.sync.fail(format!("write meta file: {e}")))?;
+        let mut s = self.state();
+        s.meta = meta;
+        if meta.committed.is_some() {
+            s.committed_saved_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Persist the vote; returns only once it is durable.
+    pub async fn save_vote(&self, vote: MetaVote) -> Result<()> {
+        let _writer = self.inner.writer.lock().await;
+        self.check_failed()?;
+        let mut meta = self.state().meta;
+        meta.vote = Some(vote);
+        self.write_meta(meta).await
+    }
+
+    pub fn read_vote(&self) -> Option<MetaVote> {
+        self.state().meta.vote
+    }
+
+    /// Remember the committed log id. Written to disk at most once a second
+    /// (and with every vote or purge): openraft treats it as an optimisation.
+    pub async fn save_committed(&self, committed: Option<LogPos>) -> Result<()> {
+        let due = {
+            let mut s = self.state();
+            s.meta.committed = committed;
+            s.committed_saved_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        };
+        if due {
+            let _writer = self.inner.writer.lock().await;
+            self.check_failed()?;
+            let meta = self.state().meta;
+            self.write_meta(meta).await?;
+        }
+        Ok(())
+    }
+
+    pub fn read_committed(&self) -> Option<LogPos> {
+        self.state().meta.committed
+    }
+
+    /// Records `start..end` that are present (purged or not), at least one
+    /// if any is present at `start`, and at most about `max_bytes` of payload.
+    pub fn read_range(&self, start: u64, end: u64, max_bytes: usize) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut index = start;
+        while index < end {
+            let segment_end;
+            {
+                let s = self.state();
+                // Skip to the next segment over a gap (before the first
+                // segment, or below a purge point that jumped ahead).
+                let seg = match s.segment_for(index) {
+                    Some(seg) => seg,
+                    None => match s.segments.range(index..).map(|(_, seg)| seg).find(|seg| seg.len() > 0) {
+                        Some(seg) if seg.first < end => {
+                            index = seg.first;
+                            seg
+                        }
+                        _ => break,
+                    },
+                };
+                segment_end = seg.next_index().min(end);
+                // Read under the lock only from the map (a slice, no copy) or
+                // a small read_at; records are immutable once written.
+                while index < segment_end {
+                    let r = seg.read(index, self.inner.max_payload)?;
+                    bytes += r.payload.len();
+                    out.push(r);
+                    index += 1;
+                    if bytes >= max_bytes {
+                        return Ok(out);
+                    }
+                }
+            }
+            debug_assert_eq!(index, segment_end);
+        }
+        Ok(out)
+    }
+
+    /// The first present index whose record has `timestamp_ms >= ts`.
+    pub fn index_for_timestamp(&self, ts: u64) -> Result<Option<u64>> {
+        let s = self.state();
+        for seg in s.segments.values() {
+            if let Some(i) = seg.index_for_timestamp(ts, self.inner.max_payload)? {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sync everything written so far; returns the fsynced index.
+    pub async fn sync(&self) -> Result<Option<u64>> {
+        self.inner.flusher.sync().await
+    }
+
+    /// The fsynced index: every entry at or below it is durable on this node.
+    pub fn synced_index(&self) -> Option<u64> {
+        self.inner.sync.synced_index()
+    }
+
+    /// Watch the fsynced index (BATCH_FLUSH acks wait on it).
+    pub fn subscribe_synced(&self) -> watch::Receiver<Option<u64>> {
+        self.inner.sync.subscribe()
+    }
+
+    /// Wait until `index` is fsynced, for at most `flush.commitlog.timeout`.
+    /// `Ok(false)` on timeout: the outcome is unknown, not failed.
+    pub async fn wait_synced(&self, index: u64) -> Result<bool> {
+        let mut rx = self.subscribe_synced();
+        let wait = rx.wait_for(|s| s.is_some_and(|s| s >= index));
+        match tokio::time::timeout(self.inner.config.flush.commitlog_timeout(), wait).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(_)) => Err(self.inner.sync.failure().unwrap_or(Error::Closed)),
+            Err(_) => match self.inner.sync.failure() {
+                Some(e) => Err(e),
+                None => Ok(false),
+            },
+        }
+    }
+
+    pub fn flush_stats(&self) -> FlushStats {
+        self.inner.sync.stats(self.inner.config.flush.policy)
+    }
+
+    /// The fail-stop error, if the store has entered that state.
+    pub fn failure(&self) -> Option<Error> {
+        self.inner.sync.failure()
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let s = self.state();
+        s.segments
+            .values()
+            .map(|seg| SegmentInfo {
+                file: seg.path.clone(),
+                first_index: seg.first,
+                last_index: seg.last_index(),
+                used_bytes: seg.end,
+                capacity_bytes: seg.capacity,
+                sealed: seg.sealed,
+            })
+            .collect()
+    }
+}
+
+/// Open-time recovery: read meta, check every segment, rebuild missing or
+/// damaged indexes, cut a torn tail. Blocking.
+fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Result<State> {
+    let dir = &config.dir;
+    let meta_path = dir.join("meta");
+    let names = fs.list(dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+    let meta = if names.iter().any(|n| n == "meta") {
+        let bytes = crate::io::read_file(fs, &meta_path).map_err(|e| Error::io("read meta", e))?;
+        Meta::decode(&bytes).map_err(|reason| corruption(&meta_path, 0, None, reason))?
+    } else {
+        Meta::default()
+    };
+    let mut firsts = Vec::new();
+    for name in &names {
+        if name.starts_with(PREPARED_PREFIX) || name.ends_with(".tmp") {
+            fs.remove(&dir.join(name)).map_err(|e| Error::io("remove stale file", e))?;
+        } else if let Some((first, "log")) = format::parse_file_name(name) {
+            firsts.push(first);
+        }
+    }
+    firsts.sort_unstable();
+    // Index files whose segment is gone.
+    for name in &names {
+        if let Some((first, "idx" | "tix")) = format::parse_file_name(name)
+            && firsts.binary_search(&first).is_err()
+        {
+            fs.remove(&dir.join(name)).map_err(|e| Error::io("remove orphan index", e))?;
+        }
+    }
+    let purged = meta.purged.map(|p| p.index);
+    let mut segments = BTreeMap::new();
+    let mut kept: Vec<(u64, PathBuf, Arc<dyn crate::io::FileIo>, bytes::Bytes, bool)> = Vec::new();
+    for (k, &first) in firsts.iter().enumerate() {
+        let path = dir.join(format::segment_file_name(first));
+        let file = fs.open(&path).map_err(|e| Error::io("open segment", e))?;
+        let bytes = segment::load(&*file).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        let is_last = k + 1 == firsts.len();
+        match format::decode_segment_header(&bytes) {
+            Ok(SegmentHeader::Valid { first_index, generation }) => {
+                if first_index != first {
+                    return Err(corruption(&path, 0, None, format!("header says first index {first_index}")));
+                }
+                if generation < meta.generation {
+                    // Left over from before a range install.
+                    for n in [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)] {
+                        fs.remove(&dir.join(n)).map_err(|e| Error::io("remove stale segment", e))?;
+                    }
+                    continue;
+                }
+                if generation > meta.generation {
+                    return Err(corruption(&path, 0, None, format!("generation {generation} is newer than the meta file's {}", meta.generation)));
+                }
+                kept.push((first, path, file, bytes, true));
+            }
+            Ok(SegmentHeader::Empty) if is_last => kept.push((first, path, file, bytes, false)),
+            Ok(SegmentHeader::Empty) => return Err(corruption(&path, 0, None, "zero header in a segment followed by others")),
+            Err(reason) => return Err(corruption(&path, 0, None, reason)),
+        }
+    }
+    let n = kept.len();
+    for k in 0..n {
+        let next_first = kept.get(k + 1).map(|x| x.0);
+        let (first, path, file, bytes, header_ok) = kept[k].clone();
+        let map = if bytes.is_empty() { None } else { file.map().ok().flatten() };
+        // The file's own size: segments made under another `segment.bytes` keep theirs.
+        let seg_capacity = bytes.len() as u64;
+        if let Some(next) = next_first {
+            // Sealed: must hold exactly first..next, unless all of that is purged.
+            let expected = next - first;
+            let lenient = purged.is_some_and(|p| next - 1 <= p);
+            let mut seg = Segment::from_scan(first, path.clone(), file.clone(), map.clone(), seg_capacity, Scan::empty());
+            seg.sealed = true;
+            if seg.load_indexes(fs, dir, expected, lenient, max_payload).is_none() {
+                let limit = usize::try_from(expected).unwrap_or(usize::MAX);
+                let s = segment::scan(&bytes, first, Some(limit), max_payload);
+                if (s.positions.len() as u64) < expected && !lenient {
+                    let (pos, why) = s.stop.expect("a short scan has a stop");
+                    return Err(corruption(&path, pos, Some(first + s.positions.len() as u64), format!("{why} in a sealed segment")));
+                }
+                seg = Segment::from_scan(first, path.clone(), file.clone(), map, seg_capacity, s);
+                seg.sealed = true;
+                tracing::info!(segment = %path.display(), records = seg.len(), "rebuilt segment indexes");
+                if let Err(e) = seg.write_indexes(fs, dir) {
+                    tracing::warn!(error = %e, "could not write rebuilt indexes");
+                }
+            }
+            segments.insert(first, seg);
+            continue;
+        }
+        // The active segment: scan to the end and cut a torn tail.
+        let s = if header_ok { segment::scan(&bytes, first, None, max_payload) } else { Scan::empty() };
+        let end = s.end as usize;
+        let index_at_stop = first + s.positions.len() as u64;
+        if let Some((pos, why)) = s.stop {
+            let pos = pos as usize;
+            let after = format::find_valid_record(&bytes, pos + 1, max_payload);
+            let torn = match why {
+                ScanStop::Defect(format::RecordDefect::Zero) => true,
+                ScanStop::Defect(_) => {
+                    let rec_len = format::decode_header(&bytes[pos..], usize::MAX)
+                        .map(|h| h.record_bytes())
+                        .unwrap_or(RECORD_HEADER_BYTES);
+                    let region_end = match after {
+                        Some((q, _)) => q,
+                        None => (pos + rec_len).min(bytes.len()),
+                    };
+                    format::looks_torn(&bytes[pos..region_end], pos as u64, region_end - pos, after.is_none())
+                }
+                _ => false,
+            };
+            if !torn {
+                let follow = after.map(|(q, h)| format!("; a valid record (log index {}) follows at position {q}", h.index)).unwrap_or_default();
+                return Err(corruption(&path, pos as u64, Some(index_at_stop), format!("{why}{follow}")));
+            }
+            if after.is_some() || bytes[pos..].iter().any(|&b| b != 0) {
+                tracing::warn!(segment = %path.display(), position = pos, index = index_at_stop, "cut a torn tail ({why})");
+            }
+        }
+        // Zero whatever lies after the last good record, durably, so stale
+        // bytes can never line up behind records appended later.
+        let last_nonzero = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+        let zero_from = if header_ok { end } else { 0 };
+        if last_nonzero > zero_from {
+            let zeros = vec![0u8; last_nonzero - zero_from];
+            file.write_at(zero_from as u64, &zeros)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| Error::io(format!("zero torn tail of {}", path.display()), e))?;
+        }
+        if !header_ok {
+            file.write_at(0, &format::encode_segment_header(first, meta.generation))
+                .and_then(|()| file.sync_data())
+                .map_err(|e| Error::io(format!("write header of {}", path.display()), e))?;
+        }
+        for name in [format::index_file_name(first), format::time_index_file_name(first)] {
+            fs.remove(&dir.join(name)).map_err(|e| Error::io("remove index of the active segment", e))?;
+        }
+        // The map was taken before zeroing: take it again so it shows zeros.
+        let map = file.map().map_err(|e| Error::io(format!("map {}", path.display()), e))?;
+        segments.insert(first, Segment::from_scan(first, path, file, map, seg_capacity, s));
+    }
+    // A gap between the purge point and the first entry would be a hole.
+    if let (Some(p), Some(seg)) = (purged, segments.values().find(|s| s.len() > 0))
+        && seg.first > p + 1
+    {
+        return Err(corruption(&seg.path, 0, Some(p + 1), format!("entries {}..{} are missing", p + 1, seg.first)));
+    }
+    Ok(State { segments, meta, committed_saved_at: None })
+}
