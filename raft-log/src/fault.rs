@@ -22,7 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -57,6 +57,14 @@ struct Inner {
     epoch: AtomicU64,
     /// Global order of pending writes, to find the most recent one.
     next_seq: AtomicU64,
+    /// Between `power_loss` and `power_on` every operation fails: a machine
+    /// without power makes no syscalls, so a sync that was under way when
+    /// the power went cannot complete afterwards.
+    off: AtomicBool,
+}
+
+fn powered_off() -> io::Error {
+    io::Error::other("powered off")
 }
 
 #[derive(Debug, Default)]
@@ -227,6 +235,7 @@ impl FaultFs {
     /// If the real file system fails while undoing: the simulation would be meaningless.
     pub fn power_loss(&self, tear: Option<usize>) -> PowerLossReport {
         let mut state = lock(&self.inner.state);
+        self.inner.off.store(true, Ordering::SeqCst);
         // Bump first: a writer checks the epoch under its file's lock, so
         // once we hold every file lock below no new write can slip in.
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
@@ -266,6 +275,17 @@ impl FaultFs {
         report
     }
 
+    /// Restore power after [`Self::power_loss`]: operations work again (on
+    /// new handles; the old ones stay dead).
+    pub fn power_on(&self) {
+        let _state = lock(&self.inner.state);
+        self.inner.off.store(false, Ordering::SeqCst);
+    }
+
+    fn check_on(&self) -> io::Result<()> {
+        if self.inner.off.load(Ordering::SeqCst) { Err(powered_off()) } else { Ok(()) }
+    }
+
     fn handle(&self, key: PathBuf, state: Arc<FileState>) -> Arc<dyn FileIo> {
         let epoch = self.inner.epoch.load(Ordering::SeqCst);
         Arc::new(FaultFile { fs: Arc::clone(&self.inner), state, epoch, path: key })
@@ -280,6 +300,7 @@ impl FileSystem for FaultFs {
     fn open(&self, path: &Path) -> io::Result<Arc<dyn FileIo>> {
         let key = key(path).map_err(context(path, "open"))?;
         let mut state = lock(&self.inner.state);
+        self.check_on()?;
         let file = match state.files.get(&key) {
             Some(file) => Arc::clone(file),
             None => {
@@ -293,6 +314,7 @@ impl FileSystem for FaultFs {
     fn create(&self, path: &Path) -> io::Result<Arc<dyn FileIo>> {
         let key = key(path).map_err(context(path, "create"))?;
         let mut state = lock(&self.inner.state);
+        self.check_on()?;
         state.remove_if_exists(&key)?;
         let file = open_real(&key, true).map_err(context(path, "create"))?;
         state.dir_ops.push(DirOp::Created { path: key.clone() });
@@ -301,11 +323,13 @@ impl FileSystem for FaultFs {
     }
 
     fn preallocate(&self, path: &Path, len: u64, mode: Preallocate, preheat: bool) -> io::Result<()> {
+        self.check_on()?;
         if lock(&self.inner.faults).enospc_preallocate {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         let key = key(path).map_err(context(path, "preallocate"))?;
         let mut state = lock(&self.inner.state);
+        self.check_on()?;
         state.remove_if_exists(&key)?;
         let result = RealFs.preallocate(&key, len, mode, preheat);
         if key.try_exists()? {
@@ -317,6 +341,7 @@ impl FileSystem for FaultFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (from_key, to_key) = (key(from).map_err(context(from, "rename"))?, key(to).map_err(context(to, "rename"))?);
         let mut state = lock(&self.inner.state);
+        self.check_on()?;
         if from_key == to_key {
             return std::fs::rename(&from_key, &to_key).map_err(context(from, "rename"));
         }
@@ -339,12 +364,14 @@ impl FileSystem for FaultFs {
             other => other.map_err(context(path, "remove"))?,
         };
         let mut state = lock(&self.inner.state);
+        self.check_on()?;
         state.remove_if_exists(&key)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let dir = dir.canonicalize().map_err(context(dir, "fsync directory"))?;
         let mut state = lock(&self.inner.state);
+        self.check_on()?;
         let (synced, pending): (Vec<_>, _) =
             std::mem::take(&mut state.dir_ops).into_iter().partition(|op| op.dir() == dir);
         state.dir_ops = pending;
@@ -361,6 +388,7 @@ impl FileSystem for FaultFs {
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.check_on()?;
         let mut names = RealFs.list(dir)?;
         names.retain(|name| !name.starts_with(HIDDEN_PREFIX));
         Ok(names)
@@ -474,6 +502,7 @@ mod tests {
         assert_eq!(fs.unsynced_bytes(), 5);
         assert_eq!(read_all(&*file), b"durable-lost");
         let report = fs.power_loss(None);
+        fs.power_on();
         assert_eq!(report, PowerLossReport { dropped_writes: 1, dropped_bytes: 5, reverted_dir_ops: 0 });
         assert_eq!(fs.unsynced_bytes(), 0);
         assert_eq!(read_all(&*fs.open(&dir.path().join("a")).unwrap()), b"durable");
@@ -489,6 +518,7 @@ mod tests {
         b.write_at(0, b"x").unwrap();
         b.write_at(1, b"newest").unwrap();
         let report = fs.power_loss(Some(3));
+        fs.power_on();
         assert_eq!(report, PowerLossReport { dropped_writes: 3, dropped_bytes: 9, reverted_dir_ops: 0 });
         assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"");
         assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"\0new");
@@ -504,12 +534,14 @@ mod tests {
         fs.rename(&tmp, &target).unwrap();
         assert_eq!(fs.list(dir.path()).unwrap(), vec!["x".to_string()]);
         assert_eq!(fs.power_loss(None).reverted_dir_ops, 1);
+        fs.power_on();
         assert_eq!(std::fs::read(&target).unwrap(), b"old");
         assert_eq!(std::fs::read(&tmp).unwrap(), b"new");
 
         fs.rename(&tmp, &target).unwrap();
         fs.sync_dir(dir.path()).unwrap();
         assert_eq!(fs.power_loss(None).reverted_dir_ops, 0);
+        fs.power_on();
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "the replaced file is really gone");
     }
@@ -525,11 +557,13 @@ mod tests {
         assert!(fs.list(dir.path()).unwrap().is_empty());
         assert!(fs.open(&path).is_err());
         assert_eq!(fs.power_loss(None).reverted_dir_ops, 1);
+        fs.power_on();
         assert_eq!(std::fs::read(&path).unwrap(), b"data");
 
         fs.remove(&path).unwrap();
         fs.sync_dir(dir.path()).unwrap();
         fs.power_loss(None);
+        fs.power_on();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
@@ -542,6 +576,7 @@ mod tests {
         fs.create(&dir.path().join("new")).unwrap();
         fs.preallocate(&dir.path().join("seg"), 4096, Preallocate::Zero, false).unwrap();
         assert_eq!(fs.power_loss(None).reverted_dir_ops, 4);
+        fs.power_on();
         assert_eq!(fs.list(dir.path()).unwrap(), vec!["old".to_string()]);
         assert_eq!(std::fs::read(dir.path().join("old")).unwrap(), b"kept");
     }
@@ -561,6 +596,7 @@ mod tests {
         assert_eq!(fs.unsynced_bytes(), 3);
         assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"one");
         fs.power_loss(None);
+        fs.power_on();
         assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"one");
         fs.clear_faults();
         fs.open(&dir.path().join("a")).unwrap().sync_data().unwrap();
@@ -611,6 +647,7 @@ mod tests {
         let fs = FaultFs::new();
         let file = durable_file(&fs, dir.path(), "a");
         fs.clone().power_loss(None);
+        fs.power_on();
         let mut buf = [0u8; 0];
         let errors = [
             file.write_at(0, b"x").unwrap_err(),

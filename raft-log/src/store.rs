@@ -252,8 +252,11 @@ impl Store {
             let rec_len = (RECORD_HEADER_BYTES + r.payload.len()) as u64;
             let fits = {
                 let s = self.state();
+                // `metas` are encoded into `buf` but not yet in the segment.
                 s.active().is_some_and(|a| {
-                    !a.sealed && a.next_index() == r.meta.index && a.end + buf.len() as u64 + rec_len <= a.capacity
+                    !a.sealed
+                        && a.next_index() + metas.len() as u64 == r.meta.index
+                        && a.end + buf.len() as u64 + rec_len <= a.capacity
                 })
             };
             if !fits {

@@ -1,0 +1,281 @@
+//! What open finds on disk: torn tails, flipped bits, lost or damaged
+//! indexes, stale files, a second process.
+
+use super::*;
+use crate::format::{self, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::LogPos;
+
+const LEN: usize = 200;
+const REC: u64 = (RECORD_HEADER_BYTES + LEN) as u64;
+
+fn record_pos(k: u64) -> u64 {
+    SEGMENT_HEADER_BYTES as u64 + k * REC
+}
+
+fn flip(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open segment");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read byte");
+    b[0] ^= 0x08;
+    f.write_all_at(&b, at).expect("write byte");
+}
+
+async fn write_synced(dir: &Path, segment_bytes: u64, count: u64) -> Store {
+    let store = Store::open(config(dir, segment_bytes, FlushPolicy::SyncFlush)).await.expect("open");
+    for i in 1..=count {
+        append_flushed(&store, vec![record(1, i, LEN)]).await.expect("append");
+    }
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_at_every_byte_of_the_last_record_recovers_to_the_previous_record() {
+    let mut c = config(Path::new("unused"), 4096, FlushPolicy::AsyncFlush);
+    // Never sync in the background: the last record stays unsynced.
+    c.flush.interval_ms = 3_600_000;
+    c.flush.commitlog_interval = 1_000_000;
+    let len = 100usize;
+    let rec = RECORD_HEADER_BYTES + len;
+    for tear in 0..=rec {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fs = FaultFs::new();
+        let c = StoreConfig { dir: dir.path().to_path_buf(), ..c.clone() };
+        // Phase 1: five records made durable, a sixth written but not synced.
+        let store = open_fault(&fs, c.clone()).await.expect("open");
+        append_flushed(&store, (1..=5).map(|i| record(1, i, len)).collect()).await.expect("append");
+        assert_eq!(store.sync().await.expect("sync"), Some(5));
+        assert_eq!(store.segments().len(), 1, "one batch, one segment");
+        append_flushed(&store, vec![record(1, 6, len)]).await.expect("append unsynced");
+        // Phase 2: power cut tearing the sixth record's write after `tear` bytes.
+        let report = fs.power_loss(Some(tear));
+        fs.power_on();
+        assert_eq!(report.dropped_bytes, (rec - tear) as u64, "tear {tear}");
+        drop(store);
+        let store = open_fault(&fs, c.clone()).await.unwrap_or_else(|e| panic!("tear {tear}: reopen: {e}"));
+        let want_last = if tear == rec { 6 } else { 5 };
+        assert_eq!(store.log_state().1.map(|p| p.index), Some(want_last), "tear at byte {tear}");
+        for i in 1..=want_last {
+            assert_entry(&store, 1, i, len);
+        }
+        // Phase 3: the log goes on where it was cut, and that survives too.
+        append_flushed(&store, vec![record(2, want_last + 1, 7)]).await.expect("append after recovery");
+        store.sync().await.expect("sync");
+        drop(store);
+        let store = open_fault(&fs, c).await.unwrap_or_else(|e| panic!("tear {tear}: second reopen: {e}"));
+        assert_entry(&store, 2, want_last + 1, 7);
+        assert_eq!(store.log_state().1.map(|p| p.index), Some(want_last + 1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_bit_in_a_middle_record_fails_open_with_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = write_synced(dir.path(), 1 << 20, 10).await;
+    drop(store);
+    let segment = dir.path().join(format::segment_file_name(1));
+    // Each part of record 4 (index 4): magic, term, index, timestamp, payload.
+    for at in [0, 9, 25, 33, 40, 60, REC - 1] {
+        flip(&segment, record_pos(3) + at);
+        let err = Store::open(config(dir.path(), 1 << 20, FlushPolicy::SyncFlush)).await.expect_err("opened corrupt log");
+        match &err {
+            Error::Corruption { file, position, index, .. } => {
+                assert_eq!(file, &segment);
+                assert_eq!((*position, *index), (record_pos(3), Some(4)), "flip at +{at}: {err}");
+            }
+            other => panic!("flip at +{at}: expected corruption, got {other}"),
+        }
+        flip(&segment, record_pos(3) + at);
+    }
+    // Flipped back, the log opens and reads whole.
+    let store = Store::open(config(dir.path(), 1 << 20, FlushPolicy::SyncFlush)).await.expect("open after repair");
+    for i in 1..=10 {
+        assert_entry(&store, 1, i, LEN);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_bit_in_a_sealed_segment_is_corruption_on_read_and_on_rebuild() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = write_synced(dir.path(), 4096, 50).await;
+    let segments = store.segments();
+    assert!(segments.len() >= 3, "4 KiB segments roll: {segments:?}");
+    let sealed = segments[1].clone();
+    assert!(sealed.sealed);
+    drop(store);
+    let target = sealed.first_index + 2;
+    flip(&sealed.file, record_pos(2) + RECORD_HEADER_BYTES as u64 + 10);
+    // Phase 1: the sealed segment's index is intact, so open trusts it; the
+    // damaged record is refused when read, naming file, position and index.
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    let store = Store::open(c.clone()).await.expect("open with intact indexes");
+    match store.read_range(target, target + 1, usize::MAX) {
+        Err(Error::Corruption { file, position, index, .. }) => {
+            assert_eq!((file, position, index), (sealed.file.clone(), record_pos(2), Some(target)));
+        }
+        other => panic!("expected corruption reading {target}, got {other:?}"),
+    }
+    assert_entry(&store, 1, target - 1, LEN);
+    drop(store);
+    // Phase 2: without its index the segment is scanned, and the scan stops there.
+    std::fs::remove_file(dir.path().join(format::index_file_name(sealed.first_index))).expect("rm idx");
+    match Store::open(c).await {
+        Err(Error::Corruption { index, position, .. }) => assert_eq!((index, position), (Some(target), record_pos(2))),
+        other => panic!("expected corruption on rebuild, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_damaged_index_files_are_rebuilt_from_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = write_synced(dir.path(), 4096, 60).await;
+    let sealed: Vec<_> = store.segments().into_iter().filter(|s| s.sealed).collect();
+    assert!(sealed.len() >= 3);
+    drop(store);
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    // Phase 1: delete every index file; each comes back, byte for byte.
+    let mut originals = Vec::new();
+    for s in &sealed {
+        for name in [format::index_file_name(s.first_index), format::time_index_file_name(s.first_index)] {
+            let path = dir.path().join(name);
+            originals.push((path.clone(), std::fs::read(&path).expect("index file exists")));
+            std::fs::remove_file(&path).expect("rm");
+        }
+    }
+    let store = Store::open(c.clone()).await.expect("open without indexes");
+    for i in 1..=60 {
+        assert_entry(&store, 1, i, LEN);
+    }
+    drop(store);
+    for (path, bytes) in &originals {
+        assert_eq!(&std::fs::read(path).expect("rebuilt"), bytes, "{} rebuilt differently", path.display());
+    }
+    // Phase 2: damage each kind of index file in its own way; still rebuilt.
+    let idx = dir.path().join(format::index_file_name(sealed[0].first_index));
+    flip(&idx, 40);
+    let tix = dir.path().join(format::time_index_file_name(sealed[1].first_index));
+    std::fs::write(&tix, b"short").expect("truncate tix");
+    let idx2 = dir.path().join(format::index_file_name(sealed[2].first_index));
+    let mut b = std::fs::read(&idx2).expect("read");
+    b.truncate(b.len() - 4);
+    std::fs::write(&idx2, &b).expect("shorten idx");
+    let store = Store::open(c).await.expect("open with damaged indexes");
+    for i in 1..=60 {
+        assert_entry(&store, 1, i, LEN);
+    }
+    assert_eq!(store.index_for_timestamp(1_030).expect("time lookup"), Some(30));
+    drop(store);
+    for (path, bytes) in &originals {
+        assert_eq!(&std::fs::read(path).expect("rebuilt"), bytes, "{} rebuilt differently", path.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_store_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    let store = Store::open(c.clone()).await.expect("open");
+    let err = Store::open(c.clone()).await.expect_err("second open succeeded");
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("in use by another process"), "{err}");
+    drop(store);
+    Store::open(c).await.expect("open after the first closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_meta_and_segment_headers_fail_open_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    let store = write_synced(dir.path(), 4096, 40).await;
+    store.save_vote(format::MetaVote { term: 4, voted_for: Some(2), committed: false }).await.expect("vote");
+    let second = store.segments()[1].clone();
+    drop(store);
+    // Meta: one flipped bit is caught by its checksum.
+    let meta = dir.path().join("meta");
+    flip(&meta, 20);
+    match Store::open(c.clone()).await {
+        Err(Error::Corruption { file, .. }) => assert_eq!(file, meta),
+        other => panic!("expected meta corruption, got {other:?}"),
+    }
+    flip(&meta, 20);
+    // A sealed segment's header.
+    flip(&second.file, 3);
+    match Store::open(c.clone()).await {
+        Err(Error::Corruption { file, position: 0, .. }) => assert_eq!(file, second.file),
+        other => panic!("expected header corruption, got {other:?}"),
+    }
+    flip(&second.file, 3);
+    // A header that names another first index than the file name.
+    let wrong = dir.path().join(format::segment_file_name(second.first_index + 1000));
+    std::fs::rename(&second.file, &wrong).expect("rename");
+    assert!(matches!(Store::open(c.clone()).await, Err(Error::Corruption { .. })));
+    std::fs::rename(&wrong, &second.file).expect("rename back");
+    let store = Store::open(c).await.expect("open after repairs");
+    assert_eq!(store.read_vote().map(|v| v.term), Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_middle_segment_is_a_hole_not_a_shorter_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = write_synced(dir.path(), 4096, 60).await;
+    let second = store.segments()[1].clone();
+    drop(store);
+    std::fs::remove_file(&second.file).expect("rm segment");
+    match Store::open(config(dir.path(), 4096, FlushPolicy::SyncFlush)).await {
+        Err(Error::Corruption { index, .. }) => assert!(index.is_some()),
+        other => panic!("expected corruption for a missing segment, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_prepared_and_temp_files_are_cleared_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("prepared-1-0-1.log"), vec![0u8; 4096]).expect("write");
+    std::fs::write(dir.path().join("meta.tmp"), b"half").expect("write");
+    std::fs::write(dir.path().join(format::index_file_name(999)), b"orphan").expect("write");
+    let store = Store::open(config(dir.path(), 4096, FlushPolicy::SyncFlush)).await.expect("open");
+    assert!(!dir.path().join("prepared-1-0-1.log").exists());
+    assert!(!dir.path().join("meta.tmp").exists());
+    assert!(!dir.path().join(format::index_file_name(999)).exists());
+    drop(store);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_range_replaces_a_divergent_log_durably() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let leader = write_synced(leader_dir.path(), 4096, 80).await;
+    leader.purge(LogPos::new(1, 1, 39)).await.expect("purge");
+    let range = leader.read_range(40, 81, usize::MAX).expect("read range");
+    assert_eq!(range.len(), 41);
+    // The follower has a shorter log from another term that must vanish.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    let follower = Store::open(c.clone()).await.expect("open");
+    append_flushed(&follower, (1..=50).map(|i| record(7, i, 30)).collect()).await.expect("append");
+    follower.install_range(LogPos::new(1, 1, 39), range).await.expect("install");
+    drop(follower);
+    let follower = Store::open(c).await.expect("reopen");
+    let (purged, last) = follower.log_state();
+    assert_eq!((purged.map(|p| p.index), last.map(|p| p.index)), (Some(39), Some(80)));
+    assert_eq!(follower.first_present_index(), Some(40));
+    for i in 40..=80 {
+        assert_entry(&follower, 1, i, LEN);
+    }
+    append_flushed(&follower, vec![record(2, 81, 5)]).await.expect("append after install");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_out_of_order_appends_are_refused_without_changing_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = write_synced(dir.path(), 4096, 3).await;
+    let max = store.max_payload_bytes();
+    let err = append_flushed(&store, vec![record(1, 4, max + 1)]).await.expect_err("oversized accepted");
+    assert!(matches!(err, Error::EntryTooLarge { index: 4, .. }), "{err}");
+    assert!(err.to_string().contains("segment.bytes"), "{err}");
+    let err = append_flushed(&store, vec![record(1, 6, 10)]).await.expect_err("gap accepted");
+    assert!(err.to_string().contains("log index 6 where 4 is next"), "{err}");
+    assert!(store.failure().is_none(), "a refused request is not a store failure");
+    assert_eq!(store.log_state().1.map(|p| p.index), Some(3));
+    append_flushed(&store, vec![record(1, 4, max)]).await.expect("largest payload fits");
+    assert_entry(&store, 1, 4, max);
+}
