@@ -58,11 +58,9 @@ impl std::str::FromStr for FlushPolicy {
             "SYNC_FLUSH" => Ok(Self::SyncFlush),
             "BATCH_FLUSH" => Ok(Self::BatchFlush),
             "ASYNC_FLUSH" => Ok(Self::AsyncFlush),
-            other => Err(ConfigError::invalid(
-                "flush.disk.type",
-                other,
-                "expected SYNC_FLUSH, BATCH_FLUSH or ASYNC_FLUSH",
-            )),
+            other => {
+                Err(ConfigError::invalid("flush.disk.type", other, "expected SYNC_FLUSH, BATCH_FLUSH or ASYNC_FLUSH"))
+            }
         }
     }
 }
@@ -255,7 +253,8 @@ impl StoreConfig {
 
     /// Largest payload one record can carry with this segment size.
     pub fn max_payload_bytes(&self) -> usize {
-        let room = self.segment_bytes as usize - crate::format::SEGMENT_HEADER_BYTES - crate::format::RECORD_HEADER_BYTES;
+        let room =
+            self.segment_bytes as usize - crate::format::SEGMENT_HEADER_BYTES - crate::format::RECORD_HEADER_BYTES;
         room.min(u32::MAX as usize)
     }
 }

@@ -27,7 +27,9 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
 
-    #[error("entry {index} is {bytes} bytes; the largest a {segment_bytes}-byte segment holds is {max} (raise segment.bytes)")]
+    #[error(
+        "entry {index} is {bytes} bytes; the largest a {segment_bytes}-byte segment holds is {max} (raise segment.bytes)"
+    )]
     EntryTooLarge { index: u64, bytes: usize, max: usize, segment_bytes: u64 },
 
     #[error("invalid request: {0}")]

@@ -347,7 +347,10 @@ pub fn encode_segment_header(first_index: u64, generation: u64) -> [u8; SEGMENT_
 pub enum SegmentHeader {
     /// All zeros: a segment renamed into place whose header never reached the disk.
     Empty,
-    Valid { first_index: u64, generation: u64 },
+    Valid {
+        first_index: u64,
+        generation: u64,
+    },
 }
 
 pub fn decode_segment_header(h: &[u8]) -> Result<SegmentHeader, &'static str> {
@@ -532,7 +535,8 @@ mod tests {
 
     fn record(payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let meta = RecordMeta { kind: RecordKind::Normal, term: 3, leader: 2, index: 42, timestamp_ms: 1_700_000_000_000 };
+        let meta =
+            RecordMeta { kind: RecordKind::Normal, term: 3, leader: 2, index: 42, timestamp_ms: 1_700_000_000_000 };
         encode_record(&mut out, &meta, payload);
         out
     }

@@ -32,7 +32,7 @@ pub use error::{Error, Result};
 pub use flusher::{Completion, FlushStats};
 pub use format::{LogPos, Record, RecordKind, RecordMeta};
 pub use io::{FileIo, FileSystem, Preallocate, RealFs};
-pub use raft::{entry_to_record, raw, record_to_entry, EntryData, LogStore};
+pub use raft::{EntryData, LogStore, entry_to_record, raw, record_to_entry};
 pub use store::{NewRecord, SegmentInfo, Store};
 
 #[cfg(test)]

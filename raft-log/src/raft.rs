@@ -97,7 +97,10 @@ where
         }
     };
     let id = log_pos(&entry.log_id);
-    Ok(NewRecord { meta: RecordMeta { kind, term: id.term, leader: id.leader, index: id.index, timestamp_ms }, payload })
+    Ok(NewRecord {
+        meta: RecordMeta { kind, term: id.term, leader: id.leader, index: id.index, timestamp_ms },
+        payload,
+    })
 }
 
 /// Decode a record back into an openraft entry.
@@ -108,9 +111,9 @@ where
 {
     let payload = match r.kind {
         RecordKind::Blank => EntryPayload::Blank,
-        RecordKind::Normal => {
-            EntryPayload::Normal(C::D::decode(r.payload, r.timestamp_ms).map_err(|reason| Error::Decode { index: r.index, reason })?)
-        }
+        RecordKind::Normal => EntryPayload::Normal(
+            C::D::decode(r.payload, r.timestamp_ms).map_err(|reason| Error::Decode { index: r.index, reason })?,
+        ),
         RecordKind::Membership => EntryPayload::Membership(
             codec::decode(&r.payload).map_err(|e| Error::Decode { index: r.index, reason: e.to_string() })?,
         ),
@@ -142,7 +145,7 @@ where
             Bound::Unbounded => u64::MAX,
         };
         let records = self.store.read_range(start, end, usize::MAX).map_err(read_err)?;
-        records.into_iter().map(|r| record_to_entry::<C>(r).map_err(read_err)).collect()
+        records.into_iter().map(record_to_entry::<C>).collect::<Result<_, _>>().map_err(read_err)
     }
 }
 
@@ -168,7 +171,8 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        let v = MetaVote { term: vote.leader_id.term, voted_for: Some(vote.leader_id.node_id), committed: vote.committed };
+        let v =
+            MetaVote { term: vote.leader_id.term, voted_for: Some(vote.leader_id.node_id), committed: vote.committed };
         self.store.save_vote(v).await.map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::format::{self, Record, RecordDefect, RecordHeader, INDEX_MAGIC, RECORD_HEADER_BYTES, TIME_INDEX_MAGIC};
+use crate::format::{self, INDEX_MAGIC, RECORD_HEADER_BYTES, Record, RecordDefect, RecordHeader, TIME_INDEX_MAGIC};
 use crate::io::{FileIo, FileSystem};
 
 /// A time index entry every this many bytes of records (and for the first
@@ -185,7 +185,14 @@ impl Segment {
     }
 
     /// A segment whose records were found by [`scan`].
-    pub fn from_scan(first: u64, path: PathBuf, file: Arc<dyn FileIo>, map: Option<Bytes>, capacity: u64, s: Scan) -> Self {
+    pub fn from_scan(
+        first: u64,
+        path: PathBuf,
+        file: Arc<dyn FileIo>,
+        map: Option<Bytes>,
+        capacity: u64,
+        s: Scan,
+    ) -> Self {
         let last_time_entry_at = s.last_time_entry_at;
         Self {
             first,
@@ -295,11 +302,13 @@ impl Segment {
     pub fn read(&self, index: u64, max_payload: usize) -> Result<Record> {
         debug_assert!(self.contains(index));
         let i = usize::try_from(index - self.first).expect("segment record count fits usize");
-        let pos = self.positions.get(i).ok_or_else(|| Error::Invalid(format!("log index {index} not in segment")))? as u64;
+        let pos =
+            self.positions.get(i).ok_or_else(|| Error::Invalid(format!("log index {index} not in segment")))? as u64;
         let (header, payload) = match &self.map {
             Some(map) => {
                 let b = map.get(pos as usize..).unwrap_or_default();
-                let h = format::check_record(b, max_payload).map_err(|d| self.corruption(pos, Some(index), d.to_string()))?;
+                let h = format::check_record(b, max_payload)
+                    .map_err(|d| self.corruption(pos, Some(index), d.to_string()))?;
                 let start = pos as usize + RECORD_HEADER_BYTES;
                 (h, map.slice(start..start + h.payload_len as usize))
             }
@@ -307,7 +316,8 @@ impl Segment {
                 let h = self.read_header_at(pos, index)?;
                 let mut buf = vec![0u8; h.record_bytes()];
                 self.file.read_at(pos, &mut buf).map_err(|e| Error::io(format!("read {}", self.path.display()), e))?;
-                format::check_record(&buf, max_payload).map_err(|d| self.corruption(pos, Some(index), d.to_string()))?;
+                format::check_record(&buf, max_payload)
+                    .map_err(|d| self.corruption(pos, Some(index), d.to_string()))?;
                 (h, Bytes::from(buf).slice(RECORD_HEADER_BYTES..))
             }
         };
@@ -363,7 +373,14 @@ impl Segment {
     /// Load the `.idx` and `.tix` of a sealed segment that must hold `expected`
     /// records (or at most that many when `lenient`). `None` when they are
     /// missing, damaged or do not match the segment: rebuild then.
-    pub fn load_indexes(&mut self, fs: &dyn FileSystem, dir: &Path, expected: u64, lenient: bool, max_payload: usize) -> Option<()> {
+    pub fn load_indexes(
+        &mut self,
+        fs: &dyn FileSystem,
+        dir: &Path,
+        expected: u64,
+        lenient: bool,
+        max_payload: usize,
+    ) -> Option<()> {
         let load = |name: String| -> Option<Bytes> {
             let file = fs.open(&dir.join(name)).ok()?;
             load(file.as_ref()).ok()

@@ -26,9 +26,9 @@ use tokio::sync::watch;
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::flusher::{Completion, FlushStats, FlusherHandle, SyncState};
-use crate::format::{self, LogPos, Meta, MetaVote, Record, RecordMeta, SegmentHeader, RECORD_HEADER_BYTES};
+use crate::format::{self, LogPos, Meta, MetaVote, RECORD_HEADER_BYTES, Record, RecordMeta, SegmentHeader};
 use crate::io::{FileSystem, RealFs};
-use crate::preparer::{PreparerHandle, PREPARED_PREFIX};
+use crate::preparer::{PREPARED_PREFIX, PreparerHandle};
 use crate::segment::{self, Scan, ScanStop, Segment};
 
 /// A record to append.
@@ -154,8 +154,13 @@ impl Store {
         let written = state.last_present().map(|p| p.index);
         let sync = SyncState::new(fs.clone(), config.dir.clone(), written);
         let flusher = FlusherHandle::spawn(sync.clone(), config.flush);
-        let preparer =
-            PreparerHandle::spawn(fs.clone(), config.dir.clone(), config.segment_bytes, config.preallocate, config.preheat);
+        let preparer = PreparerHandle::spawn(
+            fs.clone(),
+            config.dir.clone(),
+            config.segment_bytes,
+            config.preallocate,
+            config.preheat,
+        );
         let inner = Inner {
             config,
             fs,
@@ -424,7 +429,9 @@ impl Store {
         let fs = &*self.inner.fs;
         let dir = &self.inner.config.dir;
         for &first in &doomed {
-            for name in [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)] {
+            for name in
+                [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)]
+            {
                 fs.remove(&dir.join(name)).map_err(|e| Error::io(format!("delete segment {first}"), e))?;
             }
             self.state().segments.remove(&first);
@@ -461,8 +468,11 @@ impl Store {
         let dir = &self.inner.config.dir;
         let old: Vec<u64> = self.state().segments.keys().copied().collect();
         for first in old {
-            for name in [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)] {
-                fs.remove(&dir.join(name)).map_err(|e| Error::io(format!("install range: remove segment {first}"), e))?;
+            for name in
+                [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)]
+            {
+                fs.remove(&dir.join(name))
+                    .map_err(|e| Error::io(format!("install range: remove segment {first}"), e))?;
             }
         }
         self.state().segments.clear();
@@ -643,6 +653,17 @@ impl Store {
     }
 }
 
+/// A segment file found on open, header checked.
+#[derive(Clone)]
+struct Found {
+    first: u64,
+    path: PathBuf,
+    file: Arc<dyn crate::io::FileIo>,
+    bytes: bytes::Bytes,
+    /// False for a last segment whose header never reached the disk.
+    header_ok: bool,
+}
+
 /// Open-time recovery: read meta, check every segment, rebuild missing or
 /// damaged indexes, cut a torn tail. Blocking.
 fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Result<State> {
@@ -674,7 +695,7 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
     }
     let purged = meta.purged.map(|p| p.index);
     let mut segments = BTreeMap::new();
-    let mut kept: Vec<(u64, PathBuf, Arc<dyn crate::io::FileIo>, bytes::Bytes, bool)> = Vec::new();
+    let mut kept: Vec<Found> = Vec::new();
     for (k, &first) in firsts.iter().enumerate() {
         let path = dir.join(format::segment_file_name(first));
         let file = fs.open(&path).map_err(|e| Error::io("open segment", e))?;
@@ -687,25 +708,36 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
                 }
                 if generation < meta.generation {
                     // Left over from before a range install.
-                    for n in [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)] {
+                    for n in [
+                        format::segment_file_name(first),
+                        format::index_file_name(first),
+                        format::time_index_file_name(first),
+                    ] {
                         fs.remove(&dir.join(n)).map_err(|e| Error::io("remove stale segment", e))?;
                     }
                     continue;
                 }
                 if generation > meta.generation {
-                    return Err(corruption(&path, 0, None, format!("generation {generation} is newer than the meta file's {}", meta.generation)));
+                    return Err(corruption(
+                        &path,
+                        0,
+                        None,
+                        format!("generation {generation} is newer than the meta file's {}", meta.generation),
+                    ));
                 }
-                kept.push((first, path, file, bytes, true));
+                kept.push(Found { first, path, file, bytes, header_ok: true });
             }
-            Ok(SegmentHeader::Empty) if is_last => kept.push((first, path, file, bytes, false)),
-            Ok(SegmentHeader::Empty) => return Err(corruption(&path, 0, None, "zero header in a segment followed by others")),
+            Ok(SegmentHeader::Empty) if is_last => kept.push(Found { first, path, file, bytes, header_ok: false }),
+            Ok(SegmentHeader::Empty) => {
+                return Err(corruption(&path, 0, None, "zero header in a segment followed by others"));
+            }
             Err(reason) => return Err(corruption(&path, 0, None, reason)),
         }
     }
     let n = kept.len();
     for k in 0..n {
-        let next_first = kept.get(k + 1).map(|x| x.0);
-        let (first, path, file, bytes, header_ok) = kept[k].clone();
+        let next_first = kept.get(k + 1).map(|x| x.first);
+        let Found { first, path, file, bytes, header_ok } = kept[k].clone();
         let map = if bytes.is_empty() { None } else { file.map().ok().flatten() };
         // The file's own size: segments made under another `segment.bytes` keep theirs.
         let seg_capacity = bytes.len() as u64;
@@ -713,14 +745,20 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
             // Sealed: must hold exactly first..next, unless all of that is purged.
             let expected = next - first;
             let lenient = purged.is_some_and(|p| next - 1 <= p);
-            let mut seg = Segment::from_scan(first, path.clone(), file.clone(), map.clone(), seg_capacity, Scan::empty());
+            let mut seg =
+                Segment::from_scan(first, path.clone(), file.clone(), map.clone(), seg_capacity, Scan::empty());
             seg.sealed = true;
             if seg.load_indexes(fs, dir, expected, lenient, max_payload).is_none() {
                 let limit = usize::try_from(expected).unwrap_or(usize::MAX);
                 let s = segment::scan(&bytes, first, Some(limit), max_payload);
                 if (s.positions.len() as u64) < expected && !lenient {
                     let (pos, why) = s.stop.expect("a short scan has a stop");
-                    return Err(corruption(&path, pos, Some(first + s.positions.len() as u64), format!("{why} in a sealed segment")));
+                    return Err(corruption(
+                        &path,
+                        pos,
+                        Some(first + s.positions.len() as u64),
+                        format!("{why} in a sealed segment"),
+                    ));
                 }
                 seg = Segment::from_scan(first, path.clone(), file.clone(), map, seg_capacity, s);
                 seg.sealed = true;
@@ -754,7 +792,9 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
                 _ => false,
             };
             if !torn {
-                let follow = after.map(|(q, h)| format!("; a valid record (log index {}) follows at position {q}", h.index)).unwrap_or_default();
+                let follow = after
+                    .map(|(q, h)| format!("; a valid record (log index {}) follows at position {q}", h.index))
+                    .unwrap_or_default();
                 return Err(corruption(&path, pos as u64, Some(index_at_stop), format!("{why}{follow}")));
             }
             if after.is_some() || bytes[pos..].iter().any(|&b| b != 0) {

@@ -91,7 +91,9 @@ impl RaftStateMachine<RawConfig> for MemStateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<RawConfig>>, StorageError<u64>> {
         let s = self.inner.lock().expect("lock");
-        Ok(s.snapshot.as_ref().map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(data.clone())) }))
+        Ok(s.snapshot
+            .as_ref()
+            .map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(data.clone())) }))
     }
 }
 
@@ -110,12 +112,12 @@ impl StoreBuilder<RawConfig, LogStore<RawConfig>, MemStateMachine, tempfile::Tem
 }
 
 #[test]
-fn openraft_suite_passes_with_default_segments() -> Result<(), StorageError<u64>> {
-    Suite::test_all(Builder { segment_bytes: StoreConfig::DEFAULT_SEGMENT_BYTES })
+fn openraft_suite_passes_with_default_segments() {
+    Suite::test_all(Builder { segment_bytes: StoreConfig::DEFAULT_SEGMENT_BYTES }).expect("openraft storage suite");
 }
 
 #[test]
-fn openraft_suite_passes_with_tiny_segments_that_roll_often() -> Result<(), StorageError<u64>> {
+fn openraft_suite_passes_with_tiny_segments_that_roll_often() {
     // 4 KiB segments hold a few dozen entries: the suite's logs cross segments.
-    Suite::test_all(Builder { segment_bytes: 4096 })
+    Suite::test_all(Builder { segment_bytes: 4096 }).expect("openraft storage suite");
 }

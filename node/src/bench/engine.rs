@@ -229,7 +229,11 @@ pub async fn run(phase: &Phase) -> Result<Outcome> {
 
     let read = if phase.read_back {
         let (s, p) = (store.clone(), payload.clone());
-        Some(tokio::task::spawn_blocking(move || read_back(&s, last, &p)).await.context("the read-back task failed")??)
+        Some(
+            tokio::task::spawn_blocking(move || read_back(&s, last, &p))
+                .await
+                .context("the read-back task failed")??,
+        )
     } else {
         None
     };
@@ -309,7 +313,9 @@ async fn drive(
         let last = next_index + n - 1;
         match tokio::time::timeout_at(deadline, log_store.blocking_append(entries)).await {
             Ok(appended) => appended.with_context(|| format!("append entries {next_index}..={last}"))?,
-            Err(_) => bail!("the append of entries {next_index}..={last} never completed (its flush callback did not fire)"),
+            Err(_) => {
+                bail!("the append of entries {next_index}..={last} never completed (its flush callback did not fire)")
+            }
         }
         next_index = last + 1;
         let done_at = Instant::now();
@@ -341,7 +347,10 @@ fn read_back(store: &Store, last: u64, payload: &[u8]) -> Result<ReadBack> {
             .read_range(index, last + 1, READ_CHUNK_BYTES)
             .with_context(|| format!("read entries {index}..={last} back"))?;
         if records.is_empty() {
-            bail!("read_range({index}, {}) returned nothing, but entries {FIRST_INDEX}..={last} were appended", last + 1);
+            bail!(
+                "read_range({index}, {}) returned nothing, but entries {FIRST_INDEX}..={last} were appended",
+                last + 1
+            );
         }
         for r in records {
             if r.index != index {
@@ -351,7 +360,11 @@ fn read_back(store: &Store, last: u64, payload: &[u8]) -> Result<ReadBack> {
                 bail!("entry {index} reads back as {:?}, not a normal entry", r.kind);
             }
             if r.payload.len() != payload.len() {
-                bail!("entry {index} reads back with {} payload bytes; {} were written", r.payload.len(), payload.len());
+                bail!(
+                    "entry {index} reads back with {} payload bytes; {} were written",
+                    r.payload.len(),
+                    payload.len()
+                );
             }
             if r.payload[..] != payload[..] {
                 bail!("entry {index} reads back with a payload different from the one written");

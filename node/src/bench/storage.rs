@@ -44,7 +44,7 @@ const WARMUP_MIN: Duration = Duration::from_millis(250);
 const WARMUP_MAX: Duration = Duration::from_secs(1);
 const STEPS: usize = 8;
 /// Width of the label column of the human table.
-const LABEL_WIDTH: usize = 80;
+const LABEL_WIDTH: usize = 72;
 
 #[derive(Debug, clap::Args)]
 pub struct StorageArgs {
@@ -384,8 +384,14 @@ async fn measure(s: &Settings, work: &Path, base: &Path, filesystem: Option<Stri
     let fallocated = blocking(move || {
         let Some(file) = raw_disk::fallocated(&fp, FALLOCATE_FILE_BYTES)? else { return Ok(None) };
         let mut h = new_histogram();
-        let r =
-            raw_disk::write_sync_loop(&file, FALLOCATE_FILE_BYTES, LATENCY_WRITE_BYTES, falloc_duration, false, Some(&mut h))?;
+        let r = raw_disk::write_sync_loop(
+            &file,
+            FALLOCATE_FILE_BYTES,
+            LATENCY_WRITE_BYTES,
+            falloc_duration,
+            false,
+            Some(&mut h),
+        )?;
         Ok(Some((h, r.exhausted)))
     })
     .await?;
@@ -412,7 +418,12 @@ async fn measure(s: &Settings, work: &Path, base: &Path, filesystem: Option<Stri
     // The read ran inside the phase, while the store was still open.
     progress.done(
         "read back through mmap",
-        &format!("{} entries, {:.1} MiB/s ({:.1} s)", group(read.entries as f64), read.mib_per_s(), read.elapsed.as_secs_f64()),
+        &format!(
+            "{} entries, {:.1} MiB/s ({:.1} s)",
+            group(read.entries as f64),
+            read.mib_per_s(),
+            read.elapsed.as_secs_f64()
+        ),
     );
 
     let p = progress.start(&label(FlushPolicy::SyncFlush, 1));
@@ -502,11 +513,11 @@ fn table(r: &Report) -> String {
     out.push_str(&format!("  {:<LABEL_WIDTH$} {:>12}  unit\n", format!("throughput (W={w}, S={s} B)"), "value"));
     line("raw disk: pwrite W×S + fdatasync loop, no engine", group(r.raw_appends_per_s), "appends/s");
     line("  (fdatasyncs of the raw loop)", group(r.raw_fdatasyncs_per_s), "fdatasync/s");
-    line("engine SYNC_FLUSH (acked after fdatasync)", group(r.engine_appends_per_s), "appends/s");
+    line("engine SYNC_FLUSH   acked after the fdatasync that covers it", group(r.engine_appends_per_s), "appends/s");
     line("ratio engine SYNC_FLUSH / raw", format!("{:.3}", r.ratio), "");
     line(
         &format!(
-            "engine BATCH_FLUSH (weaker: acked from page cache, fsync per {} entries or {} ms)",
+            "engine BATCH_FLUSH  weaker: page-cache ack, fsync per {} entries / {} ms",
             defaults.batch_size, defaults.interval_ms
         ),
         group(r.batch_appends_per_s),
@@ -514,7 +525,7 @@ fn table(r: &Report) -> String {
     );
     line(
         &format!(
-            "engine ASYNC_FLUSH (weaker: acked from page cache, fsync per {} ms or {} entries)",
+            "engine ASYNC_FLUSH  weaker: page-cache ack, fsync per {} ms / {} entries",
             defaults.interval_ms, defaults.commitlog_interval
         ),
         group(r.async_appends_per_s),
@@ -527,8 +538,13 @@ fn table(r: &Report) -> String {
     );
     out.push_str(&t);
 
-    out.push_str(&format!("\n  {:<LABEL_WIDTH$} {:>8} {:>8} {:>8} {:>8}\n", "latency (us)", "p50", "p99", "p99.9", "max"));
-    let lat = |label: &str, l: &Latency| format!("  {label:<LABEL_WIDTH$} {:>8} {:>8} {:>8} {:>8}\n", l.p50_us, l.p99_us, l.p999_us, l.max_us);
+    out.push_str(&format!(
+        "\n  {:<LABEL_WIDTH$} {:>8} {:>8} {:>8} {:>8}\n",
+        "latency (us)", "p50", "p99", "p99.9", "max"
+    ));
+    let lat = |label: &str, l: &Latency| {
+        format!("  {label:<LABEL_WIDTH$} {:>8} {:>8} {:>8} {:>8}\n", l.p50_us, l.p99_us, l.p999_us, l.max_us)
+    };
     out.push_str(&lat("raw 4 KiB pwrite + fdatasync, zero-filled file", &r.latency.raw_zero_filled));
     match &r.latency.raw_fallocated {
         Some(l) => out.push_str(&lat("raw 4 KiB pwrite + fdatasync, fallocated (unwritten) file", l)),

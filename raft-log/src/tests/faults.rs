@@ -45,7 +45,8 @@ async fn power_loss_run(policy: FlushPolicy, seed: u64) -> (u64, u64) {
     let acked: Vec<(u64, bool)> = acked.lock().expect("lock").clone();
     fs.power_on();
     let synced_before = fs_synced_watermark(&acked, policy);
-    let store = open_fault(&fs, c).await.unwrap_or_else(|e| panic!("{policy} seed {seed}: reopen after power loss: {e}"));
+    let store =
+        open_fault(&fs, c).await.unwrap_or_else(|e| panic!("{policy} seed {seed}: reopen after power loss: {e}"));
     let last = store.log_state().1.map_or(0, |p| p.index);
     assert_eq!(store.read_vote(), Some(vote), "{policy} seed {seed}: vote lost");
     assert!(last >= synced_before, "{policy} seed {seed}: durable entries lost: last {last} < {synced_before}");

@@ -70,7 +70,11 @@ pub async fn append_flushed(store: &Store, records: Vec<NewRecord>) -> Result<()
 }
 
 /// Append without waiting; the result lands in `acked` when the callback fires.
-pub async fn append_tracked(store: &Store, records: Vec<NewRecord>, acked: &Arc<Mutex<Vec<(u64, bool)>>>) -> Result<(), Error> {
+pub async fn append_tracked(
+    store: &Store,
+    records: Vec<NewRecord>,
+    acked: &Arc<Mutex<Vec<(u64, bool)>>>,
+) -> Result<(), Error> {
     let last = records.last().map(|r| r.meta.index).expect("non-empty batch");
     let acked = acked.clone();
     store.append(records, Box::new(move |r| acked.lock().expect("lock").push((last, r.is_ok())))).await

@@ -136,7 +136,10 @@ async fn run(seed: u64, policy: FlushPolicy) {
                     model.entries.insert(r.index, (r.term, r.payload.to_vec(), r.timestamp_ms));
                 }
                 model.purged = Some(prev);
-                store.install_range(prev, records).await.unwrap_or_else(|e| panic!("seed {seed} step {step}: install: {e}"));
+                store
+                    .install_range(prev, records)
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed} step {step}: install: {e}"));
             }
             _ => {
                 drop(store);

@@ -2,8 +2,8 @@
 //! indexes, stale files, a second process.
 
 use super::*;
-use crate::format::{self, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::LogPos;
+use crate::format::{self, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 
 const LEN: usize = 200;
 const REC: u64 = (RECORD_HEADER_BYTES + LEN) as u64;
@@ -77,7 +77,8 @@ async fn a_flipped_bit_in_a_middle_record_fails_open_with_corruption() {
     // Each part of record 4 (index 4): magic, term, index, timestamp, payload.
     for at in [0, 9, 25, 33, 40, 60, REC - 1] {
         flip(&segment, record_pos(3) + at);
-        let err = Store::open(config(dir.path(), 1 << 20, FlushPolicy::SyncFlush)).await.expect_err("opened corrupt log");
+        let err =
+            Store::open(config(dir.path(), 1 << 20, FlushPolicy::SyncFlush)).await.expect_err("opened corrupt log");
         match &err {
             Error::Corruption { file, position, index, .. } => {
                 assert_eq!(file, &segment);
