@@ -699,6 +699,10 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
     for (k, &first) in firsts.iter().enumerate() {
         let path = dir.join(format::segment_file_name(first));
         let file = fs.open(&path).map_err(|e| Error::io("open segment", e))?;
+        let len = file.len().map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+        if len > format::MAX_SEGMENT_BYTES {
+            return Err(corruption(&path, 0, None, format!("{len} bytes, larger than any segment keel writes")));
+        }
         let bytes = segment::load(&*file).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
         let is_last = k + 1 == firsts.len();
         match format::decode_segment_header(&bytes) {

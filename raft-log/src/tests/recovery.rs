@@ -280,3 +280,49 @@ async fn oversized_and_out_of_order_appends_are_refused_without_changing_the_log
     append_flushed(&store, vec![record(1, 4, max)]).await.expect("largest payload fits");
     assert_entry(&store, 1, 4, max);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_files_of_impossible_size_or_generation_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    drop(write_synced(dir.path(), 4096, 30).await);
+    let extra = dir.path().join(format::segment_file_name(1_000_000));
+    // Shorter than a header.
+    std::fs::write(&extra, b"KEEL").expect("write");
+    assert!(matches!(Store::open(c.clone()).await, Err(Error::Corruption { file, .. }) if file == extra));
+    // Larger than any segment (sparse, so cheap).
+    let f = std::fs::File::create(&extra).expect("create");
+    f.set_len(format::MAX_SEGMENT_BYTES + 1).expect("set_len");
+    drop(f);
+    assert!(matches!(Store::open(c.clone()).await, Err(Error::Corruption { file, .. }) if file == extra));
+    // From a generation the meta file has not reached.
+    let mut bytes = vec![0u8; 4096];
+    bytes[..SEGMENT_HEADER_BYTES].copy_from_slice(&format::encode_segment_header(1_000_000, 5));
+    std::fs::write(&extra, &bytes).expect("write");
+    match Store::open(c.clone()).await {
+        Err(e @ Error::Corruption { .. }) => assert!(e.to_string().contains("generation 5"), "{e}"),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    std::fs::remove_file(&extra).expect("rm");
+    Store::open(c).await.expect("open without the stray file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_left_over_from_before_a_range_install_are_discarded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    let store = write_synced(dir.path(), 4096, 30).await;
+    let old_first = dir.path().join(format::segment_file_name(1));
+    let saved = std::fs::read(&old_first).expect("read");
+    let records = store.read_range(10, 31, usize::MAX).expect("read");
+    store.install_range(LogPos::new(1, 1, 9), records).await.expect("install");
+    drop(store);
+    // A crash before the old segment's removal was durable brings it back.
+    std::fs::write(&old_first, &saved).expect("restore old segment");
+    let store = Store::open(c).await.expect("open");
+    assert!(!old_first.exists(), "an older generation's segment was kept");
+    assert_eq!(store.first_present_index(), Some(10));
+    for i in 10..=30 {
+        assert_entry(&store, 1, i, LEN);
+    }
+}
