@@ -251,7 +251,17 @@ impl Store {
                 return Err(Error::Invalid(format!("append of log index {} where {want} is next", r.meta.index)));
             }
         }
-        let mut buf = Vec::with_capacity(records.iter().map(|r| RECORD_HEADER_BYTES + r.payload.len()).sum());
+        let total: usize = records.iter().map(|r| RECORD_HEADER_BYTES + r.payload.len()).sum();
+        // If the batch needs a new segment, get its file before writing
+        // anything, so running out of space leaves nothing half-appended
+        // (a batch larger than a whole segment may still roll twice).
+        let first = &records[0].meta;
+        let fits_whole = {
+            let s = self.state();
+            s.active().is_some_and(|a| !a.sealed && a.next_index() == first.index && a.end + total as u64 <= a.capacity)
+        };
+        let mut reserved = if fits_whole { None } else { Some(self.inner.preparer.take().await?) };
+        let mut buf = Vec::with_capacity(total);
         let mut metas = Vec::with_capacity(records.len());
         for r in &records {
             let rec_len = (RECORD_HEADER_BYTES + r.payload.len()) as u64;
@@ -266,7 +276,7 @@ impl Store {
             };
             if !fits {
                 self.write_batch(&mut buf, &mut metas)?;
-                self.roll(r.meta.index).await?;
+                self.roll(r.meta.index, reserved.take()).await?;
             }
             metas.push((r.meta, rec_len));
             format::encode_record(&mut buf, &r.meta, &r.payload);
@@ -312,10 +322,13 @@ impl Store {
     }
 
     /// Seal the active segment and start a new one whose first index is `first`.
-    async fn roll(&self, first: u64) -> Result<()> {
+    async fn roll(&self, first: u64, prepared: Option<PathBuf>) -> Result<()> {
         // The old segment must be complete on disk before a later one exists.
         self.inner.flusher.sync().await?;
-        let prepared = self.inner.preparer.take().await?;
+        let prepared = match prepared {
+            Some(path) => path,
+            None => self.inner.preparer.take().await?,
+        };
         let fs = &*self.inner.fs;
         let dir = &self.inner.config.dir;
         let path = dir.join(format::segment_file_name(first));

@@ -193,6 +193,24 @@ async fn no_space_for_a_new_segment_is_a_distinct_error_and_writes_resume() {
     fs.fail_preallocate_with_enospc(false);
     append_flushed(&store, (1..=40).map(|i| record(1, i, LEN)).collect()).await.expect("writes resume");
     assert!(store.segments().len() > 1, "and keep rolling");
+    // Full again: the next roll still uses the file prepared in the
+    // background; the one after finds no space.
+    fs.fail_preallocate_with_enospc(true);
+    let rolled_at = store.segments().len() + 1;
+    let mut next = 41;
+    while store.segments().len() < rolled_at {
+        assert!(next < 100, "never rolled");
+        append_flushed(&store, vec![record(1, next, LEN)]).await.expect("append into the prepared segment");
+        next += 1;
+    }
+    // A batch that would cross into another segment is refused whole.
+    let before = store.log_state().1;
+    let err =
+        append_flushed(&store, (next..next + 30).map(|i| record(1, i, LEN)).collect()).await.expect_err("no space");
+    assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+    assert_eq!(store.log_state().1, before, "part of a refused batch was appended");
+    fs.fail_preallocate_with_enospc(false);
+    append_flushed(&store, (next..next + 30).map(|i| record(1, i, LEN)).collect()).await.expect("writes resume again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
