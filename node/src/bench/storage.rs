@@ -44,7 +44,7 @@ const WARMUP_MIN: Duration = Duration::from_millis(250);
 const WARMUP_MAX: Duration = Duration::from_secs(1);
 const STEPS: usize = 8;
 /// Width of the label column of the human table.
-const LABEL_WIDTH: usize = 72;
+const LABEL_WIDTH: usize = 76;
 
 #[derive(Debug, clap::Args)]
 pub struct StorageArgs {
