@@ -153,7 +153,7 @@ impl Store {
             .map_err(|e| Error::io("recovery task", std::io::Error::other(e.to_string())))??;
         let written = state.last_present().map(|p| p.index);
         let sync = SyncState::new(fs.clone(), config.dir.clone(), written);
-        let flusher = FlusherHandle::spawn(sync.clone(), config.flush);
+        let flusher = FlusherHandle::spawn(sync.clone(), config.flush)?;
         let preparer = PreparerHandle::spawn(
             fs.clone(),
             config.dir.clone(),
