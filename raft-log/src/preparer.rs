@@ -2,13 +2,17 @@
 //! optionally preheated) in the background, so rolling to a new segment is a
 //! rename, not 64 MiB of zero-filling under a producer's latency.
 //!
-//! Files are `prepared-{n}.log`; the store renames one to its segment name
-//! when it rolls. Stale ones are deleted when the store opens. Running out of
+//! Files are `prepared-{pid}-{instance}-{n}.log`; the store renames one to
+//! its segment name when it rolls. The actor runs on its own OS thread at a
+//! lower CPU priority (nice 10): zero-filling a segment copies as many bytes
+//! as the producers write, and on a small machine it must not take CPU from
+//! the append and fsync path. Stale ones are deleted when the store opens. Running out of
 //! space is reported to the roll that asked ([`Error::NoSpace`], not fatal);
 //! the actor does not retry until asked again, so a full disk is not hammered.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,20 +28,14 @@ struct Job {
     bytes: u64,
     mode: Preallocate,
     preheat: bool,
+    instance: u64,
 }
 
 impl Job {
-    async fn prepare(&self, seq: u64) -> Result<PathBuf> {
-        // Unique per process and store instance, so a closing store's
-        // cleanup never deletes a file its successor just prepared.
-        static INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let instance = INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = self.dir.join(format!("{PREPARED_PREFIX}{}-{instance}-{seq}.log", std::process::id()));
-        let (fs, p, bytes, mode, preheat) = (self.fs.clone(), path.clone(), self.bytes, self.mode, self.preheat);
-        let done = tokio::task::spawn_blocking(move || fs.preallocate(&p, bytes, mode, preheat))
-            .await
-            .map_err(|e| Error::io("prepare segment", std::io::Error::other(e.to_string())))?;
-        match done {
+    fn prepare(&self, seq: u64) -> Result<PathBuf> {
+        let name = format!("{PREPARED_PREFIX}{}-{}-{seq}.log", std::process::id(), self.instance);
+        let path = self.dir.join(name);
+        match self.fs.preallocate(&path, self.bytes, self.mode, self.preheat) {
             Ok(()) => Ok(path),
             Err(e) => {
                 let _ = self.fs.remove(&path);
@@ -61,11 +59,19 @@ pub struct PreparerHandle {
 }
 
 impl PreparerHandle {
-    pub fn spawn(fs: Arc<dyn FileSystem>, dir: PathBuf, bytes: u64, mode: Preallocate, preheat: bool) -> Self {
+    pub fn spawn(fs: Arc<dyn FileSystem>, dir: PathBuf, bytes: u64, mode: Preallocate, preheat: bool) -> Result<Self> {
+        // Unique per process and store instance, so a closing store's
+        // cleanup never deletes a file its successor just prepared.
+        static INSTANCE: AtomicU64 = AtomicU64::new(0);
+        let instance = INSTANCE.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(4);
-        let actor = Preparer { job: Job { fs, dir, bytes, mode, preheat }, rx, ready: None, seq: 0, failed: false };
-        tokio::spawn(actor.run());
-        Self { tx }
+        let job = Job { fs, dir, bytes, mode, preheat, instance };
+        let actor = Preparer { job, rx, ready: None, seq: 0, failed: false };
+        std::thread::Builder::new()
+            .name("keel-preparer".into())
+            .spawn(move || actor.run())
+            .map_err(|e| Error::io("start the segment preparer thread", e))?;
+        Ok(Self { tx })
     }
 
     /// A preallocated file, ready to be renamed into place.
@@ -86,11 +92,14 @@ struct Preparer {
 }
 
 impl Preparer {
-    async fn run(mut self) {
+    fn run(mut self) {
+        // SAFETY: setpriority on this thread's own id; failure only means
+        // the fill runs at normal priority.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
         loop {
             if self.ready.is_none() && !self.failed {
                 self.seq += 1;
-                match self.job.prepare(self.seq).await {
+                match self.job.prepare(self.seq) {
                     Ok(path) => self.ready = Some(path),
                     Err(e) => {
                         tracing::warn!(error = %e, "could not prepare the next segment in the background");
@@ -98,12 +107,12 @@ impl Preparer {
                     }
                 }
             }
-            let Some(Request::Take { reply }) = self.rx.recv().await else { break };
+            let Some(Request::Take { reply }) = self.rx.blocking_recv() else { break };
             let answer = match self.ready.take() {
                 Some(path) => Ok(path),
                 None => {
                     self.seq += 1;
-                    self.job.prepare(self.seq).await
+                    self.job.prepare(self.seq)
                 }
             };
             self.failed = answer.is_err();

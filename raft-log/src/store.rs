@@ -160,7 +160,7 @@ impl Store {
             config.segment_bytes,
             config.preallocate,
             config.preheat,
-        );
+        )?;
         let inner = Inner {
             config,
             fs,
