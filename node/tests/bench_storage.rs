@@ -23,6 +23,9 @@ const REQUIRED_KEYS: &[&str] = &[
     "duration_s",
     "sync_flush_syncs",
     "sync_flush_entries_per_sync",
+    "engine_batch_entries",
+    "raw_at_engine_batch_appends_per_s",
+    "ratio_at_engine_batch",
     "dir",
     "filesystem",
 ];
@@ -34,6 +37,8 @@ const THROUGHPUTS: &[&str] = &[
     "batch_appends_per_s",
     "async_appends_per_s",
     "read_mib_per_s",
+    "raw_at_engine_batch_appends_per_s",
+    "ratio_at_engine_batch",
 ];
 
 #[test]
@@ -65,7 +70,7 @@ fn a_short_run_reports_every_figure_and_leaves_nothing_behind() {
 
     // Phase 3: the human table came first, and progress went to stderr.
     assert!(stdout.contains("ratio engine SYNC_FLUSH / raw"), "no table on stdout:\n{stdout}");
-    assert!(stderr.contains("[8/8]"), "no progress on stderr:\n{stderr}");
+    assert!(stderr.contains("[9/9]"), "no progress on stderr:\n{stderr}");
 
     // Phase 4: the bench removed its own working directory.
     let left: Vec<_> = std::fs::read_dir(dir.path())

@@ -11,8 +11,11 @@
 //!    `segment.preallocate` decision;
 //! 4. engine, SYNC_FLUSH, W writers → `ratio` = engine / raw;
 //! 5. read every entry of phase 4 back through the segments' maps;
-//! 6. engine, SYNC_FLUSH, one writer → the append latency a lone producer sees;
-//! 7. and 8. engine, BATCH_FLUSH and ASYNC_FLUSH, W writers (weaker
+//! 6. raw again, with as many S-byte entries per fdatasync as phase 4
+//!    averaged → `ratio_at_engine_batch`: the engine's cost per sync, apart
+//!    from how many writers each sync serves;
+//! 7. engine, SYNC_FLUSH, one writer → the append latency a lone producer sees;
+//! 8. and 9. engine, BATCH_FLUSH and ASYNC_FLUSH, W writers (weaker
 //!    guarantees: acked from the page cache).
 
 use std::io::{IsTerminal, Write};
@@ -42,7 +45,7 @@ const LATENCY_WRITE_BYTES: usize = 4096;
 const FALLOCATE_MAX_DURATION: Duration = Duration::from_secs(3);
 const WARMUP_MIN: Duration = Duration::from_millis(250);
 const WARMUP_MAX: Duration = Duration::from_secs(1);
-const STEPS: usize = 8;
+const STEPS: usize = 9;
 /// Width of the label column of the human table.
 const LABEL_WIDTH: usize = 76;
 
@@ -167,6 +170,11 @@ struct Report {
     raw_fdatasyncs_per_s: f64,
     engine_appends_per_s: f64,
     ratio: f64,
+    /// Entries per fdatasync the engine averaged at W writers (rounded).
+    engine_batch_entries: usize,
+    /// The raw loop at that many S-byte entries per fdatasync.
+    raw_at_engine_batch_appends_per_s: f64,
+    ratio_at_engine_batch: f64,
     raw_fsync_p50_us: u64,
     raw_fsync_p99_us: u64,
     /// `None` where the filesystem has no fallocate.
@@ -374,8 +382,6 @@ async fn measure(s: &Settings, work: &Path, base: &Path, filesystem: Option<Stri
     .await?;
     let zero = Latency::of(&zero_hist);
     p.finish(&format!("p50 {} us, p99 {} us", zero.p50_us, zero.p99_us));
-    drop(file);
-    std::fs::remove_file(&raw_path).with_context(|| format!("remove {}", raw_path.display()))?;
 
     let p = progress.start("raw 4 KiB pwrite + fdatasync latency, fallocated file");
     let falloc_path = work.join("raw-fallocate.dat");
@@ -426,6 +432,17 @@ async fn measure(s: &Settings, work: &Path, base: &Path, filesystem: Option<Stri
         ),
     );
 
+    // The raw loop at the batch the engine actually got per fdatasync.
+    let engine_batch_entries = (sync.flush.entries_per_sync().round() as usize).clamp(1, w);
+    let p = progress.start(&format!("raw pwrite {engine_batch_entries}×S + fdatasync (the engine's batch)"));
+    let f = file.clone();
+    let chunk = engine_batch_entries * size;
+    let raw_same = blocking(move || raw_disk::write_sync_loop(&f, raw_file_bytes, chunk, duration, true, None)).await?;
+    let raw_at_engine_batch_appends_per_s = raw_same.per_s() * engine_batch_entries as f64;
+    p.finish(&format!("{} appends/s", group(raw_at_engine_batch_appends_per_s)));
+    drop(file);
+    std::fs::remove_file(&raw_path).with_context(|| format!("remove {}", raw_path.display()))?;
+
     let p = progress.start(&label(FlushPolicy::SyncFlush, 1));
     let single = engine::run(&s.phase(work.join("sync-1"), FlushPolicy::SyncFlush, 1, false)).await?;
     p.finish(&format!("p50 {} us, p99 {} us", single.latency.p50_us, single.latency.p99_us));
@@ -443,6 +460,9 @@ async fn measure(s: &Settings, work: &Path, base: &Path, filesystem: Option<Stri
         raw_fdatasyncs_per_s: raw.per_s(),
         engine_appends_per_s: sync.appends_per_s,
         ratio: sync.appends_per_s / raw_appends_per_s,
+        engine_batch_entries,
+        raw_at_engine_batch_appends_per_s,
+        ratio_at_engine_batch: sync.appends_per_s / raw_at_engine_batch_appends_per_s,
         raw_fsync_p50_us: zero.p50_us,
         raw_fsync_p99_us: zero.p99_us,
         fallocate_fsync_p50_us: fallocated.map(|l| l.p50_us),
@@ -515,6 +535,12 @@ fn table(r: &Report) -> String {
     line("  (fdatasyncs of the raw loop)", group(r.raw_fdatasyncs_per_s), "fdatasync/s");
     line("engine SYNC_FLUSH   acked after the fdatasync that covers it", group(r.engine_appends_per_s), "appends/s");
     line("ratio engine SYNC_FLUSH / raw", format!("{:.3}", r.ratio), "");
+    line(
+        &format!("raw disk at the engine's batch ({} entries per fdatasync)", r.engine_batch_entries),
+        group(r.raw_at_engine_batch_appends_per_s),
+        "appends/s",
+    );
+    line("ratio engine SYNC_FLUSH / raw at the same batch", format!("{:.3}", r.ratio_at_engine_batch), "");
     line(
         &format!(
             "engine BATCH_FLUSH  weaker: page-cache ack, fsync per {} entries / {} ms",
