@@ -326,3 +326,122 @@ async fn segments_left_over_from_before_a_range_install_are_discarded() {
         assert_entry(&store, 1, i, LEN);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_header_is_only_allowed_on_the_last_segment() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    let store = write_synced(dir.path(), 4096, 50).await;
+    let segments = store.segments();
+    drop(store);
+    let zero = [0u8; SEGMENT_HEADER_BYTES];
+    let f = std::fs::OpenOptions::new().write(true).open(&segments[1].file).expect("open");
+    f.write_all_at(&zero, 0).expect("zero header");
+    match Store::open(c.clone()).await {
+        Err(e @ Error::Corruption { .. }) => assert!(e.to_string().contains("zero header"), "{e}"),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    // The last segment's header may be lost with its records (a roll that
+    // never reached the disk): it reopens empty and the log ends before it.
+    let last = segments.last().expect("segments").clone();
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let c2 = config(dir2.path(), 4096, FlushPolicy::SyncFlush);
+    let store = write_synced(dir2.path(), 4096, 50).await;
+    drop(store);
+    let last2 = dir2.path().join(last.file.file_name().expect("name"));
+    let f = std::fs::OpenOptions::new().write(true).open(&last2).expect("open");
+    f.write_all_at(&zero, 0).expect("zero header");
+    let store = Store::open(c2).await.expect("a lost last header is a torn tail");
+    assert_eq!(store.log_state().1.map(|p| p.index), Some(last.first_index - 1));
+    append_flushed(&store, vec![record(2, last.first_index, 9)]).await.expect("append into the emptied segment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_with_valid_checksums_but_wrong_contents_are_rebuilt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    let store = write_synced(dir.path(), 4096, 60).await;
+    let sealed = store.segments()[0].clone();
+    drop(store);
+    let count = sealed.last_index.expect("records") - sealed.first_index + 1;
+    let idx = dir.path().join(format::index_file_name(sealed.first_index));
+    let tix = dir.path().join(format::time_index_file_name(sealed.first_index));
+    let good_idx = std::fs::read(&idx).expect("read");
+    let good_tix = std::fs::read(&tix).expect("read");
+    // One entry more than the segment holds (what a truncation leaves behind).
+    let mut body = good_idx[format::INDEX_HEADER_BYTES..].to_vec();
+    body.extend_from_slice(&4000u32.to_le_bytes());
+    std::fs::write(&idx, format::encode_index_file(format::INDEX_MAGIC, sealed.first_index, count + 1, &body))
+        .expect("write");
+    // Positions that point between records.
+    let shifted: Vec<u8> = body[..body.len() - 4]
+        .chunks_exact(4)
+        .flat_map(|c| (u32::from_le_bytes(c.try_into().expect("4")) + 1).to_le_bytes())
+        .collect();
+    // A time index naming an entry of another segment.
+    let wrong_times: Vec<u8> = [(1_000u64, sealed.first_index + 10_000)]
+        .iter()
+        .flat_map(|&(t, i)| t.to_le_bytes().into_iter().chain(i.to_le_bytes()))
+        .collect();
+    for (idx_bytes, tix_bytes) in [
+        (None, Some(format::encode_index_file(format::TIME_INDEX_MAGIC, sealed.first_index, 1, &wrong_times))),
+        (Some(format::encode_index_file(format::INDEX_MAGIC, sealed.first_index, count, &shifted)), None),
+        (None, None),
+    ] {
+        if let Some(b) = idx_bytes {
+            std::fs::write(&idx, b).expect("write");
+        }
+        if let Some(b) = tix_bytes {
+            std::fs::write(&tix, b).expect("write");
+        }
+        let store = Store::open(c.clone()).await.expect("open");
+        for i in 1..=60 {
+            assert_entry(&store, 1, i, LEN);
+        }
+        drop(store);
+        assert_eq!(std::fs::read(&idx).expect("read"), good_idx, "position index not rebuilt");
+        assert_eq!(std::fs::read(&tix).expect("read"), good_tix, "time index not rebuilt");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_out_of_sequence_are_corruption() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 1 << 20, FlushPolicy::SyncFlush);
+    drop(write_synced(dir.path(), 1 << 20, 5).await);
+    let segment = dir.path().join(format::segment_file_name(1));
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&segment).expect("open");
+    let mut original = vec![0u8; REC as usize];
+    f.read_exact_at(&mut original, record_pos(3)).expect("read");
+    // A well-formed record carrying the wrong index, then one whose term goes back.
+    for (index, term, why) in [(9u64, 1u64, "log index 9"), (4, 0, "term 0 after term 1")] {
+        let mut b = Vec::new();
+        let meta = format::RecordMeta { kind: crate::RecordKind::Normal, term, leader: 1, index, timestamp_ms: 1 };
+        format::encode_record(&mut b, &meta, &payload(index, term, LEN));
+        f.write_all_at(&b, record_pos(3)).expect("write");
+        match Store::open(c.clone()).await {
+            Err(e @ Error::Corruption { .. }) => assert!(e.to_string().contains(why), "{e}"),
+            other => panic!("expected corruption for {why}, got {other:?}"),
+        }
+    }
+    f.write_all_at(&original, record_pos(3)).expect("restore");
+    Store::open(c).await.expect("open after restore");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_missing_just_above_the_purge_point_are_a_hole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    let store = write_synced(dir.path(), 4096, 60).await;
+    store.purge(LogPos::new(1, 1, 5)).await.expect("purge");
+    let first = store.segments()[0].clone();
+    drop(store);
+    // The first segment (entries 1..) vanished although 6.. were not purged.
+    std::fs::remove_file(&first.file).expect("rm");
+    match Store::open(c).await {
+        Err(e @ Error::Corruption { .. }) => assert!(e.to_string().contains("are missing"), "{e}"),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
