@@ -255,14 +255,14 @@ impl FlusherHandle {
     /// doing `spawn_blocking` pays two more cross-thread wake-ups on every
     /// sync, which `keel bench storage` measured as most of the engine's
     /// overhead over the raw disk.
-    pub fn spawn(state: Arc<SyncState>, config: FlushConfig) -> Result<Self> {
+    pub fn spawn(state: Arc<SyncState>, config: FlushConfig) -> Result<(Self, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let flusher = Flusher { state, config, rx, waiting: Vec::new() };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("keel-flusher".into())
             .spawn(move || flusher.run())
             .map_err(|e| Error::io("start the flusher thread", e))?;
-        Ok(Self { tx })
+        Ok((Self { tx }, thread))
     }
 
     /// Entries up to `index` are in the page cache; `done` fires once a sync covers them.

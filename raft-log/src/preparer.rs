@@ -59,7 +59,13 @@ pub struct PreparerHandle {
 }
 
 impl PreparerHandle {
-    pub fn spawn(fs: Arc<dyn FileSystem>, dir: PathBuf, bytes: u64, mode: Preallocate, preheat: bool) -> Result<Self> {
+    pub fn spawn(
+        fs: Arc<dyn FileSystem>,
+        dir: PathBuf,
+        bytes: u64,
+        mode: Preallocate,
+        preheat: bool,
+    ) -> Result<(Self, std::thread::JoinHandle<()>)> {
         // Unique per process and store instance, so a closing store's
         // cleanup never deletes a file its successor just prepared.
         static INSTANCE: AtomicU64 = AtomicU64::new(0);
@@ -67,11 +73,11 @@ impl PreparerHandle {
         let (tx, rx) = mpsc::channel(4);
         let job = Job { fs, dir, bytes, mode, preheat, instance };
         let actor = Preparer { job, rx, ready: None, seq: 0, failed: false };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("keel-preparer".into())
             .spawn(move || actor.run())
             .map_err(|e| Error::io("start the segment preparer thread", e))?;
-        Ok(Self { tx })
+        Ok((Self { tx }, thread))
     }
 
     /// A preallocated file, ready to be renamed into place.

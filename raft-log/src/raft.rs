@@ -60,6 +60,11 @@ impl<C> LogStore<C> {
     pub fn store(&self) -> &Store {
         &self.store
     }
+
+    /// Give back the store, e.g. to [`Store::close`] it.
+    pub fn into_store(self) -> Store {
+        self.store
+    }
 }
 
 fn log_id(p: LogPos) -> LogId<u64> {

@@ -103,9 +103,11 @@ struct Inner {
     sync: Arc<SyncState>,
     flusher: FlusherHandle,
     preparer: PreparerHandle,
+    /// The actors' threads; each ends once its handle is dropped.
+    threads: Vec<std::thread::JoinHandle<()>>,
     max_payload: usize,
     /// Held for the store's lifetime: the exclusive flock on `LOCK`.
-    _lock: File,
+    lock: File,
 }
 
 /// keel's segmented log store. Cheap to clone; all clones share one store.
@@ -153,8 +155,8 @@ impl Store {
             .map_err(|e| Error::io("recovery task", std::io::Error::other(e.to_string())))??;
         let written = state.last_present().map(|p| p.index);
         let sync = SyncState::new(fs.clone(), config.dir.clone(), written);
-        let flusher = FlusherHandle::spawn(sync.clone(), config.flush)?;
-        let preparer = PreparerHandle::spawn(
+        let (flusher, flusher_thread) = FlusherHandle::spawn(sync.clone(), config.flush)?;
+        let (preparer, preparer_thread) = PreparerHandle::spawn(
             fs.clone(),
             config.dir.clone(),
             config.segment_bytes,
@@ -169,10 +171,33 @@ impl Store {
             sync,
             flusher,
             preparer,
+            threads: vec![flusher_thread, preparer_thread],
             max_payload,
-            _lock: lock,
+            lock,
         };
         Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Close cleanly: sync what was written, stop the flusher and the
+    /// preparer and wait for them (a segment being zero-filled is finished
+    /// and removed), then release the directory lock. With other clones
+    /// still alive this only syncs; the store closes with the last clone.
+    pub async fn close(self) -> Result<()> {
+        let synced = self.sync().await.map(|_| ());
+        let Some(inner) = Arc::into_inner(self.inner) else { return synced };
+        let Inner { flusher, preparer, threads, lock, .. } = inner;
+        drop((flusher, preparer));
+        tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                if thread.join().is_err() {
+                    tracing::error!("a log store thread panicked");
+                }
+            }
+        })
+        .await
+        .map_err(|e| Error::io("join the log store threads", std::io::Error::other(e.to_string())))?;
+        drop(lock);
+        synced
     }
 
     pub fn config(&self) -> &StoreConfig {

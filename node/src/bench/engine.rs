@@ -38,9 +38,7 @@ const PHASE_MAX_ENTRIES: u64 = 50_000_000;
 const READ_CHUNK_BYTES: usize = 1 << 20;
 /// The store keeps its next segment in files named so while preparing it
 /// (`raft-log`'s preparer does not export the prefix).
-const PREPARED_PREFIX: &str = "prepared-";
 /// How long closing waits for the store's background work to end.
-const CLOSE_WAIT: Duration = Duration::from_secs(30);
 
 /// One measured point.
 #[derive(Debug, Clone)]
@@ -387,22 +385,8 @@ fn read_back(store: &Store, last: u64, payload: &[u8]) -> Result<ReadBack> {
 /// finishing a zero-fill if one is running. The next phase must not share the
 /// disk with that 64 MiB write, so wait until the spare is gone.
 async fn close(log_store: LogStore<RawConfig>, dir: &Path) -> Result<()> {
-    drop(log_store);
-    let deadline = Instant::now() + CLOSE_WAIT;
-    loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut preparing = false;
-        for e in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
-            let e = e.with_context(|| format!("list {}", dir.display()))?;
-            preparing |= e.file_name().to_string_lossy().starts_with(PREPARED_PREFIX);
-        }
-        if !preparing {
-            break;
-        }
-        if Instant::now() >= deadline {
-            eprintln!("warning: the store in {} still prepares a segment after {CLOSE_WAIT:?}", dir.display());
-            break;
-        }
-    }
+    // Waits for the final sync and for a segment still being zero-filled, so
+    // the next phase starts on a quiet disk.
+    log_store.into_store().close().await.context("close the store")?;
     std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))
 }
