@@ -38,7 +38,6 @@ const PHASE_MAX_ENTRIES: u64 = 50_000_000;
 const READ_CHUNK_BYTES: usize = 1 << 20;
 /// The store keeps its next segment in files named so while preparing it
 /// (`raft-log`'s preparer does not export the prefix).
-/// How long closing waits for the store's background work to end.
 
 /// One measured point.
 #[derive(Debug, Clone)]
