@@ -36,9 +36,6 @@ const PHASE_MAX_PAYLOAD_BYTES: u64 = 4 << 30;
 const PHASE_MAX_ENTRIES: u64 = 50_000_000;
 /// `max_bytes` of each `read_range` call in the read-back.
 const READ_CHUNK_BYTES: usize = 1 << 20;
-/// The store keeps its next segment in files named so while preparing it
-/// (`raft-log`'s preparer does not export the prefix).
-
 /// One measured point.
 #[derive(Debug, Clone)]
 pub struct Phase {
