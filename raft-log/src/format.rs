@@ -41,9 +41,16 @@
 //!                          is (term, leader node id, index)
 //!  24   8 index            log index
 //!  32   8 timestamp_ms     leader-assigned, 0 when the entry has none
-//!  40   4 crc32c           over bytes 0..40 followed by the payload
-//!  44   n payload          opaque to the store
+//!  40   8 synced_before    fsynced index of the store when this record was
+//!                          written, plus one (0: none): everything below it
+//!                          was durable before this record existed
+//!  48   4 crc32c           over bytes 0..48 followed by the payload
+//!  52   n payload          opaque to the store
 //! ```
+//!
+//! `synced_before` lets recovery tell a crash from corruption when a bad
+//! record has valid records after it: if a later record says the bad one
+//! was already durable when it was written, no crash can explain the damage.
 //!
 //! A record is never written across a segment boundary, and bytes of a
 //! segment are never rewritten once written: truncation rolls to a new
@@ -98,8 +105,8 @@ pub const SEGMENT_HEADER_BYTES: usize = 32;
 
 pub const RECORD_MAGIC: &[u8; 2] = b"KR";
 pub const RECORD_VERSION: u8 = 1;
-pub const RECORD_HEADER_BYTES: usize = 44;
-const RECORD_CRC_AT: usize = 40;
+pub const RECORD_HEADER_BYTES: usize = 52;
+const RECORD_CRC_AT: usize = 48;
 const FLAGS_KIND_MASK: u8 = 0b11;
 
 pub const INDEX_MAGIC: &[u8; 8] = b"KEELIDX1";
@@ -153,6 +160,8 @@ pub struct RecordHeader {
     pub leader: u64,
     pub index: u64,
     pub timestamp_ms: u64,
+    /// One past the store's fsynced index when this record was written (0: none).
+    pub synced_before: u64,
     pub crc: u32,
 }
 
@@ -224,7 +233,8 @@ pub struct RecordMeta {
 
 /// Append one encoded record to `out`. The caller checked `payload.len()`
 /// against the segment size.
-pub fn encode_record(out: &mut Vec<u8>, r: &RecordMeta, payload: &[u8]) {
+pub fn encode_record(out: &mut Vec<u8>, r: &RecordMeta, synced_before: u64, payload: &[u8]) {
+    debug_assert!(synced_before <= r.index, "a record cannot be durable before it is written");
     let payload_len = u32::try_from(payload.len()).expect("payload length checked against segment size");
     let start = out.len();
     out.extend_from_slice(RECORD_MAGIC);
@@ -235,6 +245,7 @@ pub fn encode_record(out: &mut Vec<u8>, r: &RecordMeta, payload: &[u8]) {
     out.extend_from_slice(&r.leader.to_le_bytes());
     out.extend_from_slice(&r.index.to_le_bytes());
     out.extend_from_slice(&r.timestamp_ms.to_le_bytes());
+    out.extend_from_slice(&synced_before.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + RECORD_CRC_AT]), payload);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
@@ -268,6 +279,7 @@ pub fn decode_header(b: &[u8], max_payload: usize) -> Result<RecordHeader, Recor
         leader: u64_at(h, 16),
         index: u64_at(h, 24),
         timestamp_ms: u64_at(h, 32),
+        synced_before: u64_at(h, 40),
         crc: u32_at(h, RECORD_CRC_AT),
     })
 }
@@ -286,31 +298,35 @@ pub fn check_record(b: &[u8], max_payload: usize) -> Result<RecordHeader, Record
     Ok(header)
 }
 
-/// Could `damaged` (the bytes from a bad record to the end of the written
-/// region) be what a crash leaves of an unsynced write? Files are
-/// zero-filled before use and never rewritten, so a write that did not reach
-/// the disk reads back as zeros: a lost sector is a zero 512-byte block, and
-/// a write torn at any byte leaves a zero suffix. Non-zero garbage with
-/// neither is a flipped bit, not a crash.
+/// Does `region` (bytes of a bad record, starting at file position
+/// `file_pos`) show what a crash leaves of an unsynced write? Segments are
+/// zero-filled and never rewritten, so a write that did not reach the disk
+/// reads back as zeros, lost in whole 512-byte sectors: an all-zero header,
+/// an all-zero aligned sector, or an all-zero start up to the first sector
+/// boundary (the rest of a sector whose older bytes were synced). A flipped
+/// bit leaves none of these.
 ///
-/// `suffix_may_tear`: the damaged record is the last non-zero thing in the
-/// segment, where a byte-granular tear is possible.
-pub fn looks_torn(damaged: &[u8], file_pos: u64, record_len: usize, suffix_may_tear: bool) -> bool {
+/// `suffix_may_tear`: nothing valid follows, so the write may also be torn
+/// at any byte (the fault layer tears that way; real disks by sector): a
+/// zero last byte counts too.
+pub fn looks_torn(region: &[u8], file_pos: u64, suffix_may_tear: bool) -> bool {
     const SECTOR: u64 = 512;
-    let len = record_len.min(damaged.len());
-    let record = &damaged[..len];
-    if record.len() >= RECORD_HEADER_BYTES && record[..RECORD_HEADER_BYTES].iter().all(|&x| x == 0) {
+    let end = file_pos + region.len() as u64;
+    let zero = |lo: u64, hi: u64| region[(lo - file_pos) as usize..(hi - file_pos) as usize].iter().all(|&x| x == 0);
+    if region.len() >= RECORD_HEADER_BYTES && region[..RECORD_HEADER_BYTES].iter().all(|&x| x == 0) {
         return true;
     }
-    if suffix_may_tear && record.last().is_none_or(|&x| x == 0) {
+    if suffix_may_tear && region.last().is_none_or(|&x| x == 0) {
         return true;
     }
-    // An aligned, all-zero sector inside the record.
-    let first_sector = file_pos.div_ceil(SECTOR) * SECTOR;
-    let mut at = first_sector;
-    while at + SECTOR <= file_pos + len as u64 {
-        let lo = (at - file_pos) as usize;
-        if record[lo..lo + SECTOR as usize].iter().all(|&x| x == 0) {
+    // The record magic is never zero, so a zero start can only be a lost sector.
+    let boundary = file_pos.div_ceil(SECTOR) * SECTOR;
+    if boundary > file_pos && boundary <= end && zero(file_pos, boundary) {
+        return true;
+    }
+    let mut at = boundary;
+    while at + SECTOR <= end {
+        if zero(at, at + SECTOR) {
             return true;
         }
         at += SECTOR;
@@ -537,7 +553,7 @@ mod tests {
         let mut out = Vec::new();
         let meta =
             RecordMeta { kind: RecordKind::Normal, term: 3, leader: 2, index: 42, timestamp_ms: 1_700_000_000_000 };
-        encode_record(&mut out, &meta, payload);
+        encode_record(&mut out, &meta, 40, payload);
         out
     }
 
@@ -546,8 +562,8 @@ mod tests {
         let b = record(b"hello");
         let h = check_record(&b, MAX).expect("valid record");
         assert_eq!(
-            (h.kind, h.term, h.leader, h.index, h.timestamp_ms, h.payload_len),
-            (RecordKind::Normal, 3, 2, 42, 1_700_000_000_000, 5)
+            (h.kind, h.term, h.leader, h.index, h.timestamp_ms, h.synced_before, h.payload_len),
+            (RecordKind::Normal, 3, 2, 42, 1_700_000_000_000, 40, 5)
         );
         assert_eq!(&b[RECORD_HEADER_BYTES..], b"hello");
     }
@@ -594,18 +610,27 @@ mod tests {
         for cut in [0, 1, RECORD_HEADER_BYTES - 1, RECORD_HEADER_BYTES, 700, good.len() - 1] {
             let mut b = good.clone();
             b[cut..].fill(0);
-            assert!(looks_torn(&b, 32, good.len(), true), "cut at {cut}");
+            assert!(looks_torn(&b, 32, true), "cut at {cut}");
         }
         // A lost aligned sector in the middle, with data after it.
         let mut b = good.clone();
         let sector_start = 512 - 32; // file position 512 when the record starts at 32
         b[sector_start..sector_start + 512].fill(0);
-        assert!(looks_torn(&b, 32, good.len(), false));
+        assert!(looks_torn(&b, 32, false));
+        // The record starts late in a sector whose older bytes were synced
+        // and whose new ones were lost: zeros up to the boundary, data after.
+        let mut b = good.clone();
+        b[..20].fill(0);
+        assert!(looks_torn(&b, 492, false), "lost leading partial sector");
+        assert!(!looks_torn(&b, 480, false), "zeros short of a sector boundary are not a lost sector");
         // A flipped bit is not a crash.
         let mut b = good.clone();
         b[700] ^= 1;
-        assert!(!looks_torn(&b, 32, good.len(), true));
-        assert!(!looks_torn(&b, 32, good.len(), false));
+        assert!(!looks_torn(&b, 32, true));
+        assert!(!looks_torn(&b, 32, false));
+        let mut b = good.clone();
+        b[0] ^= 0x40;
+        assert!(!looks_torn(&b, 492, false), "one bit cannot zero a whole partial sector");
     }
 
     #[test]

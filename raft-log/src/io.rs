@@ -124,10 +124,11 @@ impl FileIo for RealFile {
         if self.len()? == 0 {
             return Ok(Some(Bytes::new()));
         }
-        // SAFETY: keel never shrinks or rewrites bytes of a file in place
-        // once they were handed out (segments are append-only; truncation
-        // rolls to a new file), so the mapped bytes never change under a
-        // reader. Another process could, but the data directory is flock'ed.
+        // SAFETY: keel never shrinks a mapped file or rewrites payload bytes
+        // it handed out (segments are append-only; truncation rolls to a new
+        // file and only zeroes the header of the first truncated record), so
+        // mapped payloads never change under a reader. Another process
+        // could, but the data directory is flock'ed.
         let map = unsafe { memmap2::MmapOptions::new().map(&self.file) }
             .map_err(|e| io::Error::new(e.kind(), format!("mmap {}: {e}", self.path.display())))?;
         Ok(Some(Bytes::from_owner(map)))

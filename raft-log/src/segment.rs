@@ -153,6 +153,13 @@ pub fn scan(bytes: &[u8], first: u64, limit: Option<usize>, max_payload: usize) 
     s
 }
 
+/// The largest payload a record can have in a segment of `capacity` bytes.
+pub fn max_payload_in(capacity: u64) -> usize {
+    usize::try_from(capacity)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(format::SEGMENT_HEADER_BYTES + format::RECORD_HEADER_BYTES)
+}
+
 /// The whole file as bytes: its map, or one read.
 pub fn load(file: &dyn FileIo) -> std::io::Result<Bytes> {
     if let Some(map) = file.map()? {
@@ -212,6 +219,12 @@ impl Segment {
 
     pub fn len(&self) -> u64 {
         self.positions.len() as u64
+    }
+
+    /// The largest payload a record in this segment can have: its own size
+    /// decides, so segments written under another `segment.bytes` still read.
+    pub fn max_payload(&self) -> usize {
+        max_payload_in(self.capacity)
     }
 
     /// The index the next record appended here must carry.
@@ -299,7 +312,8 @@ impl Segment {
     }
 
     /// Read and verify the record of `index`, which this segment contains.
-    pub fn read(&self, index: u64, max_payload: usize) -> Result<Record> {
+    pub fn read(&self, index: u64) -> Result<Record> {
+        let max_payload = self.max_payload();
         debug_assert!(self.contains(index));
         let i = usize::try_from(index - self.first).expect("segment record count fits usize");
         let pos =
@@ -335,7 +349,7 @@ impl Segment {
     }
 
     /// The first index in this segment whose record has `timestamp_ms >= ts`.
-    pub fn index_for_timestamp(&self, ts: u64, max_payload: usize) -> Result<Option<u64>> {
+    pub fn index_for_timestamp(&self, ts: u64) -> Result<Option<u64>> {
         if self.max_ts < ts || self.len() == 0 {
             return Ok(None);
         }
@@ -344,7 +358,7 @@ impl Segment {
         let k = self.times.partition_point(|&(max, _)| max < ts);
         let from = if k == 0 { self.first } else { self.times[k - 1].1 + 1 };
         for index in from..self.next_index() {
-            if self.read(index, max_payload)?.timestamp_ms >= ts {
+            if self.read(index)?.timestamp_ms >= ts {
                 return Ok(Some(index));
             }
         }
@@ -373,14 +387,7 @@ impl Segment {
     /// Load the `.idx` and `.tix` of a sealed segment that must hold `expected`
     /// records (or at most that many when `lenient`). `None` when they are
     /// missing, damaged or do not match the segment: rebuild then.
-    pub fn load_indexes(
-        &mut self,
-        fs: &dyn FileSystem,
-        dir: &Path,
-        expected: u64,
-        lenient: bool,
-        max_payload: usize,
-    ) -> Option<()> {
+    pub fn load_indexes(&mut self, fs: &dyn FileSystem, dir: &Path, expected: u64, lenient: bool) -> Option<()> {
         let load = |name: String| -> Option<Bytes> {
             let file = fs.open(&dir.join(name)).ok()?;
             load(file.as_ref()).ok()
@@ -405,9 +412,13 @@ impl Segment {
         // The index must agree with the segment: its last record checks out.
         let last_ok = match self.last_index() {
             None => true,
-            Some(last) => self.read(last, max_payload).map(|r| self.last_term = Some((r.term, r.leader))).is_ok(),
+            Some(last) => self.read(last).map(|r| self.last_term = Some((r.term, r.leader))).is_ok(),
         };
-        let times_ok = times.iter().all(|&(_, i)| self.contains(i)) && times.windows(2).all(|w| w[0] <= w[1]);
+        // Sorted, inside the segment, and closed by an entry for the last
+        // record (which carries the segment's exact maximum timestamp).
+        let times_ok = times.iter().all(|&(_, i)| self.contains(i))
+            && times.windows(2).all(|w| w[0] <= w[1])
+            && times.last().map(|&(_, i)| i) == self.last_index();
         if !last_ok || !times_ok {
             self.positions = saved;
             return None;

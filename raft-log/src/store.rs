@@ -150,7 +150,7 @@ impl Store {
         let lock = lock_dir(&config.dir)?;
         let max_payload = config.max_payload_bytes();
         let (fs2, config2) = (fs.clone(), config.clone());
-        let state = tokio::task::spawn_blocking(move || recover(&*fs2, &config2, max_payload))
+        let state = tokio::task::spawn_blocking(move || recover(&*fs2, &config2))
             .await
             .map_err(|e| Error::io("recovery task", std::io::Error::other(e.to_string())))??;
         let written = state.last_present().map(|p| p.index);
@@ -235,7 +235,10 @@ impl Store {
 
     /// Append records, which must continue the log (index = last + 1). When
     /// this returns they are readable; `done` fires when they are flushed as
-    /// the policy defines (SYNC_FLUSH: after the covering fdatasync).
+    /// the policy defines (SYNC_FLUSH: after the covering fdatasync). When
+    /// this returns an error, that error is the answer and `done` may not
+    /// fire. Records at or below the purge point are skipped (already gone
+    /// for Raft).
     pub async fn append(&self, records: Vec<NewRecord>, done: Completion) -> Result<()> {
         let _writer = self.inner.writer.lock().await;
         self.append_locked(records, done).await
@@ -286,6 +289,8 @@ impl Store {
             s.active().is_some_and(|a| !a.sealed && a.next_index() == first.index && a.end + total as u64 <= a.capacity)
         };
         let mut reserved = if fits_whole { None } else { Some(self.inner.preparer.take().await?) };
+        // Recovery's witness that earlier records were already durable.
+        let synced_before = self.inner.sync.synced_index().map_or(0, |s| s + 1);
         let mut buf = Vec::with_capacity(total);
         let mut metas = Vec::with_capacity(records.len());
         for r in &records {
@@ -304,7 +309,7 @@ impl Store {
                 self.roll(r.meta.index, reserved.take()).await?;
             }
             metas.push((r.meta, rec_len));
-            format::encode_record(&mut buf, &r.meta, &r.payload);
+            format::encode_record(&mut buf, &r.meta, synced_before, &r.payload);
         }
         self.write_batch(&mut buf, &mut metas)?;
         if self.inner.config.flush.policy == crate::FlushPolicy::SyncFlush {
@@ -393,19 +398,38 @@ impl Store {
         let fs = &*self.inner.fs;
         let dir = self.inner.config.dir.clone();
         let prepared = self.inner.preparer.take().await?;
-        let doomed: Vec<u64> = self.state().segments.range(from..).map(|(&f, _)| f).collect();
-        let io = |what: &str, e: std::io::Error| Error::io(format!("truncate from {from}: {what}"), e);
-        for &first in doomed.iter().rev() {
-            if first != from {
-                fs.remove(&dir.join(format::segment_file_name(first))).map_err(|e| io("remove segment", e))?;
-            }
-            fs.remove(&dir.join(format::index_file_name(first))).map_err(|e| io("remove index", e))?;
-            fs.remove(&dir.join(format::time_index_file_name(first))).map_err(|e| io("remove index", e))?;
-        }
-        fs.sync_dir(&dir).map_err(|e| io("fsync directory", e))?;
+        let (doomed, stale_tail, generation) = {
+            let s = self.state();
+            let doomed: Vec<u64> = s.segments.range(from..).map(|(&f, _)| f).collect();
+            // The segment that keeps the entries below `from` and still holds
+            // records from `from` on: they stay on disk as a stale tail.
+            let stale_tail = s.segments.range(..from).next_back().map(|(_, seg)| seg).filter(|seg| seg.contains(from));
+            let stale_tail = stale_tail.map(|seg| {
+                let pos = seg.positions.get((from - seg.first) as usize).expect("contains(from)") as u64;
+                (seg.file.clone(), pos)
+            });
+            (doomed, stale_tail, s.meta.generation)
+        };
         let path = dir.join(format::segment_file_name(from));
-        let generation = self.state().meta.generation;
+        // From here on files change: any failure is fail-stop, since memory
+        // and disk no longer agree.
         let file = (|| {
+            // End the stale tail at a zero header, durably, before later
+            // segments go: a crash that leaves this segment last must not
+            // bring the truncated records back. Only header bytes change;
+            // payload slices handed out stay intact.
+            if let Some((file, pos)) = &stale_tail {
+                file.write_at(*pos, &[0u8; RECORD_HEADER_BYTES])?;
+                file.sync_data()?;
+            }
+            for &first in doomed.iter().rev() {
+                if first != from {
+                    fs.remove(&dir.join(format::segment_file_name(first)))?;
+                }
+                fs.remove(&dir.join(format::index_file_name(first)))?;
+                fs.remove(&dir.join(format::time_index_file_name(first)))?;
+            }
+            fs.sync_dir(&dir)?;
             fs.rename(&prepared, &path)?;
             let file = fs.open(&path)?;
             file.write_at(0, &format::encode_segment_header(from, generation))?;
@@ -415,14 +439,16 @@ impl Store {
         })()
         .map_err(|e| self.inner.sync.fail(format!("truncate from {from}: {e}")))?;
         let segment = Segment::new_active(from, path, file, self.inner.config.segment_bytes)
-            .map_err(|e| io("map new segment", e))?;
+            .map_err(|e| self.inner.sync.fail(format!("truncate from {from}: map the new segment: {e}")))?;
         let mut s = self.state();
         for first in doomed {
             s.segments.remove(&first);
         }
         if let Some(prev) = s.active_mut() {
             let keep = usize::try_from(from - prev.first).expect("segment record count fits usize");
-            prev.keep_first(keep.min(prev.len() as usize))?;
+            if let Err(e) = prev.keep_first(keep.min(prev.len() as usize)) {
+                return Err(self.inner.sync.fail(format!("truncate from {from}: {e}")));
+            }
             prev.sealed = true;
             if let Err(e) = prev.write_indexes(fs, &dir) {
                 tracing::warn!(error = %e, "could not write segment indexes; they are rebuilt on open");
@@ -567,13 +593,15 @@ impl Store {
     /// Remember the committed log id. Written to disk at most once a second
     /// (and with every vote or purge): openraft treats it as an optimisation.
     pub async fn save_committed(&self, committed: Option<LogPos>) -> Result<()> {
+        // Under the writer lock, so a vote or purge being written cannot
+        // put back an older committed id after this one.
+        let _writer = self.inner.writer.lock().await;
         let due = {
             let mut s = self.state();
             s.meta.committed = committed;
             s.committed_saved_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         };
         if due {
-            let _writer = self.inner.writer.lock().await;
             self.check_failed()?;
             let meta = self.state().meta;
             self.write_meta(meta).await?;
@@ -611,7 +639,7 @@ impl Store {
                 // Read under the lock only from the map (a slice, no copy) or
                 // a small read_at; records are immutable once written.
                 while index < segment_end {
-                    let r = seg.read(index, self.inner.max_payload)?;
+                    let r = seg.read(index)?;
                     bytes += r.payload.len();
                     out.push(r);
                     index += 1;
@@ -629,7 +657,7 @@ impl Store {
     pub fn index_for_timestamp(&self, ts: u64) -> Result<Option<u64>> {
         let s = self.state();
         for seg in s.segments.values() {
-            if let Some(i) = seg.index_for_timestamp(ts, self.inner.max_payload)? {
+            if let Some(i) = seg.index_for_timestamp(ts)? {
                 return Ok(Some(i));
             }
         }
@@ -704,7 +732,7 @@ struct Found {
 
 /// Open-time recovery: read meta, check every segment, rebuild missing or
 /// damaged indexes, cut a torn tail. Blocking.
-fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Result<State> {
+fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
     let dir = &config.dir;
     let meta_path = dir.join("meta");
     let names = fs.list(dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
@@ -734,7 +762,7 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
     let purged = meta.purged.map(|p| p.index);
     let mut segments = BTreeMap::new();
     let mut kept: Vec<Found> = Vec::new();
-    for (k, &first) in firsts.iter().enumerate() {
+    for &first in &firsts {
         let path = dir.join(format::segment_file_name(first));
         let file = fs.open(&path).map_err(|e| Error::io("open segment", e))?;
         let len = file.len().map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
@@ -742,7 +770,6 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
             return Err(corruption(&path, 0, None, format!("{len} bytes, larger than any segment keel writes")));
         }
         let bytes = segment::load(&*file).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-        let is_last = k + 1 == firsts.len();
         match format::decode_segment_header(&bytes) {
             Ok(SegmentHeader::Valid { first_index, generation }) => {
                 if first_index != first {
@@ -769,12 +796,14 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
                 }
                 kept.push(Found { first, path, file, bytes, header_ok: true });
             }
-            Ok(SegmentHeader::Empty) if is_last => kept.push(Found { first, path, file, bytes, header_ok: false }),
-            Ok(SegmentHeader::Empty) => {
-                return Err(corruption(&path, 0, None, "zero header in a segment followed by others"));
-            }
+            Ok(SegmentHeader::Empty) => kept.push(Found { first, path, file, bytes, header_ok: false }),
             Err(reason) => return Err(corruption(&path, 0, None, reason)),
         }
+    }
+    // A header that never reached the disk is a torn roll: only the last
+    // segment (after stale generations are gone) can have one.
+    if let Some(f) = kept.iter().rev().skip(1).find(|f| !f.header_ok) {
+        return Err(corruption(&f.path, 0, None, "zero header in a segment followed by others"));
     }
     let n = kept.len();
     for k in 0..n {
@@ -790,9 +819,9 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
             let mut seg =
                 Segment::from_scan(first, path.clone(), file.clone(), map.clone(), seg_capacity, Scan::empty());
             seg.sealed = true;
-            if seg.load_indexes(fs, dir, expected, lenient, max_payload).is_none() {
+            if seg.load_indexes(fs, dir, expected, lenient).is_none() {
                 let limit = usize::try_from(expected).unwrap_or(usize::MAX);
-                let s = segment::scan(&bytes, first, Some(limit), max_payload);
+                let s = segment::scan(&bytes, first, Some(limit), segment::max_payload_in(seg_capacity));
                 if (s.positions.len() as u64) < expected && !lenient {
                     let (pos, why) = s.stop.expect("a short scan has a stop");
                     return Err(corruption(
@@ -813,15 +842,20 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
             continue;
         }
         // The active segment: scan to the end and cut a torn tail.
+        let max_payload = segment::max_payload_in(seg_capacity);
         let s = if header_ok { segment::scan(&bytes, first, None, max_payload) } else { Scan::empty() };
         let end = s.end as usize;
         let index_at_stop = first + s.positions.len() as u64;
         if let Some((pos, why)) = s.stop {
             let pos = pos as usize;
             let after = format::find_valid_record(&bytes, pos + 1, max_payload);
-            let torn = match why {
-                ScanStop::Defect(format::RecordDefect::Zero) => true,
-                ScanStop::Defect(_) => {
+            // A later record written after this one was durable proves
+            // that no crash explains the damage.
+            let witnessed = after.filter(|(_, h)| h.synced_before > index_at_stop);
+            let torn = match (why, witnessed) {
+                (_, Some(_)) => false,
+                (ScanStop::Defect(format::RecordDefect::Zero), None) => true,
+                (ScanStop::Defect(_), None) => {
                     let rec_len = format::decode_header(&bytes[pos..], usize::MAX)
                         .map(|h| h.record_bytes())
                         .unwrap_or(RECORD_HEADER_BYTES);
@@ -829,13 +863,17 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
                         Some((q, _)) => q,
                         None => (pos + rec_len).min(bytes.len()),
                     };
-                    format::looks_torn(&bytes[pos..region_end], pos as u64, region_end - pos, after.is_none())
+                    format::looks_torn(&bytes[pos..region_end], pos as u64, after.is_none())
                 }
                 _ => false,
             };
             if !torn {
                 let follow = after
-                    .map(|(q, h)| format!("; a valid record (log index {}) follows at position {q}", h.index))
+                    .map(|(q, h)| {
+                        let proof =
+                            if h.synced_before > index_at_stop { ", written after this one was fsynced" } else { "" };
+                        format!("; a valid record (log index {}) follows at position {q}{proof}", h.index)
+                    })
                     .unwrap_or_default();
                 return Err(corruption(&path, pos as u64, Some(index_at_stop), format!("{why}{follow}")));
             }
@@ -858,6 +896,10 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
                 .and_then(|()| file.sync_data())
                 .map_err(|e| Error::io(format!("write header of {}", path.display()), e))?;
         }
+        // What recovery read may have been only in the page cache (the
+        // process died, the machine did not): make it durable before the
+        // store publishes it as fsynced, and the segment's rename with it.
+        file.sync_data().map_err(|e| Error::io(format!("fdatasync {}", path.display()), e))?;
         for name in [format::index_file_name(first), format::time_index_file_name(first)] {
             fs.remove(&dir.join(name)).map_err(|e| Error::io("remove index of the active segment", e))?;
         }
@@ -871,5 +913,6 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig, max_payload: usize) -> Res
     {
         return Err(corruption(&seg.path, 0, Some(p + 1), format!("entries {}..{} are missing", p + 1, seg.first)));
     }
+    fs.sync_dir(dir).map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e))?;
     Ok(State { segments, meta, committed_saved_at: None })
 }

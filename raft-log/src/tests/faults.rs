@@ -307,3 +307,67 @@ async fn close_syncs_everything_stops_the_actors_and_releases_the_directory() {
         assert_entry(&store, 1, i, LEN);
     }
 }
+
+/// A restart without a reboot (the process died, the machine did not):
+/// recovery reads records that may only be in the page cache, so it must
+/// make them durable before publishing them as fsynced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_without_reboot_makes_what_recovery_read_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let mut c = config(dir.path(), 4096, FlushPolicy::AsyncFlush);
+    c.flush.interval_ms = 3_600_000;
+    c.flush.commitlog_interval = 1_000_000;
+    // Phase 1: 30 entries written, the newest segment's rename and records unsynced.
+    let store = open_fault(&fs, c.clone()).await.expect("open");
+    append_flushed(&store, (1..=30).map(|i| record(1, i, LEN)).collect()).await.expect("append");
+    assert!(fs.unsynced_bytes() > 0);
+    // The process dies: nothing is synced on the way out (fail-stop first).
+    fs.fail_writes_with_enospc(true);
+    assert!(append_flushed(&store, vec![record(1, 31, LEN)]).await.expect_err("fail-stop").is_fatal());
+    drop(store);
+    fs.clear_faults();
+    // Phase 2: restart under SYNC_FLUSH; recovery sees all 30 and says so.
+    let c = StoreConfig { flush: crate::FlushConfig::default(), ..c };
+    let store = open_fault(&fs, c.clone()).await.expect("restart");
+    assert_eq!(store.synced_index(), Some(30));
+    append_flushed(&store, (31..=35).map(|i| record(1, i, LEN)).collect())
+        .await
+        .expect("acknowledged under SYNC_FLUSH");
+    // Phase 3: now the power goes. Everything published as fsynced survives.
+    fs.power_loss(None);
+    drop(store);
+    fs.power_on();
+    let store = open_fault(&fs, c).await.expect("reopen after power loss");
+    assert_eq!(store.log_state().1.map(|p| p.index), Some(35), "entries published as fsynced were lost");
+    for i in 1..=35 {
+        assert_entry(&store, 1, i, LEN);
+    }
+}
+
+/// A crash in the middle of a truncation must not bring back the stale
+/// records an earlier truncation left in the same segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_inside_truncate_does_not_resurrect_earlier_truncated_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let c = config(dir.path(), 1 << 16, FlushPolicy::SyncFlush);
+    let store = open_fault(&fs, c.clone()).await.expect("open");
+    append_flushed(&store, (1..=10).map(|i| record(5, i, 100)).collect()).await.expect("append");
+    // Phase 1: truncate(6) leaves 6..=10 (term 5) as a stale tail of the first segment.
+    store.truncate(6).await.expect("truncate 6");
+    append_flushed(&store, (6..=8).map(|i| record(6, i, 100)).collect()).await.expect("append term 6");
+    // Phase 2: truncate(4) removes segment 6 durably, then its next fsync
+    // fails and the power goes before the new segment's rename is durable:
+    // the first segment is last again.
+    fs.fail_sync_with_eio(1);
+    assert!(store.truncate(4).await.expect_err("truncate with a failing fsync").is_fatal());
+    fs.power_loss(None);
+    drop(store);
+    fs.power_on();
+    fs.clear_faults();
+    let store = open_fault(&fs, c).await.expect("reopen");
+    let records = store.read_range(1, 100, usize::MAX).expect("read");
+    let seen: Vec<(u64, u64)> = records.iter().map(|r| (r.index, r.term)).collect();
+    assert_eq!(seen, vec![(1, 5), (2, 5), (3, 5)], "the log must end where truncate(4) cut it");
+}

@@ -386,6 +386,8 @@ async fn indexes_with_valid_checksums_but_wrong_contents_are_rebuilt() {
         .collect();
     for (idx_bytes, tix_bytes) in [
         (None, Some(format::encode_index_file(format::TIME_INDEX_MAGIC, sealed.first_index, 1, &wrong_times))),
+        // No entries at all for a segment that has records.
+        (None, Some(format::encode_index_file(format::TIME_INDEX_MAGIC, sealed.first_index, 0, &[]))),
         (Some(format::encode_index_file(format::INDEX_MAGIC, sealed.first_index, count, &shifted)), None),
         (None, None),
     ] {
@@ -419,7 +421,7 @@ async fn records_out_of_sequence_are_corruption() {
     for (index, term, why) in [(9u64, 1u64, "log index 9"), (4, 0, "term 0 after term 1")] {
         let mut b = Vec::new();
         let meta = format::RecordMeta { kind: crate::RecordKind::Normal, term, leader: 1, index, timestamp_ms: 1 };
-        format::encode_record(&mut b, &meta, &payload(index, term, LEN));
+        format::encode_record(&mut b, &meta, 0, &payload(index, term, LEN));
         f.write_all_at(&b, record_pos(3)).expect("write");
         match Store::open(c.clone()).await {
             Err(e @ Error::Corruption { .. }) => assert!(e.to_string().contains(why), "{e}"),
@@ -443,5 +445,65 @@ async fn entries_missing_just_above_the_purge_point_are_a_hole() {
     match Store::open(c).await {
         Err(e @ Error::Corruption { .. }) => assert!(e.to_string().contains("are missing"), "{e}"),
         other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+/// Batch 1 is synced and ends inside a 512-byte sector; batch 2 starts
+/// there. The power goes: that sector keeps its older bytes (batch 1's
+/// tail, then zeros) while later sectors of batch 2 reached the disk. A
+/// crash state, so open cuts the tail instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_sector_under_a_record_header_is_a_torn_tail() {
+    use std::os::unix::fs::FileExt;
+    let len = 100usize;
+    let rec = (RECORD_HEADER_BYTES + len) as u64;
+    // A record that starts in the last 43 bytes of a sector.
+    let k = (0..200u64).find(|k| (SEGMENT_HEADER_BYTES as u64 + rec * k) % 512 > 512 - 44).expect("such a record");
+    for with_valid_after in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = config(dir.path(), 1 << 16, FlushPolicy::SyncFlush);
+        let store = Store::open(c.clone()).await.expect("open");
+        append_flushed(&store, (1..=k).map(|i| record(1, i, len)).collect()).await.expect("batch 1");
+        let (n, size) = if with_valid_after { (10, len) } else { (1, 3000) };
+        append_flushed(&store, (k + 1..=k + n).map(|i| record(1, i, size)).collect()).await.expect("batch 2");
+        let segment = store.segments()[0].file.clone();
+        store.close().await.expect("close");
+        let pos = SEGMENT_HEADER_BYTES as u64 + rec * k;
+        let boundary = pos.div_ceil(512) * 512;
+        let f = std::fs::OpenOptions::new().write(true).open(&segment).expect("open segment");
+        f.write_all_at(&vec![0u8; (boundary - pos) as usize], pos).expect("lose the sector's new bytes");
+        let store = Store::open(c).await.unwrap_or_else(|e| panic!("valid_after={with_valid_after}: {e}"));
+        assert_eq!(store.log_state().1.map(|p| p.index), Some(k), "valid_after={with_valid_after}");
+    }
+}
+
+/// Records each made durable before the next was written carry that fact
+/// (`synced_before`): damage to one of them is corruption even where its
+/// payload holds zero sectors that would otherwise look like a lost write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_before_a_record_that_witnessed_it_durable_is_corruption() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 1 << 16, FlushPolicy::SyncFlush);
+    let store = Store::open(c.clone()).await.expect("open");
+    for i in 1..=5u64 {
+        let mut r = record(1, i, 2048);
+        if i == 3 {
+            r.payload[400..1700].fill(0);
+        }
+        append_flushed(&store, vec![r]).await.expect("append, fsynced");
+    }
+    let segment = store.segments()[0].file.clone();
+    store.close().await.expect("close");
+    let pos = SEGMENT_HEADER_BYTES as u64 + 2 * (RECORD_HEADER_BYTES + 2048) as u64;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&segment).expect("open segment");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, pos + 70).expect("read");
+    f.write_all_at(&[b[0] ^ 1], pos + 70).expect("flip a bit");
+    match Store::open(c).await {
+        Err(e @ Error::Corruption { index: Some(3), .. }) => {
+            assert!(e.to_string().contains("written after this one was fsynced"), "{e}")
+        }
+        other => panic!("expected corruption at entry 3, got {other:?}"),
     }
 }
