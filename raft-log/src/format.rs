@@ -52,10 +52,11 @@
 //! record has valid records after it: if a later record says the bad one
 //! was already durable when it was written, no crash can explain the damage.
 //!
-//! A record is never written across a segment boundary, and bytes of a
-//! segment are never rewritten once written: truncation rolls to a new
-//! segment (named by the truncation index) instead, and a segment's valid
-//! range ends where the next segment begins.
+//! A record is never written across a segment boundary, and payload bytes
+//! are never rewritten once written: truncation rolls to a new segment
+//! (named by the truncation index) and zeroes only the header of the first
+//! truncated record, so a segment's valid range ends where the next segment
+//! begins, or at that zero header when it is the last one.
 //!
 //! # Position index (`.idx`) and time index (`.tix`)
 //!

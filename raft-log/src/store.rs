@@ -9,9 +9,12 @@
 //! - roll: the old segment is synced *before* the new one is renamed into
 //!   place, so a segment followed by another is always complete on disk and a
 //!   hole in it is corruption, never a torn write.
-//! - truncate: sync → remove later segments → fsync dir → rename a prepared
+//! - truncate: sync → zero the header ending the kept segment's stale tail,
+//!   fdatasync → remove later segments → fsync dir → rename a prepared
 //!   segment to the truncation index (write its header, fdatasync) → fsync
-//!   dir. Bytes are never rewritten in place, so mapped payloads never change.
+//!   dir. Payload bytes are never rewritten, so mapped payloads never change.
+//! - open: recovery fdatasyncs the active segment and fsyncs the directory
+//!   before publishing what it read as fsynced.
 //! - vote / purge / install: the meta file is replaced atomically (temp,
 //!   fdatasync, rename, fsync dir) before the call returns.
 
