@@ -151,24 +151,30 @@ fn with_path(path: &Path, verb: &str) -> impl FnOnce(io::Error) -> io::Error {
 
 fn zero_fill(file: &File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    const CHUNK: usize = 1 << 20;
-    // Start writeback every few MiB so the closing fdatasync does not queue
-    // a whole segment on the device at once, in front of the flusher's syncs.
-    const WRITEBACK_EVERY: u64 = 4 << 20;
+    // Small chunks, each sent to the device as soon as it is written and
+    // waited for before the next goes out: at most one chunk of zeros is
+    // ever queued in front of the flusher's fdatasync, and the fill paces
+    // itself to the device instead of flooding it.
+    const CHUNK: usize = 256 << 10;
     let zeros = vec![0u8; CHUNK];
+    let fd = file.as_raw_fd();
     let mut pos = 0u64;
-    let mut flushed = 0u64;
+    let mut previous: Option<(u64, u64)> = None;
     while pos < len {
         let n = usize::try_from((len - pos).min(CHUNK as u64)).expect("chunk fits usize");
         file.write_all_at(&zeros[..n], pos)?;
-        pos += n as u64;
-        if pos - flushed >= WRITEBACK_EVERY || pos == len {
-            let (off, bytes) = (flushed as libc::off64_t, (pos - flushed) as libc::off64_t);
-            // SAFETY: plain syscall on an open descriptor we own. Advisory:
-            // the fdatasync after the fill is what makes it durable.
-            unsafe { libc::sync_file_range(file.as_raw_fd(), off, bytes, libc::SYNC_FILE_RANGE_WRITE) };
-            flushed = pos;
+        // SAFETY: plain syscalls on a descriptor we own. Advisory: the
+        // fdatasync after the fill is what makes it durable.
+        unsafe {
+            libc::sync_file_range(fd, pos as libc::off64_t, n as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE);
+            if let Some((at, bytes)) = previous {
+                let flags =
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+                libc::sync_file_range(fd, at as libc::off64_t, bytes as libc::off64_t, flags);
+            }
         }
+        previous = Some((pos, n as u64));
+        pos += n as u64;
     }
     Ok(())
 }

@@ -9,10 +9,13 @@
 //! the append and fsync path. Stale ones are deleted when the store opens. Running out of
 //! space is reported to the roll that asked ([`Error::NoSpace`], not fatal);
 //! the actor does not retry until asked again, so a full disk is not hammered.
+//! A roll that finds no file ready within a few milliseconds `fallocate`s one
+//! itself rather than stall behind the zero-fill.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,7 +24,10 @@ use crate::io::{FileSystem, Preallocate};
 
 pub const PREPARED_PREFIX: &str = "prepared-";
 
-#[derive(Debug)]
+/// How long a roll waits for the background file before making its own.
+const TAKE_WAIT: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone)]
 struct Job {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
@@ -33,9 +39,13 @@ struct Job {
 
 impl Job {
     fn prepare(&self, seq: u64) -> Result<PathBuf> {
-        let name = format!("{PREPARED_PREFIX}{}-{}-{seq}.log", std::process::id(), self.instance);
+        self.prepare_as(&format!("{seq}"), self.mode, self.preheat)
+    }
+
+    fn prepare_as(&self, tag: &str, mode: Preallocate, preheat: bool) -> Result<PathBuf> {
+        let name = format!("{PREPARED_PREFIX}{}-{}-{tag}.log", std::process::id(), self.instance);
         let path = self.dir.join(name);
-        match self.fs.preallocate(&path, self.bytes, self.mode, self.preheat) {
+        match self.fs.preallocate(&path, self.bytes, mode, preheat) {
             Ok(()) => Ok(path),
             Err(e) => {
                 let _ = self.fs.remove(&path);
@@ -56,6 +66,12 @@ enum Request {
 #[derive(Clone, Debug)]
 pub struct PreparerHandle {
     tx: mpsc::Sender<Request>,
+    /// For a roll that cannot wait for the background fill.
+    job: Job,
+    fallbacks: Arc<AtomicU64>,
+    /// The first roll after open waits for the first zero-filled file (once,
+    /// at start-up) rather than run a whole segment on a slower fallback.
+    primed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PreparerHandle {
@@ -72,19 +88,48 @@ impl PreparerHandle {
         let instance = INSTANCE.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(4);
         let job = Job { fs, dir, bytes, mode, preheat, instance };
-        let actor = Preparer { job, rx, ready: None, seq: 0, failed: false };
+        let actor = Preparer { job: job.clone(), rx, ready: None, seq: 0, failed: false };
         let thread = std::thread::Builder::new()
             .name("keel-preparer".into())
             .spawn(move || actor.run())
             .map_err(|e| Error::io("start the segment preparer thread", e))?;
-        Ok((Self { tx }, thread))
+        let primed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        Ok((Self { tx, job, fallbacks: Arc::new(AtomicU64::new(0)), primed }, thread))
     }
 
-    /// A preallocated file, ready to be renamed into place.
+    /// A preallocated file, ready to be renamed into place. When the
+    /// background one is not ready within a few milliseconds (the producers
+    /// write faster than the disk zero-fills), a file is `fallocate`d on the
+    /// spot instead: its syncs cost more, but the roll does not stall. The
+    /// background file is then kept for the next roll. Only the first roll
+    /// after open waits for the background file.
     pub async fn take(&self) -> Result<PathBuf> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Take { reply }).await.map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        let (reply, mut rx) = oneshot::channel();
+        match self.tx.try_send(Request::Take { reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return self.fallback().await,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Closed),
+        }
+        if !self.primed.swap(true, Ordering::Relaxed) {
+            return rx.await.map_err(|_| Error::Closed)?;
+        }
+        if let Ok(answer) = tokio::time::timeout(TAKE_WAIT, &mut rx).await {
+            return answer.map_err(|_| Error::Closed)?;
+        }
+        match self.fallback().await {
+            Ok(path) => Ok(path),
+            // No quick file either (no space?): the background one may still come.
+            Err(e) => rx.await.unwrap_or(Err(e)),
+        }
+    }
+
+    async fn fallback(&self) -> Result<PathBuf> {
+        let n = self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        let job = self.job.clone();
+        tracing::debug!("next segment not prepared yet; fallocating one");
+        tokio::task::spawn_blocking(move || job.prepare_as(&format!("f{n}"), Preallocate::Fallocate, false))
+            .await
+            .map_err(|e| Error::io("prepare segment", std::io::Error::other(e.to_string())))?
     }
 }
 
@@ -122,7 +167,10 @@ impl Preparer {
                 }
             };
             self.failed = answer.is_err();
-            let _ = reply.send(answer);
+            // The roll stopped waiting and made its own file: keep ours.
+            if let Err(Ok(path)) = reply.send(answer) {
+                self.ready = Some(path);
+            }
         }
         if let Some(path) = self.ready.take() {
             let _ = self.job.fs.remove(&path);
