@@ -287,9 +287,7 @@ async fn sync_flush_merges_concurrent_appends_into_fewer_fsyncs() {
 async fn close_syncs_everything_stops_the_actors_and_releases_the_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fs = FaultFs::new();
-    let mut c = config(dir.path(), 4096, FlushPolicy::AsyncFlush);
-    c.flush.interval_ms = 3_600_000;
-    c.flush.commitlog_interval = 1_000_000;
+    let c = never_syncing(dir.path(), 4096);
     let store = open_fault(&fs, c.clone()).await.expect("open");
     append_flushed(&store, (1..=30).map(|i| record(1, i, LEN)).collect()).await.expect("append");
     assert!(fs.unsynced_bytes() > 0, "ASYNC_FLUSH with a long interval leaves the tail unsynced");
@@ -315,9 +313,7 @@ async fn close_syncs_everything_stops_the_actors_and_releases_the_directory() {
 async fn a_restart_without_reboot_makes_what_recovery_read_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fs = FaultFs::new();
-    let mut c = config(dir.path(), 4096, FlushPolicy::AsyncFlush);
-    c.flush.interval_ms = 3_600_000;
-    c.flush.commitlog_interval = 1_000_000;
+    let c = never_syncing(dir.path(), 4096);
     // Phase 1: 30 entries written, the newest segment's rename and records unsynced.
     let store = open_fault(&fs, c.clone()).await.expect("open");
     append_flushed(&store, (1..=30).map(|i| record(1, i, LEN)).collect()).await.expect("append");

@@ -49,6 +49,15 @@ pub fn config(dir: &Path, segment_bytes: u64, policy: FlushPolicy) -> StoreConfi
     c
 }
 
+/// ASYNC_FLUSH that never syncs on its own (no count or interval is ever
+/// reached): what was written stays unsynced until a test says otherwise.
+pub fn never_syncing(dir: &Path, segment_bytes: u64) -> StoreConfig {
+    let mut c = config(dir, segment_bytes, FlushPolicy::AsyncFlush);
+    c.flush.interval_ms = 3_600_000;
+    c.flush.commitlog_interval = 1_000_000;
+    c
+}
+
 /// Payload bytes that identify their entry, never ending in a zero byte (a
 /// zero suffix is what a torn write looks like).
 pub fn payload(index: u64, term: u64, len: usize) -> Vec<u8> {
