@@ -366,15 +366,18 @@ impl Store {
         let dir = &self.inner.config.dir;
         let path = dir.join(format::segment_file_name(first));
         let generation = self.state().meta.generation;
+        // Once the rename happened, memory and disk disagree until the
+        // segment is in place: a failure from here on is fail-stop.
+        let fail = |e: std::io::Error| self.inner.sync.fail(format!("roll to segment {}: {e}", path.display()));
         let file = (|| {
             fs.rename(&prepared, &path)?;
             let file = fs.open(&path)?;
             file.write_at(0, &format::encode_segment_header(first, generation))?;
             Ok::<_, std::io::Error>(file)
         })()
-        .map_err(|e| Error::io(format!("roll to segment {}", path.display()), e))?;
-        let segment = Segment::new_active(first, path.clone(), file.clone(), self.inner.config.segment_bytes)
-            .map_err(|e| Error::io(format!("map {}", path.display()), e))?;
+        .map_err(fail)?;
+        let segment =
+            Segment::new_active(first, path.clone(), file.clone(), self.inner.config.segment_bytes).map_err(fail)?;
         self.inner.sync.file_dirty(&file);
         self.inner.sync.dir_dirty();
         let mut s = self.state();
@@ -538,8 +541,9 @@ impl Store {
             for name in
                 [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)]
             {
+                // The meta file already names the new generation: fail-stop.
                 fs.remove(&dir.join(name))
-                    .map_err(|e| Error::io(format!("install range: remove segment {first}"), e))?;
+                    .map_err(|e| self.inner.sync.fail(format!("install range: remove segment {first}: {e}")))?;
             }
         }
         self.state().segments.clear();
