@@ -404,16 +404,27 @@ impl Store {
         let fs = &*self.inner.fs;
         let dir = self.inner.config.dir.clone();
         let prepared = self.inner.preparer.take().await?;
+        // Readers stop seeing entries from `from` on before any byte changes.
         let (doomed, stale_tail, generation) = {
-            let s = self.state();
+            let mut s = self.state();
             let doomed: Vec<u64> = s.segments.range(from..).map(|(&f, _)| f).collect();
+            for first in &doomed {
+                s.segments.remove(first);
+            }
             // The segment that keeps the entries below `from` and still holds
             // records from `from` on: they stay on disk as a stale tail.
-            let stale_tail = s.segments.range(..from).next_back().map(|(_, seg)| seg).filter(|seg| seg.contains(from));
-            let stale_tail = stale_tail.map(|seg| {
-                let pos = seg.positions.get((from - seg.first) as usize).expect("contains(from)") as u64;
-                (seg.file.clone(), pos)
-            });
+            let mut stale_tail = None;
+            if let Some(prev) = s.active_mut() {
+                if prev.contains(from) {
+                    let pos = prev.positions.get((from - prev.first) as usize).expect("contains(from)") as u64;
+                    stale_tail = Some((prev.file.clone(), pos));
+                    let keep = usize::try_from(from - prev.first).expect("segment record count fits usize");
+                    if let Err(e) = prev.keep_first(keep) {
+                        return Err(self.inner.sync.fail(format!("truncate from {from}: {e}")));
+                    }
+                }
+                prev.sealed = true;
+            }
             (doomed, stale_tail, s.meta.generation)
         };
         let path = dir.join(format::segment_file_name(from));
@@ -447,18 +458,10 @@ impl Store {
         let segment = Segment::new_active(from, path, file, self.inner.config.segment_bytes)
             .map_err(|e| self.inner.sync.fail(format!("truncate from {from}: map the new segment: {e}")))?;
         let mut s = self.state();
-        for first in doomed {
-            s.segments.remove(&first);
-        }
-        if let Some(prev) = s.active_mut() {
-            let keep = usize::try_from(from - prev.first).expect("segment record count fits usize");
-            if let Err(e) = prev.keep_first(keep.min(prev.len() as usize)) {
-                return Err(self.inner.sync.fail(format!("truncate from {from}: {e}")));
-            }
-            prev.sealed = true;
-            if let Err(e) = prev.write_indexes(fs, &dir) {
-                tracing::warn!(error = %e, "could not write segment indexes; they are rebuilt on open");
-            }
+        if let Some(prev) = s.active()
+            && let Err(e) = prev.write_indexes(fs, &dir)
+        {
+            tracing::warn!(error = %e, "could not write segment indexes; they are rebuilt on open");
         }
         s.segments.insert(from, segment);
         let last = s.last_present().map(|p| p.index);
