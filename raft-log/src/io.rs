@@ -151,8 +151,8 @@ fn with_path(path: &Path, verb: &str) -> impl FnOnce(io::Error) -> io::Error {
 
 fn zero_fill(file: &File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    // Small chunks, each sent to the device as soon as it is written and
-    // waited for before the next goes out: at most one chunk of zeros is
+    // Small chunks, each sent to the device as soon as it is written; the
+    // one before it is waited for first: at most two chunks of zeros are
     // ever queued in front of the flusher's fdatasync, and the fill paces
     // itself to the device instead of flooding it.
     const CHUNK: usize = 256 << 10;

@@ -117,7 +117,20 @@ impl PreparerHandle {
             return answer.map_err(|_| Error::Closed)?;
         }
         match self.fallback().await {
-            Ok(path) => Ok(path),
+            Ok(quick) => {
+                // The background file may have been delivered meanwhile:
+                // prefer it (zero-filled) and drop the quick one, so no
+                // full-size file is ever left behind. Closing first makes a
+                // later reply fail, and the actor then keeps its file.
+                rx.close();
+                match rx.try_recv() {
+                    Ok(Ok(background)) => {
+                        let _ = self.job.fs.remove(&quick);
+                        Ok(background)
+                    }
+                    _ => Ok(quick),
+                }
+            }
             // No quick file either (no space?): the background one may still come.
             Err(e) => rx.await.unwrap_or(Err(e)),
         }

@@ -9,10 +9,12 @@
 //! - roll: the old segment is synced *before* the new one is renamed into
 //!   place, so a segment followed by another is always complete on disk and a
 //!   hole in it is corruption, never a torn write.
-//! - truncate: sync → zero the header ending the kept segment's stale tail,
-//!   fdatasync → remove later segments → fsync dir → rename a prepared
-//!   segment to the truncation index (write its header, fdatasync) → fsync
-//!   dir. Payload bytes are never rewritten, so mapped payloads never change.
+//! - truncate: sync → hide the cut entries from readers → remove later
+//!   segments → fsync dir → zero the header ending the kept segment's stale
+//!   tail, fdatasync → rename a prepared segment to the truncation index
+//!   (write its header, fdatasync) → fsync dir. A crash at any step leaves
+//!   the log as it was or as truncated. Payload bytes are never rewritten,
+//!   so mapped payloads never change.
 //! - open: recovery fdatasyncs the active segment and fsyncs the directory
 //!   before publishing what it read as fsynced.
 //! - vote / purge / install: the meta file is replaced atomically (temp,
@@ -431,14 +433,9 @@ impl Store {
         // From here on files change: any failure is fail-stop, since memory
         // and disk no longer agree.
         let file = (|| {
-            // End the stale tail at a zero header, durably, before later
-            // segments go: a crash that leaves this segment last must not
-            // bring the truncated records back. Only header bytes change;
-            // payload slices handed out stay intact.
-            if let Some((file, pos)) = &stale_tail {
-                file.write_at(*pos, &[0u8; RECORD_HEADER_BYTES])?;
-                file.sync_data()?;
-            }
+            // Later segments go first (durably): until then the kept
+            // segment stays sealed and whole, so a crash shows the log as it
+            // was before this truncation.
             for &first in doomed.iter().rev() {
                 if first != from {
                     fs.remove(&dir.join(format::segment_file_name(first)))?;
@@ -447,6 +444,14 @@ impl Store {
                 fs.remove(&dir.join(format::time_index_file_name(first)))?;
             }
             fs.sync_dir(&dir)?;
+            // Then end the kept segment's stale tail at a zero header,
+            // durably, before its successor is renamed into place: a crash
+            // that leaves it last must not bring truncated records back.
+            // Only header bytes change; payload slices handed out stay intact.
+            if let Some((file, pos)) = &stale_tail {
+                file.write_at(*pos, &[0u8; RECORD_HEADER_BYTES])?;
+                file.sync_data()?;
+            }
             fs.rename(&prepared, &path)?;
             let file = fs.open(&path)?;
             file.write_at(0, &format::encode_segment_header(from, generation))?;
@@ -863,8 +868,10 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
             // that no crash explains the damage.
             let witnessed = after.filter(|(_, h)| h.synced_before > index_at_stop);
             let torn = match (why, witnessed) {
+                // A zero header is a lost write, or where a truncation ended
+                // a stale tail: what lies after it never witnesses anything.
+                (ScanStop::Defect(format::RecordDefect::Zero), _) => true,
                 (_, Some(_)) => false,
-                (ScanStop::Defect(format::RecordDefect::Zero), None) => true,
                 (ScanStop::Defect(_), None) => {
                     let rec_len = format::decode_header(&bytes[pos..], usize::MAX)
                         .map(|h| h.record_bytes())
