@@ -24,7 +24,10 @@
 //!   0   8 magic            b"KEELSEG1"
 //!   8   8 first_index      log index of the first record (= the file name)
 //!  16   8 generation       bumped by install_range; older segments are stale
-//!  24   4 reserved         0
+//!  24   4 salt             random per segment; seeds every record's crc32c,
+//!                          so bytes copied from elsewhere (a payload that
+//!                          embeds a keel record, another segment's record)
+//!                          never validate here
 //!  28   4 crc32c           over bytes 0..28
 //! ```
 //!
@@ -44,7 +47,8 @@
 //!  40   8 synced_before    fsynced index of the store when this record was
 //!                          written, plus one (0: none): everything below it
 //!                          was durable before this record existed
-//!  48   4 crc32c           over bytes 0..48 followed by the payload
+//!  48   4 crc32c           over the segment's salt (4 bytes), bytes 0..48
+//!                          and the payload
 //!  52   n payload          opaque to the store
 //! ```
 //!
@@ -234,7 +238,7 @@ pub struct RecordMeta {
 
 /// Append one encoded record to `out`. The caller checked `payload.len()`
 /// against the segment size.
-pub fn encode_record(out: &mut Vec<u8>, r: &RecordMeta, synced_before: u64, payload: &[u8]) {
+pub fn encode_record(out: &mut Vec<u8>, r: &RecordMeta, synced_before: u64, salt: u32, payload: &[u8]) {
     debug_assert!(synced_before <= r.index, "a record cannot be durable before it is written");
     let payload_len = u32::try_from(payload.len()).expect("payload length checked against segment size");
     let start = out.len();
@@ -247,10 +251,22 @@ pub fn encode_record(out: &mut Vec<u8>, r: &RecordMeta, synced_before: u64, payl
     out.extend_from_slice(&r.index.to_le_bytes());
     out.extend_from_slice(&r.timestamp_ms.to_le_bytes());
     out.extend_from_slice(&synced_before.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + RECORD_CRC_AT]), payload);
+    let crc = record_crc(salt, &out[start..start + RECORD_CRC_AT], payload);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
     debug_assert_eq!(out.len() - start, RECORD_HEADER_BYTES + payload.len());
+}
+
+fn record_crc(salt: u32, header: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), header), payload)
+}
+
+/// A fresh random salt for a new segment.
+pub fn new_salt() -> u32 {
+    use std::hash::BuildHasher;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::collections::hash_map::RandomState::new().hash_one((n, std::time::SystemTime::now())) as u32
 }
 
 /// Decode and check a header (not the payload checksum: see [`check_record`]).
@@ -285,14 +301,15 @@ pub fn decode_header(b: &[u8], max_payload: usize) -> Result<RecordHeader, Recor
     })
 }
 
-/// Decode the record at the start of `b` and verify its checksum.
-pub fn check_record(b: &[u8], max_payload: usize) -> Result<RecordHeader, RecordDefect> {
+/// Decode the record at the start of `b` and verify its checksum, seeded
+/// with its segment's `salt`.
+pub fn check_record(b: &[u8], max_payload: usize, salt: u32) -> Result<RecordHeader, RecordDefect> {
     let header = decode_header(b, max_payload)?;
     let end = header.record_bytes();
     if b.len() < end {
         return Err(RecordDefect::Short);
     }
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..RECORD_CRC_AT]), &b[RECORD_HEADER_BYTES..end]);
+    let crc = record_crc(salt, &b[..RECORD_CRC_AT], &b[RECORD_HEADER_BYTES..end]);
     if crc != header.crc {
         return Err(RecordDefect::BadChecksum);
     }
@@ -337,12 +354,12 @@ pub fn looks_torn(region: &[u8], file_pos: u64, suffix_may_tear: bool) -> bool {
 
 /// Find the next record after `from` in `b` that is fully valid: used to tell
 /// a torn tail (nothing valid follows) from mid-log corruption.
-pub fn find_valid_record(b: &[u8], from: usize, max_payload: usize) -> Option<(usize, RecordHeader)> {
+pub fn find_valid_record(b: &[u8], from: usize, max_payload: usize, salt: u32) -> Option<(usize, RecordHeader)> {
     let mut at = from;
     while at + RECORD_HEADER_BYTES <= b.len() {
         let rel = b[at..].windows(2).position(|w| w == RECORD_MAGIC)?;
         at += rel;
-        if let Ok(h) = check_record(&b[at..], max_payload) {
+        if let Ok(h) = check_record(&b[at..], max_payload, salt) {
             return Some((at, h));
         }
         at += 1;
@@ -350,11 +367,12 @@ pub fn find_valid_record(b: &[u8], from: usize, max_payload: usize) -> Option<(u
     None
 }
 
-pub fn encode_segment_header(first_index: u64, generation: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+pub fn encode_segment_header(first_index: u64, generation: u64, salt: u32) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut h = [0u8; SEGMENT_HEADER_BYTES];
     h[0..8].copy_from_slice(SEGMENT_MAGIC);
     h[8..16].copy_from_slice(&first_index.to_le_bytes());
     h[16..24].copy_from_slice(&generation.to_le_bytes());
+    h[24..28].copy_from_slice(&salt.to_le_bytes());
     let crc = crc32c::crc32c(&h[..28]);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
     h
@@ -367,6 +385,7 @@ pub enum SegmentHeader {
     Valid {
         first_index: u64,
         generation: u64,
+        salt: u32,
     },
 }
 
@@ -384,7 +403,7 @@ pub fn decode_segment_header(h: &[u8]) -> Result<SegmentHeader, &'static str> {
     if crc32c::crc32c(&h[..28]) != u32_at(h, 28) {
         return Err("segment header crc32c mismatch");
     }
-    Ok(SegmentHeader::Valid { first_index: u64_at(h, 8), generation: u64_at(h, 16) })
+    Ok(SegmentHeader::Valid { first_index: u64_at(h, 8), generation: u64_at(h, 16), salt: u32_at(h, 24) })
 }
 
 pub fn segment_file_name(first_index: u64) -> String {
@@ -549,19 +568,20 @@ mod tests {
     use super::*;
 
     const MAX: usize = 1 << 20;
+    const SALT: u32 = 0x5EED_0001;
 
     fn record(payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let meta =
             RecordMeta { kind: RecordKind::Normal, term: 3, leader: 2, index: 42, timestamp_ms: 1_700_000_000_000 };
-        encode_record(&mut out, &meta, 40, payload);
+        encode_record(&mut out, &meta, 40, SALT, payload);
         out
     }
 
     #[test]
     fn record_round_trips() {
         let b = record(b"hello");
-        let h = check_record(&b, MAX).expect("valid record");
+        let h = check_record(&b, MAX, SALT).expect("valid record");
         assert_eq!(
             (h.kind, h.term, h.leader, h.index, h.timestamp_ms, h.synced_before, h.payload_len),
             (RecordKind::Normal, 3, 2, 42, 1_700_000_000_000, 40, 5)
@@ -575,8 +595,16 @@ mod tests {
         for at in 0..good.len() {
             let mut b = good.clone();
             b[at] ^= 0x40;
-            assert!(check_record(&b, MAX).is_err(), "flip at byte {at} went unnoticed");
+            assert!(check_record(&b, MAX, SALT).is_err(), "flip at byte {at} went unnoticed");
         }
+    }
+
+    #[test]
+    fn a_record_checks_only_under_its_segment_salt() {
+        let good = record(b"x");
+        assert!(check_record(&good, MAX, SALT).is_ok());
+        assert_eq!(check_record(&good, MAX, SALT ^ 1), Err(RecordDefect::BadChecksum));
+        assert_ne!(new_salt(), new_salt());
     }
 
     #[test]
@@ -584,24 +612,24 @@ mod tests {
         let good = record(b"x");
         let mut b = good.clone();
         b[0] = b'X';
-        assert_eq!(check_record(&b, MAX), Err(RecordDefect::BadMagic));
+        assert_eq!(check_record(&b, MAX, SALT), Err(RecordDefect::BadMagic));
         let mut b = good.clone();
         b[2] = 9;
-        assert_eq!(check_record(&b, MAX), Err(RecordDefect::BadVersion));
+        assert_eq!(check_record(&b, MAX, SALT), Err(RecordDefect::BadVersion));
         let mut b = good.clone();
         b[3] = 0b100;
-        assert_eq!(check_record(&b, MAX), Err(RecordDefect::BadFlags));
+        assert_eq!(check_record(&b, MAX, SALT), Err(RecordDefect::BadFlags));
         let mut b = good.clone();
         b[3] = 3;
-        assert_eq!(check_record(&b, MAX), Err(RecordDefect::BadFlags));
+        assert_eq!(check_record(&b, MAX, SALT), Err(RecordDefect::BadFlags));
         let mut b = good.clone();
         b[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(check_record(&b, MAX), Err(RecordDefect::TooLong));
+        assert_eq!(check_record(&b, MAX, SALT), Err(RecordDefect::TooLong));
         let mut b = good.clone();
         b[RECORD_HEADER_BYTES] ^= 1;
-        assert_eq!(check_record(&b, MAX), Err(RecordDefect::BadChecksum));
-        assert_eq!(check_record(&good[..good.len() - 1], MAX), Err(RecordDefect::Short));
-        assert_eq!(check_record(&[0u8; 64], MAX), Err(RecordDefect::Zero));
+        assert_eq!(check_record(&b, MAX, SALT), Err(RecordDefect::BadChecksum));
+        assert_eq!(check_record(&good[..good.len() - 1], MAX, SALT), Err(RecordDefect::Short));
+        assert_eq!(check_record(&[0u8; 64], MAX, SALT), Err(RecordDefect::Zero));
     }
 
     #[test]
@@ -641,14 +669,14 @@ mod tests {
         b[11] = b'R';
         let at = b.len();
         b.extend_from_slice(&record(b"later"));
-        assert_eq!(find_valid_record(&b, 0, MAX).map(|(p, h)| (p, h.index)), Some((at, 42)));
-        assert_eq!(find_valid_record(&b, at + 1, MAX), None);
+        assert_eq!(find_valid_record(&b, 0, MAX, SALT).map(|(p, h)| (p, h.index)), Some((at, 42)));
+        assert_eq!(find_valid_record(&b, at + 1, MAX, SALT), None);
     }
 
     #[test]
     fn segment_header_checks() {
-        let h = encode_segment_header(77, 2);
-        assert_eq!(decode_segment_header(&h), Ok(SegmentHeader::Valid { first_index: 77, generation: 2 }));
+        let h = encode_segment_header(77, 2, 9);
+        assert_eq!(decode_segment_header(&h), Ok(SegmentHeader::Valid { first_index: 77, generation: 2, salt: 9 }));
         assert_eq!(decode_segment_header(&[0u8; 32]), Ok(SegmentHeader::Empty));
         for at in 0..SEGMENT_HEADER_BYTES {
             let mut b = h;

@@ -60,6 +60,8 @@ pub struct Segment {
     /// The whole file, mapped, when the I/O layer gives a map.
     pub map: Option<Bytes>,
     pub capacity: u64,
+    /// Seeds this segment's record checksums (from its header).
+    pub salt: u32,
     pub positions: Positions,
     /// Sparse (max timestamp of records so far, log index).
     pub times: Vec<(u64, u64)>,
@@ -120,12 +122,12 @@ impl Scan {
 
 /// Walk records from the segment header on, checking each one's checksum,
 /// index and term, until `limit` records or the first bad one.
-pub fn scan(bytes: &[u8], first: u64, limit: Option<usize>, max_payload: usize) -> Scan {
+pub fn scan(bytes: &[u8], first: u64, limit: Option<usize>, max_payload: usize, salt: u32) -> Scan {
     let mut s = Scan::empty();
     let mut pos = format::SEGMENT_HEADER_BYTES;
     while limit.is_none_or(|l| s.positions.len() < l) {
         let index = first + s.positions.len() as u64;
-        let header = match format::check_record(&bytes[pos.min(bytes.len())..], max_payload) {
+        let header = match format::check_record(&bytes[pos.min(bytes.len())..], max_payload, salt) {
             Ok(h) => h,
             Err(d) => {
                 s.stop = Some((pos as u64, ScanStop::Defect(d)));
@@ -173,7 +175,13 @@ pub fn load(file: &dyn FileIo) -> std::io::Result<Bytes> {
 
 impl Segment {
     /// A freshly rolled segment with its header written at position 0.
-    pub fn new_active(first: u64, path: PathBuf, file: Arc<dyn FileIo>, capacity: u64) -> std::io::Result<Self> {
+    pub fn new_active(
+        first: u64,
+        path: PathBuf,
+        file: Arc<dyn FileIo>,
+        capacity: u64,
+        salt: u32,
+    ) -> std::io::Result<Self> {
         let map = file.map()?;
         Ok(Self {
             first,
@@ -181,6 +189,7 @@ impl Segment {
             file,
             map,
             capacity,
+            salt,
             positions: Positions::Memory(Vec::new()),
             times: Vec::new(),
             max_ts: 0,
@@ -198,6 +207,7 @@ impl Segment {
         file: Arc<dyn FileIo>,
         map: Option<Bytes>,
         capacity: u64,
+        salt: u32,
         s: Scan,
     ) -> Self {
         let last_time_entry_at = s.last_time_entry_at;
@@ -207,6 +217,7 @@ impl Segment {
             file,
             map,
             capacity,
+            salt,
             positions: Positions::Memory(s.positions),
             times: s.times,
             max_ts: s.max_ts,
@@ -321,7 +332,7 @@ impl Segment {
         let (header, payload) = match &self.map {
             Some(map) => {
                 let b = map.get(pos as usize..).unwrap_or_default();
-                let h = format::check_record(b, max_payload)
+                let h = format::check_record(b, max_payload, self.salt)
                     .map_err(|d| self.corruption(pos, Some(index), d.to_string()))?;
                 let start = pos as usize + RECORD_HEADER_BYTES;
                 (h, map.slice(start..start + h.payload_len as usize))
@@ -330,7 +341,7 @@ impl Segment {
                 let h = self.read_header_at(pos, index)?;
                 let mut buf = vec![0u8; h.record_bytes()];
                 self.file.read_at(pos, &mut buf).map_err(|e| Error::io(format!("read {}", self.path.display()), e))?;
-                format::check_record(&buf, max_payload)
+                format::check_record(&buf, max_payload, self.salt)
                     .map_err(|d| self.corruption(pos, Some(index), d.to_string()))?;
                 (h, Bytes::from(buf).slice(RECORD_HEADER_BYTES..))
             }

@@ -303,18 +303,23 @@ impl Store {
             let fits = {
                 let s = self.state();
                 // `metas` are encoded into `buf` but not yet in the segment.
-                s.active().is_some_and(|a| {
-                    !a.sealed
-                        && a.next_index() + metas.len() as u64 == r.meta.index
-                        && a.end + buf.len() as u64 + rec_len <= a.capacity
-                })
+                s.active()
+                    .filter(|a| {
+                        !a.sealed
+                            && a.next_index() + metas.len() as u64 == r.meta.index
+                            && a.end + buf.len() as u64 + rec_len <= a.capacity
+                    })
+                    .map(|a| a.salt)
             };
-            if !fits {
-                self.write_batch(&mut buf, &mut metas)?;
-                self.roll(r.meta.index, reserved.take()).await?;
-            }
+            let salt = match fits {
+                Some(salt) => salt,
+                None => {
+                    self.write_batch(&mut buf, &mut metas)?;
+                    self.roll(r.meta.index, reserved.take()).await?
+                }
+            };
             metas.push((r.meta, rec_len));
-            format::encode_record(&mut buf, &r.meta, synced_before, &r.payload);
+            format::encode_record(&mut buf, &r.meta, synced_before, salt, &r.payload);
         }
         self.write_batch(&mut buf, &mut metas)?;
         if self.inner.config.flush.policy == crate::FlushPolicy::SyncFlush {
@@ -356,8 +361,9 @@ impl Store {
         Ok(())
     }
 
-    /// Seal the active segment and start a new one whose first index is `first`.
-    async fn roll(&self, first: u64, prepared: Option<PathBuf>) -> Result<()> {
+    /// Seal the active segment and start a new one whose first index is
+    /// `first`; returns the new segment's salt.
+    async fn roll(&self, first: u64, prepared: Option<PathBuf>) -> Result<u32> {
         // The old segment must be complete on disk before a later one exists.
         self.inner.flusher.sync().await?;
         let prepared = match prepared {
@@ -368,18 +374,19 @@ impl Store {
         let dir = &self.inner.config.dir;
         let path = dir.join(format::segment_file_name(first));
         let generation = self.state().meta.generation;
+        let salt = format::new_salt();
         // Once the rename happened, memory and disk disagree until the
         // segment is in place: a failure from here on is fail-stop.
         let fail = |e: std::io::Error| self.inner.sync.fail(format!("roll to segment {}: {e}", path.display()));
         let file = (|| {
             fs.rename(&prepared, &path)?;
             let file = fs.open(&path)?;
-            file.write_at(0, &format::encode_segment_header(first, generation))?;
+            file.write_at(0, &format::encode_segment_header(first, generation, salt))?;
             Ok::<_, std::io::Error>(file)
         })()
         .map_err(fail)?;
-        let segment =
-            Segment::new_active(first, path.clone(), file.clone(), self.inner.config.segment_bytes).map_err(fail)?;
+        let segment = Segment::new_active(first, path.clone(), file.clone(), self.inner.config.segment_bytes, salt)
+            .map_err(fail)?;
         self.inner.sync.file_dirty(&file);
         self.inner.sync.dir_dirty();
         let mut s = self.state();
@@ -391,7 +398,7 @@ impl Store {
         }
         // A segment renamed over an existing name (truncation at a boundary).
         s.segments.insert(first, segment);
-        Ok(())
+        Ok(salt)
     }
 
     /// Remove entries from `from` on (inclusive), across segments.
@@ -430,6 +437,7 @@ impl Store {
             (doomed, stale_tail, s.meta.generation)
         };
         let path = dir.join(format::segment_file_name(from));
+        let salt = format::new_salt();
         // From here on files change: any failure is fail-stop, since memory
         // and disk no longer agree.
         let file = (|| {
@@ -454,13 +462,13 @@ impl Store {
             }
             fs.rename(&prepared, &path)?;
             let file = fs.open(&path)?;
-            file.write_at(0, &format::encode_segment_header(from, generation))?;
+            file.write_at(0, &format::encode_segment_header(from, generation, salt))?;
             file.sync_data()?;
             fs.sync_dir(&dir)?;
             Ok::<_, std::io::Error>(file)
         })()
         .map_err(|e| self.inner.sync.fail(format!("truncate from {from}: {e}")))?;
-        let segment = Segment::new_active(from, path, file, self.inner.config.segment_bytes)
+        let segment = Segment::new_active(from, path, file, self.inner.config.segment_bytes, salt)
             .map_err(|e| self.inner.sync.fail(format!("truncate from {from}: map the new segment: {e}")))?;
         let mut s = self.state();
         if let Some(prev) = s.active()
@@ -741,8 +749,8 @@ struct Found {
     path: PathBuf,
     file: Arc<dyn crate::io::FileIo>,
     bytes: bytes::Bytes,
-    /// False for a last segment whose header never reached the disk.
-    header_ok: bool,
+    /// `None` for a last segment whose header never reached the disk.
+    salt: Option<u32>,
 }
 
 /// Open-time recovery: read meta, check every segment, rebuild missing or
@@ -786,7 +794,7 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
         }
         let bytes = segment::load(&*file).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
         match format::decode_segment_header(&bytes) {
-            Ok(SegmentHeader::Valid { first_index, generation }) => {
+            Ok(SegmentHeader::Valid { first_index, generation, salt }) => {
                 if first_index != first {
                     return Err(corruption(&path, 0, None, format!("header says first index {first_index}")));
                 }
@@ -809,21 +817,24 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
                         format!("generation {generation} is newer than the meta file's {}", meta.generation),
                     ));
                 }
-                kept.push(Found { first, path, file, bytes, header_ok: true });
+                kept.push(Found { first, path, file, bytes, salt: Some(salt) });
             }
-            Ok(SegmentHeader::Empty) => kept.push(Found { first, path, file, bytes, header_ok: false }),
+            Ok(SegmentHeader::Empty) => kept.push(Found { first, path, file, bytes, salt: None }),
             Err(reason) => return Err(corruption(&path, 0, None, reason)),
         }
     }
     // A header that never reached the disk is a torn roll: only the last
     // segment (after stale generations are gone) can have one.
-    if let Some(f) = kept.iter().rev().skip(1).find(|f| !f.header_ok) {
+    if let Some(f) = kept.iter().rev().skip(1).find(|f| f.salt.is_none()) {
         return Err(corruption(&f.path, 0, None, "zero header in a segment followed by others"));
     }
     let n = kept.len();
     for k in 0..n {
         let next_first = kept.get(k + 1).map(|x| x.first);
-        let Found { first, path, file, bytes, header_ok } = kept[k].clone();
+        let Found { first, path, file, bytes, salt: found_salt } = kept[k].clone();
+        let header_ok = found_salt.is_some();
+        // A header lost in a torn roll gets a fresh salt when it is rewritten.
+        let salt = found_salt.unwrap_or_else(format::new_salt);
         let map = if bytes.is_empty() { None } else { file.map().ok().flatten() };
         // The file's own size: segments made under another `segment.bytes` keep theirs.
         let seg_capacity = bytes.len() as u64;
@@ -832,11 +843,11 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
             let expected = next - first;
             let lenient = purged.is_some_and(|p| next - 1 <= p);
             let mut seg =
-                Segment::from_scan(first, path.clone(), file.clone(), map.clone(), seg_capacity, Scan::empty());
+                Segment::from_scan(first, path.clone(), file.clone(), map.clone(), seg_capacity, salt, Scan::empty());
             seg.sealed = true;
             if seg.load_indexes(fs, dir, expected, lenient).is_none() {
                 let limit = usize::try_from(expected).unwrap_or(usize::MAX);
-                let s = segment::scan(&bytes, first, Some(limit), segment::max_payload_in(seg_capacity));
+                let s = segment::scan(&bytes, first, Some(limit), segment::max_payload_in(seg_capacity), salt);
                 if (s.positions.len() as u64) < expected && !lenient {
                     let (pos, why) = s.stop.expect("a short scan has a stop");
                     return Err(corruption(
@@ -846,7 +857,7 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
                         format!("{why} in a sealed segment"),
                     ));
                 }
-                seg = Segment::from_scan(first, path.clone(), file.clone(), map, seg_capacity, s);
+                seg = Segment::from_scan(first, path.clone(), file.clone(), map, seg_capacity, salt, s);
                 seg.sealed = true;
                 tracing::info!(segment = %path.display(), records = seg.len(), "rebuilt segment indexes");
                 if let Err(e) = seg.write_indexes(fs, dir) {
@@ -858,12 +869,12 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
         }
         // The active segment: scan to the end and cut a torn tail.
         let max_payload = segment::max_payload_in(seg_capacity);
-        let s = if header_ok { segment::scan(&bytes, first, None, max_payload) } else { Scan::empty() };
+        let s = if header_ok { segment::scan(&bytes, first, None, max_payload, salt) } else { Scan::empty() };
         let end = s.end as usize;
         let index_at_stop = first + s.positions.len() as u64;
         if let Some((pos, why)) = s.stop {
             let pos = pos as usize;
-            let after = format::find_valid_record(&bytes, pos + 1, max_payload);
+            let after = format::find_valid_record(&bytes, pos + 1, max_payload, salt);
             // A later record written after this one was durable proves
             // that no crash explains the damage.
             let witnessed = after.filter(|(_, h)| h.synced_before > index_at_stop);
@@ -909,7 +920,7 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
                 .map_err(|e| Error::io(format!("zero torn tail of {}", path.display()), e))?;
         }
         if !header_ok {
-            file.write_at(0, &format::encode_segment_header(first, meta.generation))
+            file.write_at(0, &format::encode_segment_header(first, meta.generation, salt))
                 .and_then(|()| file.sync_data())
                 .map_err(|e| Error::io(format!("write header of {}", path.display()), e))?;
         }
@@ -922,7 +933,7 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
         }
         // The map was taken before zeroing: take it again so it shows zeros.
         let map = file.map().map_err(|e| Error::io(format!("map {}", path.display()), e))?;
-        segments.insert(first, Segment::from_scan(first, path, file, map, seg_capacity, s));
+        segments.insert(first, Segment::from_scan(first, path, file, map, seg_capacity, salt, s));
     }
     // A gap between the purge point and the first entry would be a hole.
     if let (Some(p), Some(seg)) = (purged, segments.values().find(|s| s.len() > 0))

@@ -367,3 +367,76 @@ async fn a_crash_inside_truncate_does_not_resurrect_earlier_truncated_records() 
     let seen: Vec<(u64, u64)> = records.iter().map(|r| (r.index, r.term)).collect();
     assert_eq!(seen, vec![(1, 5), (2, 5), (3, 5)], "the log must end where truncate(4) cut it");
 }
+
+/// The cut-off entries were written and synced one batch at a time, so the
+/// stale tail's records say each earlier one was durable. A crash after the
+/// zero header is durable (before the new segment is): the zero header ends
+/// the log, and nothing after it is taken as a witness of corruption.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_inside_truncate_after_separately_synced_batches_opens_truncated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let c = config(dir.path(), 1 << 16, FlushPolicy::SyncFlush);
+    let store = open_fault(&fs, c.clone()).await.expect("open");
+    for i in 1..=10 {
+        append_flushed(&store, vec![record(5, i, 100)]).await.expect("append");
+    }
+    // The zero header's fdatasync succeeds; the new segment's fails.
+    fs.fail_sync_with_eio(1);
+    assert!(store.truncate(6).await.expect_err("truncate with a failing fsync").is_fatal());
+    fs.power_loss(None);
+    drop(store);
+    fs.power_on();
+    fs.clear_faults();
+    let store = open_fault(&fs, c).await.expect("reopen after a crash inside truncate");
+    assert_eq!(store.log_state().1.map(|p| p.index), Some(5));
+}
+
+/// A file system whose background fill is slower than a roll is patient.
+#[derive(Debug)]
+struct SlowFill;
+
+impl FileSystem for SlowFill {
+    fn open(&self, p: &Path) -> std::io::Result<Arc<dyn crate::FileIo>> {
+        crate::RealFs.open(p)
+    }
+    fn create(&self, p: &Path) -> std::io::Result<Arc<dyn crate::FileIo>> {
+        crate::RealFs.create(p)
+    }
+    fn preallocate(&self, p: &Path, len: u64, mode: crate::Preallocate, heat: bool) -> std::io::Result<()> {
+        // The zero-fill takes 30 ms; the quick fallocate 60 ms (a busy disk).
+        let ms = if mode == crate::Preallocate::Zero { 30 } else { 60 };
+        std::thread::sleep(Duration::from_millis(ms));
+        crate::RealFs.preallocate(p, len, mode, heat)
+    }
+    fn rename(&self, a: &Path, b: &Path) -> std::io::Result<()> {
+        crate::RealFs.rename(a, b)
+    }
+    fn remove(&self, p: &Path) -> std::io::Result<()> {
+        crate::RealFs.remove(p)
+    }
+    fn sync_dir(&self, p: &Path) -> std::io::Result<()> {
+        crate::RealFs.sync_dir(p)
+    }
+    fn list(&self, p: &Path) -> std::io::Result<Vec<String>> {
+        crate::RealFs.list(p)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolls_faster_than_the_fill_leave_no_prepared_file_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 64 << 10, FlushPolicy::SyncFlush);
+    let store = Store::open_with(c, Arc::new(SlowFill)).await.expect("open");
+    for i in 1..=60u64 {
+        append_flushed(&store, vec![record(1, i, 8 << 10)]).await.expect("append");
+    }
+    assert!(store.segments().len() > 5, "the test must roll often");
+    store.close().await.expect("close");
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("prepared-"))
+        .collect();
+    assert!(left.is_empty(), "prepared files left after close: {left:?}");
+}

@@ -295,7 +295,7 @@ async fn segment_files_of_impossible_size_or_generation_are_refused() {
     assert!(matches!(Store::open(c.clone()).await, Err(Error::Corruption { file, .. }) if file == extra));
     // From a generation the meta file has not reached.
     let mut bytes = vec![0u8; 4096];
-    bytes[..SEGMENT_HEADER_BYTES].copy_from_slice(&format::encode_segment_header(1_000_000, 5));
+    bytes[..SEGMENT_HEADER_BYTES].copy_from_slice(&format::encode_segment_header(1_000_000, 5, 1));
     std::fs::write(&extra, &bytes).expect("write");
     match Store::open(c.clone()).await {
         Err(e @ Error::Corruption { .. }) => assert!(e.to_string().contains("generation 5"), "{e}"),
@@ -415,11 +415,17 @@ async fn records_out_of_sequence_are_corruption() {
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&segment).expect("open");
     let mut original = vec![0u8; REC as usize];
     f.read_exact_at(&mut original, record_pos(3)).expect("read");
+    // Records check under their segment's salt: use it, as the writer would.
+    let mut header = [0u8; SEGMENT_HEADER_BYTES];
+    f.read_exact_at(&mut header, 0).expect("read header");
+    let Ok(format::SegmentHeader::Valid { salt, .. }) = format::decode_segment_header(&header) else {
+        panic!("segment header unreadable")
+    };
     // A well-formed record carrying the wrong index, then one whose term goes back.
     for (index, term, why) in [(9u64, 1u64, "log index 9"), (4, 0, "term 0 after term 1")] {
         let mut b = Vec::new();
         let meta = format::RecordMeta { kind: crate::RecordKind::Normal, term, leader: 1, index, timestamp_ms: 1 };
-        format::encode_record(&mut b, &meta, 0, &payload(index, term, LEN));
+        format::encode_record(&mut b, &meta, 0, salt, &payload(index, term, LEN));
         f.write_all_at(&b, record_pos(3)).expect("write");
         match Store::open(c.clone()).await {
             Err(e @ Error::Corruption { .. }) => assert!(e.to_string().contains(why), "{e}"),
@@ -504,4 +510,51 @@ async fn damage_before_a_record_that_witnessed_it_durable_is_corruption() {
         }
         other => panic!("expected corruption at entry 3, got {other:?}"),
     }
+}
+
+/// Truncation removes later segments first: a crash right after leaves the
+/// kept segment last and whole, i.e. the log as it was (a prefix is fine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_last_segment_leaves_the_log_before_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    let store = write_synced(dir.path(), 4096, 40).await;
+    let segments = store.segments();
+    store.close().await.expect("close");
+    let last = segments.last().expect("segments");
+    std::fs::remove_file(&last.file).expect("rm");
+    let store = Store::open(c).await.expect("open");
+    assert_eq!(store.log_state().1.map(|p| p.index), Some(last.first_index - 1));
+    for i in 1..last.first_index {
+        assert_entry(&store, 1, i, LEN);
+    }
+}
+
+/// A producer's payload may hold bytes that look like a keel record with a
+/// high watermark. Records check under their segment's random salt, so such
+/// bytes never validate: a torn write of that payload is still a torn tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_forged_inside_a_payload_is_never_taken_for_a_real_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let c = never_syncing(dir.path(), 1 << 16);
+    let store = open_fault(&fs, c.clone()).await.expect("open");
+    append_flushed(&store, (1..=5).map(|i| record(1, i, 100)).collect()).await.expect("append");
+    store.sync().await.expect("sync");
+    let meta = format::RecordMeta { kind: crate::RecordKind::Normal, term: 1, leader: 1, index: 7, timestamp_ms: 1 };
+    let mut forged = Vec::new();
+    for salt in [0, 1, u32::MAX] {
+        format::encode_record(&mut forged, &meta, 7, salt, b"x");
+    }
+    let mut payload = vec![1u8; 10];
+    payload.extend_from_slice(&forged);
+    payload.extend_from_slice(&[1u8; 2000]);
+    let sixth = crate::NewRecord { meta: format::RecordMeta { index: 6, ..meta }, payload };
+    append_flushed(&store, vec![sixth]).await.expect("append 6");
+    // The power goes while the sixth record is half written, forgeries included.
+    fs.power_loss(Some(RECORD_HEADER_BYTES + 10 + forged.len() + 100));
+    fs.power_on();
+    drop(store);
+    let store = open_fault(&fs, c).await.expect("a torn tail, not corruption");
+    assert_eq!(store.log_state().1.map(|p| p.index), Some(5));
 }
