@@ -331,10 +331,7 @@ async fn a_restart_without_reboot_makes_what_recovery_read_durable() {
         .await
         .expect("acknowledged under SYNC_FLUSH");
     // Phase 3: now the power goes. Everything published as fsynced survives.
-    fs.power_loss(None);
-    drop(store);
-    fs.power_on();
-    let store = open_fault(&fs, c).await.expect("reopen after power loss");
+    let store = crash_and_reopen(&fs, store, c).await.expect("reopen after power loss");
     assert_eq!(store.log_state().1.map(|p| p.index), Some(35), "entries published as fsynced were lost");
     for i in 1..=35 {
         assert_entry(&store, 1, i, LEN);
@@ -358,11 +355,7 @@ async fn a_crash_inside_truncate_does_not_resurrect_earlier_truncated_records() 
     // the first segment is last again.
     fs.fail_sync_with_eio(1);
     assert!(store.truncate(4).await.expect_err("truncate with a failing fsync").is_fatal());
-    fs.power_loss(None);
-    drop(store);
-    fs.power_on();
-    fs.clear_faults();
-    let store = open_fault(&fs, c).await.expect("reopen");
+    let store = crash_and_reopen(&fs, store, c).await.expect("reopen");
     let records = store.read_range(1, 100, usize::MAX).expect("read");
     let seen: Vec<(u64, u64)> = records.iter().map(|r| (r.index, r.term)).collect();
     assert_eq!(seen, vec![(1, 5), (2, 5), (3, 5)], "the log must end where truncate(4) cut it");
@@ -384,11 +377,7 @@ async fn a_crash_inside_truncate_after_separately_synced_batches_opens_truncated
     // The zero header's fdatasync succeeds; the new segment's fails.
     fs.fail_sync_with_eio(1);
     assert!(store.truncate(6).await.expect_err("truncate with a failing fsync").is_fatal());
-    fs.power_loss(None);
-    drop(store);
-    fs.power_on();
-    fs.clear_faults();
-    let store = open_fault(&fs, c).await.expect("reopen after a crash inside truncate");
+    let store = crash_and_reopen(&fs, store, c).await.expect("reopen after a crash inside truncate");
     assert_eq!(store.log_state().1.map(|p| p.index), Some(5));
 }
 

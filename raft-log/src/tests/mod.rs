@@ -101,3 +101,13 @@ pub fn assert_entry(store: &Store, term: u64, index: u64, len: usize) {
     assert_eq!((r.index, r.term), (index, term), "entry {index}");
     assert_eq!(r.payload.as_ref(), payload(index, term, len).as_slice(), "payload of entry {index}");
 }
+
+/// Cut the power under `store` (every unsynced write lost), drop it, restore
+/// power with no faults armed, and open the directory again.
+pub async fn crash_and_reopen(fs: &FaultFs, store: Store, c: StoreConfig) -> Result<Store, Error> {
+    fs.power_loss(None);
+    drop(store);
+    fs.power_on();
+    fs.clear_faults();
+    open_fault(fs, c).await
+}
