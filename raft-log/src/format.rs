@@ -11,7 +11,7 @@
 //! | `{first:020}.log` | a segment: records with log indexes `first..` |
 //! | `{first:020}.idx` | position index of a *sealed* segment |
 //! | `{first:020}.tix` | sparse time index of a *sealed* segment |
-//! | `prepared-{n}.log` | a preallocated segment waiting to be rolled to (deleted on open) |
+//! | `prepared-{pid}-{store}-{n}.log` | a preallocated segment waiting to be rolled to (deleted on open) |
 //! | `*.tmp` | half-written temp files (deleted on open) |
 //!
 //! # Segment file
