@@ -534,6 +534,8 @@ impl Store {
     pub async fn install_range(&self, prev: LogPos, records: Vec<Record>) -> Result<()> {
         let _writer = self.inner.writer.lock().await;
         self.check_failed()?;
+        // Every check before anything changes: a refused range leaves the log as it was.
+        let max = self.inner.max_payload;
         for (k, r) in records.iter().enumerate() {
             let want = prev.index + 1 + k as u64;
             if r.index != want {
@@ -541,6 +543,14 @@ impl Store {
                     "install range: record {k} has index {} where {want} is expected",
                     r.index
                 )));
+            }
+            if r.payload.len() > max {
+                return Err(Error::EntryTooLarge {
+                    index: r.index,
+                    bytes: r.payload.len(),
+                    max,
+                    segment_bytes: self.inner.config.segment_bytes,
+                });
             }
         }
         self.inner.flusher.sync().await?;

@@ -558,3 +558,30 @@ async fn a_record_forged_inside_a_payload_is_never_taken_for_a_real_one() {
     let store = open_fault(&fs, c).await.expect("a torn tail, not corruption");
     assert_eq!(store.log_state().1.map(|p| p.index), Some(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_range_install_leaves_the_log_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = write_synced(dir.path(), 4096, 20).await;
+    let good = |index: u64, len: usize| crate::Record {
+        term: 2,
+        leader: 1,
+        index,
+        timestamp_ms: 0,
+        kind: crate::RecordKind::Normal,
+        payload: vec![3u8; len].into(),
+    };
+    let too_big = store.max_payload_bytes() + 1;
+    for (records, what) in [
+        (vec![good(31, 10), good(33, 10)], "log index 33"),
+        (vec![good(31, 10), good(32, too_big)], "raise segment.bytes"),
+    ] {
+        let err = store.install_range(LogPos::new(2, 1, 30), records).await.expect_err("bad range installed");
+        assert!(err.to_string().contains(what), "{err}");
+        assert!(store.failure().is_none());
+        assert_eq!(store.log_state(), (None, Some(LogPos::new(1, 1, 20))), "{what}: the log changed");
+        for i in 1..=20 {
+            assert_entry(&store, 1, i, LEN);
+        }
+    }
+}
