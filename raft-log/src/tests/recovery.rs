@@ -573,7 +573,7 @@ async fn a_refused_range_install_leaves_the_log_as_it_was() {
     };
     let too_big = store.max_payload_bytes() + 1;
     for (records, what) in [
-        (vec![good(31, 10), good(33, 10)], "log index 33"),
+        (vec![good(31, 10), good(33, 10)], "has index 33 where 32 is expected"),
         (vec![good(31, 10), good(32, too_big)], "raise segment.bytes"),
     ] {
         let err = store.install_range(LogPos::new(2, 1, 30), records).await.expect_err("bad range installed");
