@@ -253,9 +253,8 @@ impl StoreConfig {
 
     /// Largest payload one record can carry with this segment size.
     pub fn max_payload_bytes(&self) -> usize {
-        let room =
-            self.segment_bytes as usize - crate::format::SEGMENT_HEADER_BYTES - crate::format::RECORD_HEADER_BYTES;
-        room.min(u32::MAX as usize)
+        // Segments are at most MAX_SEGMENT_BYTES, so this also fits a u32 length.
+        crate::format::max_payload_in(self.segment_bytes)
     }
 }
 

@@ -406,6 +406,11 @@ pub fn decode_segment_header(h: &[u8]) -> Result<SegmentHeader, &'static str> {
     Ok(SegmentHeader::Valid { first_index: u64_at(h, 8), generation: u64_at(h, 16), salt: u32_at(h, 24) })
 }
 
+/// The largest payload a record can have in a segment of `capacity` bytes.
+pub fn max_payload_in(capacity: u64) -> usize {
+    usize::try_from(capacity).unwrap_or(usize::MAX).saturating_sub(SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES)
+}
+
 pub fn segment_file_name(first_index: u64) -> String {
     format!("{first_index:020}.log")
 }

@@ -155,13 +155,6 @@ pub fn scan(bytes: &[u8], first: u64, limit: Option<usize>, max_payload: usize, 
     s
 }
 
-/// The largest payload a record can have in a segment of `capacity` bytes.
-pub fn max_payload_in(capacity: u64) -> usize {
-    usize::try_from(capacity)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(format::SEGMENT_HEADER_BYTES + format::RECORD_HEADER_BYTES)
-}
-
 /// The whole file as bytes: its map, or one read.
 pub fn load(file: &dyn FileIo) -> std::io::Result<Bytes> {
     if let Some(map) = file.map()? {
@@ -235,7 +228,7 @@ impl Segment {
     /// The largest payload a record in this segment can have: its own size
     /// decides, so segments written under another `segment.bytes` still read.
     pub fn max_payload(&self) -> usize {
-        max_payload_in(self.capacity)
+        format::max_payload_in(self.capacity)
     }
 
     /// The index the next record appended here must carry.
@@ -276,17 +269,12 @@ impl Segment {
     pub fn keep_first(&mut self, count: usize) -> Result<()> {
         let mut v = self.positions.to_vec();
         v.truncate(count);
-        self.end = match v.last() {
-            Some(&p) => p as u64 + self.read_header_at(p as u64, self.first + count as u64 - 1)?.record_bytes() as u64,
-            None => format::SEGMENT_HEADER_BYTES as u64,
-        };
-        self.last_term = match v.last() {
-            Some(&p) => {
-                let h = self.read_header_at(p as u64, self.first + count as u64 - 1)?;
-                Some((h.term, h.leader))
-            }
+        let last = match v.last() {
+            Some(&p) => Some((p as u64, self.read_header_at(p as u64, self.first + count as u64 - 1)?)),
             None => None,
         };
+        self.end = last.map_or(format::SEGMENT_HEADER_BYTES as u64, |(p, h)| p + h.record_bytes() as u64);
+        self.last_term = last.map(|(_, h)| (h.term, h.leader));
         self.positions = Positions::Memory(v);
         let last = self.last_index();
         self.times.retain(|&(_, i)| last.is_some_and(|l| i <= l));
@@ -306,7 +294,7 @@ impl Segment {
     }
 
     fn read_header_at(&self, pos: u64, index: u64) -> Result<RecordHeader> {
-        let max = self.capacity as usize;
+        let max = self.max_payload();
         let mut buf = [0u8; RECORD_HEADER_BYTES];
         let header = match &self.map {
             Some(map) => map.get(pos as usize..).ok_or(RecordDefect::Short).and_then(|b| format::decode_header(b, max)),

@@ -758,6 +758,10 @@ struct Found {
     first: u64,
     path: PathBuf,
     file: Arc<dyn crate::io::FileIo>,
+    /// The file's map, where the I/O layer gives one (shared with the page
+    /// cache, so it shows later writes through `file`).
+    map: Option<bytes::Bytes>,
+    /// The whole file: the map, or one read of it.
     bytes: bytes::Bytes,
     /// `None` for a last segment whose header never reached the disk.
     salt: Option<u32>,
@@ -802,7 +806,11 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
         if len > format::MAX_SEGMENT_BYTES {
             return Err(corruption(&path, 0, None, format!("{len} bytes, larger than any segment keel writes")));
         }
-        let bytes = segment::load(&*file).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        let map = file.map().map_err(|e| Error::io(format!("map {}", path.display()), e))?;
+        let bytes = match &map {
+            Some(map) => map.clone(),
+            None => segment::load(&*file).map_err(|e| Error::io(format!("read {}", path.display()), e))?,
+        };
         match format::decode_segment_header(&bytes) {
             Ok(SegmentHeader::Valid { first_index, generation, salt }) => {
                 if first_index != first {
@@ -827,9 +835,9 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
                         format!("generation {generation} is newer than the meta file's {}", meta.generation),
                     ));
                 }
-                kept.push(Found { first, path, file, bytes, salt: Some(salt) });
+                kept.push(Found { first, path, file, map, bytes, salt: Some(salt) });
             }
-            Ok(SegmentHeader::Empty) => kept.push(Found { first, path, file, bytes, salt: None }),
+            Ok(SegmentHeader::Empty) => kept.push(Found { first, path, file, map, bytes, salt: None }),
             Err(reason) => return Err(corruption(&path, 0, None, reason)),
         }
     }
@@ -841,11 +849,10 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
     let n = kept.len();
     for k in 0..n {
         let next_first = kept.get(k + 1).map(|x| x.first);
-        let Found { first, path, file, bytes, salt: found_salt } = kept[k].clone();
+        let Found { first, path, file, map, bytes, salt: found_salt } = kept[k].clone();
         let header_ok = found_salt.is_some();
         // A header lost in a torn roll gets a fresh salt when it is rewritten.
         let salt = found_salt.unwrap_or_else(format::new_salt);
-        let map = if bytes.is_empty() { None } else { file.map().ok().flatten() };
         // The file's own size: segments made under another `segment.bytes` keep theirs.
         let seg_capacity = bytes.len() as u64;
         if let Some(next) = next_first {
@@ -857,7 +864,7 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
             seg.sealed = true;
             if seg.load_indexes(fs, dir, expected, lenient).is_none() {
                 let limit = usize::try_from(expected).unwrap_or(usize::MAX);
-                let s = segment::scan(&bytes, first, Some(limit), segment::max_payload_in(seg_capacity), salt);
+                let s = segment::scan(&bytes, first, Some(limit), format::max_payload_in(seg_capacity), salt);
                 if (s.positions.len() as u64) < expected && !lenient {
                     let (pos, why) = s.stop.expect("a short scan has a stop");
                     return Err(corruption(
@@ -878,7 +885,7 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
             continue;
         }
         // The active segment: scan to the end and cut a torn tail.
-        let max_payload = segment::max_payload_in(seg_capacity);
+        let max_payload = format::max_payload_in(seg_capacity);
         let s = if header_ok { segment::scan(&bytes, first, None, max_payload, salt) } else { Scan::empty() };
         let end = s.end as usize;
         let index_at_stop = first + s.positions.len() as u64;
@@ -941,8 +948,6 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
         for name in [format::index_file_name(first), format::time_index_file_name(first)] {
             fs.remove(&dir.join(name)).map_err(|e| Error::io("remove index of the active segment", e))?;
         }
-        // The map was taken before zeroing: take it again so it shows zeros.
-        let map = file.map().map_err(|e| Error::io(format!("map {}", path.display()), e))?;
         segments.insert(first, Segment::from_scan(first, path, file, map, seg_capacity, salt, s));
     }
     // A gap between the purge point and the first entry would be a hole.
