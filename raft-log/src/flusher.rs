@@ -54,6 +54,14 @@ struct Dirty {
     since: Option<Instant>,
 }
 
+impl Dirty {
+    fn add_file(&mut self, file: &Arc<dyn FileIo>) {
+        if !self.files.iter().any(|f| Arc::ptr_eq(f, file)) {
+            self.files.push(file.clone());
+        }
+    }
+}
+
 /// Counters of the flusher's work, for monitoring.
 #[derive(Debug, Default)]
 pub struct FlushCounters {
@@ -113,9 +121,7 @@ impl SyncState {
     /// The store wrote entries up to `index` into `file`.
     pub fn written(&self, file: &Arc<dyn FileIo>, index: u64, entries: u64, bytes: u64) {
         let mut d = self.dirty();
-        if !d.files.iter().any(|f| Arc::ptr_eq(f, file)) {
-            d.files.push(file.clone());
-        }
+        d.add_file(file);
         d.written = Some(index);
         d.entries += entries;
         d.bytes += bytes;
@@ -126,10 +132,7 @@ impl SyncState {
 
     /// A file must be synced before the next published index (a new segment's header).
     pub fn file_dirty(&self, file: &Arc<dyn FileIo>) {
-        let mut d = self.dirty();
-        if !d.files.iter().any(|f| Arc::ptr_eq(f, file)) {
-            d.files.push(file.clone());
-        }
+        self.dirty().add_file(file);
     }
 
     /// The directory changed (a segment was renamed into place).
