@@ -139,6 +139,15 @@ fn lock_dir(dir: &Path) -> Result<File> {
     }
 }
 
+/// Remove a segment and its index files (missing ones are fine).
+fn remove_segment_files(fs: &dyn FileSystem, dir: &Path, first: u64) -> std::io::Result<()> {
+    for name in [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)]
+    {
+        fs.remove(&dir.join(name))?;
+    }
+    Ok(())
+}
+
 fn corruption(file: &Path, position: u64, index: Option<u64>, reason: impl Into<String>) -> Error {
     Error::Corruption { file: file.to_path_buf(), position, index, reason: reason.into() }
 }
@@ -515,11 +524,7 @@ impl Store {
         let fs = &*self.inner.fs;
         let dir = &self.inner.config.dir;
         for &first in &doomed {
-            for name in
-                [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)]
-            {
-                fs.remove(&dir.join(name)).map_err(|e| Error::io(format!("delete segment {first}"), e))?;
-            }
+            remove_segment_files(fs, dir, first).map_err(|e| Error::io(format!("delete segment {first}"), e))?;
             self.state().segments.remove(&first);
         }
         // No directory fsync: a segment that reappears after a crash lies
@@ -564,13 +569,9 @@ impl Store {
         let dir = &self.inner.config.dir;
         let old: Vec<u64> = self.state().segments.keys().copied().collect();
         for first in old {
-            for name in
-                [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)]
-            {
-                // The meta file already names the new generation: fail-stop.
-                fs.remove(&dir.join(name))
-                    .map_err(|e| self.inner.sync.fail(format!("install range: remove segment {first}: {e}")))?;
-            }
+            // The meta file already names the new generation: fail-stop.
+            remove_segment_files(fs, dir, first)
+                .map_err(|e| self.inner.sync.fail(format!("install range: remove segment {first}: {e}")))?;
         }
         self.state().segments.clear();
         self.inner.sync.reset(Some(prev.index));
@@ -818,13 +819,7 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
                 }
                 if generation < meta.generation {
                     // Left over from before a range install.
-                    for n in [
-                        format::segment_file_name(first),
-                        format::index_file_name(first),
-                        format::time_index_file_name(first),
-                    ] {
-                        fs.remove(&dir.join(n)).map_err(|e| Error::io("remove stale segment", e))?;
-                    }
+                    remove_segment_files(fs, dir, first).map_err(|e| Error::io("remove stale segment", e))?;
                     continue;
                 }
                 if generation > meta.generation {
