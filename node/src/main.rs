@@ -1,12 +1,17 @@
 //! `keel`: the node binary, its CLI and its benchmarks.
 //!
-//! Only `keel bench storage` exists so far; `node`, `dev`, `produce` and the
-//! rest become further variants of [`Command`], each in its own module.
+//! Each command lives in its own module: `node` in [`server`] (configured by
+//! [`config`]), `dev` in [`dev`], the client commands in [`cli`], and the
+//! benchmarks in [`bench`].
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cli;
+mod config;
+mod dev;
+mod server;
 
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about = "keel: a replicated, durable message log")]
@@ -17,14 +22,46 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Measure this machine and keel's components.
+    /// Run one keel node (configured by file, KEEL_* variables and flags).
+    Node(config::NodeArgs),
+    /// Start a local three-node cluster, each node its own child process.
+    Dev(dev::DevArgs),
+    /// Check a node configuration file without starting a node.
+    Config(config::ConfigArgs),
+    /// Create, list, describe and delete topics.
+    Topic(cli::TopicArgs),
+    /// Append records to a topic (stdin lines, or generated records).
+    Produce(cli::ProduceArgs),
+    /// Read records from a topic.
+    Consume(cli::ConsumeArgs),
+    /// Commit and show consumer-group offsets.
+    Group(cli::GroupArgs),
+    /// Find records by key, or the first offset at or after a timestamp.
+    Lookup(cli::LookupArgs),
+    /// Show the cluster and change its membership.
+    Cluster(cli::ClusterArgs),
+    /// Measure this machine, keel's components and a running cluster.
     Bench(bench::BenchArgs),
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Bench(args) => bench::run(args).await,
-    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Node(args) => {
+                let config = config::load(&args)?;
+                server::run(config).await
+            }
+            Command::Dev(args) => dev::run(args).await,
+            Command::Config(args) => config::run(args),
+            Command::Topic(args) => cli::topic(args).await,
+            Command::Produce(args) => cli::produce(args).await,
+            Command::Consume(args) => cli::consume(args).await,
+            Command::Group(args) => cli::group(args).await,
+            Command::Lookup(args) => cli::lookup(args).await,
+            Command::Cluster(args) => cli::cluster(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
 }

@@ -1,0 +1,1 @@
+//! keel's client library (being written).
