@@ -1,12 +1,56 @@
-//! The node's configuration: the article's flush keys plus the node's own,
-//! read from a `.properties` file, `KEEL_*` environment variables and flags.
+//! The node's configuration: the article's store and flush keys plus the
+//! node's own, read from a `.properties` file, `KEEL_*` environment variables
+//! and `keel node` flags.
 //!
-//! (Parsing is being written; see `load`.)
+//! Times are in milliseconds, sizes in bytes.
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `store.path.commitlog` | `./keel-data` | data directory (the Raft log's segments) |
+//! | `segment.bytes` | 67108864 (64 MiB) | size each segment is preallocated to (4096 to 1073741824) |
+//! | `segment.preallocate` | `zero` | `zero` (write zeros) or `fallocate` |
+//! | `segment.preheat` | `false` | read each new segment once so its pages are cached |
+//! | `flush.disk.type` | `SYNC_FLUSH` | `SYNC_FLUSH`, `BATCH_FLUSH` or `ASYNC_FLUSH` |
+//! | `flush.batch.size` | 100 | BATCH_FLUSH: fsync after this many unsynced entries |
+//! | `flush.interval.ms` | 100 | BATCH_FLUSH / ASYNC_FLUSH: fsync at least this often |
+//! | `flush.commitlog.interval` | 1000 | ASYNC_FLUSH: fsync after this many unsynced entries |
+//! | `flush.commitlog.timeout` | 5000 | ms a producer waits for durability before "outcome unknown" |
+//! | `node.id` | 1 | this node's Raft id, at least 1 |
+//! | `grpc.listen` | `127.0.0.1:9091` | `ip:port` the gRPC port (clients and peers) binds |
+//! | `grpc.advertised` | `grpc.listen` | `host:port` other nodes and clients dial; not `0.0.0.0` or `[::]` |
+//! | `admin.listen` | `127.0.0.1:9191` | `ip:port` of the admin HTTP API |
+//! | `peers` | `{node.id}@{grpc.advertised}` | voters of a fresh cluster, `1@host:port,2@host:port,...`; must list this node at `grpc.advertised` |
+//! | `cluster.bootstrap` | `false` | `true`: initialise the membership from `peers` when the store is empty |
+//! | `retention.ms` | 604800000 (7 days) | default topic retention by age; -1 keeps forever |
+//! | `retention.bytes` | -1 | default retention by size per partition; -1 is unlimited |
+//! | `max.message.bytes` | 1048576 (1 MiB) | default largest message (value + key + headers); at most what a segment holds minus 1024 |
+//! | `producer.id.expiry.ms` | 86400000 (1 day) | an idle producer id is forgotten after this |
+//! | `admin.token` | (none) | when set, admin mutations need `Authorization: Bearer <token>`; empty means none |
+//!
+//! **Precedence**, highest first: flag > environment > file > default. Each
+//! key has one flag, its name with `.` turned into `-` (`--flush-disk-type`),
+//! and one environment variable, `KEEL_` and its name upper-cased with `.`
+//! turned into `_` (`KEEL_FLUSH_DISK_TYPE`). Only variables that name a key
+//! are read, so `KEEL_CLUSTER` (used by the client commands) is ignored.
+//!
+//! The file (`--config FILE`) is Java-properties style, without line
+//! continuations or escapes: `key=value` or `key: value`, `#` and `!` start
+//! comment lines, blank lines are skipped, whitespace around keys and values
+//! is trimmed. An unknown key, a duplicate key or a line without a separator
+//! is an error; so is a bad value from any source, and the message names the
+//! key, the value and where it came from (`FILE:LINE`, the variable, or the
+//! flag).
+//!
+//! The same table is in `docs/configuration.md`; keep the two in step.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 
-use keel_raft_log::StoreConfig;
+use anyhow::Context as _;
+use keel_raft_log::{ConfigError, Preallocate, StoreConfig};
 
 /// Everything `keel node` needs, validated.
 #[derive(Debug, Clone)]
@@ -40,22 +84,957 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
 }
 
-/// `keel node` flags. (Being written: one flag per key.)
-#[derive(Debug, clap::Args)]
+/// The node's own keys; the store's are [`keel_raft_log::config::KEYS`].
+pub const NODE_KEYS: &[&str] = &[
+    "node.id",
+    "grpc.listen",
+    "grpc.advertised",
+    "admin.listen",
+    "peers",
+    "cluster.bootstrap",
+    "retention.ms",
+    "retention.bytes",
+    "max.message.bytes",
+    "producer.id.expiry.ms",
+    "admin.token",
+];
+
+/// The default `store.path.commitlog`: relative, so a node started from a
+/// scratch directory keeps its data there.
+pub const DEFAULT_STORE_PATH: &str = "./keel-data";
+
+/// A record carries more than the message: the Raft entry wraps it in its own
+/// encoding. `max.message.bytes` must leave this much of a segment's largest
+/// payload for that wrapping.
+pub const MESSAGE_FRAMING_BYTES: usize = 1024;
+
+/// Prefix of the environment variables that set keys.
+const ENV_PREFIX: &str = "KEEL_";
+
+/// Every key, store keys first; each appears once.
+fn all_keys() -> impl Iterator<Item = &'static str> {
+    keel_raft_log::config::KEYS.iter().chain(NODE_KEYS).copied()
+}
+
+/// The `&'static` spelling of a known key, so origins can be keyed by it.
+fn known_key(key: &str) -> Option<&'static str> {
+    all_keys().find(|k| *k == key)
+}
+
+/// `flush.disk.type` -> `KEEL_FLUSH_DISK_TYPE`.
+pub fn env_var_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_ascii_uppercase().replace('.', "_"))
+}
+
+/// `flush.disk.type` -> `--flush-disk-type`.
+pub fn flag_name(key: &str) -> String {
+    format!("--{}", key.replace('.', "-"))
+}
+
+/// Where a value came from; errors start with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A line of a properties file (1-based).
+    File { path: String, line: usize },
+    /// An environment variable, by name.
+    Env(String),
+    /// A command-line flag, spelled with its dashes.
+    Flag(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File { path, line } => write!(f, "{path}:{line}"),
+            Self::Env(name) => write!(f, "environment variable {name}"),
+            Self::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// One `key = value` from one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub key: String,
+    pub value: String,
+    pub origin: Origin,
+}
+
+/// `keel node` flags: `--config FILE` and one flag per key, each overriding
+/// the environment and the file.
+#[derive(Debug, Default, clap::Args)]
 pub struct NodeArgs {
-    /// A `.properties` file.
-    #[arg(long)]
-    pub config: Option<std::path::PathBuf>,
+    /// A `.properties` file (`key=value` lines; see docs/configuration.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Boxed: twenty `Option<String>`s inline would make `keel`'s command enum
+    /// ten times larger than any other variant (clippy `large_enum_variant`).
+    #[command(flatten)]
+    pub keys: Box<KeyFlags>,
 }
 
-/// `keel config check FILE`. (Being written.)
+/// One flag per key, named by the key with `.` turned into `-`; each value is
+/// parsed by the same code as the file's and the environment's.
+#[derive(Debug, Default, clap::Args)]
+#[command(next_help_heading = "Configuration keys (override KEEL_* variables and the --config file)")]
+pub struct KeyFlags {
+    /// `store.path.commitlog`: data directory [default: ./keel-data]
+    #[arg(long, value_name = "DIR")]
+    pub store_path_commitlog: Option<String>,
+    /// `segment.bytes`: size each segment is preallocated to [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    pub segment_bytes: Option<String>,
+    /// `segment.preallocate`: zero or fallocate [default: zero]
+    #[arg(long, value_name = "HOW")]
+    pub segment_preallocate: Option<String>,
+    /// `segment.preheat`: read each new segment once so it is cached [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub segment_preheat: Option<String>,
+    /// `flush.disk.type`: SYNC_FLUSH, BATCH_FLUSH or ASYNC_FLUSH [default: SYNC_FLUSH]
+    #[arg(long, value_name = "TYPE")]
+    pub flush_disk_type: Option<String>,
+    /// `flush.batch.size`: BATCH_FLUSH syncs after this many entries [default: 100]
+    #[arg(long, value_name = "ENTRIES")]
+    pub flush_batch_size: Option<String>,
+    /// `flush.interval.ms`: BATCH/ASYNC_FLUSH sync at least this often [default: 100]
+    #[arg(long, value_name = "MS")]
+    pub flush_interval_ms: Option<String>,
+    /// `flush.commitlog.interval`: ASYNC_FLUSH syncs after this many entries [default: 1000]
+    #[arg(long, value_name = "ENTRIES")]
+    pub flush_commitlog_interval: Option<String>,
+    /// `flush.commitlog.timeout`: ms a producer waits for durability [default: 5000]
+    #[arg(long, value_name = "MS")]
+    pub flush_commitlog_timeout: Option<String>,
+    /// `node.id`: this node's Raft id, at least 1 [default: 1]
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// `grpc.listen`: ip:port the gRPC port binds [default: 127.0.0.1:9091]
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_listen: Option<String>,
+    /// `grpc.advertised`: host:port others dial [default: grpc.listen]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub grpc_advertised: Option<String>,
+    /// `admin.listen`: ip:port of the admin HTTP API [default: 127.0.0.1:9191]
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// `peers`: voters of a fresh cluster, 1@host:port,2@host:port,... [default: this node]
+    #[arg(long, value_name = "LIST")]
+    pub peers: Option<String>,
+    /// `cluster.bootstrap`: initialise the membership from peers [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub cluster_bootstrap: Option<String>,
+    /// `retention.ms`: default topic retention by age, -1 forever [default: 604800000]
+    #[arg(long, value_name = "MS")]
+    pub retention_ms: Option<String>,
+    /// `retention.bytes`: default retention per partition, -1 unlimited [default: -1]
+    #[arg(long, value_name = "BYTES")]
+    pub retention_bytes: Option<String>,
+    /// `max.message.bytes`: default largest message [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<String>,
+    /// `producer.id.expiry.ms`: idle producer ids are forgotten after this [default: 86400000]
+    #[arg(long, value_name = "MS")]
+    pub producer_id_expiry_ms: Option<String>,
+    /// `admin.token`: admin mutations need this bearer token; empty means none
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+}
+
+impl KeyFlags {
+    /// The flags that were given, as settings.
+    fn settings(&self) -> Vec<Setting> {
+        // Spelled out rather than generated so the compiler checks each field
+        // exists; `every_key_has_a_flag_named_after_it` checks the pairing.
+        let flags: [(&'static str, &Option<String>); 20] = [
+            ("store.path.commitlog", &self.store_path_commitlog),
+            ("segment.bytes", &self.segment_bytes),
+            ("segment.preallocate", &self.segment_preallocate),
+            ("segment.preheat", &self.segment_preheat),
+            ("flush.disk.type", &self.flush_disk_type),
+            ("flush.batch.size", &self.flush_batch_size),
+            ("flush.interval.ms", &self.flush_interval_ms),
+            ("flush.commitlog.interval", &self.flush_commitlog_interval),
+            ("flush.commitlog.timeout", &self.flush_commitlog_timeout),
+            ("node.id", &self.node_id),
+            ("grpc.listen", &self.grpc_listen),
+            ("grpc.advertised", &self.grpc_advertised),
+            ("admin.listen", &self.admin_listen),
+            ("peers", &self.peers),
+            ("cluster.bootstrap", &self.cluster_bootstrap),
+            ("retention.ms", &self.retention_ms),
+            ("retention.bytes", &self.retention_bytes),
+            ("max.message.bytes", &self.max_message_bytes),
+            ("producer.id.expiry.ms", &self.producer_id_expiry_ms),
+            ("admin.token", &self.admin_token),
+        ];
+        flags
+            .into_iter()
+            .filter_map(|(key, value)| {
+                value.as_ref().map(|v| Setting {
+                    key: key.to_string(),
+                    value: v.clone(),
+                    origin: Origin::Flag(flag_name(key)),
+                })
+            })
+            .collect()
+    }
+}
+
+/// `keel config ...`.
 #[derive(Debug, clap::Args)]
-pub struct ConfigArgs {}
-
-pub fn load(_args: &NodeArgs) -> anyhow::Result<NodeConfig> {
-    anyhow::bail!("configuration loading is not written yet")
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
 }
 
-pub fn run(_args: ConfigArgs) -> anyhow::Result<()> {
-    anyhow::bail!("keel config is not written yet")
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Load FILE as `keel node --config FILE` would (KEEL_* variables
+    /// included) and print the effective configuration, one key=value per line.
+    Check {
+        /// The `.properties` file to check.
+        file: PathBuf,
+    },
+}
+
+/// `keel node`: file, then environment, then flags, over the defaults.
+pub fn load(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
+    load_with_env(args.config.as_deref(), std::env::vars_os(), args.keys.settings())
+}
+
+/// `keel config check FILE`: print the configuration `keel node --config FILE`
+/// would run with.
+pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
+    match args.command {
+        ConfigCommand::Check { file } => {
+            let config = load_with_env(Some(&file), std::env::vars_os(), Vec::new())?;
+            let mut out = std::io::stdout().lock();
+            for (key, value) in effective(&config) {
+                writeln!(out, "{key}={value}").context("writing the configuration to stdout")?;
+            }
+            out.flush().context("writing the configuration to stdout")?;
+            Ok(())
+        }
+    }
+}
+
+fn load_with_env(
+    file: Option<&Path>,
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    flags: Vec<Setting>,
+) -> anyhow::Result<NodeConfig> {
+    let file_settings = match file {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+            parse_properties(&text, &path.display().to_string())?
+        }
+        None => Vec::new(),
+    };
+    let env_settings = env_settings(vars)?;
+    resolve(file_settings, env_settings, flags)
+}
+
+/// Parse a properties file. `source_name` (the path as given) prefixes every
+/// error and origin.
+///
+/// Deliberately smaller than `java.util.Properties`: no line continuations,
+/// no escapes, no whitespace-only separator. Keys are not checked here: an
+/// unknown key is reported when the settings are applied.
+pub fn parse_properties(text: &str, source_name: &str) -> anyhow::Result<Vec<Setting>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut settings: Vec<Setting> = Vec::new();
+    let mut first_line_of: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let origin = Origin::File { path: source_name.to_string(), line };
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('!') {
+            continue;
+        }
+        // The first `=` or `:` separates, so values may contain either
+        // (`grpc.listen: 127.0.0.1:9091`, `peers=1@a:1`).
+        let Some(at) = trimmed.find(['=', ':']) else {
+            anyhow::bail!("{origin}: expected `key=value` or `key: value`, found {trimmed:?}");
+        };
+        let key = trimmed[..at].trim();
+        let value = trimmed[at + 1..].trim();
+        if key.is_empty() {
+            anyhow::bail!("{origin}: missing key before the separator in {trimmed:?}");
+        }
+        if let Some(first) = first_line_of.get(key) {
+            anyhow::bail!("{origin}: duplicate key `{key}` (first set at {source_name}:{first})");
+        }
+        first_line_of.insert(key.to_string(), line);
+        settings.push(Setting { key: key.to_string(), value: value.to_string(), origin });
+    }
+    Ok(settings)
+}
+
+/// The `KEEL_*` variables that name a key, in key order. Others are ignored:
+/// `KEEL_CLUSTER` belongs to the client commands, `KEEL_TEST_SEED` to tests.
+///
+/// Takes `vars_os` rather than `vars` because `std::env::vars` panics on any
+/// non-UTF-8 variable, even one keel never reads.
+fn env_settings(vars: impl IntoIterator<Item = (OsString, OsString)>) -> anyhow::Result<Vec<Setting>> {
+    let vars: BTreeMap<OsString, OsString> = vars.into_iter().collect();
+    let mut settings = Vec::new();
+    for key in all_keys() {
+        let name = env_var_name(key);
+        let Some(value) = vars.get(std::ffi::OsStr::new(&name)) else { continue };
+        let Some(value) = value.to_str() else {
+            anyhow::bail!("environment variable {name}: the value for `{key}` is not valid UTF-8");
+        };
+        settings.push(Setting { key: key.to_string(), value: value.to_string(), origin: Origin::Env(name) });
+    }
+    Ok(settings)
+}
+
+/// Apply the three sources in precedence order (each overriding the last)
+/// over the defaults, then check the relations between keys.
+pub fn resolve(file: Vec<Setting>, env: Vec<Setting>, flags: Vec<Setting>) -> anyhow::Result<NodeConfig> {
+    let mut builder = Builder::default();
+    for setting in file.into_iter().chain(env).chain(flags) {
+        builder.set(&setting)?;
+    }
+    builder.finish()
+}
+
+/// The configuration being assembled. Every value is parsed as it is set, so a
+/// bad value fails even when a higher source overrides it.
+#[derive(Debug)]
+struct Builder {
+    store: StoreConfig,
+    node_id: u64,
+    grpc_listen: SocketAddr,
+    grpc_advertised: Option<String>,
+    admin_listen: SocketAddr,
+    peers: Option<BTreeMap<u64, String>>,
+    cluster_bootstrap: bool,
+    retention_ms: i64,
+    retention_bytes: i64,
+    max_message_bytes: u32,
+    producer_id_expiry_ms: u64,
+    admin_token: Option<String>,
+    /// Where each key that was set came from; absent means the default.
+    origins: BTreeMap<&'static str, Origin>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            store: StoreConfig::new(DEFAULT_STORE_PATH),
+            node_id: 1,
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            grpc_advertised: None,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9191)),
+            peers: None,
+            cluster_bootstrap: false,
+            retention_ms: 7 * 24 * 60 * 60 * 1000,
+            retention_bytes: -1,
+            max_message_bytes: 1 << 20,
+            producer_id_expiry_ms: 24 * 60 * 60 * 1000,
+            admin_token: None,
+            origins: BTreeMap::new(),
+        }
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_string(), value: value.to_string(), reason: reason.into() }
+}
+
+impl Builder {
+    fn set(&mut self, setting: &Setting) -> anyhow::Result<()> {
+        let Setting { key, value, origin } = setting;
+        let Some(key) = known_key(key) else {
+            anyhow::bail!("{origin}: {}", ConfigError::UnknownKey(key.clone()));
+        };
+        // The store owns its keys; whatever it does not know is the node's.
+        let result = match self.store.set(key, value) {
+            Err(ConfigError::UnknownKey(_)) => self.set_node_key(key, value),
+            other => other,
+        };
+        result.map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        self.origins.insert(key, origin.clone());
+        Ok(())
+    }
+
+    fn set_node_key(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let v = value.trim();
+        match key {
+            "node.id" => self.node_id = parse_node_id(v).map_err(|r| invalid(key, value, r))?,
+            "grpc.listen" => self.grpc_listen = parse_listen(key, value)?,
+            "grpc.advertised" => self.grpc_advertised = Some(parse_host_port(v).map_err(|r| invalid(key, value, r))?),
+            "admin.listen" => self.admin_listen = parse_listen(key, value)?,
+            "peers" => self.peers = Some(parse_peers(v).map_err(|r| invalid(key, value, r))?),
+            "cluster.bootstrap" => {
+                self.cluster_bootstrap = match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(invalid(key, value, "expected true or false")),
+                }
+            }
+            "retention.ms" => self.retention_ms = parse_retention(key, value, "keep forever")?,
+            "retention.bytes" => self.retention_bytes = parse_retention(key, value, "unlimited")?,
+            "max.message.bytes" => {
+                self.max_message_bytes = match v.parse::<u32>() {
+                    Ok(0) => return Err(invalid(key, value, "must be at least 1")),
+                    Ok(n) => n,
+                    Err(_) => {
+                        return Err(invalid(key, value, format!("expected a whole number from 1 to {}", u32::MAX)));
+                    }
+                }
+            }
+            "producer.id.expiry.ms" => {
+                self.producer_id_expiry_ms = match v.parse::<u64>() {
+                    Ok(0) => return Err(invalid(key, value, "must be at least 1")),
+                    Ok(n) => n,
+                    Err(_) => return Err(invalid(key, value, "expected a positive whole number")),
+                }
+            }
+            "admin.token" => self.admin_token = (!v.is_empty()).then(|| v.to_string()),
+            _ => return Err(ConfigError::UnknownKey(key.to_string())),
+        }
+        Ok(())
+    }
+
+    /// `key` and where its value came from, for errors about two keys.
+    fn described(&self, key: &str) -> String {
+        match self.origins.get(key) {
+            Some(origin) => format!("`{key}` (from {origin})"),
+            None => format!("`{key}` (default)"),
+        }
+    }
+
+    fn finish(self) -> anyhow::Result<NodeConfig> {
+        if let Err(e) = self.store.validate() {
+            // `set` already checked each value; this catches only what needs
+            // two values, so name the source of the key it blames.
+            let key = match &e {
+                ConfigError::Invalid { key, .. } | ConfigError::UnknownKey(key) => key.clone(),
+            };
+            anyhow::bail!("{}: {e}", self.described(&key));
+        }
+
+        if self.grpc_listen == self.admin_listen && self.grpc_listen.port() != 0 {
+            anyhow::bail!(
+                "{} and {} are both {}; the gRPC and admin ports must differ",
+                self.described("grpc.listen"),
+                self.described("admin.listen"),
+                self.grpc_listen
+            );
+        }
+
+        let grpc_advertised = match self.grpc_advertised.clone() {
+            Some(advertised) => advertised,
+            None => {
+                if self.grpc_listen.ip().is_unspecified() {
+                    anyhow::bail!(
+                        "`grpc.advertised` is not set, so it defaults to {} = {}, an unspecified address \
+                         other nodes and clients cannot dial; set `grpc.advertised` to a host:port they can reach",
+                        self.described("grpc.listen"),
+                        self.grpc_listen
+                    );
+                }
+                self.grpc_listen.to_string()
+            }
+        };
+
+        let peers = match self.peers.clone() {
+            Some(peers) => {
+                let Some(own) = peers.get(&self.node_id) else {
+                    anyhow::bail!(
+                        "{} does not list {} = {}; peers must include this node",
+                        self.described("peers"),
+                        self.described("node.id"),
+                        self.node_id
+                    );
+                };
+                if *own != grpc_advertised {
+                    anyhow::bail!(
+                        "{} gives node {} the address {own}, but {} is {grpc_advertised}; they must be equal",
+                        self.described("peers"),
+                        self.node_id,
+                        self.described("grpc.advertised")
+                    );
+                }
+                peers
+            }
+            None => BTreeMap::from([(self.node_id, grpc_advertised.clone())]),
+        };
+
+        let limit = self.store.max_payload_bytes().saturating_sub(MESSAGE_FRAMING_BYTES);
+        if usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX) > limit {
+            anyhow::bail!(
+                "{} = {} does not fit a segment: {} = {} holds payloads up to {} bytes, less {MESSAGE_FRAMING_BYTES} \
+                 bytes of framing leaves {limit}; lower `max.message.bytes` or raise `segment.bytes`",
+                self.described("max.message.bytes"),
+                self.max_message_bytes,
+                self.described("segment.bytes"),
+                self.store.segment_bytes,
+                self.store.max_payload_bytes()
+            );
+        }
+
+        Ok(NodeConfig {
+            node_id: self.node_id,
+            grpc_listen: self.grpc_listen,
+            grpc_advertised,
+            admin_listen: self.admin_listen,
+            peers,
+            cluster_bootstrap: self.cluster_bootstrap,
+            store: self.store,
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            max_message_bytes: self.max_message_bytes,
+            producer_id_expiry_ms: self.producer_id_expiry_ms,
+            admin_token: self.admin_token,
+        })
+    }
+}
+
+fn parse_node_id(v: &str) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(0) => Err("node ids start at 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("expected a node id, a whole number of at least 1".to_string()),
+    }
+}
+
+fn parse_listen(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .trim()
+        .parse::<SocketAddr>()
+        .map_err(|_| invalid(key, value, "expected ip:port, e.g. 127.0.0.1:9091 or [::]:9091"))
+}
+
+/// -1 or at least 1; `minus_one` says what -1 means.
+fn parse_retention(key: &str, value: &str, minus_one: &str) -> Result<i64, ConfigError> {
+    match value.trim().parse::<i64>() {
+        Ok(n) if n == -1 || n >= 1 => Ok(n),
+        _ => Err(invalid(key, value, format!("expected -1 ({minus_one}) or a whole number of at least 1"))),
+    }
+}
+
+/// A `host:port` others can dial, normalised (IP literals in their canonical
+/// form, host names lower-cased) so two spellings of one address compare equal.
+fn parse_host_port(v: &str) -> Result<String, String> {
+    let Some((host, port)) = v.rsplit_once(':') else {
+        return Err("expected host:port".to_string());
+    };
+    let port: u16 = port.parse().map_err(|_| format!("port {port:?} is not a number from 0 to 65535"))?;
+    let ip: Option<IpAddr> = if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or_else(|| format!("{host:?} is missing its closing `]`"))?;
+        Some(IpAddr::V6(inner.parse::<Ipv6Addr>().map_err(|_| format!("{inner:?} is not an IPv6 address"))?))
+    } else if host.contains(':') {
+        return Err(format!("an IPv6 address needs brackets, e.g. [{host}]:{port}"));
+    } else {
+        host.parse::<IpAddr>().ok()
+    };
+    match ip {
+        Some(ip) if ip.is_unspecified() => Err(format!(
+            "{ip} is the unspecified address, which others cannot dial; advertise an address they can reach"
+        )),
+        Some(ip) => Ok(SocketAddr::new(ip, port).to_string()),
+        None => {
+            let valid_name =
+                !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+            if !valid_name {
+                return Err(format!("{host:?} is not a host name or IP address"));
+            }
+            Ok(format!("{}:{port}", host.to_ascii_lowercase()))
+        }
+    }
+}
+
+/// `1@host:port,2@host:port,...`: ids at least 1, each once.
+fn parse_peers(v: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    if v.is_empty() {
+        return Err("expected at least one id@host:port".to_string());
+    }
+    for entry in v.split(',').map(str::trim) {
+        let Some((id, addr)) = entry.split_once('@') else {
+            return Err(format!("entry {entry:?} is not id@host:port"));
+        };
+        let id = parse_node_id(id.trim()).map_err(|r| format!("entry {entry:?}: {r}"))?;
+        let addr = parse_host_port(addr.trim()).map_err(|r| format!("entry {entry:?}: {r}"))?;
+        if peers.insert(id, addr).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    Ok(peers)
+}
+
+/// Every key with its effective value, sorted by key, as `keel config check`
+/// prints it. The token itself is never shown.
+fn effective(config: &NodeConfig) -> BTreeMap<&'static str, String> {
+    let store = &config.store;
+    let preallocate = match store.preallocate {
+        Preallocate::Zero => "zero",
+        Preallocate::Fallocate => "fallocate",
+    };
+    let peers: Vec<String> = config.peers.iter().map(|(id, addr)| format!("{id}@{addr}")).collect();
+    BTreeMap::from([
+        ("store.path.commitlog", store.dir.display().to_string()),
+        ("segment.bytes", store.segment_bytes.to_string()),
+        ("segment.preallocate", preallocate.to_string()),
+        ("segment.preheat", store.preheat.to_string()),
+        ("flush.disk.type", store.flush.policy.to_string()),
+        ("flush.batch.size", store.flush.batch_size.to_string()),
+        ("flush.interval.ms", store.flush.interval_ms.to_string()),
+        ("flush.commitlog.interval", store.flush.commitlog_interval.to_string()),
+        ("flush.commitlog.timeout", store.flush.commitlog_timeout_ms.to_string()),
+        ("node.id", config.node_id.to_string()),
+        ("grpc.listen", config.grpc_listen.to_string()),
+        ("grpc.advertised", config.grpc_advertised.clone()),
+        ("admin.listen", config.admin_listen.to_string()),
+        ("peers", peers.join(",")),
+        ("cluster.bootstrap", config.cluster_bootstrap.to_string()),
+        ("retention.ms", config.retention_ms.to_string()),
+        ("retention.bytes", config.retention_bytes.to_string()),
+        ("max.message.bytes", config.max_message_bytes.to_string()),
+        ("producer.id.expiry.ms", config.producer_id_expiry_ms.to_string()),
+        ("admin.token", if config.admin_token.is_some() { "(set)" } else { "(unset)" }.to_string()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use keel_raft_log::FlushPolicy;
+
+    use super::*;
+
+    fn file(text: &str) -> Vec<Setting> {
+        parse_properties(text, "node.properties").expect("test file parses")
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<Setting> {
+        env_settings(pairs.iter().map(|(k, v)| (OsString::from(k), OsString::from(v)))).expect("test env is UTF-8")
+    }
+
+    fn flags(argv: &[&str]) -> Vec<Setting> {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            args: NodeArgs,
+        }
+        let argv = std::iter::once("keel-node").chain(argv.iter().copied());
+        Wrap::try_parse_from(argv).expect("test flags parse").args.keys.settings()
+    }
+
+    fn from_file(text: &str) -> anyhow::Result<NodeConfig> {
+        resolve(parse_properties(text, "node.properties")?, Vec::new(), Vec::new())
+    }
+
+    fn err_of(result: anyhow::Result<NodeConfig>) -> String {
+        format!("{:#}", result.expect_err("configuration accepted"))
+    }
+
+    fn assert_names(message: &str, parts: &[&str]) {
+        for part in parts {
+            assert!(message.contains(part), "{message:?} does not name {part:?}");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        // Nothing set: every key has the documented default.
+        let c = resolve(Vec::new(), Vec::new(), Vec::new()).expect("defaults are valid");
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.grpc_listen, "127.0.0.1:9091".parse().expect("literal"));
+        assert_eq!(c.grpc_advertised, "127.0.0.1:9091");
+        assert_eq!(c.admin_listen, "127.0.0.1:9191".parse().expect("literal"));
+        assert_eq!(c.peers, BTreeMap::from([(1, "127.0.0.1:9091".to_string())]));
+        assert!(!c.cluster_bootstrap);
+        assert_eq!(c.store, StoreConfig::new("./keel-data"));
+        assert_eq!(c.retention_ms, 604_800_000);
+        assert_eq!(c.retention_bytes, -1);
+        assert_eq!(c.max_message_bytes, 1_048_576);
+        assert_eq!(c.producer_id_expiry_ms, 86_400_000);
+        assert_eq!(c.admin_token, None);
+
+        // The derived defaults follow the keys they derive from.
+        let c = resolve(file("node.id=3\ngrpc.listen=10.0.0.3:7000"), Vec::new(), Vec::new()).expect("valid");
+        assert_eq!(c.grpc_advertised, "10.0.0.3:7000");
+        assert_eq!(c.peers, BTreeMap::from([(3, "10.0.0.3:7000".to_string())]));
+    }
+
+    #[test]
+    fn file_parsing_skips_comments_and_accepts_both_separators() {
+        // `#` and `!` comments, blank lines, `=` and `:`, whitespace, CRLF.
+        let text = "# a comment\n! another\n\n  flush.disk.type = BATCH_FLUSH  \r\n\
+                    grpc.listen: 127.0.0.1:7001\npeers=1@127.0.0.1:7001\nadmin.token=\n";
+        let settings = file(text);
+        let got: Vec<(&str, &str, String)> =
+            settings.iter().map(|s| (s.key.as_str(), s.value.as_str(), s.origin.to_string())).collect();
+        assert_eq!(
+            got,
+            [
+                ("flush.disk.type", "BATCH_FLUSH", "node.properties:4".to_string()),
+                ("grpc.listen", "127.0.0.1:7001", "node.properties:5".to_string()),
+                ("peers", "1@127.0.0.1:7001", "node.properties:6".to_string()),
+                ("admin.token", "", "node.properties:7".to_string()),
+            ]
+        );
+
+        // Applied, the file gives the configuration it describes.
+        let c = from_file(text).expect("valid file");
+        assert_eq!(c.store.flush.policy, FlushPolicy::BatchFlush);
+        assert_eq!(c.grpc_advertised, "127.0.0.1:7001");
+        assert_eq!(c.admin_token, None, "an empty token means none");
+
+        // A line without a separator is an error naming the line.
+        let e = parse_properties("node.id=2\nflush.disk.type SYNC_FLUSH\n", "node.properties")
+            .expect_err("line without separator accepted");
+        assert_names(&e.to_string(), &["node.properties:2", "flush.disk.type SYNC_FLUSH"]);
+        let e = parse_properties("=5\n", "node.properties").expect_err("empty key accepted");
+        assert_names(&e.to_string(), &["node.properties:1", "missing key"]);
+    }
+
+    #[test]
+    fn precedence_is_flag_over_env_over_file() {
+        let f = file("flush.disk.type=BATCH_FLUSH\nflush.batch.size=7\nnode.id=2\npeers=2@127.0.0.1:9091");
+        let e = env(&[("KEEL_FLUSH_DISK_TYPE", "ASYNC_FLUSH"), ("KEEL_FLUSH_BATCH_SIZE", "8")]);
+        let g = flags(&["--flush-disk-type", "SYNC_FLUSH"]);
+
+        // Env overrides the file; the flag overrides both; untouched keys keep
+        // the file's value.
+        let c = resolve(f.clone(), e.clone(), g.clone()).expect("valid");
+        assert_eq!(c.store.flush.policy, FlushPolicy::SyncFlush);
+        assert_eq!(c.store.flush.batch_size, 8);
+        assert_eq!(c.node_id, 2);
+
+        let c = resolve(f.clone(), e, Vec::new()).expect("valid");
+        assert_eq!(c.store.flush.policy, FlushPolicy::AsyncFlush);
+
+        let c = resolve(f, Vec::new(), g).expect("valid");
+        assert_eq!(c.store.flush.policy, FlushPolicy::SyncFlush);
+        assert_eq!(c.store.flush.batch_size, 7);
+    }
+
+    #[test]
+    fn env_reads_only_variables_that_name_a_key() {
+        // KEEL_CLUSTER belongs to the client commands; PATH to nobody here.
+        let e = env(&[
+            ("KEEL_CLUSTER", "127.0.0.1:9091"),
+            ("KEEL_TEST_SEED", "7"),
+            ("PATH", "/bin"),
+            ("KEEL_ADMIN_TOKEN", "s3cret"),
+            ("KEEL_STORE_PATH_COMMITLOG", "/var/lib/keel"),
+        ]);
+        let names: Vec<String> = e.iter().map(|s| s.origin.to_string()).collect();
+        assert_eq!(names, ["environment variable KEEL_STORE_PATH_COMMITLOG", "environment variable KEEL_ADMIN_TOKEN"]);
+        let c = resolve(Vec::new(), e, Vec::new()).expect("valid");
+        assert_eq!(c.admin_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.store.dir, PathBuf::from("/var/lib/keel"));
+
+        // A bad value from the environment names the variable.
+        let err = err_of(resolve(Vec::new(), env(&[("KEEL_FLUSH_DISK_TYPE", "FAST")]), Vec::new()));
+        assert_names(&err, &["KEEL_FLUSH_DISK_TYPE", "\"FAST\"", "`flush.disk.type`"]);
+
+        // A non-UTF-8 value of a key's variable is an error, of any other
+        // variable is ignored.
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStringExt as _;
+            let bad = OsString::from_vec(vec![0xff, 0xfe]);
+            assert!(env_settings([(OsString::from("KEEL_OTHER"), bad.clone())]).is_ok());
+            let err = env_settings([(OsString::from("KEEL_NODE_ID"), bad)]).expect_err("non-UTF-8 accepted");
+            assert_names(&err.to_string(), &["KEEL_NODE_ID", "`node.id`"]);
+        }
+    }
+
+    #[test]
+    fn every_key_has_a_flag_and_a_variable_named_after_it() {
+        // Each key's flag and variable reach that key and no other.
+        let keys: Vec<&str> = all_keys().collect();
+        assert_eq!(keys.len(), 20);
+        for key in &keys {
+            let flag = flag_name(key);
+            let got = flags(&[&flag, "x"]);
+            assert_eq!(got.len(), 1, "{flag}");
+            assert_eq!(got[0].key, *key);
+            assert_eq!(got[0].origin, Origin::Flag(flag.clone()));
+
+            let name = env_var_name(key);
+            let got = env(&[(&name, "x")]);
+            assert_eq!(got.len(), 1, "{name}");
+            assert_eq!(got[0].key, *key);
+        }
+        assert_eq!(env_var_name("flush.disk.type"), "KEEL_FLUSH_DISK_TYPE");
+        assert_eq!(flag_name("store.path.commitlog"), "--store-path-commitlog");
+        assert!(flags(&[]).is_empty());
+    }
+
+    #[test]
+    fn unknown_key_in_file_names_key_and_line() {
+        let err = err_of(from_file("node.id=1\n\nflush.nope=3\n"));
+        assert_names(&err, &["node.properties:3", "unknown configuration key `flush.nope`"]);
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_line() {
+        // The article's example, word for word.
+        let err = err_of(from_file("# comment\n\n\n\n\nnode.id=1\nflush.disk.type=FAST\n"));
+        assert_eq!(
+            err,
+            "node.properties:7: invalid value \"FAST\" for `flush.disk.type`: \
+             expected SYNC_FLUSH, BATCH_FLUSH or ASYNC_FLUSH"
+        );
+
+        // Every node key, and some store keys, with a value it must refuse.
+        for (key, value) in [
+            ("node.id", "0"),
+            ("node.id", "one"),
+            ("grpc.listen", "localhost:9091"),
+            ("grpc.listen", "127.0.0.1"),
+            ("grpc.advertised", "0.0.0.0:9091"),
+            ("grpc.advertised", "[::]:9091"),
+            ("grpc.advertised", "node-1"),
+            ("grpc.advertised", "::1:9091"),
+            ("grpc.advertised", "node 1:9091"),
+            ("admin.listen", "9191"),
+            ("cluster.bootstrap", "yes"),
+            ("retention.ms", "0"),
+            ("retention.ms", "-2"),
+            ("retention.bytes", "1GB"),
+            ("max.message.bytes", "0"),
+            ("max.message.bytes", "4294967296"),
+            ("producer.id.expiry.ms", "0"),
+            ("segment.bytes", "100"),
+            ("flush.batch.size", "-1"),
+            ("segment.preheat", "1"),
+        ] {
+            let err = err_of(from_file(&format!("# line 1\n{key} = {value}\n")));
+            assert_names(&err, &["node.properties:2", &format!("`{key}`"), &format!("{value:?}")]);
+        }
+
+        // A flag's bad value names the flag.
+        let err = err_of(resolve(Vec::new(), Vec::new(), flags(&["--retention-ms", "soon"])));
+        assert_names(&err, &["flag --retention-ms", "`retention.ms`", "\"soon\""]);
+
+        // A bad value fails even when a higher source overrides it.
+        let err =
+            err_of(resolve(file("segment.preallocate=maybe"), Vec::new(), flags(&["--segment-preallocate", "zero"])));
+        assert_names(&err, &["node.properties:1", "`segment.preallocate`"]);
+    }
+
+    #[test]
+    fn peers_parse_and_must_list_this_node_at_its_advertised_address() {
+        // A three-node list; whitespace tolerated, addresses normalised.
+        let c = from_file(
+            "node.id=2\ngrpc.listen=0.0.0.0:9091\ngrpc.advertised=Node-2:9091\n\
+             peers = 1@node-1:9091, 2@node-2:9091 ,3@[::1]:9093\n",
+        )
+        .expect("valid peers");
+        assert_eq!(
+            c.peers,
+            BTreeMap::from([
+                (1, "node-1:9091".to_string()),
+                (2, "node-2:9091".to_string()),
+                (3, "[::1]:9093".to_string())
+            ])
+        );
+        assert_eq!(c.grpc_advertised, "node-2:9091");
+
+        // Malformed lists name the key and the offending part.
+        for (value, part) in [
+            ("", "at least one"),
+            ("1@a:1,,2@b:2", "\"\""),
+            ("1-a:1", "\"1-a:1\""),
+            ("0@a:1", "start at 1"),
+            ("x@a:1", "\"x@a:1\""),
+            ("1@a:1,1@b:2", "node 1 is listed twice"),
+            ("1@a", "host:port"),
+            ("1@0.0.0.0:1", "unspecified"),
+        ] {
+            let err = err_of(from_file(&format!("peers={value}")));
+            assert_names(&err, &["node.properties:1", "`peers`", part]);
+        }
+
+        // This node missing, or at another address: both keys are named.
+        let err = err_of(from_file("node.id=3\npeers=1@a:1,2@b:2"));
+        assert_names(&err, &["`peers` (from node.properties:2)", "`node.id` (from node.properties:1)", "3"]);
+        let err = err_of(resolve(file("peers=1@a:1,2@b:2"), env(&[("KEEL_GRPC_ADVERTISED", "c:1")]), Vec::new()));
+        assert_names(
+            &err,
+            &[
+                "`peers` (from node.properties:1)",
+                "a:1",
+                "`grpc.advertised` (from environment variable KEEL_GRPC_ADVERTISED)",
+                "c:1",
+            ],
+        );
+
+        // Listening on every interface needs an explicit advertised address.
+        let err = err_of(from_file("grpc.listen=0.0.0.0:9091"));
+        assert_names(&err, &["`grpc.advertised`", "`grpc.listen` (from node.properties:1)", "0.0.0.0:9091"]);
+    }
+
+    #[test]
+    fn max_message_bytes_must_fit_a_segment() {
+        // An 8 KiB segment cannot hold the default 1 MiB message.
+        let err = err_of(from_file("segment.bytes=8192"));
+        assert_names(
+            &err,
+            &["`max.message.bytes` (default)", "1048576", "`segment.bytes` (from node.properties:1)", "8192"],
+        );
+
+        // The bound is the segment's largest payload less the framing.
+        let limit =
+            StoreConfig { segment_bytes: 8192, ..StoreConfig::new("x") }.max_payload_bytes() - MESSAGE_FRAMING_BYTES;
+        let c = from_file(&format!("segment.bytes=8192\nmax.message.bytes={limit}")).expect("fits exactly");
+        assert_eq!(c.max_message_bytes as usize, limit);
+        let err = err_of(from_file(&format!("segment.bytes=8192\nmax.message.bytes={}", limit + 1)));
+        assert_names(&err, &["`max.message.bytes` (from node.properties:2)", "`segment.bytes`"]);
+    }
+
+    #[test]
+    fn duplicate_key_in_a_file_names_both_lines() {
+        let err = parse_properties("flush.batch.size=1\nnode.id=1\nflush.batch.size = 2\n", "node.properties")
+            .expect_err("duplicate accepted");
+        assert_eq!(
+            err.to_string(),
+            "node.properties:3: duplicate key `flush.batch.size` (first set at node.properties:1)"
+        );
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("absent.properties");
+        let err = load_with_env(Some(&path), Vec::new(), Vec::new()).expect_err("missing file accepted");
+        assert_names(&format!("{err:#}"), &[&path.display().to_string()]);
+    }
+
+    #[test]
+    fn check_output_lists_every_key_and_reads_back_as_the_same_config() {
+        // `keel config check` prints every key once, sorted, token hidden.
+        let c = from_file("node.id=2\npeers=1@a:1,2@127.0.0.1:9091\nadmin.token=s3cret\nsegment.preallocate=fallocate")
+            .expect("valid");
+        let printed = effective(&c);
+        assert!(printed.keys().copied().eq({
+            let mut keys: Vec<&str> = all_keys().collect();
+            keys.sort_unstable();
+            keys
+        }));
+        assert_eq!(printed["admin.token"], "(set)");
+        assert_eq!(printed["peers"], "1@a:1,2@127.0.0.1:9091");
+        let unset = effective(&resolve(Vec::new(), Vec::new(), Vec::new()).expect("defaults"));
+        assert_eq!(unset["admin.token"], "(unset)");
+
+        // The output, token line aside, is a properties file for the same
+        // configuration.
+        let text: String =
+            printed.iter().filter(|(k, _)| **k != "admin.token").map(|(k, v)| format!("{k}={v}\n")).collect();
+        let back = from_file(&text).expect("printed configuration reads back");
+        for (key, value) in effective(&back) {
+            if key != "admin.token" {
+                assert_eq!(printed[key], value, "{key}");
+            }
+        }
+    }
 }

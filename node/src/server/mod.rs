@@ -1,9 +1,203 @@
-//! `keel node`: the actors of one node (being written).
+//! `keel node`: one node of a keel cluster, as a few actors around openraft.
+//!
+//! - **network**: one gRPC port serving the client API ([`client_service`])
+//!   and the peer API ([`peer`]); the Raft client side ([`network`]) keeps one
+//!   connection per peer.
+//! - **raft**: the openraft `Raft` with the log store (`keel-raft-log`, whose
+//!   **flusher** actor owns fsync) and the state machine ([`state_machine`]
+//!   over [`state`]).
+//! - **proposer** ([`proposer`]): packs concurrent produce batches into one
+//!   Raft entry.
+//! - **durable** ([`durable`]): the durable index.
+//! - **retention** ([`retention`]): trims partitions, snapshots, deletes
+//!   segments.
+//!
+//! Start-up recovers the store (torn tails cut, corruption refused), loads
+//! the newest checkpoint and lets openraft re-apply the committed entries
+//! after it. SIGTERM or SIGINT stops the server, then Raft, then closes the
+//! store (its flusher syncs what was written).
 
-use anyhow::Result;
+mod client_service;
+mod codec;
+mod durable;
+pub mod entry;
+mod network;
+mod peer;
+mod proposer;
+mod raft_errors;
+mod retention;
+pub mod state;
+mod state_machine;
+mod types;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use keel_proto::client::keel_server::KeelServer;
+use keel_proto::raft::raft_peer_server::RaftPeerServer;
+use keel_raft_log::Store;
+use openraft::{BasicNode, SnapshotPolicy};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 use crate::config::NodeConfig;
 
-pub async fn run(_config: NodeConfig) -> Result<()> {
-    anyhow::bail!("keel node is not written yet")
+/// Largest gRPC message either side accepts (a Raft append of several
+/// produce groups, or a snapshot chunk).
+const MAX_GRPC_MESSAGE_BYTES: usize = 512 << 20;
+
+fn raft_config() -> Result<openraft::Config> {
+    let c = openraft::Config {
+        cluster_name: "keel".into(),
+        heartbeat_interval: 150,
+        election_timeout_min: 800,
+        election_timeout_max: 1600,
+        install_snapshot_timeout: 10_000,
+        // Entries are produce groups of up to about a MiB each.
+        max_payload_entries: 32,
+        // Retention decides when to snapshot and purge (DESIGN.md, openraft notes).
+        snapshot_policy: SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: u64::MAX,
+        snapshot_max_chunk_size: 4 << 20,
+        ..Default::default()
+    };
+    c.validate().context("raft configuration")
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub async fn run(config: NodeConfig) -> Result<()> {
+    init_tracing();
+    let node_id = config.node_id;
+    let store = Store::open(config.store.clone())
+        .await
+        .with_context(|| format!("open the log store in {}", config.store.dir.display()))?;
+    let (sm, shared) = state_machine::StateMachine::open(store.clone()).context("open the state machine")?;
+    let log_store = types::LogStore::new(store.clone());
+    let peers = network::Peers::default();
+    let raft =
+        types::Raft::new(node_id, Arc::new(raft_config()?), network::Network { peers: peers.clone() }, log_store, sm)
+            .await
+            .context("start raft")?;
+
+    let durable = durable::DurableHandle::start(node_id, raft.clone(), store.clone(), peers.clone());
+    let proposer = proposer::ProposerHandle::start(raft.clone());
+    let limits = client_service::Limits {
+        retention_ms: config.retention_ms,
+        retention_bytes: config.retention_bytes,
+        max_message_bytes: config.max_message_bytes,
+        commitlog_timeout: config.store.flush.commitlog_timeout(),
+        policy: config.store.flush.policy,
+        advertised: config.grpc_advertised.clone(),
+    };
+    let client_service = client_service::ClientService {
+        node_id,
+        raft: raft.clone(),
+        store: store.clone(),
+        shared: shared.clone(),
+        proposer,
+        durable: durable.clone(),
+        limits,
+    };
+    let peer_service = peer::PeerService { raft: raft.clone(), durable };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let incoming = tonic::transport::server::TcpIncoming::bind(config.grpc_listen)
+        .with_context(|| format!("listen on grpc.listen {}", config.grpc_listen))?
+        .with_nodelay(Some(true));
+    let mut server_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                KeelServer::new(client_service)
+                    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+            )
+            .add_service(
+                RaftPeerServer::new(peer_service)
+                    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = server_shutdown.wait_for(|&s| s).await;
+            }),
+    );
+    tracing::info!(
+        node_id,
+        grpc = %config.grpc_listen,
+        advertised = %config.grpc_advertised,
+        dir = %config.store.dir.display(),
+        flush = %config.store.flush.policy,
+        "keel node started"
+    );
+
+    if config.cluster_bootstrap {
+        bootstrap(&raft, &config).await?;
+    }
+
+    let retention = tokio::spawn(
+        retention::Retention {
+            node_id,
+            raft: raft.clone(),
+            store: store.clone(),
+            shared,
+            producer_id_expiry_ms: config.producer_id_expiry_ms,
+            shutdown: shutdown_rx.clone(),
+        }
+        .run(),
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let mut metrics = raft.metrics();
+    let failure = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break None,
+            _ = sigint.recv() => break None,
+            r = metrics.changed() => {
+                if r.is_err() {
+                    break Some("raft stopped".to_string());
+                }
+                if let Err(e) = &metrics.borrow().running_state {
+                    break Some(format!("raft stopped: {e}"));
+                }
+            }
+        }
+    };
+    tracing::info!(node_id, "shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let _ = retention.await;
+    let _ = raft.shutdown().await;
+    drop(raft);
+    let closed = store.close().await;
+    if let Some(f) = failure {
+        anyhow::bail!("node {node_id} stopped: {f}");
+    }
+    closed.context("close the log store")?;
+    tracing::info!(node_id, "stopped");
+    Ok(())
+}
+
+/// Initialise a fresh cluster from `peers` (only when this node's store has
+/// never seen a vote or an entry).
+async fn bootstrap(raft: &types::Raft, config: &NodeConfig) -> Result<()> {
+    if raft.is_initialized().await.context("ask raft whether it is initialised")? {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, BasicNode> =
+        config.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(peers = ?config.peers, "cluster initialised (cluster.bootstrap)"),
+        // Another node of the same fresh cluster may have won an election already.
+        Err(e) => tracing::warn!(error = %e, "cluster.bootstrap: not initialised"),
+    }
+    Ok(())
 }

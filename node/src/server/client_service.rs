@@ -1,0 +1,694 @@
+//! The `Keel` gRPC service: produce, fetch, lookups, topics, consumer
+//! groups and membership.
+//!
+//! Every error is a gRPC status whose `keel-error` metadata names the
+//! `ErrorCode` (keel.proto), and whose message names what was wrong.
+//! Requests are checked here before anything is proposed; the state
+//! machine checks again when it applies (a topic may go away meanwhile).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel_proto::client::{self as pb, ErrorCode, keel_server::Keel};
+use keel_raft_log::{FlushPolicy, Store};
+use openraft::{BasicNode, ChangeMembers};
+use tokio::time::Instant;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use super::durable::DurableHandle;
+use super::entry::{self, Command, NewRecord};
+use super::proposer::{MAX_BATCH_BYTES, ProposerHandle};
+use super::raft_errors::{ProposeError, leader_addr, propose_error};
+use super::state::{self, BatchOutcome, CqEntry, Reject, State};
+use super::state_machine::Shared;
+use super::types::{Raft, Request as RaftRequest, now_ms};
+
+const DEFAULT_FETCH_BYTES: u32 = 1 << 20;
+const MAX_FETCH_BYTES: u32 = 64 << 20;
+const MAX_FETCH_RECORDS: usize = 100_000;
+const MAX_WAIT: Duration = Duration::from_secs(60);
+const MAX_BATCH_RECORDS: usize = 100_000;
+const DEFAULT_LOOKUP_LIMIT: u32 = 100;
+const MAX_TAG_BYTES: usize = 255;
+
+/// Node-wide defaults and limits the service applies.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: u32,
+    pub commitlog_timeout: Duration,
+    pub policy: FlushPolicy,
+    pub advertised: String,
+}
+
+pub struct ClientService {
+    pub node_id: u64,
+    pub raft: Raft,
+    pub store: Store,
+    pub shared: Arc<Shared>,
+    pub proposer: ProposerHandle,
+    pub durable: DurableHandle,
+    pub limits: Limits,
+}
+
+pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
+    let grpc = match code {
+        ErrorCode::NotLeader | ErrorCode::OutOfOrderSequence => tonic::Code::FailedPrecondition,
+        ErrorCode::NoLeader | ErrorCode::ShuttingDown => tonic::Code::Unavailable,
+        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => tonic::Code::NotFound,
+        ErrorCode::TopicExists => tonic::Code::AlreadyExists,
+        ErrorCode::InvalidArgument | ErrorCode::MessageTooLarge => tonic::Code::InvalidArgument,
+        ErrorCode::OffsetOutOfRange => tonic::Code::OutOfRange,
+        ErrorCode::OutcomeUnknown => tonic::Code::DeadlineExceeded,
+        ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+        ErrorCode::StorageFailed | ErrorCode::Unspecified => tonic::Code::Internal,
+    };
+    let mut s = Status::new(grpc, message);
+    s.metadata_mut().insert("keel-error", MetadataValue::from_static(code.as_str_name()));
+    s
+}
+
+fn invalid(message: impl Into<String>) -> Status {
+    error(ErrorCode::InvalidArgument, message)
+}
+
+fn reject_status(r: Reject) -> Status {
+    let code = match &r {
+        Reject::UnknownTopic(_) => ErrorCode::UnknownTopic,
+        Reject::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+        Reject::TopicExists(_) => ErrorCode::TopicExists,
+        Reject::Invalid(_) => ErrorCode::InvalidArgument,
+        Reject::OutOfOrderSequence(_) => ErrorCode::OutOfOrderSequence,
+        Reject::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+    };
+    error(code, r.to_string())
+}
+
+fn not_leader(leader_id: Option<u64>, addr: Option<String>) -> Status {
+    match (leader_id, addr) {
+        (Some(id), Some(addr)) => {
+            let mut s = error(ErrorCode::NotLeader, format!("not the leader; the leader is node {id} at {addr}"));
+            if let Ok(v) = MetadataValue::try_from(id.to_string()) {
+                s.metadata_mut().insert("keel-leader-id", v);
+            }
+            if let Ok(v) = MetadataValue::try_from(addr) {
+                s.metadata_mut().insert("keel-leader-addr", v);
+            }
+            s
+        }
+        _ => error(ErrorCode::NoLeader, "no leader is known yet (an election may be under way); retry shortly"),
+    }
+}
+
+fn propose_status(e: ProposeError) -> Status {
+    match e {
+        ProposeError::NotLeader { leader_id, leader_addr } => not_leader(leader_id, leader_addr),
+        ProposeError::ShuttingDown => error(ErrorCode::ShuttingDown, "the node is shutting down"),
+        ProposeError::Internal(m) => error(ErrorCode::StorageFailed, m),
+    }
+}
+
+impl ClientService {
+    fn leader_check(&self) -> Result<(), Status> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        if leader == Some(self.node_id) {
+            return Ok(());
+        }
+        if let Some(e) = self.store.failure() {
+            return Err(error(ErrorCode::StorageFailed, format!("this node stopped on a storage error: {e}")));
+        }
+        Err(not_leader(leader, leader_addr(&self.raft, leader)))
+    }
+
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, super::state_machine::Machine> {
+        self.shared.read()
+    }
+
+    /// Propose a command and wait (bounded) for it to apply.
+    async fn command(&self, c: Command) -> Result<u64, Status> {
+        self.leader_check()?;
+        let req = RaftRequest { timestamp_ms: now_ms(), payload: entry::encode_command(&c).into() };
+        let write = self.raft.client_write(req);
+        let resp = match tokio::time::timeout(self.limits.commitlog_timeout, write).await {
+            Err(_) => {
+                return Err(error(
+                    ErrorCode::OutcomeUnknown,
+                    format!(
+                        "no quorum within flush.commitlog.timeout ({:?}); the change may or may not apply",
+                        self.limits.commitlog_timeout
+                    ),
+                ));
+            }
+            Ok(r) => r.map_err(|e| propose_status(propose_error(&self.raft, e)))?,
+        };
+        match resp.data {
+            state::Applied::Command(Ok(())) => Ok(resp.log_id.index),
+            state::Applied::Command(Err(r)) => Err(reject_status(r)),
+            other => Err(error(ErrorCode::StorageFailed, format!("command applied as {other:?}"))),
+        }
+    }
+
+    fn topic_info(&self, s: &State, name: &str) -> Result<pb::TopicInfo, Status> {
+        let t = s.topic(name).map_err(reject_status)?;
+        let partition_info = t
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| pb::PartitionInfo {
+                partition: i as u32,
+                start_offset: p.cq.start(),
+                end_offset: p.cq.end(),
+                bytes: p.bytes,
+            })
+            .collect();
+        let groups = s
+            .groups
+            .iter()
+            .filter(|((_, topic, _), _)| topic == name)
+            .map(|((group, _, partition), &committed)| {
+                let end = t.partitions.get(*partition as usize).map_or(0, |p| p.cq.end());
+                pb::GroupLag {
+                    group: group.clone(),
+                    partition: *partition,
+                    committed,
+                    lag: end.saturating_sub(committed),
+                }
+            })
+            .collect();
+        Ok(pb::TopicInfo {
+            name: t.name.clone(),
+            incarnation: t.incarnation,
+            partitions: t.config.partitions,
+            retention_ms: t.config.retention_ms,
+            retention_bytes: t.config.retention_bytes,
+            max_message_bytes: t.config.max_message_bytes,
+            partition_info,
+            groups,
+        })
+    }
+
+    /// Wait until this node has applied `index`, or `deadline`.
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> bool {
+        let mut rx = self.shared.applied.subscribe();
+        tokio::time::timeout_at(deadline, rx.wait_for(|&a| a >= index)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Read the records of consume-queue entries from the log.
+    fn read_records(&self, entries: &[CqEntry], tags: &[String]) -> Result<Vec<pb::FetchedRecord>, Status> {
+        let mut out = Vec::with_capacity(entries.len());
+        let mut cached: Option<(u64, Bytes)> = None;
+        for e in entries {
+            let payload = match &cached {
+                Some((i, p)) if *i == e.log_index => p.clone(),
+                _ => {
+                    let recs = self.store.read_range(e.log_index, e.log_index + 1, 0).map_err(|err| {
+                        error(
+                            ErrorCode::OffsetOutOfRange,
+                            format!("offset {} is no longer in the log: {err}", e.offset),
+                        )
+                    })?;
+                    let r = recs.into_iter().next().filter(|r| r.index == e.log_index).ok_or_else(|| {
+                        error(ErrorCode::OffsetOutOfRange, format!("offset {} is no longer in the log", e.offset))
+                    })?;
+                    cached = Some((e.log_index, r.payload.clone()));
+                    r.payload
+                }
+            };
+            let rec = entry::record_at(&payload, e.slot).map_err(|err| {
+                error(ErrorCode::StorageFailed, format!("offset {} (log index {}): {err}", e.offset, e.log_index))
+            })?;
+            if !tags.is_empty() && !tags.iter().any(|t| t.as_bytes() == &rec.tag[..]) {
+                continue; // tag hash collision: confirmed away on the record
+            }
+            out.push(fetched(e.offset, rec));
+        }
+        Ok(out)
+    }
+}
+
+fn fetched(offset: u64, r: entry::StoredRecord) -> pb::FetchedRecord {
+    pb::FetchedRecord {
+        offset,
+        timestamp_ms: r.timestamp_ms,
+        key: r.key,
+        value: r.value,
+        tag: String::from_utf8_lossy(&r.tag).into_owned(),
+        headers: r
+            .headers
+            .into_iter()
+            .map(|(k, v)| pb::Header { key: String::from_utf8_lossy(&k).into_owned(), value: v })
+            .collect(),
+    }
+}
+
+/// Parse `TagA || TagB` into tag names.
+pub fn parse_tag_filter(filter: &str) -> Result<Vec<String>, Status> {
+    let f = filter.trim();
+    if f.is_empty() || f == "*" {
+        return Ok(Vec::new());
+    }
+    let tags: Vec<String> = f.split("||").map(|t| t.trim().to_string()).collect();
+    if let Some(bad) = tags.iter().find(|t| t.is_empty() || t.len() > MAX_TAG_BYTES) {
+        return Err(invalid(format!(
+            "tag filter {filter:?} has an empty or over-long tag {bad:?}; write it as `TagA || TagB`"
+        )));
+    }
+    Ok(tags)
+}
+
+#[tonic::async_trait]
+impl Keel for ClientService {
+    async fn produce(&self, req: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        if req.records.is_empty() {
+            return Err(invalid("produce request has no records"));
+        }
+        if req.records.len() > MAX_BATCH_RECORDS {
+            return Err(invalid(format!("{} records in one request; at most {MAX_BATCH_RECORDS}", req.records.len())));
+        }
+        let (incarnation, max_message_bytes) = {
+            let m = self.state();
+            let t = m.state.topic(&req.topic).map_err(reject_status)?;
+            if req.partition >= t.config.partitions {
+                return Err(reject_status(Reject::UnknownPartition {
+                    topic: req.topic.clone(),
+                    partition: req.partition,
+                    partitions: t.config.partitions,
+                }));
+            }
+            (t.incarnation, t.config.max_message_bytes)
+        };
+        let now = now_ms();
+        let mut records = Vec::with_capacity(req.records.len());
+        let mut total = 0usize;
+        for (i, r) in req.records.into_iter().enumerate() {
+            if r.tag.len() > MAX_TAG_BYTES || r.tag.contains("||") {
+                return Err(invalid(format!("record {i}: tag must be at most {MAX_TAG_BYTES} bytes without `||`")));
+            }
+            if r.headers.len() > u16::MAX as usize {
+                return Err(invalid(format!("record {i}: {} headers; at most {}", r.headers.len(), u16::MAX)));
+            }
+            if let Some(h) = r.headers.iter().find(|h| h.key.len() > u16::MAX as usize) {
+                return Err(invalid(format!("record {i}: header name of {} bytes is too long", h.key.len())));
+            }
+            let rec = NewRecord {
+                timestamp_ms: if r.timestamp_ms == 0 { now } else { r.timestamp_ms },
+                key: r.key,
+                tag: r.tag,
+                headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+                value: r.value,
+            };
+            let size =
+                rec.key.len() + rec.value.len() + rec.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            if size > max_message_bytes as usize {
+                return Err(error(
+                    ErrorCode::MessageTooLarge,
+                    format!(
+                        "record {i} is {size} bytes (key + value + headers); topic `{}` takes at most {max_message_bytes} (max.message.bytes)",
+                        req.topic
+                    ),
+                ));
+            }
+            total += rec.encoded_len();
+            records.push(rec);
+        }
+        let limit = self.store.max_payload_bytes().min(MAX_BATCH_BYTES);
+        if total + 64 + req.topic.len() > limit {
+            return Err(error(
+                ErrorCode::MessageTooLarge,
+                format!("the batch is {total} bytes encoded; one request carries at most {limit}: split it"),
+            ));
+        }
+        self.leader_check()?;
+        let mut batch = Vec::with_capacity(total + 64);
+        entry::encode_batch(
+            &mut batch,
+            &req.topic,
+            incarnation,
+            req.partition,
+            req.producer_id,
+            req.first_sequence,
+            &records,
+        );
+        let deadline = started + self.limits.commitlog_timeout;
+        let unknown = || {
+            error(
+                ErrorCode::OutcomeUnknown,
+                format!(
+                    "not acknowledged within flush.commitlog.timeout ({} ms): the records may or may not be stored; \
+                     retry with the same producer id and sequence to find out without duplicating",
+                    self.limits.commitlog_timeout.as_millis()
+                ),
+            )
+        };
+        let outcome = match tokio::time::timeout_at(deadline, self.proposer.propose(batch)).await {
+            Err(_) => return Err(unknown()),
+            Ok(r) => r.map_err(propose_status)?,
+        };
+        let (base_offset, count, duplicate, log_index) = match outcome {
+            BatchOutcome::Stored { base_offset, count, duplicate, log_index } => {
+                (base_offset, count, duplicate, log_index)
+            }
+            BatchOutcome::Rejected(r) => return Err(reject_status(r)),
+        };
+        let (durability, durable_index) = match self.limits.policy {
+            FlushPolicy::SyncFlush => (pb::Durability::QuorumFsynced, self.durable.durable_index().max(log_index)),
+            FlushPolicy::BatchFlush => {
+                let mut rx = self.durable.subscribe();
+                match tokio::time::timeout_at(deadline, rx.wait_for(|&d| d >= log_index)).await {
+                    Ok(Ok(d)) => (pb::Durability::QuorumFsynced, *d),
+                    _ => return Err(unknown()),
+                }
+            }
+            FlushPolicy::AsyncFlush => (pb::Durability::QuorumWritten, self.durable.durable_index()),
+        };
+        Ok(Response::new(pb::ProduceResponse {
+            base_offset,
+            count,
+            durability: durability as i32,
+            durable_index,
+            log_index,
+            duplicate,
+        }))
+    }
+
+    async fn fetch(&self, req: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        let req = req.into_inner();
+        let tags = parse_tag_filter(&req.tag_filter)?;
+        let tag_hashes: Vec<u32> = tags.iter().map(|t| state::tag_hash(t.as_bytes())).collect();
+        let max_bytes = match req.max_bytes {
+            0 => DEFAULT_FETCH_BYTES,
+            n => n.min(MAX_FETCH_BYTES),
+        };
+        let wait = Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
+        let deadline = Instant::now() + wait;
+        if req.min_index > *self.shared.applied.borrow() && !self.wait_applied(req.min_index, deadline).await {
+            return Err(error(
+                ErrorCode::OffsetOutOfRange,
+                format!(
+                    "this node has applied up to log index {} and min_index {} was not reached within max_wait_ms",
+                    *self.shared.applied.borrow(),
+                    req.min_index
+                ),
+            ));
+        }
+        let mut applied_rx = self.shared.applied.subscribe();
+        let mut offset = req.offset;
+        loop {
+            let (entries, next, start, end) = {
+                let m = self.state();
+                let (entries, next) = m
+                    .state
+                    .scan(&req.topic, req.partition, offset, u64::from(max_bytes), MAX_FETCH_RECORDS, &tag_hashes)
+                    .map_err(reject_status)?;
+                let p = m.state.partition(&req.topic, req.partition).map_err(reject_status)?;
+                (entries, next, p.cq.start(), p.cq.end())
+            };
+            let records = self.read_records(&entries, &tags)?;
+            let done = !records.is_empty() || next < end || Instant::now() >= deadline;
+            if done {
+                return Ok(Response::new(pb::FetchResponse {
+                    records,
+                    next_offset: next,
+                    start_offset: start,
+                    end_offset: end,
+                    applied_index: *self.shared.applied.borrow(),
+                }));
+            }
+            // Nothing (matching) yet: wait for the next apply, then read on from `next`.
+            offset = next;
+            applied_rx.borrow_and_update();
+            if tokio::time::timeout_at(deadline, applied_rx.changed()).await.is_err() {
+                // Deadline: one last scan returns what is there.
+                continue;
+            }
+        }
+    }
+
+    async fn lookup_by_key(
+        &self,
+        req: Request<pb::LookupByKeyRequest>,
+    ) -> Result<Response<pb::LookupByKeyResponse>, Status> {
+        let req = req.into_inner();
+        if req.key.is_empty() {
+            return Err(invalid("lookup needs a non-empty key"));
+        }
+        let limit = if req.limit == 0 { DEFAULT_LOOKUP_LIMIT } else { req.limit } as usize;
+        let candidates =
+            self.state().state.key_candidates(&req.topic, req.partition, &req.key).map_err(reject_status)?;
+        let mut records = self.read_records(&candidates, &[])?;
+        records.retain(|r| r.key == req.key);
+        if records.len() > limit {
+            records.drain(..records.len() - limit);
+        }
+        Ok(Response::new(pb::LookupByKeyResponse { records }))
+    }
+
+    async fn offset_for_timestamp(
+        &self,
+        req: Request<pb::OffsetForTimestampRequest>,
+    ) -> Result<Response<pb::OffsetForTimestampResponse>, Status> {
+        let req = req.into_inner();
+        let m = self.state();
+        let found = m.state.offset_for_timestamp(&req.topic, req.partition, req.timestamp_ms).map_err(reject_status)?;
+        let end = m.state.partition(&req.topic, req.partition).map_err(reject_status)?.cq.end();
+        Ok(Response::new(match found {
+            Some(e) => pb::OffsetForTimestampResponse { found: true, offset: e.offset, timestamp_ms: e.timestamp_ms },
+            None => pb::OffsetForTimestampResponse { found: false, offset: end, timestamp_ms: 0 },
+        }))
+    }
+
+    async fn create_topic(
+        &self,
+        req: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        let req = req.into_inner();
+        state::check_name("topic", &req.name).map_err(reject_status)?;
+        let c = req.config.unwrap_or_default();
+        let partitions = if c.partitions == 0 { 1 } else { c.partitions };
+        if partitions > state::MAX_PARTITIONS {
+            return Err(invalid(format!("partitions must be 1 to {}, got {partitions}", state::MAX_PARTITIONS)));
+        }
+        let retention = |v: i64, default: i64, what: &str| match v {
+            0 => Ok(default),
+            -1 => Ok(-1),
+            v if v > 0 => Ok(v),
+            v => Err(invalid(format!("{what} must be -1 (unlimited), 0 (node default) or positive, got {v}"))),
+        };
+        let retention_ms = retention(c.retention_ms, self.limits.retention_ms, "retention_ms")?;
+        let retention_bytes = retention(c.retention_bytes, self.limits.retention_bytes, "retention_bytes")?;
+        let max_message_bytes = match c.max_message_bytes {
+            0 => self.limits.max_message_bytes,
+            n if n > self.limits.max_message_bytes => {
+                return Err(invalid(format!(
+                    "max_message_bytes {n} exceeds this cluster's max.message.bytes ({})",
+                    self.limits.max_message_bytes
+                )));
+            }
+            n => n,
+        };
+        if self.state().state.topics.contains_key(&req.name) {
+            return Err(reject_status(Reject::TopicExists(req.name)));
+        }
+        self.command(Command::CreateTopic {
+            name: req.name.clone(),
+            partitions,
+            retention_ms,
+            retention_bytes,
+            max_message_bytes,
+        })
+        .await?;
+        let topic = self.topic_info(&self.state().state, &req.name)?;
+        Ok(Response::new(pb::CreateTopicResponse { topic: Some(topic) }))
+    }
+
+    async fn delete_topic(
+        &self,
+        req: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        let req = req.into_inner();
+        self.state().state.topic(&req.name).map_err(reject_status)?;
+        self.command(Command::DeleteTopic { name: req.name }).await?;
+        Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _req: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let m = self.state();
+        let topics = m.state.topics.keys().map(|name| self.topic_info(&m.state, name)).collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(&self, req: Request<pb::DescribeTopicRequest>) -> Result<Response<pb::TopicInfo>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(self.topic_info(&self.state().state, &req.name)?))
+    }
+
+    async fn commit_offset(
+        &self,
+        req: Request<pb::CommitOffsetRequest>,
+    ) -> Result<Response<pb::CommitOffsetResponse>, Status> {
+        let req = req.into_inner();
+        state::check_name("group", &req.group).map_err(reject_status)?;
+        {
+            let m = self.state();
+            let p = m.state.partition(&req.topic, req.partition).map_err(reject_status)?;
+            if req.offset > p.cq.end() {
+                return Err(reject_status(Reject::OffsetOutOfRange {
+                    topic: req.topic,
+                    partition: req.partition,
+                    offset: req.offset,
+                    start: p.cq.start(),
+                    end: p.cq.end(),
+                }));
+            }
+        }
+        self.command(Command::CommitOffset {
+            group: req.group,
+            topic: req.topic,
+            partition: req.partition,
+            offset: req.offset,
+        })
+        .await?;
+        Ok(Response::new(pb::CommitOffsetResponse {}))
+    }
+
+    async fn fetch_offset(
+        &self,
+        req: Request<pb::FetchOffsetRequest>,
+    ) -> Result<Response<pb::FetchOffsetResponse>, Status> {
+        let req = req.into_inner();
+        let m = self.state();
+        m.state.partition(&req.topic, req.partition).map_err(reject_status)?;
+        Ok(Response::new(match m.state.group_offset(&req.group, &req.topic, req.partition) {
+            Some(offset) => pb::FetchOffsetResponse { found: true, offset },
+            None => pb::FetchOffsetResponse { found: false, offset: 0 },
+        }))
+    }
+
+    async fn cluster_info(
+        &self,
+        _req: Request<pb::ClusterInfoRequest>,
+    ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| pb::Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
+            .collect();
+        let leader_id = m.current_leader.unwrap_or(0);
+        let leader_addr =
+            m.current_leader.and_then(|l| membership.get_node(&l)).map(|n| n.addr.clone()).unwrap_or_default();
+        Ok(Response::new(pb::ClusterInfoResponse {
+            node_id: self.node_id,
+            leader_id,
+            leader_addr,
+            term: m.current_term,
+            members,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index: self.store.read_committed().map_or(0, |c| c.index),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            durable_index: self.durable.durable_index(),
+            flush_policy: self.limits.policy.as_str().to_string(),
+        }))
+    }
+
+    async fn init_cluster(
+        &self,
+        req: Request<pb::InitClusterRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let req = req.into_inner();
+        let mut members = BTreeMap::new();
+        for m in &req.members {
+            if m.id == 0 || m.addr.is_empty() {
+                return Err(invalid(format!("member {}@{:?}: ids start at 1 and need an address", m.id, m.addr)));
+            }
+            members.insert(m.id, BasicNode { addr: m.addr.clone() });
+        }
+        if members.is_empty() {
+            members.insert(self.node_id, BasicNode { addr: self.limits.advertised.clone() });
+        }
+        if !members.contains_key(&self.node_id) {
+            return Err(invalid(format!("the members must include this node ({})", self.node_id)));
+        }
+        self.raft.initialize(members.clone()).await.map_err(|e| {
+            error(ErrorCode::InvalidArgument, format!("cannot initialise: {e} (is the cluster already initialised?)"))
+        })?;
+        Ok(Response::new(pb::MembershipResponse {
+            members: members.into_iter().map(|(id, n)| pb::Member { id, addr: n.addr, voter: true }).collect(),
+            log_index: 0,
+        }))
+    }
+
+    async fn add_node(&self, req: Request<pb::AddNodeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        let req = req.into_inner();
+        if req.id == 0 || req.addr.is_empty() {
+            return Err(invalid("add-node needs an id ≥ 1 and an address host:port"));
+        }
+        self.leader_check()?;
+        let r = self
+            .raft
+            .add_learner(req.id, BasicNode { addr: req.addr.clone() }, true)
+            .await
+            .map_err(|e| propose_status(propose_error(&self.raft, e)))?;
+        let mut log_index = r.log_id.index;
+        if req.promote {
+            let r = self
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false)
+                .await
+                .map_err(|e| propose_status(propose_error(&self.raft, e)))?;
+            log_index = r.log_id.index;
+        }
+        Ok(Response::new(pb::MembershipResponse { members: self.members(), log_index }))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let req = req.into_inner();
+        self.leader_check()?;
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&req.id).is_none() {
+            return Err(invalid(format!("node {} is not a member", req.id)));
+        }
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let change = if voters.contains(&req.id) {
+            if voters.len() == 1 {
+                return Err(invalid("cannot remove the last voter"));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([req.id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([req.id]))
+        };
+        let r = self
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| propose_status(propose_error(&self.raft, e)))?;
+        Ok(Response::new(pb::MembershipResponse { members: self.members(), log_index: r.log_id.index }))
+    }
+}
+
+impl ClientService {
+    fn members(&self) -> Vec<pb::Member> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| pb::Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
+            .collect()
+    }
+}

@@ -1,0 +1,195 @@
+//! The Raft client side of the network: one gRPC connection per peer
+//! (tonic reconnects a lazy channel on demand), with a backoff after a
+//! failed connection so an unreachable peer is not dialled on every
+//! heartbeat.
+//!
+//! The server side (the `RaftPeer` service) is in [`super::peer`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_proto::raft::raft_peer_client::RaftPeerClient;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{AnyError, BasicNode};
+use tonic::transport::{Channel, Endpoint};
+
+use super::types::TypeConfig;
+use super::wire;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Shared among the per-peer clients: channels by address, so a peer's
+/// channel (and its HTTP/2 connection) is reused by every Raft stream and by
+/// the durable-index reporter.
+#[derive(Clone, Default)]
+pub struct Peers {
+    inner: Arc<Mutex<HashMap<String, PeerConn>>>,
+}
+
+#[derive(Clone)]
+struct PeerConn {
+    channel: Channel,
+    /// Connection attempts fail fast until then.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Peers {
+    /// A client for `addr`, or `None` while the peer is in backoff.
+    pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, String> {
+        let mut peers = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get(addr) {
+            if c.retry_at.is_some_and(|t| Instant::now() < t) {
+                return Err(format!("{addr} is unreachable (backing off)"));
+            }
+            return Ok(client(c.channel.clone()));
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        peers.insert(addr.to_string(), PeerConn { channel: channel.clone(), retry_at: None, backoff: BACKOFF_MIN });
+        Ok(client(channel))
+    }
+
+    fn failed(&self, addr: &str) {
+        let mut peers = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get_mut(addr) {
+            c.retry_at = Some(Instant::now() + c.backoff);
+            c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn succeeded(&self, addr: &str) {
+        let mut peers = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get_mut(addr) {
+            c.retry_at = None;
+            c.backoff = BACKOFF_MIN;
+        }
+    }
+}
+
+fn client(channel: Channel) -> RaftPeerClient<Channel> {
+    RaftPeerClient::new(channel).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20)
+}
+
+/// openraft's factory: one [`PeerClient`] per target.
+#[derive(Clone)]
+pub struct Network {
+    pub peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient { target, addr: node.addr.clone(), peers: self.peers.clone() }
+    }
+}
+
+pub struct PeerClient {
+    target: u64,
+    addr: String,
+    peers: Peers,
+}
+
+/// Why a call did not get an answer: either the peer could not be reached
+/// (openraft backs off) or it answered with an error status.
+enum CallError {
+    Unreachable(String),
+    Status(tonic::Status),
+}
+
+impl PeerClient {
+    fn rpc_error<E: std::error::Error + serde::de::DeserializeOwned>(
+        &self,
+        e: CallError,
+    ) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+        match e {
+            CallError::Unreachable(msg) => RPCError::Unreachable(Unreachable::new(&AnyError::error(msg))),
+            CallError::Status(s) => {
+                // A remote Raft error travels as JSON in the status details.
+                if s.code() == tonic::Code::FailedPrecondition
+                    && let Ok(err) = serde_json::from_slice::<RaftError<u64, E>>(s.details())
+                {
+                    return RPCError::RemoteError(RemoteError::new(self.target, err));
+                }
+                RPCError::Network(NetworkError::new(&AnyError::error(format!(
+                    "node {} at {}: {}",
+                    self.target,
+                    self.addr,
+                    s.message()
+                ))))
+            }
+        }
+    }
+
+    async fn call<T, F, Fut>(&self, option: &RPCOption, f: F) -> Result<T, CallError>
+    where
+        F: FnOnce(RaftPeerClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let c = self.peers.client(&self.addr).map_err(CallError::Unreachable)?;
+        match tokio::time::timeout(option.hard_ttl(), f(c)).await {
+            Err(_) => Err(CallError::Unreachable(format!("node {} at {}: timed out", self.target, self.addr))),
+            Ok(Ok(r)) => {
+                self.peers.succeeded(&self.addr);
+                Ok(r.into_inner())
+            }
+            Ok(Err(s)) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {
+                self.peers.failed(&self.addr);
+                Err(CallError::Unreachable(format!("node {} at {}: {}", self.target, self.addr, s.message())))
+            }
+            Ok(Err(s)) => Err(CallError::Status(s)),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let req = wire::append_to_pb(&rpc)
+            .map_err(|s| RPCError::Network(NetworkError::new(&AnyError::error(s.message()))))?;
+        let resp = self.call(&option, |mut c| async move { c.append_entries(req).await }).await;
+        let resp = resp.map_err(|e| self.rpc_error(e))?;
+        wire::append_resp_from_pb(resp).map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e))))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
+        let req = wire::snapshot_req_to_pb(&rpc)
+            .map_err(|s| RPCError::Network(NetworkError::new(&AnyError::error(s.message()))))?;
+        let resp = self.call(&option, |mut c| async move { c.install_snapshot(req).await }).await;
+        let resp = resp.map_err(|e| self.rpc_error(e))?;
+        wire::snapshot_resp_from_pb(resp)
+            .map_err(|s| RPCError::Network(NetworkError::new(&AnyError::error(s.message()))))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let req = wire::vote_req_to_pb(&rpc);
+        let resp = self.call(&option, |mut c| async move { c.vote(req).await }).await;
+        let resp = resp.map_err(|e| self.rpc_error(e))?;
+        wire::vote_resp_from_pb(resp).map_err(|s| RPCError::Network(NetworkError::new(&AnyError::error(s.message()))))
+    }
+}

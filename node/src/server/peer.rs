@@ -1,0 +1,62 @@
+//! The `RaftPeer` gRPC service: openraft's three RPCs from the leader, and
+//! followers' fsynced-index reports for the durable index.
+//!
+//! A Raft error from openraft travels back as FAILED_PRECONDITION with the
+//! error as JSON in the status details, so the sender can rebuild it (see
+//! [`super::network`]).
+
+use keel_proto::raft as pb;
+use keel_proto::raft::raft_peer_server::RaftPeer;
+use keel_raft_log::LogPos;
+use tonic::{Request, Response, Status};
+
+use super::durable::DurableHandle;
+use super::types::Raft;
+use super::wire;
+
+pub struct PeerService {
+    pub raft: Raft,
+    pub durable: DurableHandle,
+}
+
+fn raft_status<E: serde::Serialize + std::fmt::Display>(e: E) -> Status {
+    let details = serde_json::to_vec(&e).unwrap_or_default();
+    Status::with_details(tonic::Code::FailedPrecondition, e.to_string(), details.into())
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(
+        &self,
+        req: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let req = wire::append_from_pb(req.into_inner())?;
+        let resp = self.raft.append_entries(req).await.map_err(raft_status)?;
+        Ok(Response::new(wire::append_resp_to_pb(&resp)))
+    }
+
+    async fn vote(&self, req: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let req = wire::vote_req_from_pb(req.into_inner())?;
+        let resp = self.raft.vote(req).await.map_err(raft_status)?;
+        Ok(Response::new(wire::vote_resp_to_pb(&resp)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<pb::InstallSnapshotRequest>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let req = wire::snapshot_req_from_pb(req.into_inner())?;
+        let resp = self.raft.install_snapshot(req).await.map_err(raft_status)?;
+        Ok(Response::new(wire::snapshot_resp_to_pb(&resp)))
+    }
+
+    async fn report_synced(
+        &self,
+        req: Request<pb::ReportSyncedRequest>,
+    ) -> Result<Response<pb::ReportSyncedResponse>, Status> {
+        let req = req.into_inner();
+        let synced = req.synced.ok_or_else(|| Status::invalid_argument("report without a log id"))?;
+        self.durable.report(req.node_id, LogPos::new(synced.term, synced.leader, synced.index)).await;
+        Ok(Response::new(pb::ReportSyncedResponse { durable_index: self.durable.durable_index() }))
+    }
+}

@@ -1,0 +1,669 @@
+//! The state machine's data: topics, partitions with their consume queues,
+//! key and time indexes, consumer-group offsets and idempotent producers.
+//!
+//! Everything here is a function of the committed log alone (entry
+//! timestamps come from the leader and travel in the log), so every replica
+//! that applies the same entries holds the same state. Nothing here reads a
+//! clock or the node's configuration.
+//!
+//! # Consume queue
+//! One per partition, as RocketMQ's ConsumeQueue: fixed-size entries, one
+//! per record, so the entry of offset `o` sits at byte
+//! `(o - base_offset) * 28`:
+//!
+//! ```text
+//! bytes 0..8    log index of the Raft entry holding the record (u64 LE)
+//! bytes 8..12   slot of the record within that entry (u32 LE)
+//! bytes 12..16  encoded size of the record (u32 LE)
+//! bytes 16..24  record timestamp_ms (u64 LE)
+//! bytes 24..28  tag hash (u32 LE): 0 = no tag, else crc32c(tag), 0 mapped to 1
+//! ```
+//!
+//! A fetch with a tag filter compares tag hashes here without reading the
+//! log, then confirms the tag on the record. The queue lives in memory and
+//! in snapshots; after a restart it is rebuilt by replaying the log from the
+//! last snapshot (that is what "rebuilt from the log when missing or behind"
+//! means here: the queue is never ahead of the applied index, and anything
+//! after the snapshot is re-derived from the entries).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::entry::{Command, Decoded, StoredBatch};
+
+pub const CQ_ENTRY_BYTES: usize = 28;
+/// How many recent batches of each (producer, partition) are remembered to
+/// answer retries with their original offsets. Bounds the reordering of one
+/// producer's concurrent requests that is told apart from a duplicate.
+pub const PRODUCER_WINDOW: usize = 256;
+pub const MAX_PARTITIONS: u32 = 1024;
+pub const MAX_NAME_BYTES: usize = 249;
+
+/// Why a request was refused by the state machine (or by the same checks on
+/// the leader before proposing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Reject {
+    #[error("unknown topic `{0}`")]
+    UnknownTopic(String),
+    #[error("topic `{topic}` has {partitions} partitions; partition {partition} does not exist")]
+    UnknownPartition { topic: String, partition: u32, partitions: u32 },
+    #[error("topic `{0}` already exists")]
+    TopicExists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    OutOfOrderSequence(String),
+    #[error("offset {offset} is out of range for {topic}/{partition}: retained offsets are {start}..{end}")]
+    OffsetOutOfRange { topic: String, partition: u32, offset: u64, start: u64, end: u64 },
+}
+
+/// Check a topic or group name: 1..=249 bytes of `[A-Za-z0-9._-]`, not `.`
+/// or `..` (Kafka's rule).
+pub fn check_name(what: &str, name: &str) -> Result<(), Reject> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(Reject::Invalid(format!("{what} name must be 1 to {MAX_NAME_BYTES} bytes, got {}", name.len())));
+    }
+    if name == "." || name == ".." {
+        return Err(Reject::Invalid(format!("{what} name `{name}` is not allowed")));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(Reject::Invalid(format!(
+            "{what} name `{name}` contains {c:?}; use letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+pub fn tag_hash(tag: &[u8]) -> u32 {
+    if tag.is_empty() {
+        return 0;
+    }
+    match crc32c::crc32c(tag) {
+        0 => 1,
+        h => h,
+    }
+}
+
+/// One consume-queue entry, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CqEntry {
+    pub offset: u64,
+    pub log_index: u64,
+    pub slot: u32,
+    pub size: u32,
+    pub timestamp_ms: u64,
+    pub tag_hash: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConsumeQueue {
+    /// Offset of the first entry in `data`.
+    base_offset: u64,
+    data: Vec<u8>,
+}
+
+impl ConsumeQueue {
+    pub fn start(&self) -> u64 {
+        self.base_offset
+    }
+
+    pub fn end(&self) -> u64 {
+        self.base_offset + (self.data.len() / CQ_ENTRY_BYTES) as u64
+    }
+
+    fn push(&mut self, log_index: u64, slot: u32, size: u32, timestamp_ms: u64, tag_hash: u32) -> u64 {
+        let offset = self.end();
+        self.data.extend_from_slice(&log_index.to_le_bytes());
+        self.data.extend_from_slice(&slot.to_le_bytes());
+        self.data.extend_from_slice(&size.to_le_bytes());
+        self.data.extend_from_slice(&timestamp_ms.to_le_bytes());
+        self.data.extend_from_slice(&tag_hash.to_le_bytes());
+        debug_assert_eq!(self.data.len() % CQ_ENTRY_BYTES, 0);
+        offset
+    }
+
+    pub fn get(&self, offset: u64) -> Option<CqEntry> {
+        if offset < self.base_offset || offset >= self.end() {
+            return None;
+        }
+        let at = (offset - self.base_offset) as usize * CQ_ENTRY_BYTES;
+        let e = &self.data[at..at + CQ_ENTRY_BYTES];
+        let u64_at = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().expect("4 bytes"));
+        Some(CqEntry {
+            offset,
+            log_index: u64_at(0),
+            slot: u32_at(8),
+            size: u32_at(12),
+            timestamp_ms: u64_at(16),
+            tag_hash: u32_at(24),
+        })
+    }
+
+    /// Drop entries below `offset`.
+    fn trim(&mut self, offset: u64) {
+        let offset = offset.min(self.end());
+        if offset <= self.base_offset {
+            return;
+        }
+        let n = (offset - self.base_offset) as usize * CQ_ENTRY_BYTES;
+        self.data.drain(..n);
+        self.base_offset = offset;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    pub partitions: u32,
+    /// -1: keep forever.
+    pub retention_ms: i64,
+    /// Per partition; -1: unlimited.
+    pub retention_bytes: i64,
+    pub max_message_bytes: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Partition {
+    pub cq: ConsumeQueue,
+    /// Bytes of the retained records (sum of consume-queue sizes).
+    pub bytes: u64,
+    /// Hash of the key → offsets holding a record with a key of that hash
+    /// (ascending). Lookups confirm the key on the record.
+    keys: HashMap<u64, Vec<u64>>,
+    /// (running maximum timestamp, offset where it was reached), strictly
+    /// increasing in both: the first offset whose timestamp is ≥ T is the
+    /// offset of the first entry whose running maximum is ≥ T.
+    time: Vec<(u64, u64)>,
+}
+
+impl Partition {
+    fn append(&mut self, log_index: u64, slot: u32, size: u32, timestamp_ms: u64, tag: &[u8], key: &[u8]) -> u64 {
+        let offset = self.cq.push(log_index, slot, size, timestamp_ms, tag_hash(tag));
+        self.bytes += u64::from(size);
+        if !key.is_empty() {
+            self.keys.entry(key_hash(key)).or_default().push(offset);
+        }
+        if self.time.last().is_none_or(|&(max, _)| timestamp_ms > max) {
+            self.time.push((timestamp_ms, offset));
+        }
+        offset
+    }
+
+    fn trim(&mut self, start: u64) {
+        if start <= self.cq.start() {
+            return;
+        }
+        for o in self.cq.start()..start.min(self.cq.end()) {
+            if let Some(e) = self.cq.get(o) {
+                self.bytes -= u64::from(e.size);
+            }
+        }
+        self.cq.trim(start);
+        let start = self.cq.start();
+        self.keys.retain(|_, offsets| {
+            offsets.retain(|&o| o >= start);
+            !offsets.is_empty()
+        });
+        // The running maximum must start again at the new first record.
+        self.time.clear();
+        for o in self.cq.start()..self.cq.end() {
+            let e = self.cq.get(o).expect("offset within the queue");
+            if self.time.last().is_none_or(|&(max, _)| e.timestamp_ms > max) {
+                self.time.push((e.timestamp_ms, o));
+            }
+        }
+    }
+}
+
+pub fn key_hash(key: &[u8]) -> u64 {
+    // Two independent CRCs make collisions (confirmed away on read anyway) rare.
+    (u64::from(crc32c::crc32c(key)) << 32) | u64::from(crc32c::crc32c_append(0x9e37_79b9, key))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Topic {
+    pub name: String,
+    /// Log index of the entry that created the topic.
+    pub incarnation: u64,
+    pub config: TopicConfig,
+    pub partitions: Vec<Partition>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct RememberedBatch {
+    first_sequence: u64,
+    count: u32,
+    base_offset: u64,
+    log_index: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ProducerState {
+    recent: VecDeque<RememberedBatch>,
+    last_seen_ms: u64,
+}
+
+/// Result of one produce batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchOutcome {
+    Stored { base_offset: u64, count: u32, duplicate: bool, log_index: u64 },
+    Rejected(Reject),
+}
+
+/// Result of applying one entry (openraft's `C::R`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Blank and membership entries.
+    #[default]
+    Nothing,
+    Batches(Vec<BatchOutcome>),
+    Command(Result<(), Reject>),
+    /// The payload did not decode (a bug: entries are checked before proposing).
+    Malformed(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub topics: BTreeMap<String, Topic>,
+    /// (group, topic, partition) → next offset to read.
+    pub groups: BTreeMap<(String, String, u32), u64>,
+    producers: HashMap<(u64, String, u32), ProducerState>,
+}
+
+impl State {
+    /// Apply one entry's payload at `log_index`, stamped `timestamp_ms` by
+    /// its leader.
+    pub fn apply(&mut self, log_index: u64, timestamp_ms: u64, decoded: Decoded) -> Applied {
+        match decoded {
+            Decoded::Produce(batches) => {
+                let mut slot = 0u32;
+                let mut out = Vec::with_capacity(batches.len());
+                for b in batches {
+                    let n = u32::try_from(b.records.len()).expect("record count is a u32 on disk");
+                    out.push(self.apply_batch(log_index, timestamp_ms, slot, b));
+                    slot += n;
+                }
+                Applied::Batches(out)
+            }
+            Decoded::Command(c) => Applied::Command(self.apply_command(log_index, c)),
+        }
+    }
+
+    fn apply_batch(&mut self, log_index: u64, timestamp_ms: u64, first_slot: u32, b: StoredBatch) -> BatchOutcome {
+        let topic = match self.topics.get_mut(&b.topic) {
+            Some(t) if t.incarnation == b.incarnation => t,
+            Some(_) => {
+                return BatchOutcome::Rejected(Reject::UnknownTopic(format!(
+                    "{} (deleted and created again while the produce was in flight)",
+                    b.topic
+                )));
+            }
+            None => return BatchOutcome::Rejected(Reject::UnknownTopic(b.topic)),
+        };
+        let partitions = topic.config.partitions;
+        let Some(partition) = topic.partitions.get_mut(b.partition as usize) else {
+            return BatchOutcome::Rejected(Reject::UnknownPartition {
+                topic: b.topic,
+                partition: b.partition,
+                partitions,
+            });
+        };
+        let count = u32::try_from(b.records.len()).expect("record count is a u32 on disk");
+        let producer_key = (b.producer_id, b.topic.clone(), b.partition);
+        if b.producer_id != 0
+            && let Some(p) = self.producers.get_mut(&producer_key)
+        {
+            p.last_seen_ms = p.last_seen_ms.max(timestamp_ms);
+            if let Some(r) = p.recent.iter().find(|r| r.first_sequence == b.first_sequence) {
+                if r.count == count {
+                    return BatchOutcome::Stored {
+                        base_offset: r.base_offset,
+                        count,
+                        duplicate: true,
+                        log_index: r.log_index,
+                    };
+                }
+                return BatchOutcome::Rejected(Reject::OutOfOrderSequence(format!(
+                    "producer {} sent sequence {} for {}/{} with {count} records; it was stored with {}",
+                    b.producer_id, b.first_sequence, b.topic, b.partition, r.count
+                )));
+            }
+            let last = b.first_sequence.saturating_add(u64::from(count) - 1);
+            if let Some(r) = p.recent.iter().find(|r| {
+                let r_last = r.first_sequence + u64::from(r.count) - 1;
+                b.first_sequence <= r_last && r.first_sequence <= last
+            }) {
+                return BatchOutcome::Rejected(Reject::OutOfOrderSequence(format!(
+                    "producer {} sequences {}..={last} for {}/{} overlap the stored batch {}..={}",
+                    b.producer_id,
+                    b.first_sequence,
+                    b.topic,
+                    b.partition,
+                    r.first_sequence,
+                    r.first_sequence + u64::from(r.count) - 1
+                )));
+            }
+            let oldest = p.recent.iter().map(|r| r.first_sequence).min().expect("remembered batches are never empty");
+            if p.recent.len() == PRODUCER_WINDOW && b.first_sequence < oldest {
+                return BatchOutcome::Rejected(Reject::OutOfOrderSequence(format!(
+                    "producer {} sequence {} for {}/{} is older than the last {PRODUCER_WINDOW} batches; \
+                     whether it was stored can no longer be told",
+                    b.producer_id, b.first_sequence, b.topic, b.partition
+                )));
+            }
+        }
+        let mut base_offset = None;
+        for (i, r) in b.records.iter().enumerate() {
+            let slot = first_slot + u32::try_from(i).expect("record count is a u32");
+            let o = partition.append(log_index, slot, r.encoded_bytes, r.timestamp_ms, &r.tag, &r.key);
+            base_offset.get_or_insert(o);
+        }
+        let base_offset = base_offset.expect("batches hold at least one record");
+        if b.producer_id != 0 {
+            let p = self.producers.entry(producer_key).or_default();
+            p.last_seen_ms = p.last_seen_ms.max(timestamp_ms);
+            if p.recent.len() == PRODUCER_WINDOW {
+                p.recent.pop_front();
+            }
+            p.recent.push_back(RememberedBatch { first_sequence: b.first_sequence, count, base_offset, log_index });
+        }
+        BatchOutcome::Stored { base_offset, count, duplicate: false, log_index }
+    }
+
+    fn apply_command(&mut self, log_index: u64, c: Command) -> Result<(), Reject> {
+        match c {
+            Command::CreateTopic { name, partitions, retention_ms, retention_bytes, max_message_bytes } => {
+                check_name("topic", &name)?;
+                if self.topics.contains_key(&name) {
+                    return Err(Reject::TopicExists(name));
+                }
+                if partitions == 0 || partitions > MAX_PARTITIONS {
+                    return Err(Reject::Invalid(format!("partitions must be 1 to {MAX_PARTITIONS}, got {partitions}")));
+                }
+                let config = TopicConfig { partitions, retention_ms, retention_bytes, max_message_bytes };
+                let topic = Topic {
+                    name: name.clone(),
+                    incarnation: log_index,
+                    config,
+                    partitions: (0..partitions).map(|_| Partition::default()).collect(),
+                };
+                self.topics.insert(name, topic);
+                Ok(())
+            }
+            Command::DeleteTopic { name } => {
+                if self.topics.remove(&name).is_none() {
+                    return Err(Reject::UnknownTopic(name));
+                }
+                self.groups.retain(|(_, t, _), _| *t != name);
+                self.producers.retain(|(_, t, _), _| *t != name);
+                Ok(())
+            }
+            Command::CommitOffset { group, topic, partition, offset } => {
+                check_name("group", &group)?;
+                let p = self.partition(&topic, partition)?;
+                let (start, end) = (p.cq.start(), p.cq.end());
+                if offset > end {
+                    return Err(Reject::OffsetOutOfRange { topic, partition, offset, start, end });
+                }
+                self.groups.insert((group, topic, partition), offset);
+                Ok(())
+            }
+            Command::Trim { topic, incarnation, partition, start_offset } => {
+                match self.topics.get_mut(&topic) {
+                    Some(t) if t.incarnation == incarnation => {
+                        if let Some(p) = t.partitions.get_mut(partition as usize) {
+                            p.trim(start_offset);
+                        }
+                    }
+                    // The topic went away since retention looked at it: nothing to trim.
+                    _ => {}
+                }
+                Ok(())
+            }
+            Command::ExpireProducers { idle_before_ms } => {
+                self.producers.retain(|_, p| p.last_seen_ms >= idle_before_ms);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn topic(&self, name: &str) -> Result<&Topic, Reject> {
+        self.topics.get(name).ok_or_else(|| Reject::UnknownTopic(name.to_string()))
+    }
+
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<&Partition, Reject> {
+        let t = self.topic(topic)?;
+        t.partitions.get(partition as usize).ok_or_else(|| Reject::UnknownPartition {
+            topic: topic.to_string(),
+            partition,
+            partitions: t.config.partitions,
+        })
+    }
+
+    /// Consume-queue entries from `offset` on, until `max_bytes` (at least
+    /// one entry if there is one) or `max_records`, keeping those whose tag
+    /// hash is in `tags` (all when `tags` is empty). Returns the entries and
+    /// the offset the next read starts at.
+    pub fn scan(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u64,
+        max_records: usize,
+        tags: &[u32],
+    ) -> Result<(Vec<CqEntry>, u64), Reject> {
+        let p = self.partition(topic, partition)?;
+        let (start, end) = (p.cq.start(), p.cq.end());
+        if offset < start || offset > end {
+            return Err(Reject::OffsetOutOfRange { topic: topic.to_string(), partition, offset, start, end });
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        let mut next = offset;
+        // Bound the work of a tag scan that matches nothing.
+        let scan_limit = offset.saturating_add(100_000).min(end);
+        while next < scan_limit && out.len() < max_records {
+            let e = p.cq.get(next).expect("offset within the queue");
+            if tags.is_empty() || tags.contains(&e.tag_hash) {
+                if !out.is_empty() && bytes + u64::from(e.size) > max_bytes {
+                    break;
+                }
+                bytes += u64::from(e.size);
+                out.push(e);
+            }
+            next += 1;
+        }
+        Ok((out, next))
+    }
+
+    /// Offsets whose key hashes like `key`, newest last.
+    pub fn key_candidates(&self, topic: &str, partition: u32, key: &[u8]) -> Result<Vec<CqEntry>, Reject> {
+        let p = self.partition(topic, partition)?;
+        Ok(p.keys.get(&key_hash(key)).map(|v| v.iter().filter_map(|&o| p.cq.get(o)).collect()).unwrap_or_default())
+    }
+
+    /// The first retained record whose timestamp is ≥ `ts`.
+    pub fn offset_for_timestamp(&self, topic: &str, partition: u32, ts: u64) -> Result<Option<CqEntry>, Reject> {
+        let p = self.partition(topic, partition)?;
+        let i = p.time.partition_point(|&(max, _)| max < ts);
+        Ok(p.time.get(i).and_then(|&(_, o)| p.cq.get(o)))
+    }
+
+    pub fn group_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
+        self.groups.get(&(group.to_string(), topic.to_string(), partition)).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::server::entry::{Command, StoredRecord};
+
+    fn create(s: &mut State, index: u64, name: &str, partitions: u32) {
+        let c = Command::CreateTopic {
+            name: name.into(),
+            partitions,
+            retention_ms: -1,
+            retention_bytes: -1,
+            max_message_bytes: 1 << 20,
+        };
+        assert_eq!(s.apply(index, 0, Decoded::Command(c)), Applied::Command(Ok(())));
+    }
+
+    fn record(key: &str, tag: &str, ts: u64) -> StoredRecord {
+        StoredRecord {
+            timestamp_ms: ts,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            tag: Bytes::copy_from_slice(tag.as_bytes()),
+            headers: vec![],
+            value: Bytes::from_static(b"v"),
+            encoded_bytes: 30,
+        }
+    }
+
+    fn batch(topic: &str, inc: u64, pid: u64, seq: u64, records: Vec<StoredRecord>) -> StoredBatch {
+        StoredBatch {
+            topic: topic.into(),
+            incarnation: inc,
+            partition: 0,
+            producer_id: pid,
+            first_sequence: seq,
+            records,
+        }
+    }
+
+    fn produce(s: &mut State, index: u64, b: StoredBatch) -> BatchOutcome {
+        match s.apply(index, 1000, Decoded::Produce(vec![b])) {
+            Applied::Batches(mut v) => v.remove(0),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn offsets_are_dense_and_slots_count_across_batches() {
+        let mut s = State::default();
+        create(&mut s, 1, "a", 1);
+        create(&mut s, 2, "b", 1);
+        let out = s.apply(
+            3,
+            0,
+            Decoded::Produce(vec![
+                batch("a", 1, 0, 0, vec![record("", "", 1), record("", "", 2)]),
+                batch("b", 2, 0, 0, vec![record("", "", 3)]),
+                batch("a", 1, 0, 0, vec![record("", "", 4)]),
+            ]),
+        );
+        let Applied::Batches(v) = out else { panic!("not batches") };
+        assert_eq!(v[0], BatchOutcome::Stored { base_offset: 0, count: 2, duplicate: false, log_index: 3 });
+        assert_eq!(v[1], BatchOutcome::Stored { base_offset: 0, count: 1, duplicate: false, log_index: 3 });
+        assert_eq!(v[2], BatchOutcome::Stored { base_offset: 2, count: 1, duplicate: false, log_index: 3 });
+        let (entries, next) = s.scan("a", 0, 0, u64::MAX, 100, &[]).expect("scan");
+        assert_eq!(entries.iter().map(|e| e.slot).collect::<Vec<_>>(), vec![0, 1, 3], "slots skip batch b");
+        assert_eq!(next, 3);
+        assert_eq!(s.scan("b", 0, 0, u64::MAX, 100, &[]).expect("scan").0[0].slot, 2);
+    }
+
+    #[test]
+    fn a_retried_batch_returns_its_first_offsets_and_stores_nothing() {
+        let mut s = State::default();
+        create(&mut s, 1, "t", 1);
+        let first = produce(&mut s, 2, batch("t", 1, 7, 0, vec![record("", "", 1), record("", "", 1)]));
+        let _ = produce(&mut s, 3, batch("t", 1, 7, 2, vec![record("", "", 1)]));
+        let retry = produce(&mut s, 4, batch("t", 1, 7, 0, vec![record("", "", 1), record("", "", 1)]));
+        assert_eq!(retry, BatchOutcome::Stored { base_offset: 0, count: 2, duplicate: true, log_index: 2 });
+        assert_ne!(first, retry);
+        assert_eq!(s.partition("t", 0).expect("partition").cq.end(), 3, "the retry stored records");
+        let overlap = produce(&mut s, 5, batch("t", 1, 7, 1, vec![record("", "", 1), record("", "", 1)]));
+        assert!(matches!(overlap, BatchOutcome::Rejected(Reject::OutOfOrderSequence(_))), "{overlap:?}");
+        // Producers that are forgotten start afresh.
+        assert_eq!(
+            s.apply(6, 5000, Decoded::Command(Command::ExpireProducers { idle_before_ms: 2000 })),
+            Applied::Command(Ok(()))
+        );
+        let again = produce(&mut s, 7, batch("t", 1, 7, 0, vec![record("", "", 1), record("", "", 1)]));
+        assert_eq!(again, BatchOutcome::Stored { base_offset: 3, count: 2, duplicate: false, log_index: 7 });
+    }
+
+    #[test]
+    fn a_deleted_and_recreated_topic_refuses_batches_of_the_old_incarnation() {
+        let mut s = State::default();
+        create(&mut s, 1, "t", 1);
+        assert!(matches!(
+            produce(&mut s, 2, batch("t", 1, 0, 0, vec![record("", "", 1)])),
+            BatchOutcome::Stored { .. }
+        ));
+        s.apply(3, 0, Decoded::Command(Command::DeleteTopic { name: "t".into() }));
+        create(&mut s, 4, "t", 1);
+        let stale = produce(&mut s, 5, batch("t", 1, 0, 0, vec![record("", "", 1)]));
+        assert!(matches!(stale, BatchOutcome::Rejected(Reject::UnknownTopic(_))), "{stale:?}");
+        assert_eq!(s.partition("t", 0).expect("partition").cq.end(), 0, "old records visible after re-create");
+    }
+
+    #[test]
+    fn key_time_and_tag_indexes_answer_and_trim_keeps_them_exact() {
+        let mut s = State::default();
+        create(&mut s, 1, "t", 1);
+        for (i, (key, tag, ts)) in
+            [("k1", "A", 100), ("k2", "B", 300), ("k1", "", 200), ("k3", "A", 400)].into_iter().enumerate()
+        {
+            produce(&mut s, 2 + i as u64, batch("t", 1, 0, 0, vec![record(key, tag, ts)]));
+        }
+        let k1: Vec<u64> = s.key_candidates("t", 0, b"k1").expect("lookup").iter().map(|e| e.offset).collect();
+        assert_eq!(k1, vec![0, 2]);
+        assert_eq!(s.offset_for_timestamp("t", 0, 150).expect("t").map(|e| e.offset), Some(1));
+        assert_eq!(s.offset_for_timestamp("t", 0, 350).expect("t").map(|e| e.offset), Some(3));
+        assert_eq!(s.offset_for_timestamp("t", 0, 401).expect("t"), None);
+        let a = [tag_hash(b"A")];
+        let (entries, next) = s.scan("t", 0, 0, u64::MAX, 100, &a).expect("scan");
+        assert_eq!(entries.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![0, 3]);
+        assert_eq!(next, 4);
+        s.apply(
+            9,
+            0,
+            Decoded::Command(Command::Trim { topic: "t".into(), incarnation: 1, partition: 0, start_offset: 2 }),
+        );
+        let k1: Vec<u64> = s.key_candidates("t", 0, b"k1").expect("lookup").iter().map(|e| e.offset).collect();
+        assert_eq!(k1, vec![2]);
+        assert_eq!(s.offset_for_timestamp("t", 0, 150).expect("t").map(|e| e.offset), Some(2), "first retained ≥ 150");
+        let err = s.scan("t", 0, 1, u64::MAX, 100, &[]).expect_err("trimmed offset served");
+        assert!(matches!(err, Reject::OffsetOutOfRange { start: 2, end: 4, .. }), "{err:?}");
+        assert_eq!(s.partition("t", 0).expect("p").bytes, 60);
+    }
+
+    #[test]
+    fn bad_names_and_offsets_are_refused_naming_the_value() {
+        let mut s = State::default();
+        for bad in ["", ".", "a b", "ä", &"x".repeat(250)] {
+            let c = Command::CreateTopic {
+                name: bad.into(),
+                partitions: 1,
+                retention_ms: -1,
+                retention_bytes: -1,
+                max_message_bytes: 1,
+            };
+            assert!(matches!(s.apply(1, 0, Decoded::Command(c)), Applied::Command(Err(Reject::Invalid(_)))), "{bad:?}");
+        }
+        create(&mut s, 2, "t", 1);
+        let c = Command::CommitOffset { group: "g".into(), topic: "t".into(), partition: 0, offset: 5 };
+        let Applied::Command(Err(e)) = s.apply(3, 0, Decoded::Command(c)) else {
+            panic!("commit past the end accepted")
+        };
+        assert!(e.to_string().contains("offset 5"), "{e}");
+        assert!(s.groups.is_empty());
+    }
+
+    #[test]
+    fn state_survives_a_codec_round_trip() {
+        let mut s = State::default();
+        create(&mut s, 1, "t", 2);
+        produce(&mut s, 2, batch("t", 1, 3, 0, vec![record("k", "T", 5)]));
+        let bytes = crate::server::codec::encode(&s);
+        let back: State = crate::server::codec::decode(&bytes).expect("decodes");
+        assert_eq!(back.key_candidates("t", 0, b"k").expect("k").len(), 1);
+        assert_eq!(crate::server::codec::encode(&back), bytes);
+    }
+}

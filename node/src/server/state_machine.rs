@@ -1,0 +1,492 @@
+//! openraft's state machine over [`State`], and snapshots that carry the
+//! retained log range.
+//!
+//! # Snapshots
+//! A snapshot at log index S is a *checkpoint* (the whole [`State`], the
+//! last applied log id and membership, and the log start X: the first log
+//! index still retained) plus, when sent to a follower, the log records
+//! X..=S. A follower that installs one writes those records into its own
+//! log (`Store::install_range`) before it adopts the state, so it serves
+//! every message the leader still retains.
+//!
+//! Files, under `<store.path.commitlog>/sm/`:
+//!
+//! ```text
+//! checkpoint-<S, 20 digits>   the newest checkpoint (older ones are deleted):
+//!     bytes 0..4   magic "KCKP"
+//!     byte  4      version (1)
+//!     bytes 5..9   crc32c of the body (u32 LE)
+//!     bytes 9..    body: bincode of `Checkpoint`
+//!     written as <name>.partial, fdatasync, rename, fsync directory
+//! transfer-<random>           a snapshot being sent (deleted once opened)
+//! incoming-<random>           a snapshot being received (deleted after install)
+//!     bytes 0..4   magic "KSNT"
+//!     byte  4      version (1)
+//!     bytes 5..13  checkpoint length L (u64 LE), then the checkpoint file (L bytes)
+//!     then records until 4 bytes before the end, each:
+//!         kind u8, term u64, leader u64, index u64, timestamp_ms u64,
+//!         payload length u32, payload
+//!     last 4 bytes: crc32c of everything before them (u32 LE)
+//! ```
+//!
+//! Openraft builds snapshots only when retention asks (`SnapshotPolicy::Never`),
+//! so a checkpoint is written once per retention step, not every N entries.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use keel_raft_log::{LogPos, Record, RecordKind, Store};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    AnyError, BasicNode, EntryPayload, LogId, OptionalSend, RaftLogId, StorageError, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::codec;
+use super::entry;
+use super::state::{Applied, State};
+use super::types::TypeConfig;
+
+type Membership = StoredMembership<u64, BasicNode>;
+
+const CHECKPOINT_MAGIC: &[u8; 4] = b"KCKP";
+const TRANSFER_MAGIC: &[u8; 4] = b"KSNT";
+const VERSION: u8 = 1;
+/// Records read from the log per step while writing a transfer file.
+const TRANSFER_READ_BATCH: u64 = 1024;
+
+/// The state and where it stands in the log, under one lock so a snapshot
+/// sees a consistent pair.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Machine {
+    pub state: State,
+    pub last_applied: Option<LogId<u64>>,
+    pub membership: Membership,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Checkpoint {
+    machine: Machine,
+    /// First log index whose record the snapshot carries (X).
+    log_start: u64,
+    /// Log id of the record before `log_start`.
+    prev: (u64, u64, u64),
+    snapshot_id: String,
+}
+
+/// What readers (the client service, retention) share with the state machine.
+pub struct Shared {
+    pub machine: RwLock<Machine>,
+    /// Last applied log index (0 before the first).
+    pub applied: watch::Sender<u64>,
+    /// Retention sets the first log index the next snapshot must keep.
+    pub retain_from: AtomicU64,
+    /// The newest checkpoint's log start and last index; retention deletes
+    /// segments only below a log start a checkpoint already covers.
+    pub snapshot_range: Mutex<Option<(u64, u64)>>,
+    /// Held while a transfer file is written and while retention deletes
+    /// segments, so a snapshot being sent never loses its records.
+    pub transfer_lock: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Machine> {
+        self.machine.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Machine> {
+        self.machine.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    store: Store,
+    dir: PathBuf,
+}
+
+fn io_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::write_state_machine(AnyError::error(e.to_string())).into()
+}
+
+fn snap_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::read_snapshot(None, AnyError::error(e.to_string())).into()
+}
+
+fn checkpoint_name(last: u64) -> String {
+    format!("checkpoint-{last:020}")
+}
+
+impl StateMachine {
+    /// Open the state machine under `<store dir>/sm`, loading the newest
+    /// checkpoint if there is one (openraft then re-applies the committed
+    /// entries after it).
+    pub fn open(store: Store) -> anyhow::Result<(Self, Arc<Shared>)> {
+        let dir = store.config().dir.join("sm");
+        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
+        let mut newest: Option<String> = None;
+        for e in std::fs::read_dir(&dir)? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if name.starts_with("checkpoint-") && !name.ends_with(".partial") {
+                if newest.as_ref().is_none_or(|n| name > *n) {
+                    newest = Some(name);
+                }
+            } else {
+                // Leftovers of a transfer or install cut short by a crash.
+                let _ = std::fs::remove_file(dir.join(&name));
+            }
+        }
+        let (machine, range) = match newest {
+            Some(name) => {
+                let path = dir.join(&name);
+                let bytes = std::fs::read(&path)?;
+                let cp = decode_checkpoint(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                let last = cp.machine.last_applied.map_or(0, |l| l.index);
+                (cp.machine, Some((cp.log_start, last)))
+            }
+            None => (Machine::default(), None),
+        };
+        let applied = machine.last_applied.map_or(0, |l| l.index);
+        let shared = Arc::new(Shared {
+            machine: RwLock::new(machine),
+            applied: watch::channel(applied).0,
+            retain_from: AtomicU64::new(range.map_or(1, |r| r.0)),
+            snapshot_range: Mutex::new(range),
+            transfer_lock: tokio::sync::Mutex::new(()),
+        });
+        Ok((Self { shared: shared.clone(), store, dir }, shared))
+    }
+
+    fn newest_checkpoint(&self) -> Result<Option<PathBuf>, StorageError<u64>> {
+        let mut newest = None;
+        for e in std::fs::read_dir(&self.dir).map_err(snap_err)? {
+            let name = e.map_err(snap_err)?.file_name().to_string_lossy().into_owned();
+            if name.starts_with("checkpoint-")
+                && !name.ends_with(".partial")
+                && newest.as_ref().is_none_or(|n| name > *n)
+            {
+                newest = Some(name);
+            }
+        }
+        Ok(newest.map(|n| self.dir.join(n)))
+    }
+
+    /// Write a checkpoint of the current machine durably; drop older ones.
+    fn write_checkpoint(&self, cp_bytes: &[u8], last: u64) -> Result<(), StorageError<u64>> {
+        let name = checkpoint_name(last);
+        let partial = self.dir.join(format!("{name}.partial"));
+        let mut f = std::fs::File::create(&partial).map_err(io_err)?;
+        f.write_all(cp_bytes).map_err(io_err)?;
+        f.sync_data().map_err(io_err)?;
+        drop(f);
+        std::fs::rename(&partial, self.dir.join(&name)).map_err(io_err)?;
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err)?;
+        for e in std::fs::read_dir(&self.dir).map_err(io_err)? {
+            let other = e.map_err(io_err)?.file_name().to_string_lossy().into_owned();
+            if other.starts_with("checkpoint-") && other != name {
+                let _ = std::fs::remove_file(self.dir.join(other));
+            }
+        }
+        Ok(())
+    }
+
+    fn prev_pos(&self, log_start: u64) -> Result<LogPos, StorageError<u64>> {
+        let prev = log_start - 1;
+        let rec = self.store.read_range(prev, prev + 1, 0).map_err(snap_err)?;
+        match rec.first() {
+            Some(r) if r.index == prev => Ok(LogPos::new(r.term, r.leader, r.index)),
+            _ => Err(snap_err(format!("log entry {prev} (just before the snapshot's log start) is not in the log"))),
+        }
+    }
+}
+
+pub fn encode_checkpoint_bytes(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 9);
+    out.extend_from_slice(CHECKPOINT_MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, String> {
+    if bytes.len() < 9 || &bytes[..4] != CHECKPOINT_MAGIC {
+        return Err("not a keel checkpoint (bad magic)".into());
+    }
+    if bytes[4] != VERSION {
+        return Err(format!("checkpoint version {} is not supported", bytes[4]));
+    }
+    let crc = u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&bytes[9..]) != crc {
+        return Err("checkpoint checksum mismatch".into());
+    }
+    codec::decode(&bytes[9..]).map_err(|e| format!("checkpoint does not decode: {e}"))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let (body, meta, log_start, last) = {
+            let m = self.shared.read();
+            let last = m.last_applied.map_or(0, |l| l.index);
+            let previous = *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner());
+            // Log start: what retention asked for, never before an earlier
+            // snapshot's start, never past the applied index + 1, and at least
+            // 1 (entry 0 is the initial membership, which the state holds).
+            let asked = self.shared.retain_from.load(Ordering::Acquire);
+            let log_start = asked.max(previous.map_or(1, |p| p.0)).clamp(1, last + 1);
+            let prev = if log_start > last && log_start > 1 {
+                m.last_applied.map(|l| LogPos::new(l.leader_id.term, l.leader_id.node_id, l.index))
+            } else {
+                None
+            };
+            let prev = match prev {
+                Some(p) => p,
+                None => self.prev_pos(log_start)?,
+            };
+            let snapshot_id = format!("{}-{}-{}", last, log_start, super::types::now_ms());
+            let cp = CheckpointRef {
+                machine: &m,
+                log_start,
+                prev: (prev.term, prev.leader, prev.index),
+                snapshot_id: snapshot_id.clone(),
+            };
+            let body = codec::encode(&cp);
+            let meta = SnapshotMeta { last_log_id: m.last_applied, last_membership: m.membership.clone(), snapshot_id };
+            (body, meta, log_start, last)
+        };
+        let bytes = encode_checkpoint_bytes(&body);
+        self.write_checkpoint(&bytes, last)?;
+        *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((log_start, last));
+        tracing::info!(last, log_start, bytes = bytes.len(), "snapshot checkpoint written");
+        // openraft only keeps the meta of a built snapshot; sending opens it
+        // again through `get_current_snapshot`.
+        let f = tokio::fs::File::open(self.dir.join(checkpoint_name(last))).await.map_err(snap_err)?;
+        Ok(Snapshot { meta, snapshot: Box::new(f) })
+    }
+}
+
+/// Borrowing twin of [`Checkpoint`] so building a snapshot does not clone
+/// the state.
+#[derive(Serialize)]
+struct CheckpointRef<'a> {
+    machine: &'a Machine,
+    log_start: u64,
+    prev: (u64, u64, u64),
+    snapshot_id: String,
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<u64>>, Membership), StorageError<u64>> {
+        let m = self.shared.read();
+        Ok((m.last_applied, m.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        let last = {
+            let mut m = self.shared.write();
+            for e in entries {
+                let index = e.get_log_id().index;
+                m.last_applied = Some(*e.get_log_id());
+                let r = match e.payload {
+                    EntryPayload::Blank => Applied::Nothing,
+                    EntryPayload::Membership(mem) => {
+                        m.membership = StoredMembership::new(Some(e.log_id), mem);
+                        Applied::Nothing
+                    }
+                    EntryPayload::Normal(req) => match entry::decode(req.payload) {
+                        Ok(d) => m.state.apply(index, req.timestamp_ms, d),
+                        Err(err) => {
+                            tracing::error!(index, %err, "entry does not decode; skipped");
+                            Applied::Malformed(err.to_string())
+                        }
+                    },
+                };
+                out.push(r);
+            }
+            m.last_applied.map_or(0, |l| l.index)
+        };
+        self.shared.applied.send_replace(last);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
+        let path = self.dir.join(format!("incoming-{:016x}", rand::random::<u64>()));
+        let f =
+            tokio::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).await.map_err(io_err)?;
+        // The open handle keeps the data; the name would only be a leftover after a crash.
+        std::fs::remove_file(&path).map_err(io_err)?;
+        Ok(Box::new(f))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError<u64>> {
+        let mut f = snapshot.into_std().await;
+        let (cp, cp_bytes, records) = tokio::task::spawn_blocking(move || read_transfer(&mut f))
+            .await
+            .map_err(io_err)?
+            .map_err(|e| snap_err(format!("received snapshot: {e}")))?;
+        let last = cp.machine.last_applied.map_or(0, |l| l.index);
+        if cp.machine.last_applied != meta.last_log_id {
+            return Err(snap_err(format!(
+                "received snapshot holds {:?} but its meta says {:?}",
+                cp.machine.last_applied, meta.last_log_id
+            )));
+        }
+        // Keep the local log if it already holds the snapshot's last entry
+        // (then it holds every retained entry before it); otherwise replace it
+        // with the carried range.
+        let have_last = match cp.machine.last_applied {
+            Some(l) => self
+                .store
+                .read_range(l.index, l.index + 1, 0)
+                .ok()
+                .and_then(|r| r.first().map(|r| r.term == l.leader_id.term && r.leader == l.leader_id.node_id))
+                .unwrap_or(false),
+            None => true,
+        };
+        if !have_last {
+            let prev = LogPos::new(cp.prev.0, cp.prev.1, cp.prev.2);
+            tracing::info!(records = records.len(), from = cp.log_start, last, "installing the snapshot's log range");
+            self.store.install_range(prev, records).await.map_err(io_err)?;
+        }
+        self.write_checkpoint(&cp_bytes, last)?;
+        *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((cp.log_start, last));
+        self.shared.retain_from.fetch_max(cp.log_start, Ordering::AcqRel);
+        *self.shared.write() = cp.machine;
+        self.shared.applied.send_replace(last);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let _transfer = self.shared.transfer_lock.lock().await;
+        let Some(path) = self.newest_checkpoint()? else { return Ok(None) };
+        let cp_bytes = std::fs::read(&path).map_err(snap_err)?;
+        let cp = decode_checkpoint(&cp_bytes).map_err(snap_err)?;
+        let meta = SnapshotMeta {
+            last_log_id: cp.machine.last_applied,
+            last_membership: cp.machine.membership.clone(),
+            snapshot_id: cp.snapshot_id.clone(),
+        };
+        let last = cp.machine.last_applied.map_or(0, |l| l.index);
+        let tpath = self.dir.join(format!("transfer-{:016x}", rand::random::<u64>()));
+        let store = self.store.clone();
+        let log_start = cp.log_start;
+        let written = tpath.clone();
+        tokio::task::spawn_blocking(move || write_transfer(&written, &cp_bytes, &store, log_start, last))
+            .await
+            .map_err(snap_err)?
+            .map_err(snap_err)?;
+        let f = tokio::fs::File::open(&tpath).await.map_err(snap_err)?;
+        let _ = std::fs::remove_file(&tpath);
+        Ok(Some(Snapshot { meta, snapshot: Box::new(f) }))
+    }
+}
+
+fn write_transfer(path: &Path, cp: &[u8], store: &Store, from: u64, last: u64) -> Result<(), String> {
+    let mut w =
+        CrcWriter { inner: std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| e.to_string())?), crc: 0 };
+    let mut put = |b: &[u8]| w.write_all(b).map_err(|e| format!("write snapshot transfer file: {e}"));
+    put(TRANSFER_MAGIC)?;
+    put(&[VERSION])?;
+    put(&(cp.len() as u64).to_le_bytes())?;
+    put(cp)?;
+    let mut next = from;
+    while next <= last {
+        let end = (next + TRANSFER_READ_BATCH).min(last + 1);
+        let records = store.read_range(next, end, usize::MAX).map_err(|e| format!("read log {next}..{end}: {e}"))?;
+        if records.first().map(|r| r.index) != Some(next) {
+            return Err(format!("log entry {next} is missing; the snapshot cannot carry it"));
+        }
+        for r in &records {
+            put(&[r.kind as u8])?;
+            put(&r.term.to_le_bytes())?;
+            put(&r.leader.to_le_bytes())?;
+            put(&r.index.to_le_bytes())?;
+            put(&r.timestamp_ms.to_le_bytes())?;
+            put(&(r.payload.len() as u32).to_le_bytes())?;
+            put(&r.payload)?;
+        }
+        next = records.last().map_or(end, |r| r.index + 1);
+    }
+    let crc = w.crc;
+    w.inner.write_all(&crc.to_le_bytes()).map_err(|e| e.to_string())?;
+    w.inner.into_inner().map_err(|e| e.to_string())?.sync_data().map_err(|e| e.to_string())
+}
+
+struct CrcWriter<W> {
+    inner: W,
+    crc: u32,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Record>), String> {
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let mut all = Vec::new();
+    f.read_to_end(&mut all).map_err(|e| e.to_string())?;
+    if all.len() < 17 || &all[..4] != TRANSFER_MAGIC || all[4] != VERSION {
+        return Err("not a keel snapshot (bad magic or version)".into());
+    }
+    let body_end = all.len() - 4;
+    let crc = u32::from_le_bytes(all[body_end..].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&all[..body_end]) != crc {
+        return Err("snapshot checksum mismatch".into());
+    }
+    let all = Bytes::from(all);
+    let cp_len =
+        usize::try_from(u64::from_le_bytes(all[5..13].try_into().expect("8 bytes"))).map_err(|e| e.to_string())?;
+    let cp_end = 13usize.checked_add(cp_len).filter(|&e| e <= body_end).ok_or("checkpoint length past the end")?;
+    let cp_bytes = all[13..cp_end].to_vec();
+    let cp = decode_checkpoint(&cp_bytes)?;
+    let mut records = Vec::new();
+    let mut at = cp_end;
+    while at < body_end {
+        if body_end - at < 37 {
+            return Err(format!("record header cut short at byte {at}"));
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(all[i..i + 8].try_into().expect("8 bytes"));
+        let kind = match all[at] {
+            k if k == RecordKind::Blank as u8 => RecordKind::Blank,
+            k if k == RecordKind::Normal as u8 => RecordKind::Normal,
+            k if k == RecordKind::Membership as u8 => RecordKind::Membership,
+            k => return Err(format!("unknown record kind {k} at byte {at}")),
+        };
+        let (term, leader, index, timestamp_ms) = (u64_at(at + 1), u64_at(at + 9), u64_at(at + 17), u64_at(at + 25));
+        let len = u32::from_le_bytes(all[at + 33..at + 37].try_into().expect("4 bytes")) as usize;
+        let start = at + 37;
+        let end = start.checked_add(len).filter(|&e| e <= body_end).ok_or("record payload past the end")?;
+        records.push(Record { term, leader, index, timestamp_ms, kind, payload: all.slice(start..end) });
+        at = end;
+    }
+    Ok((cp, cp_bytes, records))
+}
