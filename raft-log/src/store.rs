@@ -562,8 +562,12 @@ impl Store {
         // A new generation makes every existing segment stale, so a crash
         // in the middle never mixes old entries with the installed ones.
         let mut meta = self.state().meta;
+        // openraft may purge up to the snapshot before the state machine
+        // installs it; that purge point comes back once the range is written
+        // (appends drop records at or below the purge point).
+        let purged_later = meta.purged.filter(|p| p.index > prev.index);
         meta.generation += 1;
-        meta.purged = Some(meta.purged.filter(|p| p.index > prev.index).unwrap_or(prev));
+        meta.purged = Some(prev);
         self.write_meta(meta).await?;
         let fs = &*self.inner.fs;
         let dir = &self.inner.config.dir;
@@ -593,6 +597,11 @@ impl Store {
             self.append_locked(new, Box::new(|_| ())).await?;
         }
         self.inner.flusher.sync().await?;
+        if purged_later.is_some() {
+            let mut meta = self.state().meta;
+            meta.purged = purged_later;
+            self.write_meta(meta).await?;
+        }
         Ok(())
     }
 

@@ -264,6 +264,32 @@ async fn install_range_replaces_a_divergent_log_durably() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_range_keeps_its_records_when_raft_purged_past_them_first() {
+    // openraft purges up to a snapshot's last entry while the state machine
+    // installs the snapshot, so the purge can land before the range.
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let leader = write_synced(leader_dir.path(), 4096, 80).await;
+    let range = leader.read_range(40, 81, usize::MAX).expect("read range");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    let follower = Store::open(c.clone()).await.expect("open");
+    append_flushed(&follower, (1..=5).map(|i| record(1, i, 30)).collect()).await.expect("append");
+    follower.purge(LogPos::new(1, 1, 80)).await.expect("purge ahead of the install");
+    follower.install_range(LogPos::new(1, 1, 39), range).await.expect("install");
+    for i in 40..=80 {
+        assert_entry(&follower, 1, i, LEN);
+    }
+    drop(follower);
+    let follower = Store::open(c).await.expect("reopen");
+    let (purged, last) = follower.log_state();
+    assert_eq!((purged.map(|p| p.index), last.map(|p| p.index)), (Some(80), Some(80)), "purge point restored");
+    assert_eq!(follower.first_present_index(), Some(40));
+    for i in 40..=80 {
+        assert_entry(&follower, 1, i, LEN);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_out_of_order_appends_are_refused_without_changing_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = write_synced(dir.path(), 4096, 3).await;
