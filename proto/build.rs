@@ -7,8 +7,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // environment while this runs.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto");
-    tonic_prost_build::configure()
-        .bytes(".")
-        .compile_protos(&["proto/keel.proto", "proto/raft.proto"], &["proto"])?;
+    tonic_prost_build::configure().bytes(".").compile_protos(&["proto/keel.proto", "proto/raft.proto"], &["proto"])?;
     Ok(())
 }

@@ -162,10 +162,11 @@ impl StateMachine {
         Ok((Self { shared: shared.clone(), store, dir }, shared))
     }
 
-    fn newest_checkpoint(&self) -> Result<Option<PathBuf>, StorageError<u64>> {
+    fn newest_checkpoint(&self) -> Result<Option<PathBuf>, String> {
         let mut newest = None;
-        for e in std::fs::read_dir(&self.dir).map_err(snap_err)? {
-            let name = e.map_err(snap_err)?.file_name().to_string_lossy().into_owned();
+        let list = |e: std::io::Error| format!("list {}: {e}", self.dir.display());
+        for e in std::fs::read_dir(&self.dir).map_err(list)? {
+            let name = e.map_err(list)?.file_name().to_string_lossy().into_owned();
             if name.starts_with("checkpoint-")
                 && !name.ends_with(".partial")
                 && newest.as_ref().is_none_or(|n| name > *n)
@@ -177,7 +178,8 @@ impl StateMachine {
     }
 
     /// Write a checkpoint of the current machine durably; drop older ones.
-    fn write_checkpoint(&self, cp_bytes: &[u8], last: u64) -> Result<(), StorageError<u64>> {
+    fn write_checkpoint(&self, cp_bytes: &[u8], last: u64) -> Result<(), String> {
+        let io_err = |e: std::io::Error| format!("write checkpoint in {}: {e}", self.dir.display());
         let name = checkpoint_name(last);
         let partial = self.dir.join(format!("{name}.partial"));
         let mut f = std::fs::File::create(&partial).map_err(io_err)?;
@@ -195,12 +197,12 @@ impl StateMachine {
         Ok(())
     }
 
-    fn prev_pos(&self, log_start: u64) -> Result<LogPos, StorageError<u64>> {
+    fn prev_pos(&self, log_start: u64) -> Result<LogPos, String> {
         let prev = log_start - 1;
-        let rec = self.store.read_range(prev, prev + 1, 0).map_err(snap_err)?;
+        let rec = self.store.read_range(prev, prev + 1, 0).map_err(|e| format!("read log entry {prev}: {e}"))?;
         match rec.first() {
             Some(r) if r.index == prev => Ok(LogPos::new(r.term, r.leader, r.index)),
-            _ => Err(snap_err(format!("log entry {prev} (just before the snapshot's log start) is not in the log"))),
+            _ => Err(format!("log entry {prev} (just before the snapshot's log start) is not in the log")),
         }
     }
 }
@@ -246,7 +248,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             };
             let prev = match prev {
                 Some(p) => p,
-                None => self.prev_pos(log_start)?,
+                None => self.prev_pos(log_start).map_err(snap_err)?,
             };
             let snapshot_id = format!("{}-{}-{}", last, log_start, super::types::now_ms());
             let cp = CheckpointRef {
@@ -260,7 +262,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             (body, meta, log_start, last)
         };
         let bytes = encode_checkpoint_bytes(&body);
-        self.write_checkpoint(&bytes, last)?;
+        self.write_checkpoint(&bytes, last).map_err(io_err)?;
         *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((log_start, last));
         tracing::info!(last, log_start, bytes = bytes.len(), "snapshot checkpoint written");
         // openraft only keeps the meta of a built snapshot; sending opens it
@@ -368,7 +370,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::info!(records = records.len(), from = cp.log_start, last, "installing the snapshot's log range");
             self.store.install_range(prev, records).await.map_err(io_err)?;
         }
-        self.write_checkpoint(&cp_bytes, last)?;
+        self.write_checkpoint(&cp_bytes, last).map_err(io_err)?;
         *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((cp.log_start, last));
         self.shared.retain_from.fetch_max(cp.log_start, Ordering::AcqRel);
         *self.shared.write() = cp.machine;
@@ -378,7 +380,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
         let _transfer = self.shared.transfer_lock.lock().await;
-        let Some(path) = self.newest_checkpoint()? else { return Ok(None) };
+        let Some(path) = self.newest_checkpoint().map_err(snap_err)? else { return Ok(None) };
         let cp_bytes = std::fs::read(&path).map_err(snap_err)?;
         let cp = decode_checkpoint(&cp_bytes).map_err(snap_err)?;
         let meta = SnapshotMeta {
