@@ -20,7 +20,7 @@ pub const LEADER_ADDR_KEY: &str = "keel-leader-addr";
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// A node refused the request and said why; retrying it unchanged would
     /// fail the same way. `message` is the node's own words (it names what

@@ -42,6 +42,7 @@ use proto::{
 };
 
 mod backoff;
+mod batcher;
 mod call;
 mod error;
 mod nodes;
@@ -49,6 +50,7 @@ mod partition;
 mod producer;
 mod record;
 
+pub use batcher::{BatchOptions, Batcher, RecordAck};
 pub use error::{ERROR_CODE_KEY, Error, LEADER_ADDR_KEY, LEADER_ID_KEY, Result};
 pub use partition::partition_for;
 pub use producer::Producer;

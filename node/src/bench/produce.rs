@@ -1,8 +1,12 @@
 //! `keel bench produce`: produce load against a running cluster.
 //!
 //! `--producers` tasks, each an idempotent producer of its own (own id),
-//! each keeping `--inflight` requests of `--batch` records of `--size`
-//! bytes in flight, spread round-robin over the topic's partitions. The
+//! each keeping `--inflight` records of `--size` bytes in flight, spread
+//! round-robin over the topic's partitions. By default (`--batch 0`) each
+//! record is sent on its own through keel-client's [`Batcher`], which packs
+//! what queues up while a partition's request is out into the next request
+//! (as a Kafka producer does); `--batch N` instead keeps `--inflight`
+//! requests of N records each in flight. The
 //! first `--warmup` seconds are not measured; then for `--duration`
 //! seconds every request completed counts: its latency (send to ack) goes
 //! into a histogram and its records into the throughput. A line on stderr
@@ -23,7 +27,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use keel_client::proto::TopicConfig;
-use keel_client::{Client, ClientOptions, Durability, Error, ErrorCode, Record};
+use keel_client::{BatchOptions, Batcher, Client, ClientOptions, Durability, Error, ErrorCode, Record};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -57,8 +61,12 @@ pub struct ProduceArgs {
     /// Requests in flight per producer
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = parse_count::<MAX_INFLIGHT>)]
     inflight: usize,
-    /// Records per request
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_count::<MAX_BATCH>)]
+    /// Records per request. 0 (the default): records are sent one by one
+    /// through keel-client's batching producer, which packs the records
+    /// queued while a partition's request is in flight into the next one
+    /// (as Kafka's producer does); `--inflight` then counts records, and
+    /// latency is per record
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_batch)]
     batch: usize,
     /// Value bytes per record
     #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = parse_count::<MAX_SIZE>)]
@@ -81,6 +89,21 @@ pub(super) fn parse_count<const MAX: usize>(s: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(_) => Err("expected a whole number".into()),
     }
+}
+
+fn parse_batch(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > MAX_BATCH => Err(format!("must be at most {MAX_BATCH}")),
+        Ok(n) => Ok(n),
+        Err(_) => Err("expected a whole number (0: client-side batching)".into()),
+    }
+}
+
+/// One acknowledged request (or record, with client-side batching).
+struct Acked {
+    count: u32,
+    duplicate: bool,
+    durability: Durability,
 }
 
 /// What `--json` prints; the summary shows the same numbers.
@@ -195,6 +218,7 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
     let mut producers = Vec::new();
     for i in 0..args.producers {
         let producer = client.producer();
+        let batcher = Batcher::new(producer.clone(), BatchOptions::default());
         let (live, value, topic) = (Arc::clone(&live), value.clone(), Arc::clone(&topic));
         let (inflight, batch) = (args.inflight, args.batch);
         producers.push(tokio::spawn(async move {
@@ -212,14 +236,27 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
             let mut next_partition = i as u32;
             loop {
                 while pending.len() < inflight && Instant::now() < end && issued < MAX_REQUESTS_PER_PRODUCER {
-                    let records: Vec<Record> = (0..batch).map(|_| Record::new(value.clone())).collect();
                     let partition = next_partition % partitions;
                     next_partition = next_partition.wrapping_add(1);
                     issued += 1;
-                    let (producer, topic) = (producer.clone(), Arc::clone(&topic));
+                    let (producer, batcher, topic, value) =
+                        (producer.clone(), batcher.clone(), Arc::clone(&topic), value.clone());
                     pending.push(async move {
                         let sent = Instant::now();
-                        let result = producer.produce(&topic, partition, records).await;
+                        let result = if batch == 0 {
+                            batcher.send(&topic, partition, Record::new(value)).await.map(|a| Acked {
+                                count: 1,
+                                duplicate: a.duplicate,
+                                durability: a.durability,
+                            })
+                        } else {
+                            let records: Vec<Record> = (0..batch).map(|_| Record::new(value.clone())).collect();
+                            producer.produce(&topic, partition, records).await.map(|a| Acked {
+                                count: a.count,
+                                duplicate: a.duplicate,
+                                durability: a.durability,
+                            })
+                        };
                         (sent, Instant::now(), result)
                     });
                 }
@@ -353,17 +390,29 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report).context("encode the JSON report")?);
     } else {
+        let unit = if report.batch == 0 { "record" } else { "request" };
+        if report.batch == 0 {
+            println!(
+                "produce: {} msg/s, {:.1} MiB/s of {} B records, sent one by one through the batching producer, \
+                 over {:.1} s",
+                thousands(report.msgs_per_s as u64),
+                report.mib_per_s,
+                report.size,
+                report.duration_s
+            );
+        } else {
+            println!(
+                "produce: {} msg/s, {:.1} MiB/s ({} requests/s of {} record(s) × {} B) over {:.1} s",
+                thousands(report.msgs_per_s as u64),
+                report.mib_per_s,
+                thousands(report.requests_per_s as u64),
+                report.batch,
+                report.size,
+                report.duration_s
+            );
+        }
         println!(
-            "produce: {} msg/s, {:.1} MiB/s ({} requests/s of {} record(s) × {} B) over {:.1} s",
-            thousands(report.msgs_per_s as u64),
-            report.mib_per_s,
-            thousands(report.requests_per_s as u64),
-            report.batch,
-            report.size,
-            report.duration_s
-        );
-        println!(
-            "latency per request: p50 {}  p99 {}  p99.9 {}  max {}  ({} requests)",
+            "latency per {unit}: p50 {}  p99 {}  p99.9 {}  max {}  ({} {unit}s)",
             human_us(report.p50_us),
             human_us(report.p99_us),
             human_us(report.p999_us),
