@@ -11,6 +11,7 @@
 //! Under SYNC_FLUSH the commit index is the durable index (DESIGN.md).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_proto::raft as pb;
@@ -47,7 +48,7 @@ impl DurableHandle {
             peers,
             rx,
             reports: HashMap::new(),
-            durable: durable_tx,
+            durable: Arc::new(durable_tx),
         };
         tokio::spawn(actor.run());
         Self { tx, durable }
@@ -76,7 +77,19 @@ struct Durable {
     peers: Peers,
     rx: mpsc::Receiver<Msg>,
     reports: HashMap<u64, u64>,
-    durable: watch::Sender<u64>,
+    /// Shared with the report task, which learns the leader's durable index.
+    durable: Arc<watch::Sender<u64>>,
+}
+
+fn raise(durable: &watch::Sender<u64>, to: u64) {
+    durable.send_if_modified(|d| {
+        if to > *d {
+            *d = to;
+            true
+        } else {
+            false
+        }
+    });
 }
 
 impl Durable {
@@ -132,6 +145,11 @@ impl Durable {
         let commit = committed.max(applied);
         if m.current_leader != Some(self.node_id) {
             self.reports.clear();
+            // A follower knows its commit index, which under SYNC_FLUSH is
+            // durable; otherwise it learns the leader's figure from reports.
+            if self.policy == FlushPolicy::SyncFlush {
+                raise(&self.durable, commit);
+            }
             return;
         }
         let durable = if self.policy == FlushPolicy::SyncFlush {
@@ -148,14 +166,7 @@ impl Durable {
             let majority = synced.len() / 2 + 1;
             synced.get(majority - 1).copied().unwrap_or(0).min(commit)
         };
-        self.durable.send_if_modified(|d| {
-            if durable > *d {
-                *d = durable;
-                true
-            } else {
-                false
-            }
-        });
+        raise(&self.durable, durable);
     }
 
     /// Send our fsynced log id to the leader (one report in flight at a time).
@@ -170,8 +181,11 @@ impl Durable {
             synced: Some(pb::LogId { term: rec.term, leader: rec.leader, index: rec.index }),
         };
         let mut client = self.peers.client(&addr).ok()?;
+        let durable = Arc::clone(&self.durable);
         Some(tokio::spawn(async move {
-            let _ = tokio::time::timeout(REPORT_TIMEOUT, client.report_synced(req)).await;
+            if let Ok(Ok(r)) = tokio::time::timeout(REPORT_TIMEOUT, client.report_synced(req)).await {
+                raise(&durable, r.into_inner().durable_index);
+            }
         }))
     }
 }
