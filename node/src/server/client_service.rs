@@ -266,6 +266,9 @@ impl Keel for ClientService {
     async fn produce(&self, req: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         let started = Instant::now();
         let req = req.into_inner();
+        // A follower's state may lag the leader's (a topic just created):
+        // send the client to the leader before judging the request.
+        self.leader_check()?;
         if req.records.is_empty() {
             return Err(invalid("produce request has no records"));
         }
@@ -325,7 +328,6 @@ impl Keel for ClientService {
                 format!("the batch is {total} bytes encoded; one request carries at most {limit}: split it"),
             ));
         }
-        self.leader_check()?;
         let mut batch = Vec::with_capacity(total + 64);
         entry::encode_batch(
             &mut batch,
@@ -470,6 +472,7 @@ impl Keel for ClientService {
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let req = req.into_inner();
         state::check_name("topic", &req.name).map_err(reject_status)?;
+        self.leader_check()?;
         let c = req.config.unwrap_or_default();
         let partitions = if c.partitions == 0 { 1 } else { c.partitions };
         if partitions > state::MAX_PARTITIONS {
@@ -513,6 +516,7 @@ impl Keel for ClientService {
         req: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let req = req.into_inner();
+        self.leader_check()?;
         self.state().state.topic(&req.name).map_err(reject_status)?;
         self.command(Command::DeleteTopic { name: req.name }).await?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
@@ -538,6 +542,7 @@ impl Keel for ClientService {
     ) -> Result<Response<pb::CommitOffsetResponse>, Status> {
         let req = req.into_inner();
         state::check_name("group", &req.group).map_err(reject_status)?;
+        self.leader_check()?;
         {
             let m = self.state();
             let p = m.state.partition(&req.topic, req.partition).map_err(reject_status)?;
