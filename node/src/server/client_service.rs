@@ -571,6 +571,21 @@ impl Keel for ClientService {
         req: Request<pb::FetchOffsetRequest>,
     ) -> Result<Response<pb::FetchOffsetResponse>, Status> {
         let req = req.into_inner();
+        // Served by the leader after a read-index round (a quorum confirms
+        // its leadership, and it has applied everything committed before the
+        // read): a follower that has not applied a commit yet, or a deposed
+        // leader, would answer an older offset and a consumer would read
+        // records twice.
+        self.leader_check()?;
+        let linearizable = tokio::time::timeout(self.limits.commitlog_timeout, self.raft.ensure_linearizable()).await;
+        match linearizable {
+            Err(_) => return Err(error(ErrorCode::NoLeader, "leadership could not be confirmed in time; retry")),
+            Ok(Err(openraft::error::RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)))) => {
+                return Err(not_leader(f.leader_id, f.leader_node.map(|n| n.addr)));
+            }
+            Ok(Err(e)) => return Err(error(ErrorCode::NoLeader, format!("leadership could not be confirmed: {e}"))),
+            Ok(Ok(_)) => {}
+        }
         let m = self.state();
         m.state.partition(&req.topic, req.partition).map_err(reject_status)?;
         Ok(Response::new(match m.state.group_offset(&req.group, &req.topic, req.partition) {

@@ -88,7 +88,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .context("start raft")?;
 
     let durable = durable::DurableHandle::start(node_id, raft.clone(), store.clone(), peers.clone());
-    let proposer = proposer::ProposerHandle::start(raft.clone());
+    let proposer = proposer::ProposerHandle::start(raft.clone(), store.max_payload_bytes());
     let limits = client_service::Limits {
         retention_ms: config.retention_ms,
         retention_bytes: config.retention_bytes,

@@ -42,9 +42,12 @@ pub struct ProposerHandle {
 }
 
 impl ProposerHandle {
-    pub fn start(raft: Raft) -> Self {
+    /// `max_entry_bytes`: the largest payload the log store takes (it
+    /// depends on `segment.bytes`); a group never grows past it.
+    pub fn start(raft: Raft, max_entry_bytes: usize) -> Self {
         let (tx, rx) = mpsc::channel(MAILBOX);
-        tokio::spawn(Proposer { raft, rx, slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) }.run());
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        tokio::spawn(Proposer { raft, rx, slots, max_entry_bytes, held: None }.run());
         Self { tx }
     }
 
@@ -60,18 +63,35 @@ struct Proposer {
     raft: Raft,
     rx: mpsc::Receiver<Propose>,
     slots: Arc<Semaphore>,
+    max_entry_bytes: usize,
+    /// A batch that did not fit the last group: it starts the next one.
+    held: Option<Propose>,
 }
 
 impl Proposer {
     async fn run(mut self) {
-        while let Some(first) = self.rx.recv().await {
+        loop {
+            let first = match self.held.take() {
+                Some(p) => p,
+                None => match self.rx.recv().await {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
             let Ok(permit) = self.slots.clone().acquire_owned().await else { return };
-            // Drain what queued up while we waited for a slot.
+            // Drain what queued up while we waited for a slot. The client
+            // service refused any single batch larger than an entry, so the
+            // first always fits.
             let mut group = GroupEncoder::new();
+            debug_assert!(group.len() + first.batch.len() <= self.max_entry_bytes, "batch larger than an entry");
             group.push_encoded(&first.batch);
             let mut replies = vec![first.reply];
             while group.len() < GROUP_TARGET_BYTES && replies.len() < MAX_GROUP_BATCHES {
                 match self.rx.try_recv() {
+                    Ok(p) if group.len() + p.batch.len() > self.max_entry_bytes => {
+                        self.held = Some(p);
+                        break;
+                    }
                     Ok(p) => {
                         group.push_encoded(&p.batch);
                         replies.push(p.reply);
