@@ -448,7 +448,7 @@ impl Builder {
     fn set(&mut self, setting: &Setting) -> anyhow::Result<()> {
         let Setting { key, value, origin } = setting;
         let Some(key) = known_key(key) else {
-            anyhow::bail!("{origin}: {}", ConfigError::UnknownKey(key.clone()));
+            anyhow::bail!("{origin}: {} (value {value:?})", ConfigError::UnknownKey(key.clone()));
         };
         // The store owns its keys; whatever it does not know is the node's.
         let result = match self.store.set(key, value) {

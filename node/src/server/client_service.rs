@@ -403,6 +403,9 @@ impl Keel for ClientService {
         let mut applied_rx = self.shared.applied.subscribe();
         let mut offset = req.offset;
         loop {
+            // Marked seen before the scan, so an apply that lands during the
+            // scan still wakes the wait below.
+            applied_rx.borrow_and_update();
             let (entries, next, start, end) = {
                 let m = self.state();
                 let (entries, next) = m
@@ -425,7 +428,6 @@ impl Keel for ClientService {
             }
             // Nothing (matching) yet: wait for the next apply, then read on from `next`.
             offset = next;
-            applied_rx.borrow_and_update();
             if tokio::time::timeout_at(deadline, applied_rx.changed()).await.is_err() {
                 // Deadline: one last scan returns what is there.
                 continue;

@@ -1,0 +1,1328 @@
+//! The client API and the CLI against a real three-node cluster (`keel node`
+//! processes, `common::Cluster`): what is produced reads back exactly, in
+//! order, from every node; lookups by key and time and tag filters return
+//! exactly the records they should; consumer-group offsets are kept; every
+//! bad request is refused with an error that names what was wrong and
+//! changes nothing; a deleted topic's records never come back; the CLI works
+//! end to end; a follower that lags still sends writes to the leader; and a
+//! bad configuration file stops a node before it starts. Kills and restarts
+//! are `cluster_faults.rs`'s business; the one pause here only makes a
+//! follower lag.
+//!
+//! The tests share nothing, so cargo runs them side by side; each one puts
+//! many phases on one cluster, because starting a cluster is the slow part.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::Cluster;
+use keel_client::proto::{self, TopicConfig, TopicInfo};
+use keel_client::{
+    Client, Durability, ERROR_CODE_KEY, Error, ErrorCode, Fetch, FetchedRecord, LEADER_ADDR_KEY, LEADER_ID_KEY,
+    ProduceAck, Producer, Record, partition_for,
+};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+const ELECTION: Duration = Duration::from_secs(30);
+/// Bound of a read that must first wait for its node to apply a write
+/// (`min_index`). A read whose records are there returns at once, so this
+/// only matters on a slow machine, where it must be generous.
+const READ_WAIT: Duration = Duration::from_secs(10);
+/// How long every node gets to apply what one node has applied.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound of one CLI command (its own retries stop after 30 s).
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+/// 2023-11-14, the base of explicit record timestamps: far from the
+/// leader's clock, so a stamped timestamp cannot pass for an explicit one.
+/// Topics holding such records keep them forever (`retention_ms: -1`);
+/// the default retention (7 days) would trim them within seconds.
+const T0: u64 = 1_700_000_000_000;
+/// Bounds every read loop: a partition here holds far fewer records.
+const MAX_FETCHES: usize = 10_000;
+
+fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is past 1970");
+    u64::try_from(since_epoch.as_millis()).expect("milliseconds since 1970 fit a u64")
+}
+
+fn keep_forever(partitions: u32) -> TopicConfig {
+    TopicConfig { partitions, retention_ms: -1, ..TopicConfig::default() }
+}
+
+/// A client that knows all nodes: writes find the leader.
+fn cluster_client(cluster: &Cluster) -> Client {
+    Client::connect(cluster.addrs()).expect("harness addresses are valid")
+}
+
+/// A client that knows only node `id`, so that node serves its reads
+/// (a write it refuses as a follower still reaches the leader it names).
+fn node_client(cluster: &Cluster, id: u64) -> Client {
+    Client::connect(vec![cluster.grpc(id)]).expect("a harness address is valid")
+}
+
+/// One client per node, for reading the same thing from each.
+fn node_clients(cluster: &Cluster) -> Vec<(u64, Client)> {
+    cluster.ids().map(|id| (id, node_client(cluster, id))).collect()
+}
+
+/// Node `id`'s applied log index, asking again until it answers.
+async fn applied_index(cluster: &Cluster, id: u64, deadline: Instant) -> u64 {
+    loop {
+        match cluster.cluster_info(id).await {
+            Ok(info) => return info.applied_index,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "node{id} did not answer ClusterInfo: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Waits until every node has applied all that any node has applied, and so
+/// every write acknowledged before the call (the leader that acknowledged it
+/// had applied it). Reads that have no `min_index` (lookups, group offsets,
+/// topic descriptions) come after this when they go to followers.
+async fn sync_all(cluster: &Cluster) {
+    let deadline = Instant::now() + SYNC_TIMEOUT;
+    let mut target = 0;
+    for id in cluster.ids() {
+        target = target.max(applied_index(cluster, id, deadline).await);
+    }
+    for id in cluster.ids() {
+        loop {
+            let applied = applied_index(cluster, id, deadline).await;
+            if applied >= target {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node{id} applied up to {applied} of {target} within {SYNC_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// What one node returned for a whole partition.
+#[derive(Debug)]
+struct Read {
+    records: Vec<FetchedRecord>,
+    start: u64,
+    end: u64,
+}
+
+/// Every record of one partition that node `client` serves, from offset
+/// `from` to the end offset, fetch after fetch. With `min_index` the node
+/// first waits (up to `READ_WAIT`) until it has applied that log index; the
+/// partition must then hold a record at `from`, or that first fetch also
+/// waits `READ_WAIT` for one (a long poll).
+async fn read_from(client: &Client, topic: &str, partition: u32, from: u64, min_index: u64) -> Read {
+    let wait = if min_index > 0 { READ_WAIT } else { Duration::ZERO };
+    let mut records = Vec::new();
+    let mut offset = from;
+    for _ in 0..MAX_FETCHES {
+        let fetch = Fetch::new(topic, partition, offset).min_index(min_index).max_wait(wait);
+        let fetched = client
+            .fetch(fetch)
+            .await
+            .unwrap_or_else(|e| panic!("fetch {topic}/{partition} at {offset} from {:?}: {e}", client.addrs()));
+        assert!(
+            fetched.applied_index >= min_index,
+            "{topic}/{partition}: the node answered at applied index {} below min_index {min_index}",
+            fetched.applied_index
+        );
+        assert!(
+            fetched.next_offset > offset || fetched.next_offset == fetched.end_offset,
+            "{topic}/{partition}: a fetch at {offset} made no progress: {fetched:?}"
+        );
+        records.extend(fetched.records);
+        offset = fetched.next_offset;
+        if offset >= fetched.end_offset {
+            return Read { records, start: fetched.start_offset, end: fetched.end_offset };
+        }
+    }
+    panic!("{topic}/{partition}: not at the end after {MAX_FETCHES} fetches");
+}
+
+/// A record as a partition must return it at `offset`.
+fn stored(offset: u64, r: &Record, timestamp_ms: u64) -> FetchedRecord {
+    FetchedRecord {
+        offset,
+        timestamp_ms,
+        key: r.key.clone(),
+        value: r.value.clone(),
+        tag: r.tag.clone(),
+        headers: r.headers.clone(),
+    }
+}
+
+fn offsets(records: &[FetchedRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.offset).collect()
+}
+
+/// What one partition must hold: every record as it must read back, with,
+/// for a record the leader stamped, the window its timestamp must fall in.
+#[derive(Debug, Default)]
+struct Expected {
+    records: Vec<(FetchedRecord, Option<(u64, u64)>)>,
+}
+
+impl Expected {
+    fn end(&self) -> u64 {
+        self.records.len() as u64
+    }
+
+    /// The records matching `keep`, exactly as they must read back (for
+    /// partitions without stamped timestamps).
+    fn filtered(&self, keep: impl Fn(&FetchedRecord) -> bool) -> Vec<FetchedRecord> {
+        self.records.iter().map(|(r, _)| r).filter(|r| keep(r)).cloned().collect()
+    }
+}
+
+/// Produces one batch and checks the acknowledgement: the batch starts where
+/// the partition ended (offsets are dense), holds every record, and is
+/// quorum-fsynced (the nodes run SYNC_FLUSH). Records go into `expected`.
+async fn produce_checked(
+    producer: &Producer,
+    expected: &mut Expected,
+    topic: &str,
+    partition: u32,
+    records: Vec<Record>,
+) -> ProduceAck {
+    let before = now_ms();
+    let ack = producer
+        .produce(topic, partition, records.clone())
+        .await
+        .unwrap_or_else(|e| panic!("produce {} records to {topic}/{partition}: {e}", records.len()));
+    let after = now_ms();
+    assert_eq!(ack.base_offset, expected.end(), "{topic}/{partition}: a batch starts where the partition ended");
+    assert_eq!(ack.count as usize, records.len(), "{topic}/{partition}: every record of the batch is stored");
+    assert_eq!(ack.durability, Durability::QuorumFsynced, "{topic}/{partition}: SYNC_FLUSH acknowledges fsynced");
+    assert!(
+        ack.durable_index >= ack.log_index,
+        "{topic}/{partition}: acknowledged as durable up to {} before its own log index {}",
+        ack.durable_index,
+        ack.log_index
+    );
+    assert!(!ack.duplicate, "{topic}/{partition}: a first attempt is no duplicate");
+    for (i, r) in records.iter().enumerate() {
+        let window = r.timestamp_ms.is_none().then_some((before, after));
+        expected.records.push((stored(ack.base_offset + i as u64, r, r.timestamp_ms.unwrap_or(0)), window));
+    }
+    ack
+}
+
+/// Asserts that `got` is exactly what `expected` holds, field by field.
+#[track_caller]
+fn assert_holds(what: &str, got: &[FetchedRecord], expected: &Expected) {
+    assert_eq!(got.len(), expected.records.len(), "{what}: got offsets {:?}", offsets(got));
+    for (got, (want, window)) in got.iter().zip(&expected.records) {
+        let mut want = want.clone();
+        if let Some((earliest, latest)) = *window {
+            assert!(
+                (earliest..=latest).contains(&got.timestamp_ms),
+                "{what}: offset {} was stamped {}, outside its produce call ({earliest}..={latest})",
+                got.offset,
+                got.timestamp_ms
+            );
+            want.timestamp_ms = got.timestamp_ms;
+        }
+        assert_eq!(got, &want, "{what}: offset {}", want.offset);
+    }
+}
+
+/// Asserts that `result` is a refusal with `code` whose message names each
+/// of `needles`, and returns the message.
+#[track_caller]
+fn refused<T: Debug>(result: keel_client::Result<T>, code: ErrorCode, needles: &[&str]) -> String {
+    match result {
+        Err(Error::Server { code: got, message }) => {
+            assert_eq!(got, code, "expected {code:?}, got {got:?}: {message}");
+            for needle in needles {
+                assert!(message.contains(needle), "the {code:?} message {message:?} does not name {needle:?}");
+            }
+            message
+        }
+        other => panic!("expected a {code:?} refusal naming {needles:?}, got {other:?}"),
+    }
+}
+
+/// The same for a raw gRPC answer: the `keel-error` metadata and the message.
+#[track_caller]
+fn refused_raw<T: Debug>(result: Result<T, tonic::Status>, code: ErrorCode, needles: &[&str]) -> tonic::Status {
+    let status = match result {
+        Err(status) => status,
+        Ok(answer) => panic!("expected a {code:?} refusal naming {needles:?}, got {answer:?}"),
+    };
+    let named = status.metadata().get(ERROR_CODE_KEY).and_then(|v| v.to_str().ok());
+    assert_eq!(named, Some(code.as_str_name()), "the keel-error of {status:?}");
+    for needle in needles {
+        assert!(
+            status.message().contains(needle),
+            "the {code:?} message {:?} does not name {needle:?}",
+            status.message()
+        );
+    }
+    status
+}
+
+/// One node's view of every topic: its description and each partition's records.
+type Snapshot = BTreeMap<String, (TopicInfo, Vec<Vec<FetchedRecord>>)>;
+
+async fn snapshot(client: &Client) -> Snapshot {
+    let mut out = BTreeMap::new();
+    for topic in client.list_topics().await.expect("list topics") {
+        let mut partitions = Vec::with_capacity(topic.partition_info.len());
+        for p in &topic.partition_info {
+            let records = if p.start_offset == p.end_offset {
+                Vec::new()
+            } else {
+                read_from(client, &topic.name, p.partition, p.start_offset, 0).await.records
+            };
+            partitions.push(records);
+        }
+        out.insert(topic.name.clone(), (topic, partitions));
+    }
+    out
+}
+
+/// Deterministic bytes of every value 0..=255 (no RNG: a failure replays).
+fn binary(len: usize, seed: u32) -> Bytes {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x.to_le_bytes()[0]
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn produced_records_read_back_exactly_and_are_found_by_key_time_and_tag() {
+    // Phase 1: a three-node cluster elects a leader; a topic of three
+    // partitions is created.
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let follower = cluster.ids().find(|&id| id != leader).expect("three nodes, one leader");
+    let client = cluster_client(&cluster);
+    let producer = client.producer();
+    let created = client.create_topic("orders", keep_forever(3)).await.expect("create orders");
+    assert_eq!((created.name.as_str(), created.partitions, created.partition_info.len()), ("orders", 3, 3));
+
+    // Phase 2: batches with keys, tags, headers (repeated names, empty and
+    // binary values), explicit timestamps, binary, empty and large values
+    // are acknowledged at dense offsets, quorum-fsynced.
+    let mut expected: Vec<Expected> = (0..3).map(|_| Expected::default()).collect();
+    let mut acks = Vec::new();
+    acks.push(
+        produce_checked(
+            &producer,
+            &mut expected[0],
+            "orders",
+            0,
+            vec![
+                Record::new("order 1 placed")
+                    .key("user-1")
+                    .tag("created")
+                    .header("trace", "t-1")
+                    .header("bin", Bytes::from_static(&[0, 255, 1]))
+                    .timestamp_ms(T0),
+                Record::new(Bytes::from_static(&[0x00, 0xff, 0xfe, 0x80, 0x00]))
+                    .key(Bytes::from_static(&[0x00, 0x01, 0xff]))
+                    .tag("binary")
+                    .timestamp_ms(T0 + 1),
+                Record::new("no key, no tag, no header").timestamp_ms(T0 + 2),
+            ],
+        )
+        .await,
+    );
+    acks.push(
+        produce_checked(
+            &producer,
+            &mut expected[1],
+            "orders",
+            1,
+            vec![
+                Record::new("stamped by the leader").key("user-2").tag("créé").header("clé", "valeur"),
+                Record::new("also stamped").header("empty", Bytes::new()),
+            ],
+        )
+        .await,
+    );
+    let batch = vec![
+        Record::new(binary(300_000, 7)).key("blob").tag("blob").timestamp_ms(T0 + 20),
+        Record::new("after the blob").timestamp_ms(T0 + 21),
+    ];
+    acks.push(produce_checked(&producer, &mut expected[2], "orders", 2, batch).await);
+    let many: Vec<Record> = (0..50u64)
+        .map(|i| {
+            let r = Record::new(format!("record {i}")).timestamp_ms(T0 + 100 + i);
+            if i % 3 == 0 { r.tag("third") } else { r }
+        })
+        .collect();
+    acks.push(produce_checked(&producer, &mut expected[2], "orders", 2, many).await);
+
+    // Phase 3: a follower refuses a produce with NOT_LEADER naming the
+    // leader (id and address); a client that knows only that follower
+    // follows it there and stores the batch.
+    let mut raw = cluster.client(follower).await;
+    let not_leader = proto::ProduceRequest {
+        topic: "orders".into(),
+        partition: 0,
+        records: vec![proto::Record { value: Bytes::from_static(b"must not be stored"), ..proto::Record::default() }],
+        producer_id: 0,
+        first_sequence: 0,
+    };
+    let status = refused_raw(raw.produce(not_leader).await, ErrorCode::NotLeader, &[]);
+    let hint_id: u64 = status
+        .metadata()
+        .get(LEADER_ID_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("NOT_LEADER without a leader id: {status:?}"));
+    assert_ne!(hint_id, follower, "a follower named itself as the leader");
+    let hint_addr = status.metadata().get(LEADER_ADDR_KEY).and_then(|v| v.to_str().ok());
+    assert_eq!(hint_addr, Some(cluster.grpc(hint_id).as_str()), "the leader address of {status:?}");
+    let via_follower = node_client(&cluster, follower).producer();
+    acks.push(
+        produce_checked(
+            &via_follower,
+            &mut expected[0],
+            "orders",
+            0,
+            vec![
+                Record::new("order 1 paid")
+                    .key("user-1")
+                    .tag("paid")
+                    .header("trace", "t-2")
+                    .header("trace", "t-2 again")
+                    .timestamp_ms(T0 + 10),
+                Record::new(Bytes::new()).key("user-1").timestamp_ms(T0 + 11),
+            ],
+        )
+        .await,
+    );
+
+    // Phase 4: a batch sent again at the same producer sequence (a retry
+    // after a lost answer) is answered with the first attempt's offsets,
+    // marked duplicate, and stored once; the same sequence with another
+    // record count is refused as OUT_OF_ORDER_SEQUENCE.
+    let sequence = producer.reserve("orders", 1, 2).expect("reserve two sequences");
+    let retried =
+        vec![Record::new("sent twice").timestamp_ms(T0 + 30), Record::new("also twice").timestamp_ms(T0 + 31)];
+    let first = producer.produce_at("orders", 1, sequence, retried.clone()).await.expect("first attempt");
+    let again = producer.produce_at("orders", 1, sequence, retried.clone()).await.expect("retry");
+    assert_eq!((first.base_offset, first.count, first.duplicate), (expected[1].end(), 2, false));
+    assert_eq!((again.base_offset, again.count, again.duplicate), (first.base_offset, 2, true));
+    assert_eq!(again.log_index, first.log_index, "the retry points at the first attempt's entry");
+    for (i, r) in retried.iter().enumerate() {
+        expected[1].records.push((stored(first.base_offset + i as u64, r, T0 + 30 + i as u64), None));
+    }
+    acks.push(first);
+    refused(
+        producer.produce_at("orders", 1, sequence, retried[..1].to_vec()).await,
+        ErrorCode::OutOfOrderSequence,
+        &["sequence"],
+    );
+
+    // Phase 5: every node, followers included (reading at the acks' log
+    // index), returns every partition exactly: offsets, keys, values, tags,
+    // headers and timestamps, in order; the leader's stamps lie within the
+    // produce calls, and all nodes return the same bytes.
+    let min_index = acks.iter().map(|a| a.log_index).max().expect("acks");
+    let nodes = node_clients(&cluster);
+    let mut first_view: Option<Vec<Vec<FetchedRecord>>> = None;
+    for (id, node) in &nodes {
+        let mut view = Vec::new();
+        for (p, want) in expected.iter().enumerate() {
+            let read = read_from(node, "orders", p as u32, 0, min_index).await;
+            assert_holds(&format!("node{id} orders/{p}"), &read.records, want);
+            assert_eq!((read.start, read.end), (0, want.end()), "node{id} orders/{p} start and end offsets");
+            view.push(read.records);
+        }
+        match &first_view {
+            None => first_view = Some(view),
+            Some(first) => assert_eq!(&view, first, "node{id} differs from node1"),
+        }
+    }
+
+    // Phase 6: every node describes the topic with each partition's start
+    // (0) and end offset, the same incarnation, and lists it.
+    let mut incarnations = Vec::new();
+    for (id, node) in &nodes {
+        let info = node.describe_topic("orders").await.expect("describe orders");
+        assert_eq!(info.partitions, 3, "node{id}");
+        assert_eq!(info.retention_ms, -1, "node{id}");
+        let spans: Vec<(u32, u64, u64)> =
+            info.partition_info.iter().map(|p| (p.partition, p.start_offset, p.end_offset)).collect();
+        assert_eq!(spans, [(0, 0, 5), (1, 0, 4), (2, 0, 52)], "node{id} partition offsets");
+        assert!(info.partition_info.iter().all(|p| p.bytes > 0), "node{id} counts no bytes: {info:?}");
+        assert!(info.partition_info[2].bytes > 300_000, "node{id} does not count the large value's bytes");
+        incarnations.push(info.incarnation);
+        let listed = node.list_topics().await.expect("list topics");
+        assert_eq!(listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["orders"], "node{id}");
+    }
+    assert!(incarnations.iter().all(|&i| i == created.incarnation), "incarnations {incarnations:?}");
+    let first_view = first_view.expect("three nodes were read");
+
+    // Phase 7: lookups by key return exactly the records with that key,
+    // oldest first, from every node: not those whose key extends it (k1x)
+    // or is a prefix of it (k), nor those of another partition.
+    let keyed: Vec<(Bytes, u64)> = vec![
+        (Bytes::from_static(b"k1"), T0 + 1000),
+        (Bytes::from_static(b"k2"), T0 + 3000),
+        (Bytes::from_static(b"k1"), T0 + 2000),
+        (Bytes::new(), T0 + 5000),
+        (Bytes::from_static(b"k1"), T0 + 4000),
+        (Bytes::from_static(b"k1x"), T0 + 6000),
+        (Bytes::from_static(b"k"), T0 + 6000),
+        (Bytes::from_static(&[0, 1, 0]), T0 + 7000),
+    ];
+    client.create_topic("keyed", keep_forever(2)).await.expect("create keyed");
+    let mut keyed_expected = Expected::default();
+    let records: Vec<Record> = keyed
+        .iter()
+        .enumerate()
+        .map(|(i, (key, ts))| Record::new(format!("value {i}")).key(key.clone()).timestamp_ms(*ts))
+        .collect();
+    let (first, second) = records.split_at(3);
+    produce_checked(&producer, &mut keyed_expected, "keyed", 0, first.to_vec()).await;
+    let last = produce_checked(&producer, &mut keyed_expected, "keyed", 0, second.to_vec()).await;
+    let other = produce_checked(
+        &producer,
+        &mut Expected::default(),
+        "keyed",
+        1,
+        vec![Record::new("elsewhere").key("k2").timestamp_ms(T0)],
+    )
+    .await;
+    let keys: [&[u8]; 6] = [b"k1", b"k2", b"k1x", b"k", &[0, 1, 0], b"absent"];
+    for (id, node) in &nodes {
+        let read = read_from(node, "keyed", 0, 0, last.log_index.max(other.log_index)).await;
+        assert_holds(&format!("node{id} keyed/0"), &read.records, &keyed_expected);
+        for key in keys {
+            let found = node.lookup_by_key("keyed", 0, Bytes::copy_from_slice(key), 0).await.expect("lookup");
+            let want = keyed_expected.filtered(|r| r.key == key);
+            assert_eq!(found, want, "node{id}: records of keyed/0 with key {key:?}");
+        }
+        let in_other = node.lookup_by_key("keyed", 1, "k1", 0).await.expect("lookup in keyed/1");
+        assert_eq!(in_other, [], "node{id}: k1 was never produced to keyed/1");
+        let limited = node.lookup_by_key("keyed", 0, "k1", 2).await.expect("lookup with a limit");
+        assert_eq!(limited.len(), 2, "node{id}: limit 2 of k1's 3 records: {limited:?}");
+        assert!(limited.iter().all(|r| &r.key[..] == b"k1"), "node{id}: {limited:?}");
+        assert!(limited.windows(2).all(|w| w[0].offset < w[1].offset), "node{id}: oldest first: {limited:?}");
+    }
+
+    // Phase 8: the offset for a timestamp T is the first offset whose
+    // record's timestamp is at least T (timestamps here go back and forth,
+    // so that is not the closest one); past every record it is not found
+    // and the end offset.
+    let stamps: Vec<u64> = keyed.iter().map(|(_, ts)| *ts).collect();
+    let probes = [
+        0,
+        T0,
+        T0 + 1000,
+        T0 + 1001,
+        T0 + 2000,
+        T0 + 2500,
+        T0 + 3000,
+        T0 + 3001,
+        T0 + 4500,
+        T0 + 5000,
+        T0 + 5001,
+        T0 + 6000,
+        T0 + 6001,
+        T0 + 7000,
+        T0 + 7001,
+        u64::MAX,
+    ];
+    for (id, node) in &nodes {
+        for t in probes {
+            let got = node.offset_for_timestamp("keyed", 0, t).await.expect("offset for timestamp");
+            let want = match stamps.iter().position(|&ts| ts >= t) {
+                Some(o) => proto::OffsetForTimestampResponse { found: true, offset: o as u64, timestamp_ms: stamps[o] },
+                None => {
+                    proto::OffsetForTimestampResponse { found: false, offset: stamps.len() as u64, timestamp_ms: 0 }
+                }
+            };
+            assert_eq!(got, want, "node{id}: keyed/0 at timestamp {t}");
+        }
+        // Timestamps the leader stamped are indexed the same way (orders/1
+        // holds two, then two explicit ones from 2023).
+        let orders1 = &first_view[1];
+        for record in orders1 {
+            let got = node.offset_for_timestamp("orders", 1, record.timestamp_ms).await.expect("offset for timestamp");
+            let first = orders1.iter().find(|r| r.timestamp_ms >= record.timestamp_ms).expect("the record itself");
+            let want = (true, first.offset, first.timestamp_ms);
+            assert_eq!((got.found, got.offset, got.timestamp_ms), want, "node{id}: orders/1 at a stamped time");
+        }
+    }
+
+    // Phase 9: a tag filter returns exactly the records with one of its
+    // tags (no prefix, case or substring matches), paging by `max_bytes`
+    // one record at a time gives the same; a tag no record has returns
+    // nothing and moves next_offset to the end; no filter returns all.
+    client.create_topic("tagged", keep_forever(1)).await.expect("create tagged");
+    let tags = ["A", "B", "", "C", "A", "B", "AB", "a", "A", "B", "BA", "C"];
+    let records: Vec<Record> = tags
+        .iter()
+        .enumerate()
+        .map(|(i, tag)| Record::new(format!("m{i}")).tag(*tag).timestamp_ms(T0 + i as u64))
+        .collect();
+    let mut tagged = Expected::default();
+    let ack = produce_checked(&producer, &mut tagged, "tagged", 0, records).await;
+    let filters: [(&str, &[&str]); 6] = [
+        ("A", &["A"]),
+        ("A || B", &["A", "B"]),
+        ("B||C", &["B", "C"]),
+        ("  C  ||  A  ", &["A", "C"]),
+        ("Z", &[]),
+        ("", &["A", "B", "", "C", "AB", "a", "BA"]),
+    ];
+    for (id, node) in &nodes {
+        // Read your writes: the node has applied the batch before the filters.
+        read_from(node, "tagged", 0, 0, ack.log_index).await;
+        for (filter, matching) in filters {
+            let want = tagged.filtered(|r| matching.contains(&r.tag.as_str()));
+            for max_bytes in [0, 1] {
+                let mut got = Vec::new();
+                let mut offset = 0;
+                for _ in 0..MAX_FETCHES {
+                    let fetch = Fetch::new("tagged", 0, offset).tags(filter).max_bytes(max_bytes);
+                    let fetched = node.fetch(fetch).await.expect("filtered fetch");
+                    assert!(
+                        max_bytes == 0 || fetched.records.len() <= 1,
+                        "node{id}: max_bytes 1 returned {} records",
+                        fetched.records.len()
+                    );
+                    got.extend(fetched.records);
+                    assert!(fetched.next_offset > offset, "node{id}: filter {filter:?} stuck at {offset}");
+                    offset = fetched.next_offset;
+                    if offset == fetched.end_offset {
+                        break;
+                    }
+                }
+                assert_eq!(offset, tagged.end(), "node{id}: filter {filter:?} ends at the end offset");
+                assert_eq!(
+                    got,
+                    want,
+                    "node{id}: filter {filter:?} (max_bytes {max_bytes}) returned {:?}",
+                    offsets(&got)
+                );
+            }
+        }
+        // From the middle, a filter starts there.
+        let fetched = node.fetch(Fetch::new("tagged", 0, 5).tags("A")).await.expect("filtered fetch from 5");
+        assert_eq!(offsets(&fetched.records), [8], "node{id}: tag A from offset 5");
+        // A tag nothing has: one fetch, nothing, and the next offset is the end.
+        let fetched = node.fetch(Fetch::new("tagged", 0, 0).tags("Z")).await.expect("fetch of an unused tag");
+        assert_eq!((fetched.records.len(), fetched.next_offset, fetched.end_offset), (0, 12, 12), "node{id}");
+    }
+
+    // Phase 10: a filtered fetch waiting at the end skips a record with
+    // another tag produced meanwhile and returns the one that matches.
+    let waiting = {
+        let reader = node_client(&cluster, follower);
+        tokio::spawn(async move { reader.fetch(Fetch::new("tagged", 0, 12).tags("C").max_wait(READ_WAIT)).await })
+    };
+    produce_checked(&producer, &mut tagged, "tagged", 0, vec![Record::new("m12").tag("B").timestamp_ms(T0 + 12)]).await;
+    produce_checked(&producer, &mut tagged, "tagged", 0, vec![Record::new("m13").tag("C").timestamp_ms(T0 + 13)]).await;
+    let fetched = waiting.await.expect("the waiting fetch task").expect("the waiting fetch");
+    let want = tagged.filtered(|r| r.offset >= 12 && r.tag == "C");
+    assert_eq!(fetched.records, want, "the long poll at 12 for tag C");
+    assert_eq!(fetched.next_offset, 14, "the long poll moves past what it skipped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_bad_requests_and_recreated_topics_leave_stored_data_exact() {
+    // Phase 1: a cluster with topics of every kind: two partitions kept
+    // forever; a 100-byte message limit; a one-hour retention; and the
+    // accepted limits: partitions 0 (one partition, as keel.proto says),
+    // 1024 partitions, and a 249-character name.
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let follower = cluster.ids().find(|&id| id != leader).expect("three nodes, one leader");
+    let client = cluster_client(&cluster);
+    let producer = client.producer();
+    let nodes = node_clients(&cluster);
+    client.create_topic("ledger", keep_forever(2)).await.expect("create ledger");
+    let mut ledger = [Expected::default(), Expected::default()];
+    let records =
+        (0..5u64).map(|i| Record::new(format!("entry {i}")).key(format!("acct-{}", i % 2)).timestamp_ms(T0 + i));
+    produce_checked(&producer, &mut ledger[0], "ledger", 0, records.collect()).await;
+    let records = vec![Record::new("p1 first").timestamp_ms(T0), Record::new("p1 second").timestamp_ms(T0 + 1)];
+    produce_checked(&producer, &mut ledger[1], "ledger", 1, records).await;
+
+    let small = client
+        .create_topic("small", TopicConfig { max_message_bytes: 100, ..TopicConfig::default() })
+        .await
+        .expect("create small");
+    assert_eq!(small.max_message_bytes, 100);
+    // Exactly at the limit: key 10 + value 80 + header name 2 and value 8.
+    let at_limit = Record::new(vec![b'v'; 80]).key("0123456789").header("h1", "12345678");
+    produce_checked(&producer, &mut Expected::default(), "small", 0, vec![at_limit]).await;
+
+    let hour = TopicConfig { retention_ms: 3_600_000, ..TopicConfig::default() };
+    client.create_topic("aged", hour).await.expect("create aged");
+    let old = (0..3u64).map(|i| Record::new(format!("old {i}")).timestamp_ms(T0 + i));
+    let mut aged = Expected::default();
+    produce_checked(&producer, &mut aged, "aged", 0, old.collect()).await;
+    let fresh = vec![Record::new("fresh 3"), Record::new("fresh 4")];
+    produce_checked(&producer, &mut aged, "aged", 0, fresh).await;
+
+    let defaulted = client.create_topic("defaulted", TopicConfig::default()).await.expect("create with partitions 0");
+    assert_eq!((defaulted.partitions, defaulted.partition_info.len()), (1, 1), "partitions 0 means 1");
+    let wide = client.create_topic("wide", keep_forever(1024)).await.expect("create 1024 partitions");
+    assert_eq!((wide.partitions, wide.partition_info.len()), (1024, 1024));
+    let long_name = "n".repeat(249);
+    client.create_topic(&long_name, TopicConfig::default()).await.expect("create a 249-character name");
+
+    // Phase 2: retention trims the three records older than an hour (the
+    // leader checks every 2 s), so `aged` starts at offset 3.
+    // Asked of the leader, which has applied both batches: a follower may
+    // apply a trim proposed between them before the second one.
+    let on_leader = node_client(&cluster, leader);
+    let deadline = Instant::now() + SYNC_TIMEOUT;
+    loop {
+        let info = on_leader.describe_topic("aged").await.expect("describe aged");
+        let p = &info.partition_info[0];
+        if p.start_offset == 3 {
+            assert_eq!(p.end_offset, 5, "retention moves the start, never the end");
+            break;
+        }
+        assert_eq!(p.start_offset, 0, "retention trims all three old records at once: {p:?}");
+        assert!(Instant::now() < deadline, "retention did not trim aged/0 within {SYNC_TIMEOUT:?}: {p:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Phase 3: a committed group offset reads back from every node; the end
+    // offset itself can be committed; past the end is refused with
+    // OFFSET_OUT_OF_RANGE naming the offset and the range, and the
+    // committed offset stays; a group that never committed has none.
+    client.commit_offset("billing", "ledger", 0, 3).await.expect("commit 3");
+    sync_all(&cluster).await;
+    for (id, node) in &nodes {
+        assert_eq!(node.fetch_offset("billing", "ledger", 0).await.expect("fetch offset"), Some(3), "node{id}");
+    }
+    client.commit_offset("billing", "ledger", 0, 5).await.expect("commit the end offset");
+    client.commit_offset("billing", "ledger", 1, 0).await.expect("commit the start offset");
+    refused(
+        client.commit_offset("billing", "ledger", 0, 6).await,
+        ErrorCode::OffsetOutOfRange,
+        &["offset 6", "ledger/0", "0..5"],
+    );
+    refused(client.commit_offset("billing", "missing", 0, 0).await, ErrorCode::UnknownTopic, &["missing"]);
+    refused(
+        client.commit_offset("billing", "ledger", 2, 0).await,
+        ErrorCode::UnknownPartition,
+        &["ledger", "partition 2"],
+    );
+    refused(client.commit_offset("bad group", "ledger", 0, 0).await, ErrorCode::InvalidArgument, &["bad group"]);
+    sync_all(&cluster).await;
+    for (id, node) in &nodes {
+        assert_eq!(node.fetch_offset("billing", "ledger", 0).await.expect("fetch offset"), Some(5), "node{id}");
+        assert_eq!(node.fetch_offset("billing", "ledger", 1).await.expect("fetch offset"), Some(0), "node{id}");
+        assert_eq!(node.fetch_offset("audit", "ledger", 0).await.expect("fetch offset"), None, "node{id}");
+        refused(node.fetch_offset("billing", "missing", 0).await, ErrorCode::UnknownTopic, &["missing"]);
+        let groups = node.describe_topic("ledger").await.expect("describe ledger").groups;
+        let lags: Vec<(&str, u32, u64, u64)> =
+            groups.iter().map(|g| (g.group.as_str(), g.partition, g.committed, g.lag)).collect();
+        assert_eq!(lags, [("billing", 0, 5, 0), ("billing", 1, 0, 2)], "node{id}: committed offsets and lag");
+    }
+
+    // Phase 4: every node holds the same topics and records; this is what
+    // the refused requests below must leave unchanged.
+    sync_all(&cluster).await;
+    let before = snapshot(&nodes[0].1).await;
+    for (id, node) in &nodes[1..] {
+        assert_eq!(snapshot(node).await, before, "node{id} differs from node1 before the bad requests");
+    }
+    let names: Vec<&str> = before.keys().map(String::as_str).collect();
+    assert_eq!(names, ["aged", "defaulted", "ledger", long_name.as_str(), "small", "wide"]);
+    assert_holds("ledger/0", &before["ledger"].1[0], &ledger[0]);
+    assert_holds("ledger/1", &before["ledger"].1[1], &ledger[1]);
+
+    // Phase 5: an unknown topic is refused by name by every call, on a
+    // follower too.
+    let on_follower = node_client(&cluster, follower);
+    let one = || vec![Record::new("x")];
+    refused(producer.produce("missing", 0, one()).await, ErrorCode::UnknownTopic, &["missing"]);
+    for reader in [&client, &on_follower] {
+        refused(reader.fetch(Fetch::new("missing", 0, 0)).await, ErrorCode::UnknownTopic, &["missing"]);
+        refused(reader.describe_topic("missing").await, ErrorCode::UnknownTopic, &["missing"]);
+        refused(reader.lookup_by_key("missing", 0, "k", 0).await, ErrorCode::UnknownTopic, &["missing"]);
+        refused(reader.offset_for_timestamp("missing", 0, 0).await, ErrorCode::UnknownTopic, &["missing"]);
+    }
+    refused(client.delete_topic("missing").await, ErrorCode::UnknownTopic, &["missing"]);
+
+    // Phase 6: a partition the topic does not have is refused naming it and
+    // the partition count.
+    let named = ["ledger", "partition 2", "2 partitions"];
+    refused(producer.produce("ledger", 2, one()).await, ErrorCode::UnknownPartition, &named);
+    for reader in [&client, &on_follower] {
+        refused(reader.fetch(Fetch::new("ledger", 2, 0)).await, ErrorCode::UnknownPartition, &named);
+        refused(reader.lookup_by_key("ledger", 2, "acct-0", 0).await, ErrorCode::UnknownPartition, &named);
+        refused(reader.offset_for_timestamp("ledger", 2, 0).await, ErrorCode::UnknownPartition, &named);
+    }
+
+    // Phase 7: a record over the topic's max_message_bytes (key + value +
+    // headers) is refused naming the record, its size and the limit, and
+    // nothing of its batch is stored; so is one over the node's 1 MiB
+    // default on an ordinary topic.
+    let ok = Record::new("fits");
+    let over = Record::new(vec![b'v'; 81]).key("0123456789").header("h1", "12345678");
+    refused(
+        producer.produce("small", 0, vec![ok.clone(), over]).await,
+        ErrorCode::MessageTooLarge,
+        &["record 1", "101 bytes", "100", "small"],
+    );
+    let headers_only = Record::new("").header("h", vec![b'h'; 200]);
+    refused(
+        producer.produce("small", 0, vec![headers_only]).await,
+        ErrorCode::MessageTooLarge,
+        &["record 0", "201 bytes", "100"],
+    );
+    refused(
+        producer.produce("ledger", 0, vec![Record::new(vec![0u8; (1 << 20) + 1])]).await,
+        ErrorCode::MessageTooLarge,
+        &["record 0", "1048577 bytes", "1048576", "ledger"],
+    );
+
+    // Phase 8: invalid topic names and settings are refused naming them:
+    // empty (the client refuses it before sending; the node does too),
+    // a space, ".", "..", a non-ASCII letter, 250 characters; 5000
+    // partitions; a max_message_bytes above the node's; retention -2.
+    let empty = matches!(client.create_topic("", TopicConfig::default()).await, Err(Error::InvalidArgument(_)));
+    assert!(empty, "keel-client sends a topic without a name");
+    let mut raw = cluster.client(leader).await;
+    let create = |name: &str| proto::CreateTopicRequest { name: name.to_string(), config: None };
+    refused_raw(raw.create_topic(create("")).await, ErrorCode::InvalidArgument, &["1 to 249", "got 0"]);
+    for (name, needles) in [
+        ("a b", &["`a b`", "' '"][..]),
+        (".", &["`.`"]),
+        ("..", &["`..`"]),
+        ("caf\u{e9}", &["caf\u{e9}"]),
+        (&"n".repeat(250), &["1 to 249", "got 250"]),
+    ] {
+        refused(client.create_topic(name, TopicConfig::default()).await, ErrorCode::InvalidArgument, needles);
+    }
+    let config = TopicConfig { partitions: 5000, ..TopicConfig::default() };
+    refused(client.create_topic("many", config).await, ErrorCode::InvalidArgument, &["5000", "1024"]);
+    let config = TopicConfig { max_message_bytes: 2 << 20, ..TopicConfig::default() };
+    refused(client.create_topic("huge", config).await, ErrorCode::InvalidArgument, &["2097152", "1048576"]);
+    let config = TopicConfig { retention_ms: -2, ..TopicConfig::default() };
+    refused(client.create_topic("negative", config).await, ErrorCode::InvalidArgument, &["retention_ms", "-2"]);
+
+    // Phase 9: creating an existing topic again, with other settings, is
+    // refused with TOPIC_EXISTS, and the topic keeps its own.
+    refused(client.create_topic("ledger", keep_forever(7)).await, ErrorCode::TopicExists, &["ledger"]);
+
+    // Phase 10: a fetch below the start (trimmed by retention) or past the
+    // end is OFFSET_OUT_OF_RANGE naming the offset and the retained range,
+    // on any node; at the end offset it is an empty answer.
+    for reader in [&client, &on_follower] {
+        refused(
+            reader.fetch(Fetch::new("ledger", 0, 6)).await,
+            ErrorCode::OffsetOutOfRange,
+            &["offset 6", "ledger/0", "0..5"],
+        );
+        refused(
+            reader.fetch(Fetch::new("ledger", 0, u64::MAX)).await,
+            ErrorCode::OffsetOutOfRange,
+            &[&u64::MAX.to_string(), "0..5"],
+        );
+        refused(
+            reader.fetch(Fetch::new("aged", 0, 0)).await,
+            ErrorCode::OffsetOutOfRange,
+            &["offset 0", "aged/0", "3..5"],
+        );
+        let at_end = reader.fetch(Fetch::new("ledger", 0, 5)).await.expect("fetch at the end offset");
+        assert_eq!((at_end.records.len(), at_end.next_offset, at_end.end_offset), (0, 5, 5));
+        let kept = reader.fetch(Fetch::new("aged", 0, 3)).await.expect("fetch at the start offset");
+        assert_holds("what retention kept of aged/0", &kept.records, &Expected { records: aged.records[3..].to_vec() });
+        let first = reader.offset_for_timestamp("aged", 0, 0).await.expect("offset for timestamp 0");
+        assert_eq!((first.found, first.offset), (true, 3), "the first retained record");
+    }
+
+    // Phase 11: malformed requests are refused saying what is wrong: an
+    // empty batch, a tag containing `||`, a tag filter with an empty tag,
+    // a lookup without a key.
+    let empty_batch = proto::ProduceRequest { topic: "ledger".into(), ..proto::ProduceRequest::default() };
+    refused_raw(raw.produce(empty_batch).await, ErrorCode::InvalidArgument, &["no records"]);
+    refused(
+        producer.produce("ledger", 0, vec![Record::new("x").tag("A||B")]).await,
+        ErrorCode::InvalidArgument,
+        &["record 0", "tag", "||"],
+    );
+    refused(
+        client.fetch(Fetch::new("ledger", 0, 0).tags("A || ")).await,
+        ErrorCode::InvalidArgument,
+        &["A || ", "tag"],
+    );
+    refused(client.lookup_by_key("ledger", 0, Bytes::new(), 0).await, ErrorCode::InvalidArgument, &["key"]);
+
+    // Phase 12: after all of that, every node holds exactly what it held
+    // before: the same topics, settings, offsets, groups and records.
+    sync_all(&cluster).await;
+    for (id, node) in &nodes {
+        let after = snapshot(node).await;
+        assert_eq!(after.keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>(), "node{id}: topics");
+        for (name, (info, records)) in &before {
+            assert_eq!(&after[name].0, info, "node{id}: topic {name} changed");
+            assert_eq!(&after[name].1, records, "node{id}: the records of {name} changed");
+        }
+    }
+
+    // Phase 13: a topic with records, a group offset and producer state is
+    // deleted: every node forgets it.
+    let first = client.create_topic("cycle", keep_forever(2)).await.expect("create cycle");
+    let old = |i: u64| Record::new(format!("old {i}")).key("old-key").tag("old").timestamp_ms(T0 + i);
+    produce_checked(&producer, &mut Expected::default(), "cycle", 0, (0..3).map(old).collect()).await;
+    produce_checked(&producer, &mut Expected::default(), "cycle", 1, vec![old(3)]).await;
+    client.commit_offset("cg", "cycle", 0, 2).await.expect("commit on cycle");
+    client.delete_topic("cycle").await.expect("delete cycle");
+    sync_all(&cluster).await;
+    for (id, node) in &nodes {
+        refused(node.describe_topic("cycle").await, ErrorCode::UnknownTopic, &["cycle"]);
+        refused(node.fetch(Fetch::new("cycle", 0, 0)).await, ErrorCode::UnknownTopic, &["cycle"]);
+        let listed = node.list_topics().await.expect("list topics");
+        assert!(listed.iter().all(|t| t.name != "cycle"), "node{id} still lists cycle");
+    }
+
+    // Phase 14: created again with the same settings it is a new, empty
+    // topic on every node: no records, no key or time index entries, no
+    // group offset, offsets starting at 0 again.
+    let second = client.create_topic("cycle", keep_forever(2)).await.expect("create cycle again");
+    assert!(second.incarnation > first.incarnation, "{second:?} after {first:?}");
+    sync_all(&cluster).await;
+    for (id, node) in &nodes {
+        let info = node.describe_topic("cycle").await.expect("describe cycle");
+        assert_eq!(info.incarnation, second.incarnation, "node{id}");
+        let spans: Vec<(u64, u64, u64)> =
+            info.partition_info.iter().map(|p| (p.start_offset, p.end_offset, p.bytes)).collect();
+        assert_eq!(spans, [(0, 0, 0), (0, 0, 0)], "node{id}: the re-created partitions");
+        assert_eq!(info.groups, [], "node{id}: groups of the deleted topic");
+        for p in 0..2 {
+            let fetched = node.fetch(Fetch::new("cycle", p, 0)).await.expect("fetch the new cycle");
+            assert_eq!((fetched.records.len(), fetched.end_offset), (0, 0), "node{id} cycle/{p}");
+            let fetched = node.fetch(Fetch::new("cycle", p, 0).tags("old")).await.expect("fetch tag old");
+            assert_eq!(fetched.records, [], "node{id} cycle/{p} tag old");
+            refused(node.fetch(Fetch::new("cycle", p, 1)).await, ErrorCode::OffsetOutOfRange, &["offset 1", "0..0"]);
+            assert_eq!(node.lookup_by_key("cycle", p, "old-key", 0).await.expect("lookup"), [], "node{id}");
+            let at = node.offset_for_timestamp("cycle", p, 0).await.expect("offset for timestamp");
+            assert_eq!((at.found, at.offset), (false, 0), "node{id} cycle/{p}");
+        }
+        assert_eq!(node.fetch_offset("cg", "cycle", 0).await.expect("fetch offset"), None, "node{id}");
+    }
+
+    // Phase 15: records produced to the new topic (by the same producer,
+    // whose sequences go on) start at offset 0 and are all it returns.
+    let mut cycle = Expected::default();
+    let new = vec![Record::new("new 0").key("old-key").timestamp_ms(T0 + 50), Record::new("new 1")];
+    let ack = produce_checked(&producer, &mut cycle, "cycle", 0, new).await;
+    for (id, node) in &nodes {
+        let read = read_from(node, "cycle", 0, 0, ack.log_index).await;
+        assert_holds(&format!("node{id} cycle/0 re-created"), &read.records, &cycle);
+        let keyed = node.lookup_by_key("cycle", 0, "old-key", 0).await.expect("lookup");
+        assert_eq!(offsets(&keyed), [0], "node{id}: only the new record has old-key");
+    }
+}
+
+/// Runs `keel ARGS` with `stdin`, bounded by `CLI_TIMEOUT`, without the
+/// test run's `KEEL_*` variables (`KEEL_CLUSTER` would point it elsewhere)
+/// and without backtraces (they would bury the message under test).
+async fn keel(args: &[&str], stdin: &[u8]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keel"));
+    command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    for (variable, _) in std::env::vars_os() {
+        if variable.to_string_lossy().starts_with("KEEL_") {
+            command.env_remove(variable);
+        }
+    }
+    command.env("RUST_BACKTRACE", "0").env("RUST_LIB_BACKTRACE", "0").env("NO_COLOR", "1");
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("start keel {args:?}: {e}"));
+    let mut input = child.stdin.take().expect("stdin is piped");
+    // A command that fails early (an unknown topic) may exit before it
+    // reads its input: a broken pipe is then no error of the test's.
+    match input.write_all(stdin).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => panic!("write the stdin of keel {args:?}: {e}"),
+    }
+    drop(input);
+    // On timeout the child is dropped, which kills it (kill_on_drop).
+    tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("keel {args:?} did not finish within {CLI_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("wait for keel {args:?}: {e}"))
+}
+
+fn show(args: &[&str], output: &Output) -> String {
+    format!(
+        "keel {args:?} exited with {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs a command that must succeed and returns its stdout.
+async fn keel_ok(args: &[&str], stdin: &[u8]) -> String {
+    let output = keel(args, stdin).await;
+    assert!(output.status.success(), "{}", show(args, &output));
+    String::from_utf8(output.stdout.clone()).unwrap_or_else(|_| panic!("stdout is not UTF-8: {}", show(args, &output)))
+}
+
+/// Runs a command that must fail, and asserts its stderr names each of `needles`.
+async fn keel_fails(args: &[&str], stdin: &[u8], needles: &[&str]) {
+    let output = keel(args, stdin).await;
+    assert!(!output.status.success(), "expected a failure: {}", show(args, &output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for needle in needles {
+        assert!(stderr.contains(needle), "stderr does not name {needle:?}: {}", show(args, &output));
+    }
+}
+
+/// The CLI pointed at one cluster (`--cluster` appended to every command).
+struct Cli {
+    cluster: String,
+}
+
+impl Cli {
+    fn argv<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut argv = args.to_vec();
+        argv.extend(["--cluster", self.cluster.as_str()]);
+        argv
+    }
+
+    async fn ok(&self, args: &[&str], stdin: &[u8]) -> String {
+        keel_ok(&self.argv(args), stdin).await
+    }
+
+    async fn fails(&self, args: &[&str], stdin: &[u8], needles: &[&str]) {
+        keel_fails(&self.argv(args), stdin, needles).await;
+    }
+}
+
+/// A `--format json` line without its `timestamp_ms`, which it must have.
+#[track_caller]
+fn json_record(line: &str) -> (Value, u64) {
+    let mut record: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"));
+    let object = record.as_object_mut().unwrap_or_else(|| panic!("{line:?} is not a JSON object"));
+    let stamped = object.remove("timestamp_ms").and_then(|t| t.as_u64());
+    (record, stamped.unwrap_or_else(|| panic!("{line:?} has no timestamp_ms")))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_quickstart_runs_against_the_cluster() {
+    // Phase 1: a cluster, and `keel topic create` makes a topic of one
+    // partition.
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let cli = Cli { cluster: cluster.addrs().join(",") };
+    let out = cli.ok(&["topic", "create", "quickstart"], b"").await;
+    assert!(out.starts_with("created topic quickstart\n"), "{out}");
+    assert!(out.contains("partitions:        1\n"), "{out}");
+
+    // Phase 2: three stdin lines become offsets 0..2, acknowledged
+    // quorum-fsynced.
+    let before = now_ms();
+    let out = cli.ok(&["produce", "quickstart"], b"a\nb\nc\n").await;
+    let after = now_ms();
+    let durable_index = out
+        .strip_prefix("quickstart/0 offsets 0..2 durability=QUORUM_FSYNCED durable_index=")
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .and_then(|index| index.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("unexpected produce report: {out:?}"));
+    assert!(durable_index > 0, "{out}");
+
+    // Phase 3: `keel consume --from-beginning` prints exactly the lines.
+    assert_eq!(cli.ok(&["consume", "quickstart", "--from-beginning"], b"").await, "a\nb\nc\n");
+
+    // Phase 4: `--format json` prints one object per record: partition,
+    // offset, the leader's timestamp, the value, and no key, tag or headers.
+    let out = cli.ok(&["consume", "quickstart", "--from-beginning", "--format", "json"], b"").await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for (i, (line, value)) in lines.iter().zip(["a", "b", "c"]).enumerate() {
+        let (record, stamped) = json_record(line);
+        assert!((before..=after).contains(&stamped), "{line}: stamped outside {before}..={after}");
+        let want = json!({"partition": 0, "offset": i, "key": null, "value": value, "tag": null, "headers": []});
+        assert_eq!(record, want, "{line}");
+    }
+
+    // Phase 5: a record with a key, a tag and a header reads back through
+    // a tag filter and a key lookup.
+    let keyed = ["produce", "quickstart", "--key", "user-7", "--tag", "vip", "--header", "trace=abc"];
+    let out = cli.ok(&keyed, b"d\n").await;
+    assert!(out.starts_with("quickstart/0 offsets 3..3 durability=QUORUM_FSYNCED "), "{out}");
+    let out = cli.ok(&["consume", "quickstart", "--from-beginning", "--tag", "vip", "--format", "json"], b"").await;
+    let (record, _) = json_record(out.trim_end());
+    let want = json!({"partition": 0, "offset": 3, "key": "user-7", "value": "d", "tag": "vip",
+        "headers": [{"key": "trace", "value": "abc"}]});
+    assert_eq!(record, want, "{out}");
+    assert_eq!(cli.ok(&["lookup", "quickstart", "--key", "user-7"], b"").await, "d\n");
+
+    // Phase 6: a consumer group commits what it printed, so consuming again
+    // in the group prints nothing; `keel group show` names offset and lag.
+    assert_eq!(cli.ok(&["consume", "quickstart", "--group", "readers"], b"").await, "a\nb\nc\nd\n");
+    assert_eq!(cli.ok(&["consume", "quickstart", "--group", "readers"], b"").await, "", "all was read");
+    let out = cli.ok(&["group", "show", "readers", "quickstart"], b"").await;
+    let row: Vec<&str> = out.lines().last().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row, ["0", "4", "4", "0"], "partition, committed, end, lag: {out}");
+    let client = cluster_client(&cluster);
+    assert_eq!(client.fetch_offset("readers", "quickstart", 0).await.expect("fetch offset"), Some(4));
+
+    // Phase 7: `keel cluster status` exits 0 naming the leader and the
+    // three voters, in text and in JSON.
+    let out = cli.ok(&["cluster", "status"], b"").await;
+    let named = format!("leader: node {leader} at {} ", cluster.grpc(leader));
+    assert!(out.starts_with(&named), "expected {named:?} first: {out}");
+    for id in cluster.ids() {
+        let member = format!("node {id:<4} {:<24} voter", cluster.grpc(id));
+        assert!(out.contains(&member), "expected {member:?}: {out}");
+    }
+    let out = cli.ok(&["cluster", "status", "--json"], b"").await;
+    let status: Value = serde_json::from_str(out.trim_end()).unwrap_or_else(|e| panic!("{out:?}: {e}"));
+    assert_eq!(status["leader_id"], json!(leader), "{out}");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3), "{out}");
+
+    // Phase 8: refused commands exit non-zero with the node's own message
+    // and code, and change nothing.
+    let unknown = ["unknown topic `nosuch`", "UNKNOWN_TOPIC"];
+    cli.fails(&["consume", "nosuch", "--from-beginning"], b"", &unknown).await;
+    cli.fails(&["produce", "nosuch"], b"x\n", &unknown).await;
+    let exists = ["topic `quickstart` already exists", "TOPIC_EXISTS"];
+    cli.fails(&["topic", "create", "quickstart"], b"", &exists).await;
+    let bad_name = ["topic name `a b` contains ' '", "INVALID_ARGUMENT"];
+    cli.fails(&["topic", "create", "a b"], b"", &bad_name).await;
+    let past_end = ["offset 99 is out of range for quickstart/0: retained offsets are 0..4", "OFFSET_OUT_OF_RANGE"];
+    cli.fails(&["group", "commit", "readers", "quickstart", "--partition", "0", "--offset", "99"], b"", &past_end)
+        .await;
+    assert_eq!(cli.ok(&["consume", "quickstart", "--from-beginning"], b"").await, "a\nb\nc\nd\n");
+    assert_eq!(client.fetch_offset("readers", "quickstart", 0).await.expect("fetch offset"), Some(4));
+    let topics: Vec<String> = client.list_topics().await.expect("list").into_iter().map(|t| t.name).collect();
+    assert_eq!(topics, ["quickstart"]);
+
+    // Phase 9 (README quickstart from here on): keyed lines all go to the
+    // key's partition, crc32c(key) mod 3, at offsets 0..2.
+    cli.ok(&["topic", "create", "orders", "--partitions", "3"], b"").await;
+    let keyed_to = partition_for(b"customer-42", 3);
+    let before = now_ms();
+    let out = cli.ok(&["produce", "orders", "--key", "customer-42"], b"first\nsecond\nthird\n").await;
+    let report = format!("orders/{keyed_to} offsets 0..2 durability=QUORUM_FSYNCED durable_index=");
+    assert!(out.starts_with(&report) && out.lines().count() == 1, "expected {report:?}: {out}");
+
+    // Phase 10: generated records and tagged lines go round-robin; every
+    // partition reports its offsets, which add up to the records sent.
+    let out = cli.ok(&["produce", "orders", "--count", "1000", "--size", "100"], b"").await;
+    assert_eq!(report_counts(&out).values().sum::<u64>(), 1000, "{out}");
+    assert_eq!(report_counts(&out).len(), 3, "round-robin reaches every partition: {out}");
+    let out = cli.ok(&["produce", "orders", "--tag", "paid"], b"p1\np2\n").await;
+    let tagged = report_counts(&out);
+    assert_eq!(tagged.values().sum::<u64>(), 2, "{out}");
+
+    // Phase 11: `--count 5` prints five records; one partition in JSON
+    // starts with the three keyed lines.
+    let out = cli.ok(&["consume", "orders", "--from-beginning", "--count", "5"], b"").await;
+    assert_eq!(out.lines().count(), 5, "{out}");
+    let partition = keyed_to.to_string();
+    let out = cli.ok(&["consume", "orders", "--partition", &partition, "--format", "json"], b"").await;
+    for (i, (line, value)) in out.lines().zip(["first", "second", "third"]).enumerate() {
+        let (record, _) = json_record(line);
+        let want = json!({"partition": keyed_to, "offset": i, "key": "customer-42", "value": value, "tag": null,
+            "headers": []});
+        assert_eq!(record, want, "{line}");
+    }
+    let records = out.lines().count() as u64;
+    assert!(records > 300, "partition {keyed_to} holds the keyed lines and a third of 1000: {records}");
+
+    // Phase 12: a tag filter with a group prints exactly the tagged lines
+    // and commits, per partition, the offset after the last one it printed
+    // (the tagged lines were the last records of their partitions, so no
+    // lag there); a partition it printed nothing of has no commit.
+    let out = cli.ok(&["consume", "orders", "--tag", "paid || refunded", "--group", "billing"], b"").await;
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["p1", "p2"], "{out}");
+    let out = cli.ok(&["group", "show", "billing", "orders"], b"").await;
+    let rows: Vec<Vec<&str>> = out.lines().skip(2).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    for row in &rows {
+        let [partition, committed, end, lag] = row[..] else { panic!("a row of four cells: {out}") };
+        let partition: u32 = partition.parse().unwrap_or_else(|_| panic!("a partition number: {out}"));
+        if tagged.contains_key(&partition) {
+            assert_eq!((committed, lag), (end, "0"), "partition {partition} was read to its end: {out}");
+        } else {
+            assert_eq!((committed, lag), ("-", "-"), "partition {partition} printed nothing: {out}");
+        }
+    }
+
+    // Phase 13: lookups by key and by timestamp.
+    assert_eq!(cli.ok(&["lookup", "orders", "--key", "customer-42"], b"").await, "first\nsecond\nthird\n");
+    let at = before.to_string();
+    let out = cli.ok(&["lookup", "orders", "--timestamp", &at], b"").await;
+    assert_eq!(out.lines().count(), 3, "one line per partition: {out}");
+    let keyed_line = format!("orders/{keyed_to} offset 0 timestamp_ms ");
+    assert!(out.lines().any(|l| l.starts_with(&keyed_line)), "expected {keyed_line:?}: {out}");
+    let later = (now_ms() + 3_600_000).to_string();
+    let out = cli.ok(&["lookup", "orders", "--timestamp", &later, "--partition", &partition], b"").await;
+    assert!(out.starts_with(&format!("orders/{keyed_to} offset {records} (end:")), "past every record: {out}");
+
+    // Phase 14: `keel topic describe` shows every partition's offsets: all
+    // 1005 records.
+    let out = cli.ok(&["topic", "describe", "orders"], b"").await;
+    assert!(out.starts_with("topic orders (incarnation "), "{out}");
+    let ends: u64 = out
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            (cells.len() == 5 && cells[0].parse::<u32>().is_ok()).then(|| cells[2].parse::<u64>().expect("END"))
+        })
+        .sum();
+    assert_eq!(ends, 1005, "{out}");
+}
+
+/// Records per partition in `keel produce`'s report lines
+/// (`T/P offsets A..B durability=...`).
+#[track_caller]
+fn report_counts(out: &str) -> BTreeMap<u32, u64> {
+    out.lines()
+        .map(|line| {
+            let parse = || -> Option<(u32, u64)> {
+                let (topic_partition, rest) = line.split_once(" offsets ")?;
+                let partition = topic_partition.rsplit_once('/')?.1.parse().ok()?;
+                let (first, last) = rest.split_once(' ')?.0.split_once("..")?;
+                let (first, last): (u64, u64) = (first.parse().ok()?, last.parse().ok()?);
+                Some((partition, last - first + 1))
+            };
+            parse().unwrap_or_else(|| panic!("not a produce report line: {line:?}"))
+        })
+        .collect()
+}
+
+/// Writes a properties file in `dir`: a first line pointing the node's data
+/// at `dir/data` (so no command can touch anything else), then `lines`.
+fn properties(dir: &Path, name: &str, lines: &str) -> String {
+    let path = dir.join(name);
+    let text = format!("store.path.commitlog={}\n{lines}", dir.join("data").display());
+    std::fs::write(&path, text).expect("write a properties file");
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_config_file_is_refused_naming_key_value_and_line() {
+    let dir = tempfile::Builder::new().prefix("keel-config-").tempdir().expect("create a temp dir");
+
+    // Phase 1: a good file passes `keel config check`, which prints the
+    // effective configuration (so the failures below are the bad lines'
+    // doing, not the files').
+    let good = properties(dir.path(), "good.properties", "# a node\nnode.id=2\n");
+    let out = keel_ok(&["config", "check", &good], b"").await;
+    assert!(out.lines().any(|l| l == "node.id=2"), "{out}");
+    assert!(out.lines().any(|l| l == "flush.disk.type=SYNC_FLUSH"), "{out}");
+
+    // Phase 2: a bad value, of a store key or of a node key: `keel config
+    // check` and `keel node --config` both exit non-zero naming the file
+    // and line, the key and the value.
+    let cases = [
+        ("store.properties", "node.id=1\n\nflush.disk.type=FAST\n", 4, "`flush.disk.type`", "\"FAST\""),
+        ("node.properties", "# comment\nnode.id=1\ncluster.bootstrap=yes\n", 4, "`cluster.bootstrap`", "\"yes\""),
+        ("size.properties", "segment.bytes = 100\n", 2, "`segment.bytes`", "\"100\""),
+    ];
+    for (name, lines, line, key, value) in cases {
+        let path = properties(dir.path(), name, lines);
+        let at = format!("{path}:{line}:");
+        keel_fails(&["config", "check", &path], b"", &[&at, key, value]).await;
+        keel_fails(&["node", "--config", &path], b"", &[&at, key, value]).await;
+    }
+
+    // Phase 3: an unknown (misspelt) key is refused naming the file, line
+    // and key; a line that is no `key=value` naming the file, line and text.
+    let path = properties(dir.path(), "unknown.properties", "node.id=1\n# next: a typo\nflush.disk.typ=SYNC_FLUSH\n");
+    let at = format!("{path}:4:");
+    let needles = [at.as_str(), "unknown configuration key", "`flush.disk.typ`"];
+    keel_fails(&["config", "check", &path], b"", &needles).await;
+    keel_fails(&["node", "--config", &path], b"", &needles).await;
+    let path = properties(dir.path(), "garbage.properties", "node.id=1\njust some words\n");
+    let at = format!("{path}:3:");
+    keel_fails(&["config", "check", &path], b"", &[&at, "just some words"]).await;
+    keel_fails(&["node", "--config", &path], b"", &[&at, "just some words"]).await;
+
+    // Phase 4: neither the check nor a refused node created the data
+    // directory: a node stops on its configuration before touching disk.
+    assert!(!dir.path().join("data").exists(), "a refused configuration created {}", dir.path().join("data").display());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_that_lags_sends_writes_to_the_leader() {
+    // Phase 1: a cluster with two topics that every node has applied.
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let follower = cluster.ids().find(|&id| id != leader).expect("three nodes, one leader");
+    let client = cluster_client(&cluster);
+    let producer = client.producer();
+    client.create_topic("settled", keep_forever(1)).await.expect("create settled");
+    client.create_topic("reborn", keep_forever(1)).await.expect("create reborn");
+    let mut settled = Expected::default();
+    produce_checked(&producer, &mut settled, "settled", 0, vec![Record::new("s0").timestamp_ms(T0)]).await;
+    sync_all(&cluster).await;
+
+    // Phase 2: while one follower is paused, the other two nodes create two
+    // topics, delete a third and append to the settled one; the follower
+    // resumes, and at once four writes reach it from a client that knows
+    // only it. Each is the leader's to judge (the topics exist or are gone,
+    // the offset is the end), so the follower must send each on
+    // (NOT_LEADER) rather than refuse it from its own state, which has not
+    // caught up yet: all four succeed.
+    cluster.pause(follower);
+    client.create_topic("fresh", keep_forever(1)).await.expect("create fresh");
+    client.create_topic("doomed", keep_forever(1)).await.expect("create doomed");
+    client.delete_topic("reborn").await.expect("delete reborn");
+    produce_checked(&producer, &mut settled, "settled", 0, vec![Record::new("s1").timestamp_ms(T0 + 1)]).await;
+    cluster.resume(follower);
+    let lagging = node_client(&cluster, follower);
+    let via_lagging = lagging.producer();
+    let (stored, committed, deleted, recreated) = tokio::join!(
+        via_lagging.produce("fresh", 0, vec![Record::new("f0").timestamp_ms(T0)]),
+        lagging.commit_offset("g", "settled", 0, 2),
+        lagging.delete_topic("doomed"),
+        lagging.create_topic("reborn", keep_forever(2)),
+    );
+    let mut failed = Vec::new();
+    match stored {
+        Ok(ack) => assert_eq!((ack.base_offset, ack.count), (0, 1), "the first record of fresh"),
+        Err(e) => failed.push(format!("produce to fresh/0: {e}")),
+    }
+    if let Err(e) = committed {
+        failed.push(format!("commit settled/0 at its end offset 2: {e}"));
+    }
+    if let Err(e) = deleted {
+        failed.push(format!("delete doomed: {e}"));
+    }
+    if let Err(e) = recreated {
+        failed.push(format!("create reborn again (deleted while node{follower} was paused): {e}"));
+    }
+    assert!(
+        failed.is_empty(),
+        "writes through node{follower} just after its pause were refused:\n{}",
+        failed.join("\n")
+    );
+
+    // Phase 3: every node then holds what those writes did.
+    sync_all(&cluster).await;
+    for (id, node) in &node_clients(&cluster) {
+        assert_eq!(node.fetch_offset("g", "settled", 0).await.expect("fetch offset"), Some(2), "node{id}");
+        refused(node.describe_topic("doomed").await, ErrorCode::UnknownTopic, &["doomed"]);
+        assert_eq!(node.describe_topic("reborn").await.expect("describe reborn").partitions, 2, "node{id}");
+        let fresh = node.fetch(Fetch::new("fresh", 0, 0)).await.expect("fetch fresh");
+        assert_eq!(fresh.records.iter().map(|r| &r.value[..]).collect::<Vec<_>>(), [b"f0"], "node{id}");
+    }
+}
