@@ -1325,4 +1325,27 @@ async fn a_follower_that_lags_sends_writes_to_the_leader() {
         let fresh = node.fetch(Fetch::new("fresh", 0, 0)).await.expect("fetch fresh");
         assert_eq!(fresh.records.iter().map(|r| &r.value[..]).collect::<Vec<_>>(), [b"f0"], "node{id}");
     }
+
+    // Phase 4: reads of a topic a restarted follower has not applied yet are
+    // sent to the leader too (NOT_LEADER), never refused as unknown: a
+    // client that knows only that follower describes, fetches and looks up
+    // the new topic as soon as the follower answers again.
+    cluster.kill(follower);
+    client.create_topic("newer", keep_forever(1)).await.expect("create newer");
+    let ack = producer
+        .produce("newer", 0, vec![Record::new("n0").key("k").timestamp_ms(T0)])
+        .await
+        .expect("produce to newer");
+    cluster.restart(follower).await;
+    let lagging = node_client(&cluster, follower);
+    let (described, fetched, looked_up) = tokio::join!(
+        lagging.describe_topic("newer"),
+        lagging.fetch(Fetch::new("newer", 0, 0)),
+        lagging.lookup_by_key("newer", 0, &b"k"[..], 10),
+    );
+    assert_eq!(described.expect("describe newer through the lagging follower").partitions, 1);
+    let fetched = fetched.expect("fetch newer through the lagging follower");
+    assert!(fetched.end_offset <= ack.base_offset + 1, "end offset {} past what was stored", fetched.end_offset);
+    let looked_up = looked_up.expect("lookup in newer through the lagging follower");
+    assert!(looked_up.iter().all(|r| &r.value[..] == b"n0"), "lookup returned another record");
 }

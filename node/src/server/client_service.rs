@@ -125,6 +125,28 @@ impl ClientService {
         Err(not_leader(leader, leader_addr(&self.raft, leader)))
     }
 
+    /// A read refused because this node does not know the topic or
+    /// partition. A follower may simply not have applied its creation yet:
+    /// it sends the client to the leader, whose answer is authoritative.
+    fn read_reject(&self, r: Reject) -> Status {
+        if matches!(r, Reject::UnknownTopic(_) | Reject::UnknownPartition { .. }) {
+            let leader = self.raft.metrics().borrow().current_leader;
+            if leader != Some(self.node_id) {
+                // Without a known leader (a node just restarted, an election)
+                // the topic may well exist: NO_LEADER, which clients retry.
+                let redirect = not_leader(leader, leader_addr(&self.raft, leader));
+                let message = match leader {
+                    Some(id) => {
+                        format!("{r} on this follower, which may not have applied it yet; ask the leader, node {id}")
+                    }
+                    None => format!("{r} on this node, which may be behind and knows no leader yet; retry shortly"),
+                };
+                return Status::with_metadata(redirect.code(), message, redirect.metadata().clone());
+            }
+        }
+        reject_status(r)
+    }
+
     fn state(&self) -> std::sync::RwLockReadGuard<'_, super::state_machine::Machine> {
         self.shared.read()
     }
@@ -411,8 +433,8 @@ impl Keel for ClientService {
                 let (entries, next) = m
                     .state
                     .scan(&req.topic, req.partition, offset, u64::from(max_bytes), MAX_FETCH_RECORDS, &tag_hashes)
-                    .map_err(reject_status)?;
-                let p = m.state.partition(&req.topic, req.partition).map_err(reject_status)?;
+                    .map_err(|r| self.read_reject(r))?;
+                let p = m.state.partition(&req.topic, req.partition).map_err(|r| self.read_reject(r))?;
                 (entries, next, p.cq.start(), p.cq.end())
             };
             let records = self.read_records(&entries, &tags)?;
@@ -445,7 +467,7 @@ impl Keel for ClientService {
         }
         let limit = if req.limit == 0 { DEFAULT_LOOKUP_LIMIT } else { req.limit } as usize;
         let candidates =
-            self.state().state.key_candidates(&req.topic, req.partition, &req.key).map_err(reject_status)?;
+            self.state().state.key_candidates(&req.topic, req.partition, &req.key).map_err(|r| self.read_reject(r))?;
         let mut records = self.read_records(&candidates, &[])?;
         records.retain(|r| r.key == req.key);
         if records.len() > limit {
@@ -460,8 +482,11 @@ impl Keel for ClientService {
     ) -> Result<Response<pb::OffsetForTimestampResponse>, Status> {
         let req = req.into_inner();
         let m = self.state();
-        let found = m.state.offset_for_timestamp(&req.topic, req.partition, req.timestamp_ms).map_err(reject_status)?;
-        let end = m.state.partition(&req.topic, req.partition).map_err(reject_status)?.cq.end();
+        let found = m
+            .state
+            .offset_for_timestamp(&req.topic, req.partition, req.timestamp_ms)
+            .map_err(|r| self.read_reject(r))?;
+        let end = m.state.partition(&req.topic, req.partition).map_err(|r| self.read_reject(r))?.cq.end();
         Ok(Response::new(match found {
             Some(e) => pb::OffsetForTimestampResponse { found: true, offset: e.offset, timestamp_ms: e.timestamp_ms },
             None => pb::OffsetForTimestampResponse { found: false, offset: end, timestamp_ms: 0 },
@@ -535,7 +560,9 @@ impl Keel for ClientService {
 
     async fn describe_topic(&self, req: Request<pb::DescribeTopicRequest>) -> Result<Response<pb::TopicInfo>, Status> {
         let req = req.into_inner();
-        Ok(Response::new(self.topic_info(&self.state().state, &req.name)?))
+        let m = self.state();
+        m.state.topic(&req.name).map_err(|r| self.read_reject(r))?;
+        Ok(Response::new(self.topic_info(&m.state, &req.name)?))
     }
 
     async fn commit_offset(
