@@ -109,6 +109,7 @@ fn propose_status(e: ProposeError) -> Status {
     match e {
         ProposeError::NotLeader { leader_id, leader_addr } => not_leader(leader_id, leader_addr),
         ProposeError::ShuttingDown => error(ErrorCode::ShuttingDown, "the node is shutting down"),
+        ProposeError::OutcomeUnknown => error(ErrorCode::OutcomeUnknown, ProposeError::OutcomeUnknown.to_string()),
         ProposeError::Internal(m) => error(ErrorCode::StorageFailed, m),
     }
 }
@@ -293,6 +294,13 @@ impl Keel for ClientService {
         self.leader_check()?;
         if req.records.is_empty() {
             return Err(invalid("produce request has no records"));
+        }
+        if req.producer_id != 0 && req.first_sequence.checked_add(req.records.len() as u64).is_none() {
+            return Err(invalid(format!(
+                "first_sequence {} leaves no room for {} records in the 64-bit sequence space",
+                req.first_sequence,
+                req.records.len()
+            )));
         }
         if req.records.len() > MAX_BATCH_RECORDS {
             return Err(invalid(format!("{} records in one request; at most {MAX_BATCH_RECORDS}", req.records.len())));

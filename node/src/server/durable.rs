@@ -128,7 +128,7 @@ impl Durable {
 
     fn accept(&mut self, node: u64, synced: LogPos) {
         // Count it only if our log holds the same entry there.
-        let ours = self.store.read_range(synced.index, synced.index + 1, 0).ok();
+        let ours = self.store.read_range(synced.index, synced.index.saturating_add(1), 0).ok();
         let same = ours
             .and_then(|r| r.into_iter().next())
             .is_some_and(|r| r.index == synced.index && r.term == synced.term && r.leader == synced.leader);

@@ -47,7 +47,7 @@ use crate::config::NodeConfig;
 
 /// Largest gRPC message either side accepts (a Raft append of several
 /// produce groups, or a snapshot chunk).
-const MAX_GRPC_MESSAGE_BYTES: usize = 512 << 20;
+pub(crate) const MAX_GRPC_MESSAGE_BYTES: usize = 512 << 20;
 
 fn raft_config() -> Result<openraft::Config> {
     let c = openraft::Config {
@@ -56,8 +56,9 @@ fn raft_config() -> Result<openraft::Config> {
         election_timeout_min: 800,
         election_timeout_max: 1600,
         install_snapshot_timeout: 10_000,
-        // Entries are produce groups of up to about a MiB each.
-        max_payload_entries: 32,
+        // Entries are produce groups of up to about 1 MiB plus one batch of
+        // at most 16 MiB: 16 of them stay below MAX_GRPC_MESSAGE_BYTES.
+        max_payload_entries: 16,
         // Retention decides when to snapshot and purge (DESIGN.md, openraft notes).
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: u64::MAX,
@@ -88,7 +89,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .context("start raft")?;
 
     let durable = durable::DurableHandle::start(node_id, raft.clone(), store.clone(), peers.clone());
-    let proposer = proposer::ProposerHandle::start(raft.clone(), store.max_payload_bytes());
+    let proposer = proposer::ProposerHandle::start(
+        raft.clone(),
+        store.max_payload_bytes(),
+        config.store.flush.commitlog_timeout(),
+    );
     let limits = client_service::Limits {
         retention_ms: config.retention_ms,
         retention_bytes: config.retention_bytes,

@@ -81,7 +81,9 @@ impl Peers {
 }
 
 fn client(channel: Channel) -> RaftPeerClient<Channel> {
-    RaftPeerClient::new(channel).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20)
+    RaftPeerClient::new(channel)
+        .max_decoding_message_size(super::MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(super::MAX_GRPC_MESSAGE_BYTES)
 }
 
 /// openraft's factory: one [`PeerClient`] per target.

@@ -9,6 +9,7 @@
 //! fsynced form the next.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -44,10 +45,13 @@ pub struct ProposerHandle {
 impl ProposerHandle {
     /// `max_entry_bytes`: the largest payload the log store takes (it
     /// depends on `segment.bytes`); a group never grows past it.
-    pub fn start(raft: Raft, max_entry_bytes: usize) -> Self {
+    /// `timeout`: how long an entry may take to apply before its slot is
+    /// freed and its batches are answered "outcome unknown" (openraft never
+    /// answers a deposed leader's write that a snapshot overtook).
+    pub fn start(raft: Raft, max_entry_bytes: usize, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel(MAILBOX);
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        tokio::spawn(Proposer { raft, rx, slots, max_entry_bytes, held: None }.run());
+        tokio::spawn(Proposer { raft, rx, slots, max_entry_bytes, timeout, held: None }.run());
         Self { tx }
     }
 
@@ -64,6 +68,7 @@ struct Proposer {
     rx: mpsc::Receiver<Propose>,
     slots: Arc<Semaphore>,
     max_entry_bytes: usize,
+    timeout: Duration,
     /// A batch that did not fit the last group: it starts the next one.
     held: Option<Propose>,
 }
@@ -101,11 +106,17 @@ impl Proposer {
             }
             let raft = self.raft.clone();
             let request = Request { timestamp_ms: now_ms(), payload: group.finish().into() };
+            let timeout = self.timeout;
             tokio::spawn(async move {
-                let result = raft.client_write(request).await;
+                let result = tokio::time::timeout(timeout, raft.client_write(request)).await;
                 drop(permit);
                 match result {
-                    Ok(resp) => match resp.data {
+                    Err(_) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(ProposeError::OutcomeUnknown));
+                        }
+                    }
+                    Ok(Ok(resp)) => match resp.data {
                         Applied::Batches(outcomes) if outcomes.len() == replies.len() => {
                             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                                 let _ = reply.send(Ok(outcome));
@@ -118,7 +129,7 @@ impl Proposer {
                             }
                         }
                     },
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         let e = propose_error(&raft, e);
                         for reply in replies {
                             let _ = reply.send(Err(e.clone()));

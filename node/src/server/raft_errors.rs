@@ -10,6 +10,8 @@ pub enum ProposeError {
     NotLeader { leader_id: Option<u64>, leader_addr: Option<String> },
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("the entry was not applied in time; it may or may not be stored")]
+    OutcomeUnknown,
     #[error("{0}")]
     Internal(String),
 }

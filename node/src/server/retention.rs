@@ -28,6 +28,7 @@ use super::types::{Raft, Request, now_ms};
 pub const INTERVAL: Duration = Duration::from_secs(2);
 const PRODUCER_SWEEP_EVERY: Duration = Duration::from_secs(60);
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Trims proposed per round: bounds one round's work.
 const MAX_TRIMS_PER_ROUND: usize = 256;
 
@@ -70,8 +71,12 @@ impl Retention {
 
     async fn propose(&self, c: Command) {
         let req = Request { timestamp_ms: now_ms(), payload: entry::encode_command(&c).into() };
-        if let Err(e) = self.raft.client_write(req).await {
-            tracing::debug!(error = %e, "retention command not applied");
+        // Bounded: openraft never answers a deposed leader's write that a
+        // snapshot overtook, and this loop must go on.
+        match tokio::time::timeout(COMMAND_TIMEOUT, self.raft.client_write(req)).await {
+            Err(_) => tracing::warn!("retention command not applied within {COMMAND_TIMEOUT:?}"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "retention command not applied"),
+            Ok(Ok(_)) => {}
         }
     }
 

@@ -331,7 +331,7 @@ impl State {
             }
             let last = b.first_sequence.saturating_add(u64::from(count) - 1);
             if let Some(r) = p.recent.iter().find(|r| {
-                let r_last = r.first_sequence + u64::from(r.count) - 1;
+                let r_last = r.first_sequence.saturating_add(u64::from(r.count) - 1);
                 b.first_sequence <= r_last && r.first_sequence <= last
             }) {
                 return BatchOutcome::Rejected(Reject::OutOfOrderSequence(format!(
@@ -341,7 +341,7 @@ impl State {
                     b.topic,
                     b.partition,
                     r.first_sequence,
-                    r.first_sequence + u64::from(r.count) - 1
+                    r.first_sequence.saturating_add(u64::from(r.count) - 1)
                 )));
             }
             let oldest = p.recent.iter().map(|r| r.first_sequence).min().expect("remembered batches are never empty");

@@ -91,6 +91,10 @@ pub struct Shared {
     /// Held while a transfer file is written and while retention deletes
     /// segments, so a snapshot being sent never loses its records.
     pub transfer_lock: tokio::sync::Mutex<()>,
+    /// openraft builds snapshots in a task of their own, beside the worker
+    /// that installs received ones: one at a time, so a build that read the
+    /// state before an install never writes its older checkpoint after it.
+    snapshot_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -158,6 +162,7 @@ impl StateMachine {
             retain_from: AtomicU64::new(range.map_or(1, |r| r.0)),
             snapshot_range: Mutex::new(range),
             transfer_lock: tokio::sync::Mutex::new(()),
+            snapshot_lock: tokio::sync::Mutex::new(()),
         });
         Ok((Self { shared: shared.clone(), store, dir }, shared))
     }
@@ -190,7 +195,8 @@ impl StateMachine {
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err)?;
         for e in std::fs::read_dir(&self.dir).map_err(io_err)? {
             let other = e.map_err(io_err)?.file_name().to_string_lossy().into_owned();
-            if other.starts_with("checkpoint-") && other != name {
+            // Only older ones: names sort by last index.
+            if other.starts_with("checkpoint-") && !other.ends_with(".partial") && other < name {
                 let _ = std::fs::remove_file(self.dir.join(other));
             }
         }
@@ -232,6 +238,8 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, String> {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let shared = Arc::clone(&self.shared);
+        let _one_at_a_time = shared.snapshot_lock.lock().await;
         let (body, meta, log_start, last) = {
             let m = self.shared.read();
             let last = m.last_applied.map_or(0, |l| l.index);
@@ -341,6 +349,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<u64, BasicNode>,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<u64>> {
+        let shared = Arc::clone(&self.shared);
+        let _one_at_a_time = shared.snapshot_lock.lock().await;
         let mut f = snapshot.into_std().await;
         let (cp, cp_bytes, records) = tokio::task::spawn_blocking(move || read_transfer(&mut f))
             .await
