@@ -505,6 +505,31 @@ impl Store {
         self.write_meta(meta).await
     }
 
+    /// Move the purge point back down to `to`, durably: for a state machine
+    /// whose last checkpoint is older than a purge openraft made before a
+    /// crash. Refused unless every record after `to` up to the current purge
+    /// point is still present (a logical purge leaves them in place).
+    pub async fn unpurge(&self, to: Option<LogPos>) -> Result<()> {
+        let _writer = self.inner.writer.lock().await;
+        self.check_failed()?;
+        let mut meta = self.state().meta;
+        let Some(purged) = meta.purged else { return Ok(()) };
+        let from = to.map_or(0, |p| p.index + 1);
+        if from > purged.index {
+            return Ok(());
+        }
+        let last = self.state().next_index().map(|n| n.saturating_sub(1));
+        let present = self.first_present_index().is_some_and(|f| f <= from) && last.is_some_and(|l| l >= purged.index);
+        if !present {
+            return Err(Error::Invalid(format!(
+                "cannot move the purge point back to {:?}: log entries from {from} are no longer present",
+                to.map(|p| p.index)
+            )));
+        }
+        meta.purged = to;
+        self.write_meta(meta).await
+    }
+
     /// Delete whole segments all of whose entries are below `index` and
     /// purged. Never the active segment. Returns how many were deleted.
     pub async fn delete_below(&self, index: u64) -> Result<usize> {

@@ -80,7 +80,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let store = Store::open(config.store.clone())
         .await
         .with_context(|| format!("open the log store in {}", config.store.dir.display()))?;
-    let (sm, shared) = state_machine::StateMachine::open(store.clone()).context("open the state machine")?;
+    let (sm, shared) = state_machine::StateMachine::open(store.clone()).await.context("open the state machine")?;
     let log_store = types::LogStore::new(store.clone());
     let peers = network::Peers::default();
     let raft =

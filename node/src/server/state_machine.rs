@@ -19,7 +19,11 @@
 //!     bytes 9..    body: bincode of `Checkpoint`
 //!     written as <name>.partial, fdatasync, rename, fsync directory
 //! transfer-<random>           a snapshot being sent (deleted once opened)
-//! incoming-<random>           a snapshot being received (deleted after install)
+//! incoming-<random>           a snapshot being received (unlinked at once)
+//! install-<S, 20 digits>      a received snapshot, written durably before
+//!                             its install changes the log; removed once the
+//!                             checkpoint is written; found at start-up, the
+//!                             install is finished then (it is repeatable)
 //!     bytes 0..4   magic "KSNT"
 //!     byte  4      version (1)
 //!     bytes 5..13  checkpoint length L (u64 LE), then the checkpoint file (L bytes)
@@ -28,6 +32,12 @@
 //!         payload length u32, payload
 //!     last 4 bytes: crc32c of everything before them (u32 LE)
 //! ```
+//!
+//! Crash safety: openraft purges a follower's log up to a received snapshot
+//! before the state machine installs it. If the node stops in between, the
+//! purge point lies past the newest checkpoint; `open` moves it back (the
+//! entries are still on disk: purging is logical) or, once the install had
+//! begun, finishes the install from `install-<S>`.
 //!
 //! Openraft builds snapshots only when retention asks (`SnapshotPolicy::Never`),
 //! so a checkpoint is written once per retention step, not every N entries.
@@ -55,6 +65,8 @@ type Membership = StoredMembership<u64, BasicNode>;
 
 const CHECKPOINT_MAGIC: &[u8; 4] = b"KCKP";
 const TRANSFER_MAGIC: &[u8; 4] = b"KSNT";
+/// A received snapshot kept until its install is complete.
+const INSTALL_PREFIX: &str = "install-";
 const VERSION: u8 = 1;
 /// Records read from the log per step while writing a transfer file.
 const TRANSFER_READ_BATCH: u64 = 1024;
@@ -130,41 +142,104 @@ impl StateMachine {
     /// Open the state machine under `<store dir>/sm`, loading the newest
     /// checkpoint if there is one (openraft then re-applies the committed
     /// entries after it).
-    pub fn open(store: Store) -> anyhow::Result<(Self, Arc<Shared>)> {
+    pub async fn open(store: Store) -> anyhow::Result<(Self, Arc<Shared>)> {
         let dir = store.config().dir.join("sm");
         std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
-        let mut newest: Option<String> = None;
+        let mut pending_install = None;
         for e in std::fs::read_dir(&dir)? {
             let name = e?.file_name().to_string_lossy().into_owned();
-            if name.starts_with("checkpoint-") && !name.ends_with(".partial") {
-                if newest.as_ref().is_none_or(|n| name > *n) {
-                    newest = Some(name);
-                }
-            } else {
-                // Leftovers of a transfer or install cut short by a crash.
+            let keep =
+                !name.ends_with(".partial") && (name.starts_with("checkpoint-") || name.starts_with(INSTALL_PREFIX));
+            if !keep {
+                // Leftovers of a transfer or a write cut short by a crash.
                 let _ = std::fs::remove_file(dir.join(&name));
+            } else if name.starts_with(INSTALL_PREFIX) {
+                pending_install = Some(dir.join(name));
             }
         }
-        let (machine, range) = match newest {
-            Some(name) => {
-                let path = dir.join(&name);
-                let bytes = std::fs::read(&path)?;
-                let cp = decode_checkpoint(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                let last = cp.machine.last_applied.map_or(0, |l| l.index);
-                (cp.machine, Some((cp.log_start, last)))
-            }
-            None => (Machine::default(), None),
+        let sm = Self {
+            shared: Arc::new(Shared {
+                machine: RwLock::new(Machine::default()),
+                applied: watch::channel(0).0,
+                retain_from: AtomicU64::new(1),
+                snapshot_range: Mutex::new(None),
+                transfer_lock: tokio::sync::Mutex::new(()),
+                snapshot_lock: tokio::sync::Mutex::new(()),
+            }),
+            store,
+            dir,
         };
-        let applied = machine.last_applied.map_or(0, |l| l.index);
-        let shared = Arc::new(Shared {
-            machine: RwLock::new(machine),
-            applied: watch::channel(applied).0,
-            retain_from: AtomicU64::new(range.map_or(1, |r| r.0)),
-            snapshot_range: Mutex::new(range),
-            transfer_lock: tokio::sync::Mutex::new(()),
-            snapshot_lock: tokio::sync::Mutex::new(()),
-        });
-        Ok((Self { shared: shared.clone(), store, dir }, shared))
+        // A snapshot install a crash interrupted: finish it (repeatable).
+        if let Some(path) = pending_install {
+            let mut f = std::fs::File::open(&path)?;
+            let (cp, cp_bytes, records, _) =
+                read_transfer(&mut f).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            tracing::info!(file = %path.display(), "finishing a snapshot install cut short by a crash");
+            sm.install_checkpoint(cp, &cp_bytes, records).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::fs::remove_file(&path)?;
+        }
+        let newest = sm.newest_checkpoint().map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(path) = newest {
+            let bytes = std::fs::read(&path)?;
+            let cp = decode_checkpoint(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let last = cp.machine.last_applied.map_or(0, |l| l.index);
+            *sm.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((cp.log_start, last));
+            sm.shared.retain_from.store(cp.log_start, Ordering::Release);
+            sm.shared.applied.send_replace(last);
+            *sm.shared.write() = cp.machine;
+        }
+        // openraft purges up to a received snapshot before the state machine
+        // has installed it; a crash in between leaves the purge point past
+        // the checkpoint, and the entries between must be re-applied.
+        let applied = sm.shared.read().last_applied;
+        let purged = sm.store.log_state().0;
+        if purged.is_some_and(|p| applied.is_none_or(|a| p.index > a.index)) {
+            let to = applied.map(|a| LogPos::new(a.leader_id.term, a.leader_id.node_id, a.index));
+            sm.store.unpurge(to).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "the log is purged up to {:?} but the state checkpoint only reaches {:?}, and the entries \
+                     between are gone ({e}); remove this node's data directory and restart it: it catches up \
+                     from the other nodes",
+                    purged.map(|p| p.index),
+                    applied.map(|a| a.index)
+                )
+            })?;
+            tracing::info!(from = ?purged.map(|p| p.index), to = ?applied.map(|a| a.index), "purge point moved back to the checkpoint");
+        }
+        let shared = sm.shared.clone();
+        Ok((sm, shared))
+    }
+
+    /// Put a received snapshot in place: its log range (unless the log
+    /// already holds its last entry), then its checkpoint, then the state.
+    async fn install_checkpoint(&self, cp: Checkpoint, cp_bytes: &[u8], records: Vec<Record>) -> Result<(), String> {
+        let last = cp.machine.last_applied.map_or(0, |l| l.index);
+        // Keep the local log if it already holds the snapshot's last entry
+        // (then it holds every retained entry before it); otherwise replace
+        // it with the carried range.
+        let have_last = match cp.machine.last_applied {
+            Some(l) => self
+                .store
+                .read_range(l.index, l.index + 1, 0)
+                .ok()
+                .and_then(|r| r.first().map(|r| r.term == l.leader_id.term && r.leader == l.leader_id.node_id))
+                .unwrap_or(false),
+            None => true,
+        };
+        if !have_last {
+            let prev = LogPos::new(cp.prev.0, cp.prev.1, cp.prev.2);
+            tracing::info!(records = records.len(), from = cp.log_start, last, "installing the snapshot's log range");
+            self.store
+                .install_range(prev, records)
+                .await
+                .map_err(|e| format!("install the snapshot's log range: {e}"))?;
+        }
+        self.write_checkpoint(cp_bytes, last)?;
+        *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((cp.log_start, last));
+        self.shared.retain_from.fetch_max(cp.log_start, Ordering::AcqRel);
+        *self.shared.write() = cp.machine;
+        self.shared.applied.send_replace(last);
+        Ok(())
     }
 
     fn newest_checkpoint(&self) -> Result<Option<PathBuf>, String> {
@@ -184,15 +259,9 @@ impl StateMachine {
 
     /// Write a checkpoint of the current machine durably; drop older ones.
     fn write_checkpoint(&self, cp_bytes: &[u8], last: u64) -> Result<(), String> {
-        let io_err = |e: std::io::Error| format!("write checkpoint in {}: {e}", self.dir.display());
         let name = checkpoint_name(last);
-        let partial = self.dir.join(format!("{name}.partial"));
-        let mut f = std::fs::File::create(&partial).map_err(io_err)?;
-        f.write_all(cp_bytes).map_err(io_err)?;
-        f.sync_data().map_err(io_err)?;
-        drop(f);
-        std::fs::rename(&partial, self.dir.join(&name)).map_err(io_err)?;
-        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err)?;
+        write_durably(&self.dir, &name, cp_bytes)?;
+        let io_err = |e: std::io::Error| format!("list {}: {e}", self.dir.display());
         for e in std::fs::read_dir(&self.dir).map_err(io_err)? {
             let other = e.map_err(io_err)?.file_name().to_string_lossy().into_owned();
             // Only older ones: names sort by last index.
@@ -211,6 +280,19 @@ impl StateMachine {
             _ => Err(format!("log entry {prev} (just before the snapshot's log start) is not in the log")),
         }
     }
+}
+
+/// Write `bytes` as `dir/name`: to `name.partial`, fdatasync, rename, fsync
+/// the directory.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    let io_err = |e: std::io::Error| format!("write {name} in {}: {e}", dir.display());
+    let partial = dir.join(format!("{name}.partial"));
+    let mut f = std::fs::File::create(&partial).map_err(io_err)?;
+    f.write_all(bytes).map_err(io_err)?;
+    f.sync_data().map_err(io_err)?;
+    drop(f);
+    std::fs::rename(&partial, dir.join(name)).map_err(io_err)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)
 }
 
 pub fn encode_checkpoint_bytes(body: &[u8]) -> Vec<u8> {
@@ -352,39 +434,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = Arc::clone(&self.shared);
         let _one_at_a_time = shared.snapshot_lock.lock().await;
         let mut f = snapshot.into_std().await;
-        let (cp, cp_bytes, records) = tokio::task::spawn_blocking(move || read_transfer(&mut f))
+        let (cp, cp_bytes, records, raw) = tokio::task::spawn_blocking(move || read_transfer(&mut f))
             .await
             .map_err(io_err)?
             .map_err(|e| snap_err(format!("received snapshot: {e}")))?;
-        let last = cp.machine.last_applied.map_or(0, |l| l.index);
         if cp.machine.last_applied != meta.last_log_id {
             return Err(snap_err(format!(
                 "received snapshot holds {:?} but its meta says {:?}",
                 cp.machine.last_applied, meta.last_log_id
             )));
         }
-        // Keep the local log if it already holds the snapshot's last entry
-        // (then it holds every retained entry before it); otherwise replace it
-        // with the carried range.
-        let have_last = match cp.machine.last_applied {
-            Some(l) => self
-                .store
-                .read_range(l.index, l.index + 1, 0)
-                .ok()
-                .and_then(|r| r.first().map(|r| r.term == l.leader_id.term && r.leader == l.leader_id.node_id))
-                .unwrap_or(false),
-            None => true,
-        };
-        if !have_last {
-            let prev = LogPos::new(cp.prev.0, cp.prev.1, cp.prev.2);
-            tracing::info!(records = records.len(), from = cp.log_start, last, "installing the snapshot's log range");
-            self.store.install_range(prev, records).await.map_err(io_err)?;
-        }
-        self.write_checkpoint(&cp_bytes, last).map_err(io_err)?;
-        *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((cp.log_start, last));
-        self.shared.retain_from.fetch_max(cp.log_start, Ordering::AcqRel);
-        *self.shared.write() = cp.machine;
-        self.shared.applied.send_replace(last);
+        // Durable before the log changes: a crash from here on finishes the
+        // install at the next start (`open`).
+        let last = cp.machine.last_applied.map_or(0, |l| l.index);
+        let name = format!("{INSTALL_PREFIX}{last:020}");
+        write_durably(&self.dir, &name, &raw).map_err(io_err)?;
+        self.install_checkpoint(cp, &cp_bytes, records).await.map_err(io_err)?;
+        std::fs::remove_file(self.dir.join(&name)).map_err(io_err)?;
         Ok(())
     }
 
@@ -461,7 +527,7 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
-fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Record>), String> {
+fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Record>, Bytes), String> {
     use std::io::Seek;
     f.seek(std::io::SeekFrom::Start(0)).map_err(|e| e.to_string())?;
     let mut all = Vec::new();
@@ -500,5 +566,89 @@ fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Reco
         records.push(Record { term, leader, index, timestamp_ms, kind, payload: all.slice(start..end) });
         at = end;
     }
-    Ok((cp, cp_bytes, records))
+    Ok((cp, cp_bytes, records, all))
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_raft_log::{NewRecord, RecordKind, RecordMeta, StoreConfig};
+    use openraft::{CommittedLeaderId, LogId};
+
+    use super::*;
+    use crate::server::entry::{Command, Decoded};
+
+    async fn store_with(dir: &Path, last: u64) -> Store {
+        let mut config = StoreConfig::new(dir);
+        config.segment_bytes = 8192;
+        let store = Store::open(config).await.expect("open store");
+        let records = (0..=last)
+            .map(|index| NewRecord {
+                meta: RecordMeta { kind: RecordKind::Blank, term: 1, leader: 1, index, timestamp_ms: 0 },
+                payload: vec![7; 300],
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.append(records, Box::new(move |r| drop(tx.send(r)))).await.expect("append");
+        rx.await.expect("flushed").expect("flush ok");
+        store
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_past_the_checkpoint_is_moved_back_or_refused_with_advice() {
+        // Phase 1: a crash after openraft's purge but before any install
+        // leaves the entries on disk: open moves the purge point back.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with(dir.path(), 40).await;
+        store.purge(LogPos::new(1, 1, 30)).await.expect("purge");
+        let (_sm, shared) = StateMachine::open(store.clone()).await.expect("open");
+        assert_eq!(store.log_state().0, None, "purge point not moved back to the (empty) checkpoint");
+        assert_eq!(*shared.applied.borrow(), 0);
+        assert_eq!(store.read_range(1, 41, usize::MAX).expect("read").len(), 40, "entries to re-apply are readable");
+
+        // Phase 2: once the entries are gone, open refuses and says what to do.
+        store.purge(LogPos::new(1, 1, 30)).await.expect("purge");
+        assert!(store.delete_below(31).await.expect("delete") > 0, "the test needs a deleted segment");
+        let err = StateMachine::open(store.clone()).await.err().expect("opened over a hole");
+        assert!(err.to_string().contains("remove this node's data directory"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_install_cut_short_by_a_crash_is_finished_at_the_next_open() {
+        // Phase 1: a leader's snapshot: a topic, applied up to 20, log from 5.
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let leader = store_with(leader_dir.path(), 20).await;
+        let mut machine = Machine::default();
+        let create = Command::CreateTopic {
+            name: "t".into(),
+            partitions: 2,
+            retention_ms: -1,
+            retention_bytes: -1,
+            max_message_bytes: 100,
+        };
+        machine.state.apply(3, 0, Decoded::Command(create));
+        machine.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), 20));
+        let cp = Checkpoint { machine, log_start: 5, prev: (1, 1, 4), snapshot_id: "s".into() };
+        let cp_bytes = encode_checkpoint_bytes(&codec::encode(&cp));
+        let transfer = leader_dir.path().join("transfer");
+        write_transfer(&transfer, &cp_bytes, &leader, 5, 20).expect("transfer file");
+
+        // Phase 2: a follower crashed after keeping the received snapshot and
+        // after openraft purged its short log past it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let follower = store_with(dir.path(), 3).await;
+        follower.purge(LogPos::new(1, 1, 20)).await.expect("purge");
+        std::fs::create_dir_all(dir.path().join("sm")).expect("sm dir");
+        let pending = dir.path().join("sm").join(format!("{INSTALL_PREFIX}{:020}", 20));
+        std::fs::copy(&transfer, &pending).expect("pending install");
+
+        // Phase 3: open finishes the install: the range, the checkpoint, the state.
+        let (_sm, shared) = StateMachine::open(follower.clone()).await.expect("open");
+        assert!(!pending.exists(), "the pending install was not removed");
+        assert_eq!(*shared.applied.borrow(), 20);
+        assert_eq!(shared.read().state.topic("t").expect("topic restored").config.partitions, 2);
+        let records = follower.read_range(5, 21, usize::MAX).expect("read");
+        assert_eq!(records.iter().map(|r| r.index).collect::<Vec<_>>(), (5..=20).collect::<Vec<_>>());
+        assert!(dir.path().join("sm").join(checkpoint_name(20)).exists(), "no checkpoint written");
+        assert!(follower.log_state().0.is_some_and(|p| p.index <= 20), "purge point past the checkpoint");
+    }
 }

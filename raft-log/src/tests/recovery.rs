@@ -290,6 +290,28 @@ async fn install_range_keeps_its_records_when_raft_purged_past_them_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpurge_moves_the_purge_point_back_only_over_present_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 4096, FlushPolicy::SyncFlush);
+    let store = write_synced(dir.path(), 4096, 60).await;
+    store.purge(LogPos::new(1, 1, 50)).await.expect("purge");
+    store.unpurge(Some(LogPos::new(1, 1, 20))).await.expect("unpurge over present records");
+    drop(store);
+    let store = Store::open(c.clone()).await.expect("reopen");
+    assert_eq!(store.log_state().0.map(|p| p.index), Some(20), "the lower purge point is durable");
+    for i in 21..=60 {
+        assert_entry(&store, 1, i, LEN);
+    }
+    // Once segments below the purge point are deleted, it cannot go back.
+    store.purge(LogPos::new(1, 1, 50)).await.expect("purge");
+    let deleted = store.delete_below(51).await.expect("delete");
+    assert!(deleted > 0, "nothing deleted; the test needs a deleted segment");
+    let err = store.unpurge(Some(LogPos::new(1, 1, 5))).await.expect_err("unpurged over deleted records");
+    assert!(err.to_string().contains("no longer present"), "{err}");
+    assert_eq!(store.log_state().0.map(|p| p.index), Some(50), "a refused unpurge changed the purge point");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_out_of_order_appends_are_refused_without_changing_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = write_synced(dir.path(), 4096, 3).await;
