@@ -80,6 +80,15 @@ impl Client {
                 },
             };
             let pause = match failure {
+                // A sequence the leader can no longer check, after an
+                // attempt that may have stored it: the batch's fate is unknown.
+                Failure::Fatal(e)
+                    if spec.write
+                        && maybe_applied
+                        && e.code() == Some(keel_proto::client::ErrorCode::OutOfOrderSequence) =>
+                {
+                    return Err(Error::OutcomeUnknown { attempts, last: e.to_string() });
+                }
                 Failure::Fatal(e) => return Err(e),
                 Failure::NotLeader { leader, why } => {
                     last = format!("{}: {why}", node.addr);
