@@ -1,5 +1,7 @@
-//! The one place bincode (2.x) is used: encoding openraft's `Membership` in
-//! membership records. Kept behind two functions so the format can be swapped.
+//! The one place bincode (2.x) is used in keel: openraft's `Membership` in
+//! membership records here, and the node's commands and state checkpoints
+//! (through `keel-node`'s `server::codec`). Kept behind two functions so the
+//! format can be swapped.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -13,7 +13,7 @@
 //! layout of every file is in [`format`]; the durability order is in
 //! [`store`].
 
-mod codec;
+pub mod codec;
 pub mod config;
 pub mod error;
 #[cfg(any(test, feature = "fault-injection"))]

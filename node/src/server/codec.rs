@@ -1,25 +1,11 @@
-//! The node's one use of bincode (2.x): commands inside entries and the
-//! state-machine checkpoint in snapshots. Kept behind two functions so the
-//! format can be swapped.
+//! The node's serde encoding: commands inside entries and state checkpoints
+//! in snapshots. It is the log store's codec, so bincode stays in one module
+//! across keel.
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard()
-}
+pub use keel_raft_log::codec::decode;
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(value, config()).expect("in-memory values of serde-derived types always encode")
-}
-
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    let (value, read) = bincode::serde::decode_from_slice(bytes, config())?;
-    if read != bytes.len() {
-        return Err(bincode::error::DecodeError::OtherString(format!(
-            "{} trailing bytes after the value",
-            bytes.len() - read
-        )));
-    }
-    Ok(value)
+    keel_raft_log::codec::encode(value).expect("in-memory values of serde-derived types always encode")
 }
