@@ -157,6 +157,20 @@ struct Tally {
     weakest: Option<Durability>,
 }
 
+impl Tally {
+    fn new() -> Self {
+        Self {
+            histogram: new_histogram(),
+            messages: 0,
+            requests: 0,
+            errors: 0,
+            unknown: 0,
+            duplicates: 0,
+            weakest: None,
+        }
+    }
+}
+
 /// Creates the topic when it does not exist; returns its partition count.
 pub(super) async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<u32> {
     match client.describe_topic(topic).await {
@@ -222,15 +236,7 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
         let (live, value, topic) = (Arc::clone(&live), value.clone(), Arc::clone(&topic));
         let (inflight, batch) = (args.inflight, args.batch);
         producers.push(tokio::spawn(async move {
-            let mut tally = Tally {
-                histogram: new_histogram(),
-                messages: 0,
-                requests: 0,
-                errors: 0,
-                unknown: 0,
-                duplicates: 0,
-                weakest: None,
-            };
+            let mut tally = Tally::new();
             let mut pending = FuturesUnordered::new();
             let mut issued: u64 = 0;
             let mut next_partition = i as u32;
@@ -329,15 +335,7 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
         })
     };
 
-    let mut total = Tally {
-        histogram: new_histogram(),
-        messages: 0,
-        requests: 0,
-        errors: 0,
-        unknown: 0,
-        duplicates: 0,
-        weakest: None,
-    };
+    let mut total = Tally::new();
     let mut failure = None;
     for p in producers {
         match p.await.context("a producer task panicked")? {

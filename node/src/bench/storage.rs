@@ -505,16 +505,9 @@ async fn measure(s: &Settings, work: &Path, base: &Path, filesystem: Option<Stri
 }
 
 /// `1234567.8` → `1,234,568`.
+/// A rate with thousands separators, rounded to a whole number.
 fn group(x: f64) -> String {
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    super::thousands(x.max(0.0).round() as u64)
 }
 
 fn table(r: &Report) -> String {

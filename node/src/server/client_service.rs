@@ -637,11 +637,7 @@ impl Keel for ClientService {
     ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, n)| pb::Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
-            .collect();
+        let members = members_of(membership);
         let leader_id = m.current_leader.unwrap_or(0);
         let leader_addr =
             m.current_leader.and_then(|l| membership.get_node(&l)).map(|n| n.addr.clone()).unwrap_or_default();
@@ -740,12 +736,11 @@ impl Keel for ClientService {
 
 impl ClientService {
     fn members(&self) -> Vec<pb::Member> {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        membership
-            .nodes()
-            .map(|(id, n)| pb::Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
-            .collect()
+        members_of(self.raft.metrics().borrow().membership_config.membership())
     }
+}
+
+fn members_of(membership: &openraft::Membership<u64, BasicNode>) -> Vec<pb::Member> {
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    membership.nodes().map(|(id, n)| pb::Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) }).collect()
 }

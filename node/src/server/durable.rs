@@ -21,6 +21,8 @@ use tokio::sync::{mpsc, watch};
 use super::network::Peers;
 use super::types::Raft;
 
+type Metrics = openraft::RaftMetrics<u64, openraft::BasicNode>;
+
 const MAILBOX: usize = 1024;
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -119,9 +121,11 @@ impl Durable {
                 }
                 _ = tick.tick() => report_now = true,
             }
-            self.recompute();
+            // One snapshot of the metrics serves both steps of this round.
+            let m = metrics.borrow_and_update().clone();
+            self.recompute(&m);
             if report_now && reporting.as_ref().is_none_or(|h| h.is_finished()) {
-                reporting = self.report_to_leader();
+                reporting = self.report_to_leader(&m);
             }
         }
     }
@@ -138,8 +142,7 @@ impl Durable {
         }
     }
 
-    fn recompute(&mut self) {
-        let m = self.raft.metrics().borrow().clone();
+    fn recompute(&mut self, m: &Metrics) {
         let committed = self.store.read_committed().map_or(0, |c| c.index);
         let applied = m.last_applied.map_or(0, |l| l.index);
         let commit = committed.max(applied);
@@ -170,8 +173,7 @@ impl Durable {
     }
 
     /// Send our fsynced log id to the leader (one report in flight at a time).
-    fn report_to_leader(&self) -> Option<tokio::task::JoinHandle<()>> {
-        let m = self.raft.metrics().borrow().clone();
+    fn report_to_leader(&self, m: &Metrics) -> Option<tokio::task::JoinHandle<()>> {
         let leader = m.current_leader.filter(|&l| l != self.node_id)?;
         let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
         let index = self.store.synced_index()?;
