@@ -669,7 +669,7 @@ fn parse_peers(v: &str) -> Result<BTreeMap<u64, String>, String> {
 
 /// Every key with its effective value, sorted by key, as `keel config check`
 /// prints it. The token itself is never shown.
-fn effective(config: &NodeConfig) -> BTreeMap<&'static str, String> {
+pub fn effective(config: &NodeConfig) -> BTreeMap<&'static str, String> {
     let store = &config.store;
     let preallocate = match store.preallocate {
         Preallocate::Zero => "zero",

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::{FlushConfig, FlushPolicy};
 use crate::error::{Error, Result};
 use crate::io::{FileIo, FileSystem};
+use crate::latency::LatencyRecorder;
 
 /// Called once the entries it was registered for are durable (or failed).
 pub type Completion = Box<dyn FnOnce(Result<()>) + Send>;
@@ -98,6 +99,7 @@ pub struct SyncState {
     synced: watch::Sender<Option<u64>>,
     failed: OnceLock<Arc<str>>,
     pub counters: FlushCounters,
+    pub latency: LatencyRecorder,
 }
 
 impl SyncState {
@@ -111,6 +113,7 @@ impl SyncState {
             synced,
             failed: OnceLock::new(),
             counters: FlushCounters::default(),
+            latency: LatencyRecorder::default(),
         })
     }
 
@@ -218,7 +221,10 @@ impl SyncState {
         if dir && let Err(e) = self.fs.sync_dir(&self.dir) {
             return Err(self.fail(format!("fsync directory {}: {e}", self.dir.display())));
         }
-        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let ended = Instant::now();
+        let took = ended.duration_since(started);
+        self.latency.record(took, ended);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let c = &self.counters;
         c.syncs.fetch_add(1, Ordering::Relaxed);
         c.sync_nanos_total.fetch_add(nanos, Ordering::Relaxed);

@@ -22,6 +22,7 @@ mod flusher;
 pub mod format;
 #[allow(clippy::len_without_is_empty)] // `FileIo::len` is a file length, not a collection's
 pub mod io;
+pub mod latency;
 mod preparer;
 mod raft;
 mod segment;
@@ -32,6 +33,7 @@ pub use error::{Error, Result};
 pub use flusher::{Completion, FlushStats};
 pub use format::{LogPos, Record, RecordKind, RecordMeta};
 pub use io::{FileIo, FileSystem, Preallocate, RealFs};
+pub use latency::{LatencySummary, SyncLatency};
 pub use raft::{EntryData, LogStore, entry_to_record, raw, record_to_entry};
 pub use store::{NewRecord, SegmentInfo, Store};
 

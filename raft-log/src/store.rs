@@ -766,6 +766,17 @@ impl Store {
         self.inner.sync.stats(self.inner.config.flush.policy)
     }
 
+    /// fsync latency since start and over the last minute.
+    pub fn sync_latency(&self) -> crate::SyncLatency {
+        self.inner.sync.latency.report(Instant::now())
+    }
+
+    /// fsync latency of the syncs that ended within `window` (at the
+    /// granularity of [`crate::latency::BUCKET`]).
+    pub fn recent_sync_latency(&self, window: std::time::Duration) -> crate::LatencySummary {
+        self.inner.sync.latency.recent(window, Instant::now())
+    }
+
     /// The fail-stop error, if the store has entered that state.
     pub fn failure(&self) -> Option<Error> {
         self.inner.sync.failure()

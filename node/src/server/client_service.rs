@@ -176,45 +176,6 @@ impl ClientService {
         }
     }
 
-    fn topic_info(&self, s: &State, name: &str) -> Result<pb::TopicInfo, Status> {
-        let t = s.topic(name).map_err(reject_status)?;
-        let partition_info = t
-            .partitions
-            .iter()
-            .enumerate()
-            .map(|(i, p)| pb::PartitionInfo {
-                partition: i as u32,
-                start_offset: p.cq.start(),
-                end_offset: p.cq.end(),
-                bytes: p.bytes,
-            })
-            .collect();
-        let groups = s
-            .groups
-            .iter()
-            .filter(|((_, topic, _), _)| topic == name)
-            .map(|((group, _, partition), &committed)| {
-                let end = t.partitions.get(*partition as usize).map_or(0, |p| p.cq.end());
-                pb::GroupLag {
-                    group: group.clone(),
-                    partition: *partition,
-                    committed,
-                    lag: end.saturating_sub(committed),
-                }
-            })
-            .collect();
-        Ok(pb::TopicInfo {
-            name: t.name.clone(),
-            incarnation: t.incarnation,
-            partitions: t.config.partitions,
-            retention_ms: t.config.retention_ms,
-            retention_bytes: t.config.retention_bytes,
-            max_message_bytes: t.config.max_message_bytes,
-            partition_info,
-            groups,
-        })
-    }
-
     /// Wait until this node has applied `index`, or `deadline`.
     async fn wait_applied(&self, index: u64, deadline: Instant) -> bool {
         let mut rx = self.shared.applied.subscribe();
@@ -267,6 +228,41 @@ fn fetched(offset: u64, r: entry::StoredRecord) -> pb::FetchedRecord {
             .map(|(k, v)| pb::Header { key: String::from_utf8_lossy(&k).into_owned(), value: v })
             .collect(),
     }
+}
+
+/// A topic as DescribeTopic and the admin API show it.
+pub fn topic_info(s: &State, name: &str) -> Result<pb::TopicInfo, Status> {
+    let t = s.topic(name).map_err(reject_status)?;
+    let partition_info = t
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| pb::PartitionInfo {
+            partition: i as u32,
+            start_offset: p.cq.start(),
+            end_offset: p.cq.end(),
+            bytes: p.bytes,
+        })
+        .collect();
+    let groups = s
+        .groups
+        .iter()
+        .filter(|((_, topic, _), _)| topic == name)
+        .map(|((group, _, partition), &committed)| {
+            let end = t.partitions.get(*partition as usize).map_or(0, |p| p.cq.end());
+            pb::GroupLag { group: group.clone(), partition: *partition, committed, lag: end.saturating_sub(committed) }
+        })
+        .collect();
+    Ok(pb::TopicInfo {
+        name: t.name.clone(),
+        incarnation: t.incarnation,
+        partitions: t.config.partitions,
+        retention_ms: t.config.retention_ms,
+        retention_bytes: t.config.retention_bytes,
+        max_message_bytes: t.config.max_message_bytes,
+        partition_info,
+        groups,
+    })
 }
 
 /// Parse `TagA || TagB` into tag names.
@@ -400,6 +396,9 @@ impl Keel for ClientService {
             }
             FlushPolicy::AsyncFlush => (pb::Durability::QuorumWritten, self.durable.durable_index()),
         };
+        if !duplicate {
+            super::admin::metrics::produced(u64::from(count));
+        }
         Ok(Response::new(pb::ProduceResponse {
             base_offset,
             count,
@@ -448,6 +447,8 @@ impl Keel for ClientService {
             let records = self.read_records(&entries, &tags)?;
             let done = !records.is_empty() || next < end || Instant::now() >= deadline;
             if done {
+                let bytes = records.iter().map(|r| r.value.len() + r.key.len()).sum::<usize>();
+                super::admin::metrics::fetched(records.len() as u64, bytes as u64);
                 return Ok(Response::new(pb::FetchResponse {
                     records,
                     next_offset: next,
@@ -542,7 +543,7 @@ impl Keel for ClientService {
             max_message_bytes,
         })
         .await?;
-        let topic = self.topic_info(&self.state().state, &req.name)?;
+        let topic = topic_info(&self.state().state, &req.name)?;
         Ok(Response::new(pb::CreateTopicResponse { topic: Some(topic) }))
     }
 
@@ -562,7 +563,7 @@ impl Keel for ClientService {
         _req: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let m = self.state();
-        let topics = m.state.topics.keys().map(|name| self.topic_info(&m.state, name)).collect::<Result<_, _>>()?;
+        let topics = m.state.topics.keys().map(|name| topic_info(&m.state, name)).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 
@@ -570,7 +571,7 @@ impl Keel for ClientService {
         let req = req.into_inner();
         let m = self.state();
         m.state.topic(&req.name).map_err(|r| self.read_reject(r))?;
-        Ok(Response::new(self.topic_info(&m.state, &req.name)?))
+        Ok(Response::new(topic_info(&m.state, &req.name)?))
     }
 
     async fn commit_offset(

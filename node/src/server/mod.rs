@@ -11,12 +11,15 @@
 //! - **durable** ([`durable`]): the durable index.
 //! - **retention** ([`retention`]): trims partitions, snapshots, deletes
 //!   segments.
+//! - **admin** ([`admin`]): the HTTP API on `admin.listen` (status, cluster,
+//!   topics, digest, membership, snapshots, `/metrics`, health, the page).
 //!
 //! Start-up recovers the store (torn tails cut, corruption refused), loads
 //! the newest checkpoint and lets openraft re-apply the committed entries
 //! after it. SIGTERM or SIGINT stops the server, then Raft, then closes the
 //! store (its flusher syncs what was written).
 
+pub mod admin;
 mod client_service;
 mod codec;
 mod durable;
@@ -76,6 +79,8 @@ fn init_tracing() {
 
 pub async fn run(config: NodeConfig) -> Result<()> {
     init_tracing();
+    // Before the store opens, so its first fsyncs are counted too.
+    let _ = admin::metrics::handle();
     let node_id = config.node_id;
     let store = Store::open(config.store.clone())
         .await
@@ -111,7 +116,20 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         durable: durable.clone(),
         limits,
     };
-    let peer_service = peer::PeerService { raft: raft.clone(), durable };
+    let admin = Arc::new(admin::Admin {
+        node_id,
+        raft: raft.clone(),
+        store: store.clone(),
+        shared: shared.clone(),
+        durable: durable.clone(),
+        peers: peers.clone(),
+        flush_config: crate::config::effective(&config).into_iter().filter(|(k, _)| k.starts_with("flush.")).collect(),
+        advertised: config.grpc_advertised.clone(),
+        token: config.admin_token.clone(),
+        started: std::time::Instant::now(),
+        sampler: admin::status::Sampler::default(),
+    });
+    let peer_service = peer::PeerService { raft: raft.clone(), durable, admin: admin.clone() };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let incoming = tonic::transport::server::TcpIncoming::bind(config.grpc_listen)
@@ -143,6 +161,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         "keel node started"
     );
 
+    let admin_server = tokio::spawn(admin::serve(admin, config.admin_listen, shutdown_rx.clone()));
+
     if config.cluster_bootstrap {
         bootstrap(&raft, &config).await?;
     }
@@ -162,8 +182,16 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut metrics = raft.metrics();
+    let mut admin_server = admin_server;
     let failure = loop {
         tokio::select! {
+            r = &mut admin_server => {
+                break Some(match r {
+                    Ok(Ok(())) => "the admin HTTP server stopped".to_string(),
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(e) => format!("the admin HTTP server panicked: {e}"),
+                });
+            }
             _ = sigterm.recv() => break None,
             _ = sigint.recv() => break None,
             r = metrics.changed() => {
@@ -179,6 +207,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     tracing::info!(node_id, "shutting down");
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if !admin_server.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut admin_server).await;
+    }
     let _ = retention.await;
     let _ = raft.shutdown().await;
     drop(raft);

@@ -32,6 +32,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 #[derive(Clone, Default)]
 pub struct Peers {
     inner: Arc<Mutex<HashMap<String, PeerConn>>>,
+    /// When each node last answered an AppendEntries (heartbeats included):
+    /// the admin status shows the time since.
+    acks: Arc<Mutex<HashMap<u64, Instant>>>,
 }
 
 #[derive(Clone)]
@@ -71,11 +74,38 @@ impl Peers {
         }
     }
 
+    fn acked(&self, node: u64) {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner()).insert(node, Instant::now());
+    }
+
+    /// When node `node` last answered an AppendEntries from this node.
+    pub fn last_ack(&self, node: u64) -> Option<Instant> {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner()).get(&node).copied()
+    }
+
     fn succeeded(&self, addr: &str) {
         let mut peers = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = peers.get_mut(addr) {
             c.retry_at = None;
             c.backoff = BACKOFF_MIN;
+        }
+    }
+}
+
+impl Peers {
+    /// The admin status document of the node at `addr`, within `timeout`.
+    pub async fn node_status(&self, addr: &str, timeout: Duration) -> Result<String, String> {
+        let mut c = self.client(addr)?;
+        let req = keel_proto::raft::NodeStatusRequest {};
+        match tokio::time::timeout(timeout, c.node_status(req)).await {
+            Err(_) => Err(format!("{addr}: no answer within {timeout:?}")),
+            Ok(Err(s)) => {
+                if s.code() == tonic::Code::Unavailable {
+                    self.failed(addr);
+                }
+                Err(format!("{addr}: {}", s.message()))
+            }
+            Ok(Ok(r)) => Ok(r.into_inner().json),
         }
     }
 }
@@ -168,6 +198,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .map_err(|s| RPCError::Network(NetworkError::new(&AnyError::error(s.message()))))?;
         let resp = self.call(&option, |mut c| async move { c.append_entries(req).await }).await;
         let resp = resp.map_err(|e| self.rpc_error(e))?;
+        self.peers.acked(self.target);
         wire::append_resp_from_pb(resp).map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e))))
     }
 

@@ -1,15 +1,19 @@
-//! The `RaftPeer` gRPC service: openraft's three RPCs from the leader, and
-//! followers' fsynced-index reports for the durable index.
+//! The `RaftPeer` gRPC service: openraft's three RPCs from the leader,
+//! followers' fsynced-index reports for the durable index, and this node's
+//! admin status for a peer's `/api/v1/cluster`.
 //!
 //! A Raft error from openraft travels back as FAILED_PRECONDITION with the
 //! error as JSON in the status details, so the sender can rebuild it (see
 //! [`super::network`]).
+
+use std::sync::Arc;
 
 use keel_proto::raft as pb;
 use keel_proto::raft::raft_peer_server::RaftPeer;
 use keel_raft_log::LogPos;
 use tonic::{Request, Response, Status};
 
+use super::admin::Admin;
 use super::durable::DurableHandle;
 use super::types::Raft;
 use super::wire;
@@ -17,6 +21,7 @@ use super::wire;
 pub struct PeerService {
     pub raft: Raft,
     pub durable: DurableHandle,
+    pub admin: Arc<Admin>,
 }
 
 fn raft_status<E: serde::Serialize + std::fmt::Display>(e: E) -> Status {
@@ -58,5 +63,14 @@ impl RaftPeer for PeerService {
         let synced = req.synced.ok_or_else(|| Status::invalid_argument("report without a log id"))?;
         self.durable.report(req.node_id, LogPos::new(synced.term, synced.leader, synced.index)).await;
         Ok(Response::new(pb::ReportSyncedResponse { durable_index: self.durable.durable_index() }))
+    }
+
+    async fn node_status(
+        &self,
+        _req: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        let json = serde_json::to_string(&self.admin.status())
+            .map_err(|e| Status::internal(format!("cannot encode the status: {e}")))?;
+        Ok(Response::new(pb::NodeStatusResponse { json }))
     }
 }

@@ -1,0 +1,109 @@
+//! `GET /metrics`: Prometheus text through `metrics` and
+//! `metrics-exporter-prometheus`.
+//!
+//! Events are recorded where they happen: each fsync's duration by the log
+//! store's flusher (`keel_flush_duration_seconds`), produced and fetched
+//! messages and the bytes fetches read by the client service. Levels (Raft
+//! indexes, disk usage, segments, lag) and the store's own counters are read
+//! just before each scrape, so they are never stale; a gauge nobody set for
+//! [`GAUGE_IDLE`] (a follower's lag after this node lost the lead) is dropped.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+use super::Admin;
+
+/// Buckets of `keel_flush_duration_seconds`: 50 µs to 2.5 s.
+const FLUSH_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const GAUGE_IDLE: Duration = Duration::from_secs(30);
+
+/// The process's recorder, installed on first use (one node per process).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full("keel_flush_duration_seconds".into()), FLUSH_BUCKETS)
+            .expect("non-empty bucket list")
+            .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE));
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows only keel's own");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!("keel_flush_duration_seconds", Unit::Seconds, "Duration of each fsync of the log");
+    describe_counter!(
+        "keel_io_bytes_total",
+        Unit::Bytes,
+        "Bytes of log records written to (op=write) or read from (op=read) the segments"
+    );
+    describe_counter!("keel_fsyncs_total", "fsyncs of the log");
+    describe_gauge!("keel_disk_usage_ratio", "Used fraction of the volume holding the log (0..1)");
+    describe_gauge!("keel_disk_free_bytes", Unit::Bytes, "Free bytes on the volume holding the log");
+    describe_gauge!("keel_raft_term", "Current Raft term");
+    describe_gauge!("keel_raft_commit_index", "Raft commit index");
+    describe_gauge!("keel_raft_applied_index", "Last log index applied to the state machine");
+    describe_gauge!("keel_raft_last_log_index", "Last log index in this node's log");
+    describe_gauge!("keel_raft_durable_index", "Highest index fsynced on a majority");
+    describe_gauge!("keel_raft_is_leader", "1 on the leader, 0 elsewhere");
+    describe_gauge!("keel_replication_lag_entries", "On the leader: entries a follower is behind");
+    describe_gauge!("keel_segments", "Segment files of the log");
+    describe_gauge!("keel_flush_pending_bytes", Unit::Bytes, "Bytes written, not yet fsynced");
+    describe_counter!("keel_produce_messages_total", "Records acknowledged to producers");
+    describe_counter!("keel_fetch_messages_total", "Records returned to fetches");
+    // Present from the start, so a rate over the first scrapes is defined.
+    counter!("keel_produce_messages_total").increment(0);
+    counter!("keel_fetch_messages_total").increment(0);
+    counter!("keel_io_bytes_total", "op" => "read").increment(0);
+}
+
+/// Set the levels from the node's current state.
+pub fn refresh(admin: &Admin) {
+    let s = admin.status();
+    gauge!("keel_raft_term").set(s.term as f64);
+    gauge!("keel_raft_commit_index").set(s.log.committed.unwrap_or(0) as f64);
+    gauge!("keel_raft_applied_index").set(s.log.applied.unwrap_or(0) as f64);
+    gauge!("keel_raft_last_log_index").set(s.log.last_index.unwrap_or(0) as f64);
+    gauge!("keel_raft_durable_index").set(s.log.durable as f64);
+    gauge!("keel_raft_is_leader").set(if s.role == "leader" { 1.0 } else { 0.0 });
+    for r in &s.replication {
+        gauge!("keel_replication_lag_entries", "peer" => r.node_id.to_string()).set(r.lag_entries as f64);
+    }
+    gauge!("keel_segments").set(s.storage.segments.len() as f64);
+    gauge!("keel_flush_pending_bytes").set(s.flush.pending_bytes as f64);
+    if let Some(d) = s.storage.disk {
+        gauge!("keel_disk_usage_ratio").set(d.used_ratio);
+        gauge!("keel_disk_free_bytes").set(d.free_bytes as f64);
+    }
+    counter!("keel_io_bytes_total", "op" => "write").absolute(s.flush.written_bytes_total);
+    counter!("keel_fsyncs_total").absolute(s.flush.fsyncs);
+}
+
+/// Records returned to a fetch, and the bytes read for them.
+pub fn fetched(records: u64, bytes: u64) {
+    counter!("keel_fetch_messages_total").increment(records);
+    counter!("keel_io_bytes_total", "op" => "read").increment(bytes);
+}
+
+/// Records acknowledged to a producer.
+pub fn produced(records: u64) {
+    counter!("keel_produce_messages_total").increment(records);
+}
+
+pub fn render(admin: &Admin) -> String {
+    let h = handle();
+    refresh(admin);
+    h.run_upkeep();
+    h.render()
+}

@@ -1,0 +1,547 @@
+//! The admin actor: the axum HTTP server on `admin.listen` (status,
+//! cluster, topics, digest, membership, snapshots, `/metrics`, health and
+//! the web page), and a once-a-second sampler of the flush counters.
+//!
+//! Reads are open. Mutations need `Authorization: Bearer <admin.token>` when
+//! the token is set. Every error is JSON `{"error": "..."}` naming what was
+//! wrong. The API is described in `docs/admin-api.md` and, for machines, in
+//! `openapi.json` (served at `/api/v1/openapi.json`).
+
+mod digest;
+pub mod metrics;
+pub mod status;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post};
+use keel_raft_log::Store;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::durable::DurableHandle;
+use super::network::Peers;
+use super::state::State as MachineState;
+use super::state_machine::Shared;
+use super::types::Raft;
+
+/// How long `/api/v1/cluster` waits for each peer.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a membership change or a snapshot may take before the answer is 504.
+const MUTATION_TIMEOUT: Duration = Duration::from_secs(30);
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// The machine-readable API description.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// What the admin handlers read and steer.
+pub struct Admin {
+    pub node_id: u64,
+    pub raft: Raft,
+    pub store: Store,
+    pub shared: Arc<Shared>,
+    pub durable: DurableHandle,
+    pub peers: Peers,
+    /// The `flush.*` keys and their effective values.
+    pub flush_config: BTreeMap<&'static str, String>,
+    pub advertised: String,
+    pub token: Option<String>,
+    pub started: Instant,
+    pub sampler: status::Sampler,
+}
+
+/// An error answer: `{"error": message}` with `status`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"keel admin\""));
+        }
+        r
+    }
+}
+
+type Api<T> = Result<T, ApiError>;
+type Shared_ = State<Arc<Admin>>;
+
+/// Serve the admin API on `listen` until `shutdown` turns true.
+pub async fn serve(admin: Arc<Admin>, listen: SocketAddr, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on admin.listen {listen}"))?;
+    tracing::info!(admin = %listen, "admin HTTP listening");
+    let _ = metrics::handle();
+    let sampler = {
+        let admin = admin.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAMPLE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => admin.sampler.sample(&admin.store),
+                    _ = shutdown.wait_for(|&s| s) => return,
+                }
+            }
+        })
+    };
+    let app = router(admin);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|&s| s).await;
+        })
+        .await
+        .context("admin HTTP server")?;
+    let _ = sampler.await;
+    Ok(())
+}
+
+/// Every API route: the router serves these, and a test checks that
+/// `openapi.json` describes exactly these.
+fn routes() -> Vec<(&'static str, MethodRouter<Arc<Admin>>)> {
+    vec![
+        ("/", get(page)),
+        ("/api/v1/status", get(get_status)),
+        ("/api/v1/cluster", get(get_cluster)),
+        ("/api/v1/topics", get(get_topics)),
+        ("/api/v1/storage/digest", get(get_digest)),
+        ("/api/v1/members", post(add_member)),
+        ("/api/v1/members/{id}", delete(remove_member)),
+        ("/api/v1/snapshot", post(snapshot)),
+        ("/api/v1/openapi.json", get(openapi)),
+        ("/metrics", get(get_metrics)),
+        ("/healthz", get(healthz)),
+        ("/readyz", get(readyz)),
+    ]
+}
+
+pub fn router(admin: Arc<Admin>) -> Router {
+    let mut router = Router::new();
+    for (path, route) in routes() {
+        router = router.route(path, route);
+    }
+    // The page's own files, at the paths index.html names them by.
+    for asset in keel_admin_ui::ASSETS.iter().filter(|a| a.path != "index.html") {
+        router = router.route(&format!("/{}", asset.path), get(move || async move { asset_response(asset) }));
+    }
+    router.fallback(not_found).with_state(admin)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no such path: {} (see /api/v1/openapi.json)", uri.path()))
+}
+
+fn asset_response(a: &keel_admin_ui::Asset) -> Response {
+    ([(header::CONTENT_TYPE, a.content_type), (header::CACHE_CONTROL, "no-cache")], a.body).into_response()
+}
+
+async fn page() -> Response {
+    keel_admin_ui::asset("").map_or_else(|| not_found_text("index.html"), asset_response)
+}
+
+fn not_found_text(what: &str) -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no such file in the admin page: {what}")).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn get_status(State(admin): Shared_) -> axum::Json<status::NodeStatus> {
+    axum::Json(admin.status())
+}
+
+async fn get_cluster(State(admin): Shared_) -> axum::Json<Value> {
+    let m = admin.raft.metrics().borrow().clone();
+    let members = status::members_of(m.membership_config.membership());
+    let asks = members.iter().map(|member| {
+        let admin = admin.clone();
+        let member = member.clone();
+        async move {
+            let (status, error) = if member.id == admin.node_id {
+                (serde_json::to_value(admin.status()).ok(), None)
+            } else {
+                match admin.peers.node_status(&member.addr, PEER_STATUS_TIMEOUT).await {
+                    Ok(text) => match serde_json::from_str::<Value>(&text) {
+                        Ok(v) => (Some(v), None),
+                        Err(e) => (None, Some(format!("node {} answered a status that is not JSON: {e}", member.id))),
+                    },
+                    Err(e) => (None, Some(format!("node {} at {e}", member.id))),
+                }
+            };
+            json!({
+                "node_id": member.id,
+                "addr": member.addr,
+                "voter": member.voter,
+                "reachable": status.is_some(),
+                "error": error,
+                "status": status,
+            })
+        }
+    });
+    let nodes = futures::future::join_all(asks).await;
+    axum::Json(json!({ "asked_by": admin.node_id, "leader_id": m.current_leader, "nodes": nodes }))
+}
+
+async fn get_topics(State(admin): Shared_) -> axum::Json<Value> {
+    let machine = admin.shared.read();
+    let applied = machine.last_applied.map(|l| l.index);
+    let topics: Vec<Value> = machine.state.topics.keys().filter_map(|name| topic_json(&machine.state, name)).collect();
+    axum::Json(json!({ "node_id": admin.node_id, "applied": applied, "topics": topics }))
+}
+
+fn topic_json(s: &MachineState, name: &str) -> Option<Value> {
+    let t = super::client_service::topic_info(s, name).ok()?;
+    Some(json!({
+        "name": t.name,
+        "incarnation": t.incarnation,
+        "partitions": t.partitions,
+        "retention_ms": t.retention_ms,
+        "retention_bytes": t.retention_bytes,
+        "max_message_bytes": t.max_message_bytes,
+        "partition_info": t.partition_info.iter().map(|p| json!({
+            "partition": p.partition,
+            "first_offset": p.start_offset,
+            "next_offset": p.end_offset,
+            "bytes": p.bytes,
+        })).collect::<Vec<_>>(),
+        "groups": t.groups.iter().map(|g| json!({
+            "group": g.group,
+            "partition": g.partition,
+            "committed": g.committed,
+            "lag": g.lag,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+/// Parse query parameters: only `allowed` names, each a non-negative integer.
+fn index_params(q: &HashMap<String, String>, allowed: &[&str]) -> Api<HashMap<String, u64>> {
+    let mut out = HashMap::new();
+    for (k, v) in q {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {k:?}; this endpoint takes {}",
+                allowed.join(", ")
+            )));
+        }
+        let n = v
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("{k}={v:?} is not a log index (a whole number ≥ 0)")))?;
+        out.insert(k.clone(), n);
+    }
+    Ok(out)
+}
+
+async fn get_digest(
+    State(admin): Shared_,
+    Query(q): Query<HashMap<String, String>>,
+) -> Api<axum::Json<digest::Digest>> {
+    let p = index_params(&q, &["from", "upto"])?;
+    let (from, upto) = (p.get("from").copied(), p.get("upto").copied());
+    let store = admin.store.clone();
+    let d = tokio::task::spawn_blocking(move || digest::digest(&store, from, upto))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("digest task failed: {e}")))?
+        .map_err(|e| ApiError::bad_request(e.0))?;
+    Ok(axum::Json(d))
+}
+
+/// Mutations need the token when one is configured.
+fn authorize(admin: &Admin, headers: &HeaderMap) -> Api<()> {
+    check_token(admin.token.as_deref(), headers)
+}
+
+fn check_token(token: Option<&str>, headers: &HeaderMap) -> Api<()> {
+    let Some(token) = token else { return Ok(()) };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match given.and_then(|v| v.strip_prefix("Bearer ")) {
+        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token does not match admin.token")),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this change needs the header Authorization: Bearer <admin.token>",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The body as a JSON object (an empty body is an empty object when
+/// `empty_ok`), naming what is wrong otherwise.
+fn json_object(body: &Bytes, empty_ok: bool) -> Api<serde_json::Map<String, Value>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        if empty_ok {
+            return Ok(serde_json::Map::new());
+        }
+        return Err(ApiError::bad_request("the request body is empty; it must be a JSON object"));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(other) => Err(ApiError::bad_request(format!("the body must be a JSON object, not {other}"))),
+        Err(e) => Err(ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+/// Refuse fields the endpoint does not know (a typo would otherwise be ignored).
+fn only_fields(o: &serde_json::Map<String, Value>, known: &[&str]) -> Api<()> {
+    match o.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad_request(format!("unknown field {k:?}; the fields are {}", known.join(", ")))),
+        None => Ok(()),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct AddMember {
+    id: u64,
+    addr: String,
+    promote: bool,
+}
+
+impl AddMember {
+    fn parse(body: &Bytes) -> Api<Self> {
+        let o = json_object(body, false)?;
+        only_fields(&o, &["id", "addr", "promote"])?;
+        let id = match o.get("id") {
+            None => return Err(ApiError::bad_request("id: missing; give the new node's id (a whole number ≥ 1)")),
+            Some(v) => v
+                .as_u64()
+                .filter(|&id| id > 0)
+                .ok_or_else(|| ApiError::bad_request(format!("id: {v} is not a node id (a whole number ≥ 1)")))?,
+        };
+        let addr = match o.get("addr") {
+            None => return Err(ApiError::bad_request("addr: missing; give the new node's gRPC address host:port")),
+            Some(Value::String(a)) => a.clone(),
+            Some(v) => return Err(ApiError::bad_request(format!("addr: {v} is not a string host:port"))),
+        };
+        validate_addr(&addr)?;
+        let promote = match o.get("promote") {
+            None => true,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => return Err(ApiError::bad_request(format!("promote: {v} is not true or false"))),
+        };
+        Ok(Self { id, addr, promote })
+    }
+}
+
+/// A client to the cluster this node knows, which follows the leader.
+fn cluster_client(admin: &Admin) -> Api<keel_client::Client> {
+    let members = status::members_of(admin.raft.metrics().borrow().membership_config.membership());
+    let mut addrs: Vec<String> = members.into_iter().map(|m| m.addr).collect();
+    if addrs.is_empty() {
+        addrs.push(admin.advertised.clone());
+    }
+    let options = keel_client::ClientOptions { call_timeout: MUTATION_TIMEOUT, ..Default::default() };
+    keel_client::Client::with_options(addrs, options)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot reach the cluster: {e}")))
+}
+
+fn client_error(e: keel_client::Error) -> ApiError {
+    use keel_proto::client::ErrorCode;
+    let status = match e.code() {
+        Some(ErrorCode::InvalidArgument) => StatusCode::BAD_REQUEST,
+        Some(ErrorCode::NoLeader | ErrorCode::NotLeader) => StatusCode::CONFLICT,
+        Some(ErrorCode::OutcomeUnknown) => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+async fn add_member(State(admin): Shared_, headers: HeaderMap, body: Bytes) -> Api<axum::Json<Value>> {
+    authorize(&admin, &headers)?;
+    let req = AddMember::parse(&body)?;
+    let r = cluster_client(&admin)?.add_node(req.id, &req.addr, req.promote).await.map_err(client_error)?;
+    Ok(axum::Json(membership_json(&r)))
+}
+
+fn validate_addr(addr: &str) -> Api<()> {
+    let ok =
+        addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok { Ok(()) } else { Err(ApiError::bad_request(format!("addr: {addr:?} is not host:port"))) }
+}
+
+async fn remove_member(State(admin): Shared_, headers: HeaderMap, Path(id): Path<String>) -> Api<axum::Json<Value>> {
+    authorize(&admin, &headers)?;
+    let id: u64 = id
+        .parse()
+        .ok()
+        .filter(|&id| id > 0)
+        .ok_or_else(|| ApiError::bad_request(format!("id: {id:?} is not a node id (a whole number ≥ 1)")))?;
+    let r = cluster_client(&admin)?.remove_node(id).await.map_err(client_error)?;
+    Ok(axum::Json(membership_json(&r)))
+}
+
+fn membership_json(r: &keel_proto::client::MembershipResponse) -> Value {
+    json!({
+        "log_index": r.log_index,
+        "members": r.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>(),
+    })
+}
+
+/// Build a snapshot on this node now, covering what it has applied.
+async fn snapshot(State(admin): Shared_, headers: HeaderMap, body: Bytes) -> Api<axum::Json<Value>> {
+    authorize(&admin, &headers)?;
+    only_fields(&json_object(&body, true)?, &[])?;
+    let applied = admin.raft.metrics().borrow().last_applied.map(|l| l.index);
+    let Some(applied) = applied else {
+        return Err(ApiError::new(StatusCode::CONFLICT, "nothing is applied yet, so there is nothing to snapshot"));
+    };
+    admin
+        .raft
+        .trigger()
+        .snapshot()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot trigger a snapshot: {e}")))?;
+    let mut metrics = admin.raft.metrics();
+    let built =
+        tokio::time::timeout(MUTATION_TIMEOUT, metrics.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= applied)))
+            .await;
+    match built {
+        Ok(Ok(m)) => Ok(axum::Json(json!({ "snapshot_index": m.snapshot.map(|s| s.index) }))),
+        Ok(Err(_)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "raft stopped while building the snapshot")),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the snapshot was not built within {MUTATION_TIMEOUT:?}; it may still finish"),
+        )),
+    }
+}
+
+async fn get_metrics(State(admin): Shared_) -> Response {
+    let text = metrics::render(&admin);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+async fn healthz(State(admin): Shared_) -> Response {
+    let raft_failure = admin.raft.metrics().borrow().running_state.as_ref().err().map(|e| e.to_string());
+    let failure = admin.store.failure().map(|e| format!("log store failed: {e}")).or(raft_failure);
+    match failure {
+        None => (StatusCode::OK, axum::Json(json!({ "status": "ok", "node_id": admin.node_id }))).into_response(),
+        Some(f) => {
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "failed", "error": f }))).into_response()
+        }
+    }
+}
+
+async fn readyz(State(admin): Shared_) -> Response {
+    let m = admin.raft.metrics().borrow().clone();
+    let mut not_ready = Vec::new();
+    if m.membership_config.membership().get_node(&admin.node_id).is_none() {
+        not_ready.push(format!("node {} is not a member of the cluster (yet)", admin.node_id));
+    }
+    if m.current_leader.is_none() {
+        not_ready.push("no leader is known".to_string());
+    }
+    let committed = admin.store.read_committed().map_or(0, |c| c.index);
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    if applied < committed {
+        not_ready.push(format!("applied index {applied} is behind the commit index {committed}"));
+    }
+    if let Some(e) = admin.store.failure() {
+        not_ready.push(format!("log store failed: {e}"));
+    }
+    if not_ready.is_empty() {
+        (StatusCode::OK, axum::Json(json!({ "status": "ready", "leader_id": m.current_leader }))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "not ready", "reasons": not_ready })))
+            .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(body: &str) -> Result<AddMember, String> {
+        AddMember::parse(&Bytes::from(body.to_string())).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn add_member_bodies_are_checked_field_by_field() {
+        assert_eq!(
+            add(r#"{"id": 4, "addr": "10.0.0.4:9091"}"#),
+            Ok(AddMember { id: 4, addr: "10.0.0.4:9091".into(), promote: true })
+        );
+        assert_eq!(add(r#"{"id": 4, "addr": "n4:1", "promote": false}"#).map(|a| a.promote), Ok(false));
+        for (body, names) in [
+            ("", "empty"),
+            ("[1]", "JSON object"),
+            ("{\"id\": 4,", "not valid JSON"),
+            (r#"{"addr": "n4:1"}"#, "id: missing"),
+            (r#"{"id": "four", "addr": "n4:1"}"#, "id: \"four\""),
+            (r#"{"id": 0, "addr": "n4:1"}"#, "id: 0"),
+            (r#"{"id": -3, "addr": "n4:1"}"#, "id: -3"),
+            (r#"{"id": 4}"#, "addr: missing"),
+            (r#"{"id": 4, "addr": 9091}"#, "addr: 9091"),
+            (r#"{"id": 4, "addr": "n4"}"#, "addr: \"n4\""),
+            (r#"{"id": 4, "addr": "n4:99999"}"#, "addr: \"n4:99999\""),
+            (r#"{"id": 4, "addr": "n4:1", "promote": "yes"}"#, "promote: \"yes\""),
+            (r#"{"id": 4, "addr": "n4:1", "promte": true}"#, "unknown field \"promte\""),
+        ] {
+            let e = add(body).expect_err(body);
+            assert!(e.contains(names), "{body}: {e:?} does not name {names:?}");
+        }
+    }
+
+    #[test]
+    fn query_parameters_are_log_indexes_and_only_the_known_ones() {
+        let q = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let ok = index_params(&q(&[("from", "3"), ("upto", "9")]), &["from", "upto"]).expect("valid");
+        assert_eq!((ok["from"], ok["upto"]), (3, 9));
+        let e = index_params(&q(&[("from", "-1")]), &["from", "upto"]).expect_err("negative");
+        assert!(e.message.starts_with("from="), "{}", e.message);
+        let e = index_params(&q(&[("frm", "1")]), &["from", "upto"]).expect_err("typo");
+        assert!(e.message.contains("\"frm\""), "{}", e.message);
+    }
+
+    #[test]
+    fn the_token_is_required_exactly_when_set() {
+        let mut h = HeaderMap::new();
+        assert!(check_token(None, &h).is_ok());
+        let e = check_token(Some("s3cret"), &h).expect_err("no header");
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer nope"));
+        assert_eq!(check_token(Some("s3cret"), &h).expect_err("wrong").status, StatusCode::UNAUTHORIZED);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        assert!(check_token(Some("s3cret"), &h).is_ok());
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("s3cret"));
+        assert!(check_token(Some("s3cret"), &h).is_err(), "the Bearer scheme is required");
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let paths = doc["paths"].as_object().expect("paths");
+        let served: Vec<&str> = routes().into_iter().map(|(p, _)| p).collect();
+        for p in &served {
+            assert!(paths.contains_key(*p), "{p} is served but not in openapi.json");
+        }
+        for p in paths.keys() {
+            assert!(served.contains(&p.as_str()), "{p} is in openapi.json but not served");
+        }
+    }
+}

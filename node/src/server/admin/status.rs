@@ -1,0 +1,443 @@
+//! `GET /api/v1/status`: what one node knows of itself, the document
+//! `docs/admin-api.md` describes field by field.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use keel_raft_log::{LatencySummary, Store};
+use openraft::ServerState;
+use serde::Serialize;
+
+use super::Admin;
+use crate::server::types::now_ms;
+
+/// The article's rule: a mean flush above this many milliseconds.
+pub const SLOW_FLUSH_MS: f64 = 100.0;
+/// The article's rule: a volume fuller than this.
+pub const DISK_USAGE_LIMIT: f64 = 0.80;
+
+/// One point of the flush history per this period.
+pub const HISTORY_EVERY: Duration = Duration::from_secs(5);
+/// Points kept: ten minutes.
+pub const HISTORY_POINTS: usize = 120;
+
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader_id: Option<u64>,
+    pub leader_addr: Option<String>,
+    pub grpc_addr: String,
+    pub uptime_ms: u64,
+    pub members: Vec<Member>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub log: LogStatus,
+    pub replication: Vec<Replication>,
+    pub flush: FlushStatus,
+    pub storage: StorageStatus,
+    pub advice: Vec<Advice>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogStatus {
+    pub first_index: Option<u64>,
+    pub last_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub applied: Option<u64>,
+    pub durable: u64,
+    pub fsynced: Option<u64>,
+    pub snapshot: Option<u64>,
+    pub purged: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Replication {
+    pub node_id: u64,
+    pub addr: Option<String>,
+    pub matched: Option<u64>,
+    pub lag_entries: u64,
+    pub last_ack_ms_ago: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlushStatus {
+    pub policy: &'static str,
+    pub config: BTreeMap<&'static str, String>,
+    pub pending_bytes: u64,
+    pub pending_entries: u64,
+    pub fsyncs: u64,
+    pub fsync_us: FsyncLatency,
+    pub write_bytes_per_s: f64,
+    pub written_bytes_total: u64,
+    pub last_fsync_age_ms: Option<u64>,
+    pub history: Vec<HistoryPoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FsyncLatency {
+    pub last_minute: Quantiles,
+    pub since_start: Quantiles,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl From<LatencySummary> for Quantiles {
+    fn from(s: LatencySummary) -> Self {
+        Self { count: s.count, mean: (s.mean_us * 10.0).round() / 10.0, p50: s.p50_us, p99: s.p99_us, max: s.max_us }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct HistoryPoint {
+    pub t_ms: u64,
+    pub fsyncs: u64,
+    /// `None` when no fsync ended in the period.
+    pub fsync_p99_us: Option<u64>,
+    pub write_bytes_per_s: f64,
+    pub pending_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StorageStatus {
+    pub dir: String,
+    pub segments: Vec<Segment>,
+    pub segment_bytes_total: u64,
+    pub disk: Option<Disk>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Segment {
+    pub file: String,
+    pub first_index: u64,
+    pub last_index: Option<u64>,
+    pub bytes: u64,
+    pub capacity_bytes: u64,
+    pub sealed: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Disk {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub used_ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Advice {
+    pub rule: &'static str,
+    pub severity: &'static str,
+    pub measured: f64,
+    pub threshold: f64,
+    pub message: String,
+}
+
+/// The volume holding `dir`: `statvfs(3)`. Space reserved for root counts
+/// as used, as `df` shows it.
+pub fn disk_usage(dir: &Path) -> std::io::Result<Disk> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: `path` is NUL-terminated and `st` is a properly sized out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    let total = st.f_blocks as u64 * frsize;
+    let free = st.f_bavail as u64 * frsize;
+    let used = total.saturating_sub(st.f_bfree as u64 * frsize);
+    // Of the space non-root users can have, the part in use (as `df`'s Use%).
+    let usable = used + free;
+    let used_ratio = if usable == 0 { 0.0 } else { used as f64 / usable as f64 };
+    Ok(Disk { total_bytes: total, free_bytes: free, used_ratio })
+}
+
+/// The article's advice, with the value measured.
+pub fn advice(mean_flush_ms: Option<f64>, disk: Option<Disk>) -> Vec<Advice> {
+    let mut out = Vec::new();
+    if let Some(ms) = mean_flush_ms.filter(|&ms| ms > SLOW_FLUSH_MS) {
+        out.push(Advice {
+            rule: "slow_flush",
+            severity: "warning",
+            measured: (ms * 10.0).round() / 10.0,
+            threshold: SLOW_FLUSH_MS,
+            message: format!(
+                "fsync took {ms:.1} ms on average (> {SLOW_FLUSH_MS} ms): check the disk's performance or change the \
+                 flush policy (flush.disk.type)"
+            ),
+        });
+    }
+    if let Some(d) = disk.filter(|d| d.used_ratio > DISK_USAGE_LIMIT) {
+        let percent = d.used_ratio * 100.0;
+        out.push(Advice {
+            rule: "disk_usage",
+            severity: if d.used_ratio > 0.95 { "critical" } else { "warning" },
+            measured: (percent * 10.0).round() / 10.0,
+            threshold: DISK_USAGE_LIMIT * 100.0,
+            message: format!(
+                "the volume holding the log is {percent:.1}% full (> {:.0}%, {} free): delete old data (lower \
+                 retention.ms or retention.bytes) or add storage",
+                DISK_USAGE_LIMIT * 100.0,
+                human_bytes(d.free_bytes)
+            ),
+        });
+    }
+    out
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+/// Sampled once a second by the admin actor: the write rate and the flush
+/// history for the page's chart.
+#[derive(Debug, Default)]
+pub struct Sampler {
+    inner: Mutex<SamplerState>,
+}
+
+#[derive(Debug, Default)]
+struct SamplerState {
+    last: Option<(Instant, u64)>,
+    write_bytes_per_s: f64,
+    point_start: Option<(Instant, u64, u64)>,
+    history: VecDeque<HistoryPoint>,
+}
+
+impl Sampler {
+    fn state(&self) -> std::sync::MutexGuard<'_, SamplerState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take one sample of `store`'s counters.
+    pub fn sample(&self, store: &Store) {
+        let now = Instant::now();
+        let f = store.flush_stats();
+        let mut s = self.state();
+        if let Some((t, bytes)) = s.last {
+            let dt = now.duration_since(t).as_secs_f64();
+            if dt > 0.0 {
+                s.write_bytes_per_s = f.bytes_written.saturating_sub(bytes) as f64 / dt;
+            }
+        }
+        s.last = Some((now, f.bytes_written));
+        match s.point_start {
+            None => s.point_start = Some((now, f.bytes_written, f.syncs)),
+            Some((t, bytes, syncs)) if now.duration_since(t) >= HISTORY_EVERY => {
+                let dt = now.duration_since(t);
+                let fsyncs = f.syncs.saturating_sub(syncs);
+                let point = HistoryPoint {
+                    t_ms: now_ms(),
+                    fsyncs,
+                    fsync_p99_us: (fsyncs > 0).then(|| store.recent_sync_latency(dt).p99_us),
+                    write_bytes_per_s: f.bytes_written.saturating_sub(bytes) as f64 / dt.as_secs_f64(),
+                    pending_bytes: f.unsynced_bytes,
+                };
+                if s.history.len() == HISTORY_POINTS {
+                    s.history.pop_front();
+                }
+                s.history.push_back(point);
+                s.point_start = Some((now, f.bytes_written, f.syncs));
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn write_bytes_per_s(&self) -> f64 {
+        self.state().write_bytes_per_s
+    }
+
+    fn history(&self) -> Vec<HistoryPoint> {
+        self.state().history.iter().copied().collect()
+    }
+}
+
+fn role(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+pub fn members_of(membership: &openraft::Membership<u64, openraft::BasicNode>) -> Vec<Member> {
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    membership.nodes().map(|(id, n)| Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) }).collect()
+}
+
+impl Admin {
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let members = members_of(membership);
+        let addr_of = |id: u64| membership.get_node(&id).map(|n| n.addr.clone());
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let learners: Vec<u64> = membership.learner_ids().collect();
+        let last_index = m.last_log_index;
+
+        let replication = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != self.node_id)
+                    .map(|(&id, matched)| {
+                        let matched = matched.map(|l| l.index);
+                        let lag_entries = match (last_index, matched) {
+                            (Some(last), Some(m)) => last.saturating_sub(m),
+                            (Some(last), None) => last + 1,
+                            (None, _) => 0,
+                        };
+                        Replication {
+                            node_id: id,
+                            addr: addr_of(id),
+                            matched,
+                            lag_entries,
+                            last_ack_ms_ago: self.peers.last_ack(id).map(|t| t.elapsed().as_millis() as u64),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let f = self.store.flush_stats();
+        let latency = self.store.sync_latency();
+        let mean_flush_ms = if latency.last_minute.count > 0 {
+            Some(latency.last_minute.mean_us / 1000.0)
+        } else if latency.since_start.count > 0 {
+            Some(latency.since_start.mean_us / 1000.0)
+        } else {
+            None
+        };
+        let disk = disk_usage(&self.store.config().dir).ok();
+        let segments: Vec<Segment> = self
+            .store
+            .segments()
+            .into_iter()
+            .map(|s| Segment {
+                file: s.file.file_name().map_or_else(|| s.file.display().to_string(), |n| n.to_string_lossy().into()),
+                first_index: s.first_index,
+                last_index: s.last_index,
+                bytes: s.used_bytes,
+                capacity_bytes: s.capacity_bytes,
+                sealed: s.sealed,
+            })
+            .collect();
+
+        NodeStatus {
+            node_id: self.node_id,
+            role: role(m.state),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            leader_addr: m.current_leader.and_then(addr_of),
+            grpc_addr: self.advertised.clone(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            members,
+            voters,
+            learners,
+            log: LogStatus {
+                first_index: self.store.first_present_index(),
+                last_index,
+                committed: self.store.read_committed().map(|c| c.index),
+                applied: m.last_applied.map(|l| l.index),
+                durable: self.durable.durable_index(),
+                fsynced: f.synced_index,
+                snapshot: m.snapshot.map(|l| l.index),
+                purged: m.purged.map(|l| l.index),
+            },
+            replication,
+            flush: FlushStatus {
+                policy: f.policy.as_str(),
+                config: self.flush_config.clone(),
+                pending_bytes: f.unsynced_bytes,
+                pending_entries: f.unsynced_entries,
+                fsyncs: f.syncs,
+                fsync_us: FsyncLatency {
+                    last_minute: latency.last_minute.into(),
+                    since_start: latency.since_start.into(),
+                },
+                write_bytes_per_s: self.sampler.write_bytes_per_s().round(),
+                written_bytes_total: f.bytes_written,
+                last_fsync_age_ms: latency.last_sync_age.map(|a| a.as_millis() as u64),
+                history: self.sampler.history(),
+            },
+            storage: StorageStatus {
+                dir: self.store.config().dir.display().to_string(),
+                segment_bytes_total: segments.iter().map(|s| s.bytes).sum(),
+                segments,
+                disk,
+            },
+            advice: advice(mean_flush_ms, disk),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(used_ratio: f64) -> Disk {
+        Disk { total_bytes: 100 << 30, free_bytes: ((1.0 - used_ratio) * (100u64 << 30) as f64) as u64, used_ratio }
+    }
+
+    #[test]
+    fn advice_follows_the_article_rules_with_the_measured_value() {
+        assert!(advice(Some(99.9), Some(disk(0.80))).is_empty());
+        assert!(advice(None, None).is_empty());
+
+        let a = advice(Some(140.25), Some(disk(0.5)));
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].rule, "slow_flush");
+        assert_eq!(a[0].measured, 140.3);
+        assert!(a[0].message.contains("140.2 ms") || a[0].message.contains("140.3 ms"), "{}", a[0].message);
+        assert!(a[0].message.contains("check the disk"), "{}", a[0].message);
+
+        let a = advice(Some(1.0), Some(disk(0.853)));
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].rule, "disk_usage");
+        assert_eq!(a[0].measured, 85.3);
+        assert_eq!(a[0].threshold, 80.0);
+        assert!(a[0].message.contains("85.3% full"), "{}", a[0].message);
+        assert!(a[0].message.contains("add storage"), "{}", a[0].message);
+
+        let both = advice(Some(250.0), Some(disk(0.99)));
+        assert_eq!(both.iter().map(|a| a.rule).collect::<Vec<_>>(), ["slow_flush", "disk_usage"]);
+        assert_eq!(both[1].severity, "critical");
+    }
+
+    #[test]
+    fn disk_usage_reads_the_volume_and_refuses_a_missing_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = disk_usage(dir.path()).expect("statvfs");
+        assert!(d.total_bytes > 0 && d.free_bytes <= d.total_bytes, "{d:?}");
+        assert!((0.0..=1.0).contains(&d.used_ratio), "{d:?}");
+        assert!(disk_usage(&dir.path().join("missing")).is_err());
+    }
+}
