@@ -48,6 +48,9 @@ use keel_proto::client::{ClusterInfoRequest, ClusterInfoResponse};
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod http;
+pub mod webdriver;
+
 /// How long `start` and `restart` wait for a node to answer `ClusterInfo`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// What `leader()` waits for an agreed leader.

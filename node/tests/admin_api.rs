@@ -1,0 +1,419 @@
+//! The admin HTTP API against a real three-node cluster (`keel node`
+//! processes, `common::Cluster`): every answer matches the schema the node
+//! serves at `/api/v1/openapi.json`, the indexes are consistent with each
+//! other, replicas' digests agree, `/metrics` parses as Prometheus text and
+//! its counters rise after producing, and mutations need the token, refuse
+//! bad input naming the field, and change nothing when refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use common::http::{self, Response};
+use keel_client::proto::TopicConfig;
+use keel_client::{Client, Producer, Record};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "s3cret-admin";
+const SETTLE: Duration = Duration::from_secs(30);
+const RECORDS: u64 = 300;
+
+fn get(cluster: &Cluster, node: u64, path: &str) -> Response {
+    http::get(&cluster.admin(node), path).unwrap_or_else(|e| panic!("node {node}: {e}"))
+}
+
+fn get_json(cluster: &Cluster, node: u64, path: &str) -> Value {
+    let r = get(cluster, node, path);
+    assert_eq!(r.status, 200, "GET {path} on node {node}: {r:?}");
+    r.json()
+}
+
+fn send(cluster: &Cluster, node: u64, method: &str, path: &str, token: Option<&str>, body: &str) -> Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    http::request_with_timeout(&cluster.admin(node), method, path, &headers, Some(body.as_bytes()), SETTLE)
+        .unwrap_or_else(|e| panic!("node {node}: {e}"))
+}
+
+/// A 4xx answer whose JSON error mentions `needle`.
+fn assert_refused(r: &Response, status: u16, needle: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    let e = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(e.contains(needle), "error {e:?} does not mention {needle:?}");
+}
+
+/// Check `value` against `schema` (the subset of OpenAPI 3.0 that
+/// openapi.json uses: $ref, allOf, type, required, properties, items,
+/// nullable, enum, minimum), collecting every mismatch with its path.
+fn check(doc: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return check(doc, &doc["components"]["schemas"][name], value, at, errors);
+    }
+    if value.is_null() {
+        if schema["nullable"] != json!(true) {
+            errors.push(format!("{at}: null, but the schema does not allow it"));
+        }
+        return;
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for s in all {
+            check(doc, s, value, at, errors);
+        }
+    }
+    let ok = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("boolean") => value.is_boolean(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        _ => true,
+    };
+    if !ok {
+        errors.push(format!("{at}: {value} is not of type {}", schema["type"]));
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        errors.push(format!("{at}: {value} is not one of {allowed:?}"));
+    }
+    if let (Some(min), Some(v)) = (schema["minimum"].as_f64(), value.as_f64())
+        && v < min
+    {
+        errors.push(format!("{at}: {v} is below the minimum {min}"));
+    }
+    for field in schema["required"].as_array().into_iter().flatten() {
+        let f = field.as_str().unwrap_or_default();
+        if value.get(f).is_none() {
+            errors.push(format!("{at}: the required field {f:?} is missing"));
+        }
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for (name, s) in props {
+            if let Some(v) = value.get(name) {
+                check(doc, s, v, &format!("{at}.{name}"), errors);
+            }
+        }
+    }
+    if let (Some(items), Some(list)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in list.iter().enumerate() {
+            check(doc, items, v, &format!("{at}[{i}]"), errors);
+        }
+    }
+}
+
+fn assert_matches_schema(doc: &Value, name: &str, value: &Value) {
+    let mut errors = Vec::new();
+    check(doc, &json!({ "$ref": format!("#/components/schemas/{name}") }), value, name, &mut errors);
+    assert!(errors.is_empty(), "the answer does not match the {name} schema:\n{}\n{value:#}", errors.join("\n"));
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("{v} is not a whole number"))
+}
+
+/// Prometheus text: every sample as `name{labels}` → value; panics on a
+/// line that is not valid exposition format or a sample without a TYPE.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("bad TYPE line {line:?}"));
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "unknown metric type in {line:?}"
+            );
+            types.insert(name.to_string(), kind.to_string());
+            continue;
+        }
+        if line.starts_with('#') {
+            assert!(line.starts_with("# HELP "), "a comment that is neither HELP nor TYPE: {line:?}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample without a value: {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number in {line:?}"));
+        let name = series.split('{').next().unwrap_or_default();
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad metric name in {line:?}");
+        if series.contains('{') {
+            assert!(series.ends_with('}'), "unclosed labels in {line:?}");
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram")))
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "{name} has no # TYPE line");
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+fn metric(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *samples.get(series).unwrap_or_else(|| panic!("{series} is missing from /metrics: {:?}", samples.keys()))
+}
+
+/// Wait until every node has applied what the leader has committed.
+async fn settled(cluster: &Cluster, leader: u64) -> u64 {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let committed = get_json(cluster, leader, "/api/v1/status")["log"]["committed"].as_u64().unwrap_or(0);
+        let applied: Vec<u64> = cluster
+            .ids()
+            .map(|n| get_json(cluster, n, "/api/v1/status")["log"]["applied"].as_u64().unwrap_or(0))
+            .collect();
+        if applied.iter().all(|&a| a >= committed) {
+            return committed;
+        }
+        assert!(Instant::now() < deadline, "nodes applied {applied:?}, leader committed {committed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn produce(cluster: &Cluster, topic: &str, n: u64) {
+    let client = Client::connect(cluster.addrs()).expect("addresses");
+    let producer: Producer = client.producer();
+    // A few batches per partition: several log entries, few round trips.
+    for chunk in 0..n.div_ceil(30) {
+        let partition = (chunk % 3) as u32;
+        let records: Vec<Record> =
+            (chunk * 30..((chunk + 1) * 30).min(n)).map(|i| Record::new(format!("record {i}"))).collect();
+        producer.produce(topic, partition, records).await.unwrap_or_else(|e| panic!("produce chunk {chunk}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_cluster_topics_digest_and_metrics_agree_with_each_other() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let doc = get_json(&cluster, leader, "/api/v1/openapi.json");
+    let before = parse_metrics(&get(&cluster, leader, "/metrics").text());
+
+    let client = Client::connect(cluster.addrs()).expect("addresses");
+    client.create_topic("audit", TopicConfig { partitions: 3, ..TopicConfig::default() }).await.expect("create");
+    produce(&cluster, "audit", RECORDS).await;
+    client.commit_offset("billing", "audit", 0, 40).await.expect("commit offset");
+    let committed = settled(&cluster, leader).await;
+
+    // Every node's status: schema, and indexes in order.
+    for node in cluster.ids() {
+        let s = get_json(&cluster, node, "/api/v1/status");
+        assert_matches_schema(&doc, "NodeStatus", &s);
+        assert_eq!(u(&s["node_id"]), node);
+        assert_eq!(u(&s["leader_id"]), leader, "node {node} names another leader");
+        assert_eq!(s["role"], if node == leader { "leader" } else { "follower" });
+        assert_eq!(s["voters"], json!([1, 2, 3]));
+        assert_eq!(s["leader_addr"], json!(cluster.grpc(leader)));
+        let log = &s["log"];
+        let (first, last, commit, applied) =
+            (u(&log["first_index"]), u(&log["last_index"]), u(&log["committed"]), u(&log["applied"]));
+        assert!(first <= applied && applied <= commit && commit <= last, "node {node}: {log}");
+        assert!(u(&log["durable"]) <= commit, "node {node}: durable above commit: {log}");
+        assert!(u(&log["fsynced"]) <= last, "node {node}: fsynced above the last entry: {log}");
+        if node == leader {
+            assert!(commit >= committed);
+            let rows = s["replication"].as_array().expect("rows");
+            let ids: Vec<u64> = rows.iter().map(|r| u(&r["node_id"])).collect();
+            assert_eq!(ids.len(), 2, "the leader shows one row per follower: {rows:?}");
+            assert!(!ids.contains(&leader));
+            for r in rows {
+                let matched = u(&r["matched"]);
+                assert!(matched <= commit && commit <= last, "{r} vs {log}");
+                assert_eq!(u(&r["lag_entries"]), last - matched, "{r} vs {log}");
+                assert!(u(&r["last_ack_ms_ago"]) < 10_000, "a live follower acked long ago: {r}");
+            }
+        } else {
+            assert_eq!(s["replication"], json!([]), "only the leader shows replication");
+        }
+        let flush = &s["flush"];
+        assert_eq!(flush["policy"], "SYNC_FLUSH");
+        for key in ["flush.disk.type", "flush.batch.size", "flush.interval.ms", "flush.commitlog.interval"] {
+            assert!(flush["config"][key].is_string(), "flush.config lacks {key}: {flush}");
+        }
+        assert!(u(&flush["fsyncs"]) > 0 && u(&flush["written_bytes_total"]) > 0, "{flush}");
+        let q = &flush["fsync_us"]["since_start"];
+        assert!(u(&q["count"]) > 0 && u(&q["p50"]) <= u(&q["p99"]) && u(&q["p99"]) <= u(&q["max"]), "{q}");
+        let storage = &s["storage"];
+        let segments = storage["segments"].as_array().expect("segments");
+        assert!(!segments.is_empty());
+        assert_eq!(u(&storage["segment_bytes_total"]), segments.iter().map(|g| u(&g["bytes"])).sum::<u64>());
+        assert_eq!(segments.iter().filter(|g| g["sealed"] == json!(false)).count(), 1, "one active segment");
+        let ratio = storage["disk"]["used_ratio"].as_f64().expect("ratio");
+        assert!((0.0..=1.0).contains(&ratio), "{storage}");
+        let advice_rules: Vec<&Value> = s["advice"].as_array().expect("advice").iter().map(|a| &a["rule"]).collect();
+        assert_eq!(advice_rules.contains(&&json!("disk_usage")), ratio > 0.8, "disk advice iff > 80%: {s}");
+    }
+
+    // One node answers for all.
+    let follower = cluster.ids().find(|&n| n != leader).expect("a follower");
+    let c = get_json(&cluster, follower, "/api/v1/cluster");
+    assert_matches_schema(&doc, "Cluster", &c);
+    assert_eq!(u(&c["asked_by"]), follower);
+    assert_eq!(u(&c["leader_id"]), leader);
+    let nodes = c["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.iter().map(|n| u(&n["node_id"])).collect::<Vec<_>>(), [1, 2, 3]);
+    for n in nodes {
+        assert_eq!(n["reachable"], json!(true), "{n}");
+        assert_eq!(n["status"]["node_id"], n["node_id"], "a peer's own status comes back");
+    }
+
+    // Topics, with the group's lag.
+    for node in cluster.ids() {
+        let t = get_json(&cluster, node, "/api/v1/topics");
+        assert_matches_schema(&doc, "Topics", &t);
+        let audit = t["topics"].as_array().expect("topics").iter().find(|t| t["name"] == "audit").expect("audit");
+        let parts = audit["partition_info"].as_array().expect("partitions");
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts.iter().map(|p| u(&p["next_offset"]) - u(&p["first_offset"])).sum::<u64>(), RECORDS);
+        let p0_next = u(&parts[0]["next_offset"]);
+        assert_eq!(
+            audit["groups"],
+            json!([{ "group": "billing", "partition": 0, "committed": 40, "lag": p0_next - 40 }])
+        );
+    }
+
+    // Replicas hold the same committed log.
+    let path = format!("/api/v1/storage/digest?from=1&upto={committed}");
+    let digests: Vec<Value> = cluster.ids().map(|n| get_json(&cluster, n, &path)).collect();
+    assert_matches_schema(&doc, "Digest", &digests[0]);
+    assert_eq!(u(&digests[0]["count"]), committed);
+    assert!(digests.iter().all(|d| *d == digests[0]), "replicas differ: {digests:?}");
+    let shorter = get_json(&cluster, leader, &format!("/api/v1/storage/digest?from=1&upto={}", committed - 1));
+    assert_ne!(shorter["sha256"], digests[0]["sha256"], "the digest covers the last entry");
+    assert_refused(&get(&cluster, leader, "/api/v1/storage/digest?from=abc"), 400, "from=");
+    assert_refused(&get(&cluster, leader, "/api/v1/storage/digest?upto=99999999"), 400, "upto=99999999");
+    assert_refused(&get(&cluster, leader, "/api/v1/storage/digest?from=5&upto=4"), 400, "from=5");
+    assert_refused(&get(&cluster, leader, "/api/v1/storage/digest?form=1"), 400, "\"form\"");
+    assert_refused(&get(&cluster, leader, "/api/v1/nope"), 404, "/api/v1/nope");
+
+    // /metrics: valid text, levels right, counters risen.
+    let after = parse_metrics(&get(&cluster, leader, "/metrics").text());
+    assert_eq!(metric(&after, "keel_raft_is_leader"), 1.0);
+    assert!(
+        metric(&after, "keel_produce_messages_total") - metric(&before, "keel_produce_messages_total")
+            >= RECORDS as f64
+    );
+    assert!(metric(&after, "keel_io_bytes_total{op=\"write\"}") > metric(&before, "keel_io_bytes_total{op=\"write\"}"));
+    assert!(metric(&after, "keel_flush_duration_seconds_count") > metric(&before, "keel_flush_duration_seconds_count"));
+    assert!(metric(&after, "keel_flush_duration_seconds_bucket{le=\"+Inf\"}") > 0.0);
+    assert!(metric(&after, "keel_raft_commit_index") >= committed as f64);
+    assert!(metric(&after, "keel_raft_applied_index") >= committed as f64);
+    assert!(metric(&after, "keel_raft_term") >= 1.0);
+    assert!(metric(&after, "keel_segments") >= 1.0);
+    let ratio = metric(&after, "keel_disk_usage_ratio");
+    assert!((0.0..=1.0).contains(&ratio));
+    for peer in cluster.ids().filter(|&n| n != leader) {
+        assert!(metric(&after, &format!("keel_replication_lag_entries{{peer=\"{peer}\"}}")) >= 0.0);
+    }
+    let f = parse_metrics(&get(&cluster, follower, "/metrics").text());
+    assert_eq!(metric(&f, "keel_raft_is_leader"), 0.0);
+    let fetched_before = metric(&f, "keel_fetch_messages_total");
+    let reader = Client::connect(vec![cluster.grpc(follower)]).expect("address");
+    let got = reader.fetch(keel_client::Fetch::new("audit", 0, 0)).await.expect("fetch");
+    assert!(!got.records.is_empty());
+    let f = parse_metrics(&get(&cluster, follower, "/metrics").text());
+    assert!(metric(&f, "keel_fetch_messages_total") >= fetched_before + got.records.len() as f64);
+    assert!(metric(&f, "keel_io_bytes_total{op=\"read\"}") > 0.0);
+
+    for node in cluster.ids() {
+        assert_eq!(get(&cluster, node, "/healthz").status, 200);
+        let ready = get(&cluster, node, "/readyz");
+        assert_eq!(ready.status, 200, "node {node}: {ready:?}");
+    }
+    let page = get(&cluster, follower, "/");
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").is_some_and(|t| t.starts_with("text/html")), "{page:?}");
+    assert!(page.text().contains("app.js"));
+    assert_eq!(get(&cluster, follower, "/app.js").status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutations_need_the_token_refuse_bad_input_and_change_membership() {
+    let cluster = Cluster::start(3, &[("admin.token", TOKEN)]).await;
+    let leader = cluster.leader().await;
+    let client = Client::connect(cluster.addrs()).expect("addresses");
+    client.create_topic("kept", TopicConfig { partitions: 3, ..TopicConfig::default() }).await.expect("create");
+    produce(&cluster, "kept", 60).await;
+    let committed = settled(&cluster, leader).await;
+    let digest_path = format!("/api/v1/storage/digest?from=1&upto={committed}");
+    let digest = get_json(&cluster, leader, &digest_path);
+    let victim = cluster.ids().find(|&n| n != leader).expect("a follower");
+
+    // Reads stay open; changes without the right token are refused and change nothing.
+    assert_eq!(get(&cluster, victim, "/api/v1/status").status, 200);
+    let add = r#"{"id": 9, "addr": "127.0.0.1:1"}"#;
+    for token in [None, Some("wrong")] {
+        let r = send(&cluster, leader, "POST", "/api/v1/snapshot", token, "");
+        assert_refused(&r, 401, "admin.token");
+        assert!(r.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer")), "{r:?}");
+        assert_refused(&send(&cluster, leader, "POST", "/api/v1/members", token, add), 401, "admin.token");
+        assert_refused(
+            &send(&cluster, leader, "DELETE", &format!("/api/v1/members/{victim}"), token, ""),
+            401,
+            "admin.token",
+        );
+    }
+    let s = get_json(&cluster, leader, "/api/v1/status");
+    assert_eq!(s["voters"], json!([1, 2, 3]));
+    assert_eq!(s["log"]["snapshot"], Value::Null, "a refused snapshot request built one");
+
+    // Bad bodies and parameters name the field.
+    let t = Some(TOKEN);
+    assert_refused(&send(&cluster, leader, "POST", "/api/v1/members", t, r#"{"id": "x", "addr": "h:1"}"#), 400, "id:");
+    assert_refused(&send(&cluster, leader, "POST", "/api/v1/members", t, r#"{"id": 4}"#), 400, "addr: missing");
+    assert_refused(&send(&cluster, leader, "POST", "/api/v1/members", t, r#"{"id": 4, "addr": "nope"}"#), 400, "addr:");
+    assert_refused(&send(&cluster, leader, "POST", "/api/v1/members", t, "{not json"), 400, "not valid JSON");
+    assert_refused(&send(&cluster, leader, "DELETE", "/api/v1/members/abc", t, ""), 400, "id:");
+    assert_refused(&send(&cluster, leader, "DELETE", "/api/v1/members/77", t, ""), 400, "77");
+    assert_refused(&send(&cluster, leader, "POST", "/api/v1/snapshot", t, r#"{"now": true}"#), 400, "\"now\"");
+    assert_eq!(get_json(&cluster, leader, "/api/v1/status")["voters"], json!([1, 2, 3]));
+
+    // A snapshot on request.
+    let r = send(&cluster, victim, "POST", "/api/v1/snapshot", t, "");
+    assert_eq!(r.status, 200, "{r:?}");
+    let snap = u(&r.json()["snapshot_index"]);
+    assert!(snap >= committed, "snapshot at {snap}, applied was {committed}");
+    assert_eq!(u(&get_json(&cluster, victim, "/api/v1/status")["log"]["snapshot"]), snap);
+
+    // Remove a follower (asked of the other follower: it finds the leader),
+    // then add it back as a voter.
+    let asker = cluster.ids().find(|&n| n != leader && n != victim).expect("the other follower");
+    let r = send(&cluster, asker, "DELETE", &format!("/api/v1/members/{victim}"), t, "");
+    assert_eq!(r.status, 200, "{r:?}");
+    let ids: Vec<u64> = r.json()["members"].as_array().expect("members").iter().map(|m| u(&m["id"])).collect();
+    assert!(!ids.contains(&victim), "{ids:?}");
+    let c = get_json(&cluster, leader, "/api/v1/cluster");
+    assert_eq!(c["nodes"].as_array().expect("nodes").len(), 2, "{c}");
+
+    let body = format!(r#"{{"id": {victim}, "addr": "{}"}}"#, cluster.grpc(victim));
+    let r = send(&cluster, asker, "POST", "/api/v1/members", t, &body);
+    assert_eq!(r.status, 200, "{r:?}");
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let c = get_json(&cluster, asker, "/api/v1/cluster");
+        let nodes = c["nodes"].as_array().expect("nodes");
+        let voters = nodes.iter().filter(|n| n["voter"] == json!(true)).count();
+        let leaders = nodes.iter().filter(|n| n["status"]["role"] == json!("leader")).count();
+        if voters == 3 && leaders == 1 && nodes.iter().all(|n| n["reachable"] == json!(true)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not settle with three voters: {c:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Nothing stored changed.
+    let leader = cluster.leader().await;
+    let committed_now = settled(&cluster, leader).await;
+    assert!(committed_now > committed);
+    for node in cluster.ids() {
+        assert_eq!(get_json(&cluster, node, &digest_path), digest, "node {node}'s log changed below {committed}");
+    }
+    let info = client.describe_topic("kept").await.expect("describe");
+    assert_eq!(info.partition_info.iter().map(|p| p.end_offset).sum::<u64>(), 60);
+}
