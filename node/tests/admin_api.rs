@@ -20,6 +20,21 @@ const TOKEN: &str = "s3cret-admin";
 const SETTLE: Duration = Duration::from_secs(30);
 const RECORDS: u64 = 300;
 
+/// Wait until every node's admin server answers (the harness waits for the
+/// gRPC port only).
+fn wait_serving(cluster: &Cluster) {
+    let deadline = Instant::now() + SETTLE;
+    for node in cluster.ids() {
+        loop {
+            match http::get(&cluster.admin(node), "/healthz") {
+                Ok(r) if r.status == 200 => break,
+                other => assert!(Instant::now() < deadline, "node {node}'s admin server: {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 fn get(cluster: &Cluster, node: u64, path: &str) -> Response {
     http::get(&cluster.admin(node), path).unwrap_or_else(|e| panic!("node {node}: {e}"))
 }
@@ -99,6 +114,23 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<
         for (name, s) in props {
             if let Some(v) = value.get(name) {
                 check(doc, s, v, &format!("{at}.{name}"), errors);
+            }
+        }
+    }
+    // An object is closed unless the schema says what else it may hold, so
+    // a field the code sends and the description omits is caught too.
+    if let Some(fields) = value.as_object()
+        && schema["type"] == "object"
+    {
+        for (name, v) in fields {
+            if schema["properties"].get(name).is_some() {
+                continue;
+            }
+            match schema.get("additionalProperties") {
+                Some(extra) if extra.is_object() => check(doc, extra, v, &format!("{at}.{name}"), errors),
+                Some(Value::Bool(true)) => {}
+                _ if schema.get("properties").is_none() => {}
+                _ => errors.push(format!("{at}: the field {name:?} is not in the schema")),
             }
         }
     }
@@ -192,6 +224,7 @@ async fn produce(cluster: &Cluster, topic: &str, n: u64) {
 async fn status_cluster_topics_digest_and_metrics_agree_with_each_other() {
     let cluster = Cluster::start(3, &[]).await;
     let leader = cluster.leader().await;
+    wait_serving(&cluster);
     let doc = get_json(&cluster, leader, "/api/v1/openapi.json");
     let before = parse_metrics(&get(&cluster, leader, "/metrics").text());
 
@@ -331,12 +364,46 @@ async fn status_cluster_topics_digest_and_metrics_agree_with_each_other() {
     assert!(page.header("content-type").is_some_and(|t| t.starts_with("text/html")), "{page:?}");
     assert!(page.text().contains("app.js"));
     assert_eq!(get(&cluster, follower, "/app.js").status, 200);
+    assert_refused(&get(&cluster, follower, "/api/v1/snapshot"), 405, "GET is not allowed");
+
+    // A peer that hangs (SIGSTOP) is listed as unreachable within the
+    // one-second deadline, and the answer still comes.
+    let paused = cluster.ids().find(|&n| n != leader && n != follower).expect("the other follower");
+    cluster.pause(paused);
+    let asked = Instant::now();
+    let c = get_json(&cluster, leader, "/api/v1/cluster");
+    let took = asked.elapsed();
+    cluster.resume(paused);
+    let row = c["nodes"].as_array().expect("nodes").iter().find(|n| u(&n["node_id"]) == paused).expect("row").clone();
+    assert_eq!(row["reachable"], json!(false), "{row}");
+    assert!(row["error"].as_str().is_some_and(|e| !e.is_empty()), "{row}");
+    assert_eq!(row["status"], Value::Null);
+    assert!(took < Duration::from_secs(5), "a hung peer held /api/v1/cluster for {took:?}");
+
+    // Without a quorum the last node is alive but not ready.
+    let last = follower;
+    for n in cluster.ids().filter(|&n| n != last) {
+        cluster.kill(n);
+    }
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let r = get(&cluster, last, "/readyz");
+        if r.status == 503 {
+            let reasons = r.json()["reasons"].to_string();
+            assert!(reasons.contains("no leader"), "{reasons}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {last} stayed ready without a quorum: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get(&cluster, last, "/healthz").status, 200, "alive and its store open");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mutations_need_the_token_refuse_bad_input_and_change_membership() {
     let cluster = Cluster::start(3, &[("admin.token", TOKEN)]).await;
     let leader = cluster.leader().await;
+    wait_serving(&cluster);
     let client = Client::connect(cluster.addrs()).expect("addresses");
     client.create_topic("kept", TopicConfig { partitions: 3, ..TopicConfig::default() }).await.expect("create");
     produce(&cluster, "kept", 60).await;
@@ -362,6 +429,17 @@ async fn mutations_need_the_token_refuse_bad_input_and_change_membership() {
     let s = get_json(&cluster, leader, "/api/v1/status");
     assert_eq!(s["voters"], json!([1, 2, 3]));
     assert_eq!(s["log"]["snapshot"], Value::Null, "a refused snapshot request built one");
+
+    // Another site's page cannot make changes, token or not.
+    let r = http::request(
+        &cluster.admin(leader),
+        "POST",
+        "/api/v1/snapshot",
+        &[("Authorization", &format!("Bearer {TOKEN}")), ("Origin", "http://evil.example")],
+        None,
+    )
+    .expect("request");
+    assert_refused(&r, 403, "evil.example");
 
     // Bad bodies and parameters name the field.
     let t = Some(TOKEN);

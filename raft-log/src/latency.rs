@@ -58,6 +58,8 @@ struct State {
     since_start: Histogram<u64>,
     /// Newest last; each covers [start, start + BUCKET).
     recent: VecDeque<(Instant, Histogram<u64>)>,
+    /// Since the last [`LatencyRecorder::take_interval`].
+    interval: Histogram<u64>,
     last_sync: Option<Instant>,
 }
 
@@ -72,7 +74,14 @@ fn histogram() -> Histogram<u64> {
 
 impl Default for LatencyRecorder {
     fn default() -> Self {
-        Self { state: Mutex::new(State { since_start: histogram(), recent: VecDeque::new(), last_sync: None }) }
+        Self {
+            state: Mutex::new(State {
+                since_start: histogram(),
+                recent: VecDeque::new(),
+                interval: histogram(),
+                last_sync: None,
+            }),
+        }
     }
 }
 
@@ -87,6 +96,7 @@ impl LatencyRecorder {
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).clamp(1, MAX_TRACKED_US);
         let mut s = self.state();
         s.since_start.saturating_record(us);
+        s.interval.saturating_record(us);
         s.last_sync = Some(now);
         if s.recent.back().is_none_or(|(start, _)| now.duration_since(*start) >= BUCKET) {
             if s.recent.len() == BUCKETS {
@@ -110,6 +120,15 @@ impl LatencyRecorder {
             }
         }
         LatencySummary::of(&merged)
+    }
+
+    /// Latency of the syncs since the previous call, and start anew (for
+    /// one periodic reader, e.g. a chart's points).
+    pub fn take_interval(&self) -> LatencySummary {
+        let mut s = self.state();
+        let summary = LatencySummary::of(&s.interval);
+        s.interval.reset();
+        summary
     }
 
     pub fn report(&self, now: Instant) -> SyncLatency {
@@ -158,5 +177,23 @@ mod tests {
         assert!((9_900..=10_100).contains(&rep.last_minute.max_us), "{rep:?}");
         assert!((rep.since_start.mean_us - 5_050.0).abs() < 100.0, "{rep:?}");
         assert_eq!(LatencyRecorder::default().report(t0).last_sync_age, None);
+    }
+
+    #[test]
+    fn an_interval_holds_exactly_the_syncs_since_the_last_take() {
+        let r = LatencyRecorder::default();
+        let t0 = Instant::now();
+        assert_eq!(r.take_interval().count, 0);
+        r.record(Duration::from_millis(2), t0);
+        r.record(Duration::from_millis(4), t0 + Duration::from_secs(9));
+        let first = r.take_interval();
+        assert_eq!(first.count, 2);
+        assert!((3_950..=4_050).contains(&first.max_us), "{first:?}");
+        r.record(Duration::from_micros(100), t0 + Duration::from_secs(10));
+        let second = r.take_interval();
+        assert_eq!(second.count, 1);
+        assert!((99..=101).contains(&second.p99_us), "{second:?}");
+        assert_eq!(r.take_interval().count, 0);
+        assert_eq!(r.report(t0 + Duration::from_secs(10)).since_start.count, 3);
     }
 }

@@ -771,10 +771,10 @@ impl Store {
         self.inner.sync.latency.report(Instant::now())
     }
 
-    /// fsync latency of the syncs that ended within `window` (at the
-    /// granularity of [`crate::latency::BUCKET`]).
-    pub fn recent_sync_latency(&self, window: std::time::Duration) -> crate::LatencySummary {
-        self.inner.sync.latency.recent(window, Instant::now())
+    /// fsync latency of the syncs since the previous call (for one periodic
+    /// reader: the node's flush-history sampler).
+    pub fn take_sync_latency_interval(&self) -> crate::LatencySummary {
+        self.inner.sync.latency.take_interval()
     }
 
     /// The fail-stop error, if the store has entered that state.

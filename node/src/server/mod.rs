@@ -81,6 +81,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     init_tracing();
     // Before the store opens, so its first fsyncs are counted too.
     let _ = admin::metrics::handle();
+    // Both ports first: one in use stops the node before it touches anything.
+    let admin_listener = admin::bind(config.admin_listen)?;
     let node_id = config.node_id;
     let store = Store::open(config.store.clone())
         .await
@@ -161,7 +163,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         "keel node started"
     );
 
-    let admin_server = tokio::spawn(admin::serve(admin, config.admin_listen, shutdown_rx.clone()));
+    let admin_server = tokio::spawn(admin::serve(admin, admin_listener, shutdown_rx.clone()));
 
     if config.cluster_bootstrap {
         bootstrap(&raft, &config).await?;

@@ -46,7 +46,7 @@ fn describe() {
     describe_counter!(
         "keel_io_bytes_total",
         Unit::Bytes,
-        "Bytes of log records written to (op=write) or read from (op=read) the segments"
+        "Bytes of records written to the log (op=write), and of keys and values returned to fetches (op=read)"
     );
     describe_counter!("keel_fsyncs_total", "fsyncs of the log");
     describe_gauge!("keel_disk_usage_ratio", "Used fraction of the volume holding the log (0..1)");

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -88,12 +89,23 @@ impl IntoResponse for ApiError {
 type Api<T> = Result<T, ApiError>;
 type Shared_ = State<Arc<Admin>>;
 
-/// Serve the admin API on `listen` until `shutdown` turns true.
-pub async fn serve(admin: Arc<Admin>, listen: SocketAddr, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on admin.listen {listen}"))?;
-    tracing::info!(admin = %listen, "admin HTTP listening");
-    let _ = metrics::handle();
+/// Bind `admin.listen` (before the node starts anything else, so a port in
+/// use stops it at once, naming the key).
+pub fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("listen on admin.listen {listen}"))?;
+    listener.set_nonblocking(true).context("admin listener")?;
+    tokio::net::TcpListener::from_std(listener).context("admin listener")
+}
+
+/// Serve the admin API on `listener` until `shutdown` turns true.
+pub async fn serve(
+    admin: Arc<Admin>,
+    listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(admin = %addr, "admin HTTP listening");
+    }
     let sampler = {
         let admin = admin.clone();
         let mut shutdown = shutdown.clone();
@@ -102,7 +114,12 @@ pub async fn serve(admin: Arc<Admin>, listen: SocketAddr, mut shutdown: watch::R
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => admin.sampler.sample(&admin.store),
+                    _ = tick.tick() => {
+                        admin.sampler.sample(&admin.store);
+                        // Folds the histogram samples recorded since; without
+                        // it they pile up until the next scrape.
+                        metrics::handle().run_upkeep();
+                    }
                     _ = shutdown.wait_for(|&s| s) => return,
                 }
             }
@@ -147,11 +164,18 @@ pub fn router(admin: Arc<Admin>) -> Router {
     for asset in keel_admin_ui::ASSETS.iter().filter(|a| a.path != "index.html") {
         router = router.route(&format!("/{}", asset.path), get(move || async move { asset_response(asset) }));
     }
-    router.fallback(not_found).with_state(admin)
+    router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(admin)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no such path: {} (see /api/v1/openapi.json)", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {} (see /api/v1/openapi.json)", uri.path()),
+    )
 }
 
 fn asset_response(a: &keel_admin_ui::Asset) -> Response {
@@ -257,28 +281,52 @@ fn index_params(q: &HashMap<String, String>, allowed: &[&str]) -> Api<HashMap<St
 
 async fn get_digest(
     State(admin): Shared_,
-    Query(q): Query<HashMap<String, String>>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Api<axum::Json<digest::Digest>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
     let p = index_params(&q, &["from", "upto"])?;
     let (from, upto) = (p.get("from").copied(), p.get("upto").copied());
     let store = admin.store.clone();
     let d = tokio::task::spawn_blocking(move || digest::digest(&store, from, upto))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("digest task failed: {e}")))?
-        .map_err(|e| ApiError::bad_request(e.0))?;
+        .map_err(|e| match e {
+            digest::DigestError::Range(m) => ApiError::bad_request(m),
+            digest::DigestError::Gone(m) => ApiError::new(StatusCode::CONFLICT, m),
+            digest::DigestError::Read(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
+        })?;
     Ok(axum::Json(d))
 }
 
-/// Mutations need the token when one is configured.
+/// Mutations need the token when one is configured, and never come from
+/// another site's page: a browser sends `Origin` with every cross-site
+/// POST (even one that needs no preflight), so a request whose `Origin` is
+/// not this server is refused whatever the token.
 fn authorize(admin: &Admin, headers: &HeaderMap) -> Api<()> {
+    check_origin(headers)?;
     check_token(admin.token.as_deref(), headers)
+}
+
+fn check_origin(headers: &HeaderMap) -> Api<()> {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    let origin = origin.to_str().unwrap_or("");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+    if !host.is_empty() && authority == Some(host) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("a change requested by the page at {origin:?}, not by this server's own page ({host}), is refused"),
+    ))
 }
 
 fn check_token(token: Option<&str>, headers: &HeaderMap) -> Api<()> {
     let Some(token) = token else { return Ok(()) };
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match given.and_then(|v| v.strip_prefix("Bearer ")) {
-        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
+    let bearer = given.and_then(|v| v.split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+    match bearer {
+        Some((_, t)) if constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token does not match admin.token")),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -361,11 +409,15 @@ fn cluster_client(admin: &Admin) -> Api<keel_client::Client> {
 }
 
 fn client_error(e: keel_client::Error) -> ApiError {
+    use keel_client::Error;
     use keel_proto::client::ErrorCode;
-    let status = match e.code() {
-        Some(ErrorCode::InvalidArgument) => StatusCode::BAD_REQUEST,
-        Some(ErrorCode::NoLeader | ErrorCode::NotLeader) => StatusCode::CONFLICT,
-        Some(ErrorCode::OutcomeUnknown) => StatusCode::GATEWAY_TIMEOUT,
+    let status = match &e {
+        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        Error::Server { code: ErrorCode::InvalidArgument, .. } => StatusCode::BAD_REQUEST,
+        Error::Server { code: ErrorCode::NoLeader | ErrorCode::NotLeader, .. } => StatusCode::CONFLICT,
+        Error::Server { code: ErrorCode::OutcomeUnknown, .. } | Error::OutcomeUnknown { .. } => {
+            StatusCode::GATEWAY_TIMEOUT
+        }
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     ApiError::new(status, e.to_string())
@@ -527,8 +579,23 @@ mod tests {
         assert_eq!(check_token(Some("s3cret"), &h).expect_err("wrong").status, StatusCode::UNAUTHORIZED);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
         assert!(check_token(Some("s3cret"), &h).is_ok());
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer s3cret"));
+        assert!(check_token(Some("s3cret"), &h).is_ok(), "the scheme is case-insensitive");
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("s3cret"));
         assert!(check_token(Some("s3cret"), &h).is_err(), "the Bearer scheme is required");
+    }
+
+    #[test]
+    fn changes_from_another_sites_page_are_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:9191"));
+        assert!(check_origin(&h).is_ok(), "curl sends no Origin");
+        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:9191"));
+        assert!(check_origin(&h).is_ok(), "the admin page itself");
+        for other in ["http://evil.example", "null", "http://127.0.0.1:9192"] {
+            h.insert(header::ORIGIN, HeaderValue::from_static(other));
+            assert_eq!(check_origin(&h).expect_err(other).status, StatusCode::FORBIDDEN);
+        }
     }
 
     #[test]

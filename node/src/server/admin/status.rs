@@ -170,18 +170,19 @@ pub fn disk_usage(dir: &Path) -> std::io::Result<Disk> {
     Ok(Disk { total_bytes: total, free_bytes: free, used_ratio })
 }
 
-/// The article's advice, with the value measured.
-pub fn advice(mean_flush_ms: Option<f64>, disk: Option<Disk>) -> Vec<Advice> {
+/// The article's advice, with the value measured. `mean_flush` is the mean
+/// fsync time in ms and the window it was measured over.
+pub fn advice(mean_flush: Option<(f64, &str)>, disk: Option<Disk>) -> Vec<Advice> {
     let mut out = Vec::new();
-    if let Some(ms) = mean_flush_ms.filter(|&ms| ms > SLOW_FLUSH_MS) {
+    if let Some((ms, window)) = mean_flush.filter(|&(ms, _)| ms > SLOW_FLUSH_MS) {
         out.push(Advice {
             rule: "slow_flush",
             severity: "warning",
             measured: (ms * 10.0).round() / 10.0,
             threshold: SLOW_FLUSH_MS,
             message: format!(
-                "fsync took {ms:.1} ms on average (> {SLOW_FLUSH_MS} ms): check the disk's performance or change the \
-                 flush policy (flush.disk.type)"
+                "fsync took {ms:.1} ms on average {window} (> {SLOW_FLUSH_MS} ms): check the disk's performance or \
+                 change the flush policy (flush.disk.type)"
             ),
         });
     }
@@ -247,14 +248,18 @@ impl Sampler {
         }
         s.last = Some((now, f.bytes_written));
         match s.point_start {
-            None => s.point_start = Some((now, f.bytes_written, f.syncs)),
+            None => {
+                // Start the first period clean.
+                let _ = store.take_sync_latency_interval();
+                s.point_start = Some((now, f.bytes_written, f.syncs));
+            }
             Some((t, bytes, syncs)) if now.duration_since(t) >= HISTORY_EVERY => {
                 let dt = now.duration_since(t);
-                let fsyncs = f.syncs.saturating_sub(syncs);
+                let latency = store.take_sync_latency_interval();
                 let point = HistoryPoint {
                     t_ms: now_ms(),
-                    fsyncs,
-                    fsync_p99_us: (fsyncs > 0).then(|| store.recent_sync_latency(dt).p99_us),
+                    fsyncs: f.syncs.saturating_sub(syncs),
+                    fsync_p99_us: (latency.count > 0).then_some(latency.p99_us),
                     write_bytes_per_s: f.bytes_written.saturating_sub(bytes) as f64 / dt.as_secs_f64(),
                     pending_bytes: f.unsynced_bytes,
                 };
@@ -329,10 +334,10 @@ impl Admin {
 
         let f = self.store.flush_stats();
         let latency = self.store.sync_latency();
-        let mean_flush_ms = if latency.last_minute.count > 0 {
-            Some(latency.last_minute.mean_us / 1000.0)
+        let mean_flush = if latency.last_minute.count > 0 {
+            Some((latency.last_minute.mean_us / 1000.0, "over the last minute"))
         } else if latency.since_start.count > 0 {
-            Some(latency.since_start.mean_us / 1000.0)
+            Some((latency.since_start.mean_us / 1000.0, "since start"))
         } else {
             None
         };
@@ -394,7 +399,7 @@ impl Admin {
                 segments,
                 disk,
             },
-            advice: advice(mean_flush_ms, disk),
+            advice: advice(mean_flush, disk),
         }
     }
 }
@@ -409,17 +414,18 @@ mod tests {
 
     #[test]
     fn advice_follows_the_article_rules_with_the_measured_value() {
-        assert!(advice(Some(99.9), Some(disk(0.80))).is_empty());
+        const MIN: &str = "over the last minute";
+        assert!(advice(Some((99.9, MIN)), Some(disk(0.80))).is_empty());
         assert!(advice(None, None).is_empty());
 
-        let a = advice(Some(140.25), Some(disk(0.5)));
+        let a = advice(Some((140.25, MIN)), Some(disk(0.5)));
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].rule, "slow_flush");
         assert_eq!(a[0].measured, 140.3);
-        assert!(a[0].message.contains("140.2 ms") || a[0].message.contains("140.3 ms"), "{}", a[0].message);
+        assert!(a[0].message.contains("140.2 ms on average over the last minute"), "{}", a[0].message);
         assert!(a[0].message.contains("check the disk"), "{}", a[0].message);
 
-        let a = advice(Some(1.0), Some(disk(0.853)));
+        let a = advice(Some((1.0, MIN)), Some(disk(0.853)));
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].rule, "disk_usage");
         assert_eq!(a[0].measured, 85.3);
@@ -427,7 +433,7 @@ mod tests {
         assert!(a[0].message.contains("85.3% full"), "{}", a[0].message);
         assert!(a[0].message.contains("add storage"), "{}", a[0].message);
 
-        let both = advice(Some(250.0), Some(disk(0.99)));
+        let both = advice(Some((250.0, "since start")), Some(disk(0.99)));
         assert_eq!(both.iter().map(|a| a.rule).collect::<Vec<_>>(), ["slow_flush", "disk_usage"]);
         assert_eq!(both[1].severity, "critical");
     }
