@@ -10,6 +10,7 @@
 //! | `segment.bytes` | 67108864 (64 MiB) | size each segment is preallocated to (4096 to 1073741824) |
 //! | `segment.preallocate` | `zero` | `zero` (write zeros) or `fallocate` |
 //! | `segment.preheat` | `false` | read each new segment once so its pages are cached |
+//! | `segment.cached.sealed` | 2 | how many of the newest sealed segments keep their pages in the page cache; older ones give theirs back after each roll (reads then come from disk); -1 leaves it to the kernel |
 //! | `flush.disk.type` | `SYNC_FLUSH` | `SYNC_FLUSH`, `BATCH_FLUSH` or `ASYNC_FLUSH` |
 //! | `flush.batch.size` | 100 | BATCH_FLUSH: fsync after this many unsynced entries |
 //! | `flush.interval.ms` | 100 | BATCH_FLUSH / ASYNC_FLUSH: fsync at least this often |
@@ -190,6 +191,9 @@ pub struct KeyFlags {
     /// `segment.preheat`: read each new segment once so it is cached [default: false]
     #[arg(long, value_name = "BOOL")]
     pub segment_preheat: Option<String>,
+    /// `segment.cached.sealed`: newest sealed segments kept in the page cache; -1 leaves it to the kernel [default: 2]
+    #[arg(long, value_name = "N")]
+    pub segment_cached_sealed: Option<String>,
     /// `flush.disk.type`: SYNC_FLUSH, BATCH_FLUSH or ASYNC_FLUSH [default: SYNC_FLUSH]
     #[arg(long, value_name = "TYPE")]
     pub flush_disk_type: Option<String>,
@@ -245,11 +249,12 @@ impl KeyFlags {
     fn settings(&self) -> Vec<Setting> {
         // Spelled out rather than generated so the compiler checks each field
         // exists; `every_key_has_a_flag_named_after_it` checks the pairing.
-        let flags: [(&'static str, &Option<String>); 20] = [
+        let flags: [(&'static str, &Option<String>); 21] = [
             ("store.path.commitlog", &self.store_path_commitlog),
             ("segment.bytes", &self.segment_bytes),
             ("segment.preallocate", &self.segment_preallocate),
             ("segment.preheat", &self.segment_preheat),
+            ("segment.cached.sealed", &self.segment_cached_sealed),
             ("flush.disk.type", &self.flush_disk_type),
             ("flush.batch.size", &self.flush_batch_size),
             ("flush.interval.ms", &self.flush_interval_ms),
@@ -681,6 +686,7 @@ pub fn effective(config: &NodeConfig) -> BTreeMap<&'static str, String> {
         ("segment.bytes", store.segment_bytes.to_string()),
         ("segment.preallocate", preallocate.to_string()),
         ("segment.preheat", store.preheat.to_string()),
+        ("segment.cached.sealed", store.cached_sealed.map_or_else(|| "-1".to_string(), |n| n.to_string())),
         ("flush.disk.type", store.flush.policy.to_string()),
         ("flush.batch.size", store.flush.batch_size.to_string()),
         ("flush.interval.ms", store.flush.interval_ms.to_string()),
@@ -851,7 +857,7 @@ mod tests {
     fn every_key_has_a_flag_and_a_variable_named_after_it() {
         // Each key's flag and variable reach that key and no other.
         let keys: Vec<&str> = all_keys().collect();
-        assert_eq!(keys.len(), 20);
+        assert_eq!(keys.len(), 21);
         for key in &keys {
             let flag = flag_name(key);
             let got = flags(&[&flag, "x"]);

@@ -6,6 +6,7 @@
 //! | `segment.bytes` | 67108864 (64 MiB) | size each segment is preallocated to |
 //! | `segment.preallocate` | `zero` | `zero` (write zeros) or `fallocate` |
 //! | `segment.preheat` | `false` | read each new segment once so its pages are cached (预热) |
+//! | `segment.cached.sealed` | 2 | how many of the newest sealed segments keep their pages in the page cache; older ones give theirs back after each roll (reads then come from disk); -1 leaves it to the kernel |
 //! | `flush.disk.type` | `SYNC_FLUSH` | `SYNC_FLUSH`, `BATCH_FLUSH` or `ASYNC_FLUSH` |
 //! | `flush.batch.size` | 100 | BATCH_FLUSH: fsync after this many unsynced entries |
 //! | `flush.interval.ms` | 100 | BATCH_FLUSH / ASYNC_FLUSH: fsync at least this often |
@@ -126,6 +127,9 @@ pub struct StoreConfig {
     pub preallocate: Preallocate,
     /// `segment.preheat`
     pub preheat: bool,
+    /// `segment.cached.sealed`: how many of the newest sealed segments keep
+    /// their pages in the page cache; `None` (-1) leaves it to the kernel.
+    pub cached_sealed: Option<usize>,
     pub flush: FlushConfig,
 }
 
@@ -150,6 +154,7 @@ pub const KEYS: &[&str] = &[
     "segment.bytes",
     "segment.preallocate",
     "segment.preheat",
+    "segment.cached.sealed",
     "flush.disk.type",
     "flush.batch.size",
     "flush.interval.ms",
@@ -174,6 +179,7 @@ impl StoreConfig {
             segment_bytes: Self::DEFAULT_SEGMENT_BYTES,
             preallocate: Preallocate::Zero,
             preheat: false,
+            cached_sealed: Some(2),
             flush: FlushConfig::default(),
         }
     }
@@ -213,6 +219,19 @@ impl StoreConfig {
                     "true" => true,
                     "false" => false,
                     _ => return Err(ConfigError::invalid(key, value, "expected true or false")),
+                }
+            }
+            "segment.cached.sealed" => {
+                self.cached_sealed = match v.parse::<i64>() {
+                    Ok(-1) => None,
+                    Ok(n) if n >= 0 => Some(n as usize),
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            value,
+                            "expected a count ≥ 0, or -1 to keep every segment",
+                        ));
+                    }
                 }
             }
             "flush.disk.type" => self.flush.policy = v.parse()?,

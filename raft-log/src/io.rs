@@ -43,6 +43,15 @@ pub trait FileIo: Send + Sync + Debug {
     /// one that always shows what `read_at` would. `None` makes the store read
     /// with `read_at` instead.
     fn map(&self) -> io::Result<Option<Bytes>>;
+    /// Let the kernel take back the memory this file's cached pages hold:
+    /// unmap `map`'s pages from this process and drop the clean pages from
+    /// the page cache (dirty ones are only queued for writeback). Reads still
+    /// see the same bytes, from disk. `map` must be a map this file gave.
+    /// Advisory: a layer without a page cache does nothing.
+    fn drop_cache(&self, map: Option<&Bytes>) -> io::Result<()> {
+        let _ = map;
+        Ok(())
+    }
 }
 
 /// Directory-level operations.
@@ -132,6 +141,29 @@ impl FileIo for RealFile {
         let map = unsafe { memmap2::MmapOptions::new().map(&self.file) }
             .map_err(|e| io::Error::new(e.kind(), format!("mmap {}: {e}", self.path.display())))?;
         Ok(Some(Bytes::from_owner(map)))
+    }
+
+    fn drop_cache(&self, map: Option<&Bytes>) -> io::Result<()> {
+        let unmapped = match map {
+            Some(m) if !m.is_empty() => {
+                // SAFETY: `m` is a read-only shared map of this file (from
+                // `map`, so it starts on a page boundary). MADV_DONTNEED on a
+                // shared file mapping only drops this process's page-table
+                // entries: the next access faults the same file bytes back in,
+                // so payload slices handed out stay valid and unchanged.
+                let rc = unsafe { libc::madvise(m.as_ptr() as *mut libc::c_void, m.len(), libc::MADV_DONTNEED) };
+                if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+            }
+            _ => Ok(()),
+        };
+        // SAFETY: a valid open descriptor; the advice changes no file bytes.
+        let rc = unsafe {
+            libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&self.file), 0, 0, libc::POSIX_FADV_DONTNEED)
+        };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        unmapped
     }
 }
 

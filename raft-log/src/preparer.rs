@@ -20,7 +20,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::io::{FileSystem, Preallocate};
+use bytes::Bytes;
+
+use crate::io::{FileIo, FileSystem, Preallocate};
 
 pub const PREPARED_PREFIX: &str = "prepared-";
 
@@ -60,7 +62,14 @@ impl Job {
 }
 
 enum Request {
-    Take { reply: oneshot::Sender<Result<PathBuf>> },
+    Take {
+        reply: oneshot::Sender<Result<PathBuf>>,
+    },
+    /// Drop a sealed, synced segment's pages from the page cache.
+    DropCache {
+        file: Arc<dyn FileIo>,
+        map: Option<Bytes>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +145,12 @@ impl PreparerHandle {
         }
     }
 
+    /// Drop a sealed segment's pages from the page cache, in the
+    /// background (best effort: skipped when the actor is busy).
+    pub fn drop_cache(&self, file: Arc<dyn FileIo>, map: Option<Bytes>) {
+        let _ = self.tx.try_send(Request::DropCache { file, map });
+    }
+
     async fn fallback(&self) -> Result<PathBuf> {
         let n = self.fallbacks.fetch_add(1, Ordering::Relaxed);
         let job = self.job.clone();
@@ -171,7 +186,16 @@ impl Preparer {
                     }
                 }
             }
-            let Some(Request::Take { reply }) = self.rx.blocking_recv() else { break };
+            let reply = match self.rx.blocking_recv() {
+                None => break,
+                Some(Request::DropCache { file, map }) => {
+                    if let Err(e) = file.drop_cache(map.as_ref()) {
+                        tracing::debug!(error = %e, file = ?file, "could not drop a segment's cached pages");
+                    }
+                    continue;
+                }
+                Some(Request::Take { reply }) => reply,
+            };
             let answer = match self.ready.take() {
                 Some(path) => Ok(path),
                 None => {

@@ -407,6 +407,13 @@ impl Store {
         }
         // A segment renamed over an existing name (truncation at a boundary).
         s.segments.insert(first, segment);
+        // The sealed segment that just fell out of the cached window (synced:
+        // the roll began with a sync) gives its pages back.
+        if let Some(keep) = self.inner.config.cached_sealed
+            && let Some(old) = s.segments.values().rev().nth(1 + keep)
+        {
+            self.inner.preparer.drop_cache(old.file.clone(), old.map.clone());
+        }
         Ok(salt)
     }
 

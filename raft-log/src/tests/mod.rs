@@ -4,6 +4,7 @@
 
 mod faults;
 mod model;
+mod page_cache;
 mod recovery;
 
 use std::path::Path;
