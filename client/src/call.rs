@@ -80,13 +80,11 @@ impl Client {
                 },
             };
             let pause = match failure {
-                // A sequence the leader can no longer check, after an
-                // attempt that may have stored it: the batch's fate is unknown.
-                Failure::Fatal(e)
-                    if spec.write
-                        && maybe_applied
-                        && e.code() == Some(keel_proto::client::ErrorCode::OutOfOrderSequence) =>
-                {
+                // A refusal of a later attempt says nothing of an earlier one
+                // that may have been stored (e.g. a new leader that has not
+                // applied the topic yet, or a sequence it can no longer
+                // check): the write's fate is unknown, not refused.
+                Failure::Fatal(e) if spec.write && maybe_applied => {
                     return Err(Error::OutcomeUnknown { attempts, last: e.to_string() });
                 }
                 Failure::Fatal(e) => return Err(e),

@@ -259,6 +259,26 @@ async fn a_definite_refusal_is_returned_at_once() {
 }
 
 #[tokio::test]
+async fn a_refusal_after_an_attempt_that_may_have_stored_the_batch_is_outcome_unknown() {
+    // Phase: the first attempt's answer is lost (it may have been stored);
+    // the retry is refused as UNKNOWN_TOPIC, as by a new leader that has not
+    // applied the topic yet (found by keel-chaos under kill -9 of leaders).
+    let (l, addr) = bind().await;
+    serve(
+        l,
+        vec![
+            Answer::Slow { delay: Duration::from_millis(600), base_offset: 0 },
+            Answer::Err { code: "UNKNOWN_TOPIC", leader: None },
+        ],
+    );
+    let options = ClientOptions { request_timeout: Duration::from_millis(150), ..quick(5_000) };
+    let client = Client::with_options(vec![addr], options).expect("valid");
+    let err = client.producer().produce("t", 0, vec![Record::new("x")]).await.expect_err("refused on retry");
+    assert!(err.is_outcome_unknown(), "the first attempt may have stored it: {err}");
+    assert!(err.to_string().contains("UNKNOWN_TOPIC"), "{err}");
+}
+
+#[tokio::test]
 async fn not_leader_without_an_address_and_dead_nodes_move_on_to_the_next_node() {
     // Phase: the list holds a dead address, a follower that does not know
     // the leader, and the leader.

@@ -152,6 +152,34 @@ impl ClientService {
         self.shared.read()
     }
 
+    /// A read-index round: a quorum confirms this node still leads, and it
+    /// has applied everything committed before the call.
+    async fn read_index(&self) -> Result<(), Status> {
+        let linearizable = tokio::time::timeout(self.limits.commitlog_timeout, self.raft.ensure_linearizable()).await;
+        match linearizable {
+            Err(_) => Err(error(ErrorCode::NoLeader, "leadership could not be confirmed in time; retry")),
+            Ok(Err(openraft::error::RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(not_leader(f.leader_id, f.leader_node.map(|n| n.addr)))
+            }
+            Ok(Err(e)) => Err(error(ErrorCode::NoLeader, format!("leadership could not be confirmed: {e}"))),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// The incarnation and message size limit of a partition to produce to.
+    fn produce_target(&self, topic: &str, partition: u32) -> Result<(u64, u32), Reject> {
+        let m = self.state();
+        let t = m.state.topic(topic)?;
+        if partition >= t.config.partitions {
+            return Err(Reject::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                partitions: t.config.partitions,
+            });
+        }
+        Ok((t.incarnation, t.config.max_message_bytes))
+    }
+
     /// Propose a command and wait (bounded) for it to apply.
     async fn command(&self, c: Command) -> Result<u64, Status> {
         self.leader_check()?;
@@ -301,17 +329,17 @@ impl Keel for ClientService {
         if req.records.len() > MAX_BATCH_RECORDS {
             return Err(invalid(format!("{} records in one request; at most {MAX_BATCH_RECORDS}", req.records.len())));
         }
-        let (incarnation, max_message_bytes) = {
-            let m = self.state();
-            let t = m.state.topic(&req.topic).map_err(reject_status)?;
-            if req.partition >= t.config.partitions {
-                return Err(reject_status(Reject::UnknownPartition {
-                    topic: req.topic.clone(),
-                    partition: req.partition,
-                    partitions: t.config.partitions,
-                }));
+        let (incarnation, max_message_bytes) = match self.produce_target(&req.topic, req.partition) {
+            Ok(target) => target,
+            // A leader fresh from an election may not have applied the
+            // topic's creation yet (found by the chaos harness: a retry of a
+            // produce the old leader had stored was refused as UNKNOWN_TOPIC).
+            // Judge only after catching up with everything committed.
+            Err(Reject::UnknownTopic(_) | Reject::UnknownPartition { .. }) => {
+                self.read_index().await?;
+                self.produce_target(&req.topic, req.partition).map_err(reject_status)?
             }
-            (t.incarnation, t.config.max_message_bytes)
+            Err(r) => return Err(reject_status(r)),
         };
         let now = now_ms();
         let mut records = Vec::with_capacity(req.records.len());
@@ -615,15 +643,7 @@ impl Keel for ClientService {
         // leader, would answer an older offset and a consumer would read
         // records twice.
         self.leader_check()?;
-        let linearizable = tokio::time::timeout(self.limits.commitlog_timeout, self.raft.ensure_linearizable()).await;
-        match linearizable {
-            Err(_) => return Err(error(ErrorCode::NoLeader, "leadership could not be confirmed in time; retry")),
-            Ok(Err(openraft::error::RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)))) => {
-                return Err(not_leader(f.leader_id, f.leader_node.map(|n| n.addr)));
-            }
-            Ok(Err(e)) => return Err(error(ErrorCode::NoLeader, format!("leadership could not be confirmed: {e}"))),
-            Ok(Ok(_)) => {}
-        }
+        self.read_index().await?;
         let m = self.state();
         m.state.partition(&req.topic, req.partition).map_err(reject_status)?;
         Ok(Response::new(match m.state.group_offset(&req.group, &req.topic, req.partition) {
