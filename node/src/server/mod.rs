@@ -84,9 +84,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     // Both ports first: one in use stops the node before it touches anything.
     let admin_listener = admin::bind(config.admin_listen)?;
     let node_id = config.node_id;
-    let store = Store::open(config.store.clone())
-        .await
-        .with_context(|| format!("open the log store in {}", config.store.dir.display()))?;
+    let store =
+        open_store(&config).await.with_context(|| format!("open the log store in {}", config.store.dir.display()))?;
     let (sm, shared) = state_machine::StateMachine::open(store.clone()).await.context("open the state machine")?;
     let log_store = types::LogStore::new(store.clone());
     let peers = network::Peers::default();
@@ -222,6 +221,23 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     closed.context("close the log store")?;
     tracing::info!(node_id, "stopped");
     Ok(())
+}
+
+#[cfg(not(feature = "power-loss"))]
+async fn open_store(config: &NodeConfig) -> keel_raft_log::Result<Store> {
+    Store::open(config.store.clone()).await
+}
+
+/// The test-only power-loss build: unsynced writes stay in memory until the
+/// store syncs them, so killing the process loses exactly what a power cut
+/// would (directory changes excepted: they reach the real directory at once).
+#[cfg(feature = "power-loss")]
+async fn open_store(config: &NodeConfig) -> keel_raft_log::Result<Store> {
+    tracing::warn!(
+        "power-loss test build: unsynced writes live in this process's memory until fdatasync; never use it in \
+         production"
+    );
+    Store::open_with(config.store.clone(), Arc::new(keel_raft_log::fault::FaultFs::new())).await
 }
 
 /// Initialise a fresh cluster from `peers` (only when this node's store has

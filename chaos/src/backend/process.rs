@@ -1,0 +1,225 @@
+//! `--backend process`: three `keel node` child processes on loopback, each
+//! with its own properties file and data directory under one temp dir.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::Backend;
+
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// What the power-loss build logs at start (see keel-node's `power-loss` feature).
+pub const POWER_LOSS_MARK: &str = "power-loss test build";
+
+struct Node {
+    id: u64,
+    grpc: String,
+    admin: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Process {
+    keel: PathBuf,
+    root: tempfile::TempDir,
+    keep: bool,
+    nodes: Mutex<Vec<Node>>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Process {
+    /// Write three nodes' files (flush policy `flush`) and start them.
+    pub fn start_cluster(keel: &Path, flush: &str, keep: bool) -> Result<Self> {
+        if !keel.is_file() {
+            bail!("no keel binary at {} (build it, or pass --keel-bin)", keel.display());
+        }
+        let root = tempfile::Builder::new().prefix("keel-chaos-").tempdir().context("temp dir")?;
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..6 {
+            ports.push(free_port()?);
+        }
+        let peers: Vec<String> = (0..3).map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[i])).collect();
+        for i in 0..3u64 {
+            let dir = root.path().join(format!("node{}", i + 1));
+            std::fs::create_dir_all(&dir)?;
+            let grpc = format!("127.0.0.1:{}", ports[i as usize]);
+            let admin = format!("127.0.0.1:{}", ports[i as usize + 3]);
+            let config = dir.join("node.properties");
+            let text = format!(
+                "node.id={}\ngrpc.listen={grpc}\nadmin.listen={admin}\npeers={}\ncluster.bootstrap={}\n\
+                 store.path.commitlog={}\nflush.disk.type={flush}\n",
+                i + 1,
+                peers.join(","),
+                i == 0,
+                dir.join("data").display(),
+            );
+            std::fs::write(&config, text)?;
+            nodes.push(Node { id: i + 1, grpc, admin, config, log: dir.join("node.log"), child: None });
+        }
+        let p = Self { keel: keel.to_path_buf(), root, keep, nodes: Mutex::new(nodes) };
+        for id in 1..=3 {
+            p.start(id)?;
+        }
+        Ok(p)
+    }
+
+    fn nodes(&self) -> std::sync::MutexGuard<'_, Vec<Node>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn signal(&self, node: u64, sig: libc::c_int) -> Result<()> {
+        let nodes = self.nodes();
+        let n = &nodes[node as usize - 1];
+        if let Some(c) = &n.child {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Process {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn nodes(&self) -> Vec<u64> {
+        vec![1, 2, 3]
+    }
+
+    fn grpc_addrs(&self) -> Vec<String> {
+        self.nodes().iter().map(|n| n.grpc.clone()).collect()
+    }
+
+    fn admin_addr(&self, node: u64) -> String {
+        self.nodes()[node as usize - 1].admin.clone()
+    }
+
+    fn kill(&self, node: u64) -> Result<()> {
+        let mut nodes = self.nodes();
+        let n = &mut nodes[node as usize - 1];
+        if let Some(mut c) = n.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Ok(())
+    }
+
+    fn start(&self, node: u64) -> Result<()> {
+        let mut nodes = self.nodes();
+        let n = &mut nodes[node as usize - 1];
+        if let Some(c) = &mut n.child
+            && c.try_wait()?.is_none()
+        {
+            return Ok(());
+        }
+        let log = OpenOptions::new().create(true).append(true).open(&n.log)?;
+        let mut announce = log.try_clone()?;
+        let _ = writeln!(announce, "--- keel-chaos: starting node {}", n.id);
+        let child = Command::new(&self.keel)
+            .arg("node")
+            .arg("--config")
+            .arg(&n.config)
+            // The file is the whole configuration: no KEEL_* variable of ours.
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", self.keel.display()))?;
+        n.child = Some(child);
+        Ok(())
+    }
+
+    fn stop(&self, node: u64) -> Result<()> {
+        self.signal(node, libc::SIGTERM)?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            {
+                let mut nodes = self.nodes();
+                let n = &mut nodes[node as usize - 1];
+                match &mut n.child {
+                    None => return Ok(()),
+                    Some(c) => {
+                        if c.try_wait()?.is_some() {
+                            n.child = None;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                self.kill(node)?;
+                bail!("node {node} did not stop within {STOP_TIMEOUT:?} of SIGTERM; killed it");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pause(&self, node: u64) -> Result<()> {
+        self.signal(node, libc::SIGSTOP)
+    }
+
+    fn resume(&self, node: u64) -> Result<()> {
+        self.signal(node, libc::SIGCONT)
+    }
+
+    fn isolate(&self, _node: u64) -> Result<()> {
+        bail!(
+            "the process backend cannot partition nodes yet (they share the loopback interface); use --backend docker"
+        )
+    }
+
+    fn heal(&self, _node: u64) -> Result<()> {
+        Ok(())
+    }
+
+    fn power_loss_capable(&self) -> Result<()> {
+        // The build announces itself in its log at start.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs: Vec<PathBuf> = self.nodes().iter().map(|n| n.log.clone()).collect();
+            if logs.iter().all(|l| std::fs::read_to_string(l).unwrap_or_default().contains(POWER_LOSS_MARK)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} is not a power-loss build: its nodes keep unsynced writes in the page cache, where SIGKILL \
+                     does not lose them. Build one with `cargo build --release -p keel-node --features power-loss \
+                     --target-dir target/power-loss` and pass --keel-bin target/power-loss/release/keel",
+                    self.keel.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn shutdown(&self) {
+        for id in 1..=3 {
+            let _ = self.resume(id);
+            let _ = self.kill(id);
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.shutdown();
+        if self.keep {
+            let root = std::mem::replace(&mut self.root, tempfile::TempDir::new().expect("temp dir"));
+            eprintln!("keel-chaos: kept the cluster's files in {}", root.keep().display());
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `keel-chaos`: drives load against a three-node keel cluster, breaks it the
+//! ways real clusters break (kills, pauses, partitions, power loss,
+//! restarts), heals it, reads everything back and checks that nothing
+//! acknowledged was lost, duplicated, reordered or diverged.
+
+mod backend;
+mod checker;
+mod http;
+mod run;
+mod scenario;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::backend::Backend;
+use crate::scenario::Scenario;
+
+#[derive(Parser)]
+#[command(name = "keel-chaos", about = "Break a keel cluster under load and check that nothing acknowledged is lost")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List the scenarios.
+    List,
+    /// Run one scenario.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// `process` (local `keel node` processes) or `docker` (the compose cluster).
+    #[arg(long, default_value = "process")]
+    backend: String,
+    /// A scenario from `keel-chaos list`.
+    #[arg(long)]
+    scenario: String,
+    /// Which node single-node faults hit: leader, random, or mixed (a coin flip per cycle).
+    #[arg(long, default_value = "mixed")]
+    target: String,
+    /// Flush policy of the nodes: SYNC_FLUSH, BATCH_FLUSH or ASYNC_FLUSH.
+    #[arg(long, default_value = "SYNC_FLUSH")]
+    flush: String,
+    /// Fault cycles.
+    #[arg(long, default_value_t = 20)]
+    cycles: u32,
+    /// Stop starting cycles after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    duration: u64,
+    /// Seed of the fault schedule (random when absent; printed either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Concurrent producers (each its own partition, one send at a time).
+    #[arg(long, default_value_t = 6)]
+    producers: u32,
+    #[arg(long, default_value_t = 3)]
+    partitions: u32,
+    /// The `keel` binary of the process backend [default: `keel` next to this program].
+    #[arg(long)]
+    keel_bin: Option<PathBuf>,
+    /// The compose file of the docker backend.
+    #[arg(long, default_value = "docker-compose.yml")]
+    compose_file: PathBuf,
+    /// Keep the cluster's files (process) or containers (docker) afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Also print the report as one JSON object, the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("keel-chaos: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> Result<bool> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::List => {
+            for s in scenario::ALL {
+                println!("{:<16} {}", s.name(), s.describe());
+            }
+            Ok(true)
+        }
+        Cmd::Run(a) => {
+            let scenario = Scenario::parse(&a.scenario)?;
+            let target = scenario::Target::parse(&a.target)?;
+            if !["SYNC_FLUSH", "BATCH_FLUSH", "ASYNC_FLUSH"].contains(&a.flush.as_str()) {
+                bail!("--flush {:?}: expected SYNC_FLUSH, BATCH_FLUSH or ASYNC_FLUSH", a.flush);
+            }
+            if a.cycles == 0 || a.producers == 0 || a.partitions == 0 {
+                bail!("--cycles, --producers and --partitions must be at least 1");
+            }
+            let seed = a.seed.unwrap_or_else(rand::random);
+            let backend: Arc<dyn Backend> = match a.backend.as_str() {
+                "process" => {
+                    let keel = match a.keel_bin {
+                        Some(p) => p,
+                        None => std::env::current_exe()?.with_file_name("keel"),
+                    };
+                    Arc::new(backend::process::Process::start_cluster(&keel, &a.flush, a.keep)?)
+                }
+                "docker" => Arc::new(backend::docker::Docker::start_cluster(&a.compose_file, &a.flush, a.keep)?),
+                other => bail!("--backend {other:?}: expected process or docker"),
+            };
+            let options = run::Options {
+                scenario,
+                target,
+                flush: a.flush,
+                cycles: a.cycles,
+                duration: Duration::from_secs(a.duration),
+                seed,
+                producers: a.producers,
+                partitions: a.partitions,
+                json: a.json,
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let report = rt.block_on(run::run(backend.clone(), &options));
+            backend.shutdown();
+            let report = report.map_err(|e| anyhow::anyhow!("{e:#} (seed {seed})"))?;
+            if options.json {
+                println!("{}", report.json);
+            }
+            Ok(report.passed)
+        }
+    }
+}
