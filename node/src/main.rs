@@ -40,6 +40,9 @@ enum Command {
     Lookup(cli::LookupArgs),
     /// Show the cluster and change its membership.
     Cluster(cli::ClusterArgs),
+    /// Check a node's health over its admin HTTP port (/healthz, or /readyz
+    /// with --ready); exit 0 when healthy. The container health check.
+    Health(cli::HealthArgs),
     /// Measure this machine, keel's components and a running cluster.
     Bench(bench::BenchArgs),
 }
@@ -61,6 +64,7 @@ fn main() -> Result<()> {
             Command::Group(args) => cli::group(args).await,
             Command::Lookup(args) => cli::lookup(args).await,
             Command::Cluster(args) => cli::cluster(args).await,
+            Command::Health(args) => cli::health(args),
             Command::Bench(args) => bench::run(args).await,
         }
     })

@@ -1,4 +1,5 @@
-//! Client commands: topics, produce, consume, groups, lookups, cluster.
+//! Client commands: topics, produce, consume, groups, lookups, cluster, and
+//! the health check (`keel health`, which talks to the admin HTTP port).
 //!
 //! Each command is a thin layer over `keel-client` (one file per command);
 //! this module holds what they share: `--cluster`, the output format of a
@@ -17,6 +18,7 @@ use serde_json::{Map, Value, json};
 mod cluster;
 mod consume;
 mod group;
+mod health;
 mod lookup;
 mod produce;
 mod topic;
@@ -24,6 +26,7 @@ mod topic;
 pub use cluster::{ClusterArgs, cluster};
 pub use consume::{ConsumeArgs, consume};
 pub use group::{GroupArgs, group};
+pub use health::{HealthArgs, health};
 pub use lookup::{LookupArgs, lookup};
 pub use produce::{ProduceArgs, produce};
 pub use topic::{TopicArgs, topic};
