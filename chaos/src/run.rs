@@ -33,6 +33,8 @@ pub struct Options {
 const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the replicas get to agree at the end.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a cycle waits for writes to flow again before its fault.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on sends per producer (the run is bounded in time as well).
 const MAX_OPS_PER_PRODUCER: u64 = 1_000_000;
 
@@ -181,6 +183,14 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
         if started.elapsed() > o.duration {
             println!("time is up after {} cycles", cycle - 1);
             break;
+        }
+        // Faults strike mid-write: wait until the producers are acknowledged
+        // again after the last fault (bounded).
+        let before = workload.acked.load(std::sync::atomic::Ordering::Relaxed);
+        let want = before + u64::from(o.producers) * 5;
+        let progress_deadline = Instant::now() + PROGRESS_TIMEOUT;
+        while workload.acked.load(std::sync::atomic::Ordering::Relaxed) < want && Instant::now() < progress_deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let t = started.elapsed().as_millis() as u64;
         let faults = o.scenario.cycle(&*backend, &mut rng, o.target).await?;
