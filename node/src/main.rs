@@ -49,6 +49,13 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Node(_) | Command::Dev(_)) {
+        // A client command whose output is cut short (`keel consume t | head`)
+        // ends quietly, as Unix tools do, instead of panicking on EPIPE. The
+        // node and the dev supervisor keep Rust's default (EPIPE as an error).
+        // SAFETY: restoring the default disposition of one signal at start-up.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {

@@ -39,6 +39,9 @@ const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a membership change or a snapshot may take before the answer is 504.
 const MUTATION_TIMEOUT: Duration = Duration::from_secs(30);
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// A leader without a quorum's acknowledgement for this long (twice the
+/// longest election timeout) is not ready.
+const STALE_LEADER_MS: u64 = 3_200;
 
 /// The machine-readable API description.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -506,6 +509,13 @@ async fn readyz(State(admin): Shared_) -> Response {
     }
     if m.current_leader.is_none() {
         not_ready.push("no leader is known".to_string());
+    }
+    // A leader cut off from its peers still calls itself leader until it
+    // hears of a newer term; it is not fit to serve.
+    if m.current_leader == Some(admin.node_id)
+        && let Some(ms) = m.millis_since_quorum_ack.filter(|&ms| ms > STALE_LEADER_MS)
+    {
+        not_ready.push(format!("this leader has not heard from a quorum for {ms} ms"));
     }
     let committed = admin.store.read_committed().map_or(0, |c| c.index);
     let applied = m.last_applied.map_or(0, |l| l.index);
