@@ -111,6 +111,9 @@ struct Inner {
     /// The actors' threads; each ends once its handle is dropped.
     threads: Vec<std::thread::JoinHandle<()>>,
     max_payload: usize,
+    /// The highest index the cluster has fsynced on a majority, as the node
+    /// last told us ([`Store::note_durable`]); 0 before it does.
+    cluster_durable: std::sync::atomic::AtomicU64,
     /// Held for the store's lifetime: the exclusive flock on `LOCK`.
     lock: File,
 }
@@ -187,6 +190,7 @@ impl Store {
             preparer,
             threads: vec![flusher_thread, preparer_thread],
             max_payload,
+            cluster_durable: std::sync::atomic::AtomicU64::new(0),
             lock,
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -639,7 +643,8 @@ impl Store {
 
     async fn write_meta(&self, meta: Meta) -> Result<()> {
         let (fs, dir) = (self.inner.fs.clone(), self.inner.config.dir.clone());
-        let bytes = meta.encode();
+        let on_disk = Meta { committed: self.committed_on_disk(meta.committed), ..meta };
+        let bytes = on_disk.encode();
         tokio::task::spawn_blocking(move || crate::io::write_file_durably(&*fs, &dir, "meta", &bytes))
             .await
             .map_err(|e| Error::io("write meta", std::io::Error::other(e.to_string())))?
@@ -682,6 +687,44 @@ impl Store {
             self.write_meta(meta).await?;
         }
         Ok(())
+    }
+
+    /// The cluster's durable index (fsynced on a majority), as the node
+    /// learns it. Under BATCH_FLUSH and ASYNC_FLUSH an entry is committed
+    /// once a majority has *written* it, so the committed id may run ahead
+    /// of what any power cut spares; only the part at or below this index is
+    /// written to the meta file (see `committed_on_disk`).
+    pub fn note_durable(&self, index: u64) {
+        self.inner.cluster_durable.fetch_max(index, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// What of `committed` may be written to disk. Under SYNC_FLUSH all of
+    /// it (a majority fsynced it before it was committed). Otherwise only up
+    /// to the cluster's durable index, never below the purge point: after a
+    /// power cut a node must not take entries for committed that a new
+    /// leader, elected without them, will replace (found by keel-chaos
+    /// power-loss under BATCH_FLUSH: the replicas' committed logs diverged).
+    fn committed_on_disk(&self, committed: Option<LogPos>) -> Option<LogPos> {
+        let c = committed?;
+        if self.inner.config.flush.policy == crate::FlushPolicy::SyncFlush {
+            return Some(c);
+        }
+        let durable = self.inner.cluster_durable.load(std::sync::atomic::Ordering::Acquire);
+        if c.index <= durable {
+            return Some(c);
+        }
+        let purged = self.state().meta.purged;
+        let at = (durable > 0)
+            .then(|| self.read_range(durable, durable + 1, 0).ok())
+            .flatten()
+            .and_then(|r| r.into_iter().next())
+            .filter(|r| r.index == durable)
+            .map(|r| LogPos::new(r.term, r.leader, r.index));
+        match (at, purged) {
+            (Some(a), Some(p)) if p.index > a.index => Some(p),
+            (Some(a), _) => Some(a),
+            (None, p) => p,
+        }
     }
 
     /// The committed log id, never past the last entry this log holds.

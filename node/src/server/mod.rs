@@ -95,6 +95,17 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .context("start raft")?;
 
     let durable = durable::DurableHandle::start(node_id, raft.clone(), store.clone(), peers.clone());
+    // The store writes to disk only the committed id the cluster has fsynced
+    // on a majority (it matters under BATCH_FLUSH and ASYNC_FLUSH).
+    {
+        let (mut rx, store) = (durable.subscribe(), store.clone());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let d = *rx.borrow_and_update();
+                store.note_durable(d);
+            }
+        });
+    }
     let proposer = proposer::ProposerHandle::start(
         raft.clone(),
         store.max_payload_bytes(),

@@ -443,10 +443,32 @@ async fn a_committed_id_past_what_survived_a_power_loss_is_cut_to_the_last_entry
     append_flushed(&store, (1..=5).map(|i| record(1, i, LEN)).collect()).await.expect("append");
     store.sync().await.expect("sync");
     append_flushed(&store, (6..=10).map(|i| record(1, i, LEN)).collect()).await.expect("append");
+    // The cluster says all ten are durable (fsynced on two other nodes).
+    store.note_durable(10);
     store.save_committed(Some(LogPos::new(1, 1, 10))).await.expect("committed");
     assert_eq!(store.read_committed().map(|p| p.index), Some(10));
     let store = crash_and_reopen(&fs, store, c).await.expect("reopen");
     assert_eq!(store.log_state().1.map(|p| p.index), Some(5), "the unsynced entries are gone");
     assert_eq!(store.read_committed(), Some(LogPos::new(1, 1, 5)), "committed is cut to what the log holds");
     store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn only_the_durable_part_of_the_committed_id_is_written_under_batch_flush() {
+    for (policy, expect) in [(FlushPolicy::BatchFlush, 6), (FlushPolicy::SyncFlush, 10)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = config(dir.path(), 1 << 20, policy);
+        let store = Store::open(c.clone()).await.expect("open");
+        append_flushed(&store, (1..=10).map(|i| record(1 + i / 4, i, LEN)).collect()).await.expect("append");
+        store.sync().await.expect("sync");
+        store.note_durable(6);
+        store.save_committed(Some(LogPos::new(3, 1, 10))).await.expect("committed");
+        assert_eq!(store.read_committed().map(|p| p.index), Some(10), "in memory, all of it");
+        store.close().await.expect("close");
+        let store = Store::open(c).await.expect("reopen");
+        let on_disk = store.read_committed().expect("committed");
+        assert_eq!(on_disk.index, expect, "{policy}");
+        assert_eq!(on_disk.term, 1 + expect / 4, "{policy}: the log id of the entry at that index");
+        store.close().await.expect("close");
+    }
 }
