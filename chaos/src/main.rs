@@ -78,6 +78,9 @@ struct RunArgs {
     json: bool,
 }
 
+/// The size of each node's volume in the disk-full scenario.
+const DISK_FULL_VOLUME_BYTES: u64 = 256 << 20;
+
 fn main() -> ExitCode {
     match real_main() {
         Ok(true) => ExitCode::SUCCESS,
@@ -114,7 +117,9 @@ fn real_main() -> Result<bool> {
                         Some(p) => p,
                         None => std::env::current_exe()?.with_file_name("keel"),
                     };
-                    Arc::new(backend::process::Process::start_cluster(&keel, &a.flush, a.keep)?)
+                    // disk-full: each node's data on a tmpfs of its own.
+                    let volume = (scenario == Scenario::DiskFull).then_some(DISK_FULL_VOLUME_BYTES);
+                    Arc::new(backend::process::Process::start_cluster(&keel, &a.flush, a.keep, volume)?)
                 }
                 "docker" => Arc::new(backend::docker::Docker::start_cluster(&a.compose_file, &a.flush, a.keep)?),
                 other => bail!("--backend {other:?}: expected process or docker"),

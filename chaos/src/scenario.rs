@@ -79,7 +79,10 @@ impl Scenario {
             Scenario::PowerLoss => {
                 "kill -9 every node at once with unsynced writes in process memory (power-loss build), restart all"
             }
-            Scenario::DiskFull => "NOT IMPLEMENTED YET: fill the data volume of one node",
+            Scenario::DiskFull => {
+                "fill the leader's or a random node's data volume (a tmpfs; needs root) for 2-4 s under load, free it, \
+                 restart the node if it stopped"
+            }
             Scenario::RollingRestart => "SIGTERM and restart each node in turn",
         }
     }
@@ -143,10 +146,15 @@ impl Scenario {
                 }
                 vec![Fault { kind: "power_loss_all", node: 0 }]
             }
-            Scenario::DiskFull => bail!(
-                "the disk-full scenario is not implemented yet (it needs a small tmpfs or loop volume per node); \
-                 keel's own ENOSPC handling is tested in raft-log's fault tests"
-            ),
+            Scenario::DiskFull => {
+                let (node, who) = Self::victim(backend, rng, target).await?;
+                backend.fill_disk(node)?;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(2000..4000))).await;
+                backend.free_disk(node)?;
+                // A node that stopped on ENOSPC comes back once there is room.
+                backend.start(node)?;
+                vec![Fault { kind: if who == "leader" { "disk_full_leader" } else { "disk_full_random" }, node }]
+            }
             Scenario::RollingRestart => {
                 let mut out = Vec::new();
                 for node in backend.nodes() {

@@ -151,6 +151,14 @@ impl Backend for Docker {
         self.docker(&["network", "connect", "--ip", &format!("10.213.1.1{node}"), &net, &c])
     }
 
+    fn fill_disk(&self, _node: u64) -> Result<()> {
+        bail!("the docker backend cannot fill a node's volume yet; run disk-full with --backend process")
+    }
+
+    fn free_disk(&self, _node: u64) -> Result<()> {
+        Ok(())
+    }
+
     fn power_loss_capable(&self) -> Result<()> {
         bail!(
             "the docker image is a normal build, whose nodes keep unsynced writes in the kernel's page cache, \

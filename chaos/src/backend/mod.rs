@@ -25,6 +25,9 @@ pub trait Backend: Send + Sync {
     /// Cut node `node` off from its peers (clients still reach it), and undo it.
     fn isolate(&self, node: u64) -> Result<()>;
     fn heal(&self, node: u64) -> Result<()>;
+    /// Fill the volume holding node `node`'s data, and free it again.
+    fn fill_disk(&self, node: u64) -> Result<()>;
+    fn free_disk(&self, node: u64) -> Result<()>;
     /// Whether the backend can cut the power: kill every node so that what
     /// they had not fsynced is lost.
     fn power_loss_capable(&self) -> Result<()>;

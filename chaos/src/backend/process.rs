@@ -28,9 +28,27 @@ struct Node {
 
 pub struct Process {
     keel: PathBuf,
+    /// Each node's data on its own tmpfs of this many bytes (disk-full).
+    volume_bytes: Option<u64>,
     root: tempfile::TempDir,
     keep: bool,
     nodes: Mutex<Vec<Node>>,
+}
+
+fn mount_tmpfs(dir: &Path, bytes: u64) -> Result<()> {
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .context("run mount")?;
+    if !out.status.success() {
+        bail!(
+            "could not mount a {bytes}-byte tmpfs on {} for the disk-full scenario (it needs root): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 fn free_port() -> Result<u16> {
@@ -39,7 +57,9 @@ fn free_port() -> Result<u16> {
 
 impl Process {
     /// Write three nodes' files (flush policy `flush`) and start them.
-    pub fn start_cluster(keel: &Path, flush: &str, keep: bool) -> Result<Self> {
+    /// With `volume_bytes`, each node's data lives on its own tmpfs of that
+    /// size (mounted here; needs root), so one node's disk can be filled.
+    pub fn start_cluster(keel: &Path, flush: &str, keep: bool, volume_bytes: Option<u64>) -> Result<Self> {
         if !keel.is_file() {
             bail!("no keel binary at {} (build it, or pass --keel-bin)", keel.display());
         }
@@ -52,22 +72,28 @@ impl Process {
         let peers: Vec<String> = (0..3).map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[i])).collect();
         for i in 0..3u64 {
             let dir = root.path().join(format!("node{}", i + 1));
-            std::fs::create_dir_all(&dir)?;
+            std::fs::create_dir_all(dir.join("vol"))?;
+            let mut extra = String::new();
+            if let Some(bytes) = volume_bytes {
+                mount_tmpfs(&dir.join("vol"), bytes)?;
+                // Small segments: a roll (which needs new space) every second or so.
+                extra.push_str("segment.bytes=262144\nmax.message.bytes=65536\n");
+            }
             let grpc = format!("127.0.0.1:{}", ports[i as usize]);
             let admin = format!("127.0.0.1:{}", ports[i as usize + 3]);
             let config = dir.join("node.properties");
             let text = format!(
                 "node.id={}\ngrpc.listen={grpc}\nadmin.listen={admin}\npeers={}\ncluster.bootstrap={}\n\
-                 store.path.commitlog={}\nflush.disk.type={flush}\n",
+                 store.path.commitlog={}\nflush.disk.type={flush}\n{extra}",
                 i + 1,
                 peers.join(","),
                 i == 0,
-                dir.join("data").display(),
+                dir.join("vol").join("data").display(),
             );
             std::fs::write(&config, text)?;
             nodes.push(Node { id: i + 1, grpc, admin, config, log: dir.join("node.log"), child: None });
         }
-        let p = Self { keel: keel.to_path_buf(), root, keep, nodes: Mutex::new(nodes) };
+        let p = Self { keel: keel.to_path_buf(), volume_bytes, root, keep, nodes: Mutex::new(nodes) };
         for id in 1..=3 {
             p.start(id)?;
         }
@@ -186,6 +212,41 @@ impl Backend for Process {
         Ok(())
     }
 
+    fn fill_disk(&self, node: u64) -> Result<()> {
+        if self.volume_bytes.is_none() {
+            bail!("this cluster's nodes have no volume of their own to fill");
+        }
+        let vol = self.root.path().join(format!("node{node}")).join("vol");
+        // Take every free block, in shrinking steps (the node keeps writing
+        // meanwhile): the next segment cannot be prepared.
+        let filler = std::fs::OpenOptions::new().create(true).append(true).open(vol.join("filler"))?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&filler);
+        let mut len = filler.metadata()?.len();
+        for step in [16u64 << 20, 1 << 20, 64 << 10, 4 << 10] {
+            loop {
+                // SAFETY: a valid descriptor; fallocate only reserves space.
+                let rc = unsafe { libc::fallocate(fd, 0, len as libc::off_t, step as libc::off_t) };
+                if rc != 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() == Some(libc::ENOSPC) {
+                        break;
+                    }
+                    return Err(e).context("fill the node's volume");
+                }
+                len += step;
+            }
+        }
+        Ok(())
+    }
+
+    fn free_disk(&self, node: u64) -> Result<()> {
+        let filler = self.root.path().join(format!("node{node}")).join("vol").join("filler");
+        match std::fs::remove_file(&filler) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     fn power_loss_capable(&self) -> Result<()> {
         // The build announces itself in its log at start.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -217,6 +278,12 @@ impl Backend for Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.shutdown();
+        if self.volume_bytes.is_some() {
+            for i in 1..=3 {
+                let vol = self.root.path().join(format!("node{i}")).join("vol");
+                let _ = Command::new("umount").arg("-l").arg(&vol).output();
+            }
+        }
         if self.keep {
             let root = std::mem::replace(&mut self.root, tempfile::TempDir::new().expect("temp dir"));
             eprintln!("keel-chaos: kept the cluster's files in {}", root.keep().display());
