@@ -86,6 +86,26 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let node_id = config.node_id;
     let store =
         open_store(&config).await.with_context(|| format!("open the log store in {}", config.store.dir.display()))?;
+    // A node that was the leader would restart as the leader of the same
+    // term (openraft 0.9's `Engine::startup` restores a committed vote for
+    // itself). Its log may have lost entries it had written but not fsynced
+    // (the leader replicates before its own fsync) that followers hold
+    // durably under the same log ids: staying leader of that term, it would
+    // issue those log ids again for other entries, and Raft, which tells
+    // entries apart by log id, would never repair the divergence. Found by
+    // keel-chaos power-loss under BATCH_FLUSH (an acknowledged message lost,
+    // replicas diverged). So it starts as a follower and must win an election
+    // in a higher term, which only a node holding every majority-fsynced
+    // entry can.
+    if let Some(v) = store.read_vote()
+        && v.committed
+        && v.voted_for == Some(node_id)
+    {
+        store
+            .save_vote(keel_raft_log::format::MetaVote { committed: false, ..v })
+            .await
+            .context("step down from the leadership held before the restart")?;
+    }
     let (sm, shared) = state_machine::StateMachine::open(store.clone()).await.context("open the state machine")?;
     let log_store = types::LogStore::new(store.clone());
     let peers = network::Peers::default();
