@@ -119,7 +119,9 @@ fn real_main() -> Result<bool> {
                     };
                     // disk-full: each node's data on a tmpfs of its own.
                     let volume = (scenario == Scenario::DiskFull).then_some(DISK_FULL_VOLUME_BYTES);
-                    Arc::new(backend::process::Process::start_cluster(&keel, &a.flush, a.keep, volume)?)
+                    // partition: each node in a network namespace of its own.
+                    let netns = scenario == Scenario::Partition;
+                    Arc::new(backend::process::Process::start_cluster(&keel, &a.flush, a.keep, volume, netns)?)
                 }
                 "docker" => Arc::new(backend::docker::Docker::start_cluster(&a.compose_file, &a.flush, a.keep)?),
                 other => bail!("--backend {other:?}: expected process or docker"),

@@ -74,7 +74,7 @@ impl Scenario {
             Scenario::KillLoop => "kill -9 the leader or a random node (--target) mid-write, restart it",
             Scenario::Pause => "SIGSTOP the leader or a random node (--target) for 0.5-2 s, then SIGCONT",
             Scenario::Partition => {
-                "cut the leader or a random node (--target) off from its peers for 1-3 s (docker backend)"
+                "cut the leader or a random node (--target) off from its peers for 1-3 s (process backend: network namespaces, needs root)"
             }
             Scenario::PowerLoss => {
                 "kill -9 every node at once with unsynced writes in process memory (power-loss build), restart all"

@@ -28,6 +28,8 @@ struct Node {
 
 pub struct Process {
     keel: PathBuf,
+    /// Each node in its own network namespace (partition).
+    net: Option<Netns>,
     /// Each node's data on its own tmpfs of this many bytes (disk-full).
     volume_bytes: Option<u64>,
     root: tempfile::TempDir,
@@ -59,7 +61,9 @@ impl Process {
     /// Write three nodes' files (flush policy `flush`) and start them.
     /// With `volume_bytes`, each node's data lives on its own tmpfs of that
     /// size (mounted here; needs root), so one node's disk can be filled.
-    pub fn start_cluster(keel: &Path, flush: &str, keep: bool, volume_bytes: Option<u64>) -> Result<Self> {
+    /// With `netns`, each node runs in a network namespace of its own behind
+    /// a bridge (needs root), so one node can be cut off from its peers.
+    pub fn start_cluster(keel: &Path, flush: &str, keep: bool, volume_bytes: Option<u64>, netns: bool) -> Result<Self> {
         if !keel.is_file() {
             bail!("no keel binary at {} (build it, or pass --keel-bin)", keel.display());
         }
@@ -69,7 +73,12 @@ impl Process {
         for _ in 0..6 {
             ports.push(free_port()?);
         }
-        let peers: Vec<String> = (0..3).map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[i])).collect();
+        let net = if netns { Some(Netns::create()?) } else { None };
+        // Loopback ports, or each namespace's own address with fixed ports.
+        let host = |i: usize| net.as_ref().map_or_else(|| "127.0.0.1".to_string(), |n| n.ip(i as u64 + 1));
+        let grpc_port = |i: usize| if net.is_some() { 9091 } else { ports[i] };
+        let admin_port = |i: usize| if net.is_some() { 9191 } else { ports[i + 3] };
+        let peers: Vec<String> = (0..3).map(|i| format!("{}@{}:{}", i + 1, host(i), grpc_port(i))).collect();
         for i in 0..3u64 {
             let dir = root.path().join(format!("node{}", i + 1));
             std::fs::create_dir_all(dir.join("vol"))?;
@@ -79,8 +88,8 @@ impl Process {
                 // Small segments: a roll (which needs new space) every second or so.
                 extra.push_str("segment.bytes=262144\nmax.message.bytes=65536\n");
             }
-            let grpc = format!("127.0.0.1:{}", ports[i as usize]);
-            let admin = format!("127.0.0.1:{}", ports[i as usize + 3]);
+            let grpc = format!("{}:{}", host(i as usize), grpc_port(i as usize));
+            let admin = format!("{}:{}", host(i as usize), admin_port(i as usize));
             let config = dir.join("node.properties");
             let text = format!(
                 "node.id={}\ngrpc.listen={grpc}\nadmin.listen={admin}\npeers={}\ncluster.bootstrap={}\n\
@@ -93,7 +102,7 @@ impl Process {
             std::fs::write(&config, text)?;
             nodes.push(Node { id: i + 1, grpc, admin, config, log: dir.join("node.log"), child: None });
         }
-        let p = Self { keel: keel.to_path_buf(), volume_bytes, root, keep, nodes: Mutex::new(nodes) };
+        let p = Self { keel: keel.to_path_buf(), net, volume_bytes, root, keep, nodes: Mutex::new(nodes) };
         for id in 1..=3 {
             p.start(id)?;
         }
@@ -153,7 +162,16 @@ impl Backend for Process {
         let log = OpenOptions::new().create(true).append(true).open(&n.log)?;
         let mut announce = log.try_clone()?;
         let _ = writeln!(announce, "--- keel-chaos: starting node {}", n.id);
-        let child = Command::new(&self.keel)
+        let mut cmd = match &self.net {
+            // `ip netns exec` enters the namespace and execs keel (same pid).
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.ns(n.id)]).arg(&self.keel);
+                c
+            }
+            None => Command::new(&self.keel),
+        };
+        let child = cmd
             .arg("node")
             .arg("--config")
             .arg(&n.config)
@@ -202,14 +220,18 @@ impl Backend for Process {
         self.signal(node, libc::SIGCONT)
     }
 
-    fn isolate(&self, _node: u64) -> Result<()> {
-        bail!(
-            "the process backend cannot partition nodes yet (they share the loopback interface); use --backend docker"
-        )
+    fn isolate(&self, node: u64) -> Result<()> {
+        let Some(net) = &self.net else {
+            bail!("this cluster's nodes share loopback: start it for the partition scenario (network namespaces)")
+        };
+        net.isolate(node)
     }
 
-    fn heal(&self, _node: u64) -> Result<()> {
-        Ok(())
+    fn heal(&self, node: u64) -> Result<()> {
+        match &self.net {
+            Some(net) => net.heal(node),
+            None => Ok(()),
+        }
     }
 
     fn fill_disk(&self, node: u64) -> Result<()> {
@@ -278,6 +300,9 @@ impl Backend for Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.shutdown();
+        if let Some(net) = self.net.take() {
+            net.remove();
+        }
         if self.volume_bytes.is_some() {
             for i in 1..=3 {
                 let vol = self.root.path().join(format!("node{i}")).join("vol");
@@ -288,5 +313,92 @@ impl Drop for Process {
             let root = std::mem::replace(&mut self.root, tempfile::TempDir::new().expect("temp dir"));
             eprintln!("keel-chaos: kept the cluster's files in {}", root.keep().display());
         }
+    }
+}
+
+/// Three network namespaces behind a bridge: node i at `<subnet>.1i`, the
+/// harness (the bridge) at `<subnet>.1`. A partition drops, inside the
+/// node's namespace, traffic to and from the other nodes, not the harness's.
+struct Netns {
+    tag: String,
+    subnet: String,
+}
+
+fn sh(args: &[&str]) -> Result<()> {
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("run {args:?}"))?;
+    if !out.status.success() {
+        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Netns {
+    fn create() -> Result<Self> {
+        let id = std::process::id() % 10_000;
+        let net = Self { tag: format!("kc{id}"), subnet: format!("10.214.{}", 20 + id % 200) };
+        let br = net.bridge();
+        let setup = || -> Result<()> {
+            sh(&["ip", "link", "add", &br, "type", "bridge"])?;
+            sh(&["ip", "addr", "add", &format!("{}.1/24", net.subnet), "dev", &br])?;
+            sh(&["ip", "link", "set", &br, "up"])?;
+            // Docker's FORWARD policy drops bridged traffic when
+            // br_netfilter is loaded: let this bridge's own traffic through.
+            let _ = sh(&["iptables", "-I", "FORWARD", "-i", &br, "-o", &br, "-j", "ACCEPT"]);
+            for i in 1..=3u64 {
+                let (ns, host_end, node_end) = (net.ns(i), format!("{}h{i}", net.tag), format!("{}n{i}", net.tag));
+                sh(&["ip", "netns", "add", &ns])?;
+                sh(&["ip", "link", "add", &host_end, "type", "veth", "peer", "name", &node_end])?;
+                sh(&["ip", "link", "set", &node_end, "netns", &ns])?;
+                sh(&["ip", "link", "set", &host_end, "master", &br, "up"])?;
+                sh(&["ip", "netns", "exec", &ns, "ip", "addr", "add", &format!("{}/24", net.ip(i)), "dev", &node_end])?;
+                sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &node_end, "up"])?;
+                sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+            }
+            Ok(())
+        };
+        if let Err(e) = setup() {
+            net.remove();
+            return Err(e.context("set up network namespaces for the partition scenario (it needs root and iproute2)"));
+        }
+        Ok(net)
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}br", self.tag)
+    }
+
+    fn ns(&self, node: u64) -> String {
+        format!("{}-{node}", self.tag)
+    }
+
+    fn ip(&self, node: u64) -> String {
+        format!("{}.1{node}", self.subnet)
+    }
+
+    fn isolate(&self, node: u64) -> Result<()> {
+        let ns = self.ns(node);
+        let (net, harness) = (format!("{}.0/24", self.subnet), format!("{}.1", self.subnet));
+        let ipt = |rule: &[&str]| {
+            let mut args = vec!["ip", "netns", "exec", &ns, "iptables", "-A"];
+            args.extend_from_slice(rule);
+            sh(&args)
+        };
+        ipt(&["INPUT", "-s", &harness, "-j", "ACCEPT"])?;
+        ipt(&["INPUT", "-s", &net, "-j", "DROP"])?;
+        ipt(&["OUTPUT", "-d", &harness, "-j", "ACCEPT"])?;
+        ipt(&["OUTPUT", "-d", &net, "-j", "DROP"])
+    }
+
+    fn heal(&self, node: u64) -> Result<()> {
+        sh(&["ip", "netns", "exec", &self.ns(node), "iptables", "-F"])
+    }
+
+    fn remove(&self) {
+        for i in 1..=3 {
+            let _ = sh(&["ip", "netns", "del", &self.ns(i)]);
+        }
+        let br = self.bridge();
+        let _ = sh(&["iptables", "-D", "FORWARD", "-i", &br, "-o", &br, "-j", "ACCEPT"]);
+        let _ = sh(&["ip", "link", "del", &br]);
     }
 }
