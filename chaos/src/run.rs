@@ -30,7 +30,7 @@ pub struct Options {
 }
 
 /// How long the cluster gets to elect a leader after a fault is healed.
-const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
+pub const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the replicas get to agree at the end.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a cycle waits for writes to flow again before its fault.

@@ -7,9 +7,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use crate::backend::Backend;
-use crate::run::wait_for_leader;
-
-const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::run::{LEADER_TIMEOUT, wait_for_leader};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {

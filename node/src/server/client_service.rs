@@ -761,7 +761,8 @@ impl ClientService {
     }
 }
 
-fn members_of(membership: &openraft::Membership<u64, BasicNode>) -> Vec<pb::Member> {
+/// Every member, voters marked (ClusterInfo, membership answers and the admin status).
+pub fn members_of(membership: &openraft::Membership<u64, BasicNode>) -> Vec<pb::Member> {
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     membership.nodes().map(|(id, n)| pb::Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) }).collect()
 }

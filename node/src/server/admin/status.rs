@@ -1,7 +1,7 @@
 //! `GET /api/v1/status`: what one node knows of itself, the document
 //! `docs/admin-api.md` describes field by field.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -293,8 +293,10 @@ fn role(state: ServerState) -> &'static str {
 }
 
 pub fn members_of(membership: &openraft::Membership<u64, openraft::BasicNode>) -> Vec<Member> {
-    let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    membership.nodes().map(|(id, n)| Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) }).collect()
+    crate::server::client_service::members_of(membership)
+        .into_iter()
+        .map(|m| Member { id: m.id, addr: m.addr, voter: m.voter })
+        .collect()
 }
 
 impl Admin {
