@@ -25,6 +25,7 @@ pub mod io;
 pub mod latency;
 mod preparer;
 mod raft;
+pub mod repair;
 mod segment;
 pub mod store;
 

@@ -123,8 +123,15 @@ impl Scan {
 /// Walk records from the segment header on, checking each one's checksum,
 /// index and term, until `limit` records or the first bad one.
 pub fn scan(bytes: &[u8], first: u64, limit: Option<usize>, max_payload: usize, salt: u32) -> Scan {
+    scan_from(bytes, format::SEGMENT_HEADER_BYTES, first, limit, max_payload, salt)
+}
+
+/// [`scan`] from the record at position `start`, which should carry log
+/// index `first` (repair resumes there after a damaged range).
+pub fn scan_from(bytes: &[u8], start: usize, first: u64, limit: Option<usize>, max_payload: usize, salt: u32) -> Scan {
     let mut s = Scan::empty();
-    let mut pos = format::SEGMENT_HEADER_BYTES;
+    let mut pos = start;
+    s.end = start as u64;
     while limit.is_none_or(|l| s.positions.len() < l) {
         let index = first + s.positions.len() as u64;
         let header = match format::check_record(&bytes[pos.min(bytes.len())..], max_payload, salt) {

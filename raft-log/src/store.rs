@@ -124,7 +124,7 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-fn lock_dir(dir: &Path) -> Result<File> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create data directory {}", dir.display()), e))?;
     let path = dir.join("LOCK");
     let file = std::fs::OpenOptions::new()
@@ -143,7 +143,7 @@ fn lock_dir(dir: &Path) -> Result<File> {
 }
 
 /// Remove a segment and its index files (missing ones are fine).
-fn remove_segment_files(fs: &dyn FileSystem, dir: &Path, first: u64) -> std::io::Result<()> {
+pub(crate) fn remove_segment_files(fs: &dyn FileSystem, dir: &Path, first: u64) -> std::io::Result<()> {
     for name in [format::segment_file_name(first), format::index_file_name(first), format::time_index_file_name(first)]
     {
         fs.remove(&dir.join(name))?;
@@ -883,6 +883,42 @@ struct Found {
     salt: Option<u32>,
 }
 
+/// How the active segment's scan, stopped at `pos` (log index
+/// `index_at_stop`) for `why`, ended: `true` for a torn tail that recovery
+/// may cut (what a crash leaves of unsynced writes), `false` for damage to
+/// bytes that were durable. Also the next fully valid record after `pos`.
+pub(crate) fn classify_stop(
+    bytes: &[u8],
+    pos: usize,
+    index_at_stop: u64,
+    why: ScanStop,
+    max_payload: usize,
+    salt: u32,
+) -> (bool, Option<(usize, format::RecordHeader)>) {
+    let after = format::find_valid_record(bytes, pos + 1, max_payload, salt);
+    // A later record written after this one was durable proves
+    // that no crash explains the damage.
+    let witnessed = after.filter(|(_, h)| h.synced_before > index_at_stop);
+    let torn = match (why, witnessed) {
+        // A zero header is a lost write, or where a truncation ended
+        // a stale tail: what lies after it never witnesses anything.
+        (ScanStop::Defect(format::RecordDefect::Zero), _) => true,
+        (_, Some(_)) => false,
+        (ScanStop::Defect(_), None) => {
+            let rec_len = format::decode_header(&bytes[pos..], usize::MAX)
+                .map(|h| h.record_bytes())
+                .unwrap_or(RECORD_HEADER_BYTES);
+            let region_end = match after {
+                Some((q, _)) => q,
+                None => (pos + rec_len).min(bytes.len()),
+            };
+            format::looks_torn(&bytes[pos..region_end], pos as u64, after.is_none())
+        }
+        _ => false,
+    };
+    (torn, after)
+}
+
 /// Open-time recovery: read meta, check every segment, rebuild missing or
 /// damaged indexes, cut a torn tail. Blocking.
 fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
@@ -1001,27 +1037,7 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
         let index_at_stop = first + s.positions.len() as u64;
         if let Some((pos, why)) = s.stop {
             let pos = pos as usize;
-            let after = format::find_valid_record(&bytes, pos + 1, max_payload, salt);
-            // A later record written after this one was durable proves
-            // that no crash explains the damage.
-            let witnessed = after.filter(|(_, h)| h.synced_before > index_at_stop);
-            let torn = match (why, witnessed) {
-                // A zero header is a lost write, or where a truncation ended
-                // a stale tail: what lies after it never witnesses anything.
-                (ScanStop::Defect(format::RecordDefect::Zero), _) => true,
-                (_, Some(_)) => false,
-                (ScanStop::Defect(_), None) => {
-                    let rec_len = format::decode_header(&bytes[pos..], usize::MAX)
-                        .map(|h| h.record_bytes())
-                        .unwrap_or(RECORD_HEADER_BYTES);
-                    let region_end = match after {
-                        Some((q, _)) => q,
-                        None => (pos + rec_len).min(bytes.len()),
-                    };
-                    format::looks_torn(&bytes[pos..region_end], pos as u64, after.is_none())
-                }
-                _ => false,
-            };
+            let (torn, after) = classify_stop(&bytes, pos, index_at_stop, why, max_payload, salt);
             if !torn {
                 let follow = after
                     .map(|(q, h)| {

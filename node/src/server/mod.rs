@@ -14,7 +14,8 @@
 //! - **admin** ([`admin`]): the HTTP API on `admin.listen` (status, cluster,
 //!   topics, digest, membership, snapshots, `/metrics`, health, the page).
 //!
-//! Start-up recovers the store (torn tails cut, corruption refused), loads
+//! Start-up repairs damaged log ranges from a peer ([`repair`]), recovers
+//! the store (torn tails cut, corruption refused), loads
 //! the newest checkpoint and lets openraft re-apply the committed entries
 //! after it. SIGTERM or SIGINT stops the server, then Raft, then closes the
 //! store (its flusher syncs what was written).
@@ -28,6 +29,7 @@ mod network;
 mod peer;
 mod proposer;
 mod raft_errors;
+pub mod repair;
 mod retention;
 pub mod state;
 mod state_machine;
@@ -84,6 +86,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     // Both ports first: one in use stops the node before it touches anything.
     let admin_listener = admin::bind(config.admin_listen)?;
     let node_id = config.node_id;
+    let peers = network::Peers::default();
+    // Before the store opens and before Raft starts: a log that lacks
+    // entries it held must not vote or lead.
+    let repairs = repair::repair_log(&config, &peers).await.context("repair the log from a peer")?;
     let store =
         open_store(&config).await.with_context(|| format!("open the log store in {}", config.store.dir.display()))?;
     // A node that was the leader would restart as the leader of the same
@@ -108,7 +114,6 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     }
     let (sm, shared) = state_machine::StateMachine::open(store.clone()).await.context("open the state machine")?;
     let log_store = types::LogStore::new(store.clone());
-    let peers = network::Peers::default();
     let raft =
         types::Raft::new(node_id, Arc::new(raft_config()?), network::Network { peers: peers.clone() }, log_store, sm)
             .await
@@ -160,8 +165,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         token: config.admin_token.clone(),
         started: std::time::Instant::now(),
         sampler: admin::status::Sampler::default(),
+        repairs,
     });
-    let peer_service = peer::PeerService { raft: raft.clone(), durable, admin: admin.clone() };
+    let peer_service = peer::PeerService { raft: raft.clone(), store: store.clone(), durable, admin: admin.clone() };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let incoming = tonic::transport::server::TcpIncoming::bind(config.grpc_listen)

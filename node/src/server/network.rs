@@ -108,6 +108,42 @@ impl Peers {
             Ok(Ok(r)) => Ok(r.into_inner().json),
         }
     }
+
+    /// Entries `from..=to` (a first part of them, about `max_bytes`) as the
+    /// node at `addr` holds them, each checked against its checksum.
+    pub async fn read_entries(
+        &self,
+        addr: &str,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Vec<keel_raft_log::Record>, String> {
+        let mut c = self.client(addr)?;
+        let req = keel_proto::raft::ReadEntriesRequest { from, to, max_bytes: max_bytes as u64 };
+        let entries = match tokio::time::timeout(timeout, c.read_entries(req)).await {
+            Err(_) => return Err(format!("no answer within {timeout:?}")),
+            Ok(Err(s)) => {
+                if s.code() == tonic::Code::Unavailable {
+                    self.failed(addr);
+                }
+                return Err(format!("{:?}: {}", s.code(), s.message()));
+            }
+            Ok(Ok(r)) => r.into_inner().entries,
+        };
+        entries
+            .into_iter()
+            .map(|e| {
+                let crc = e.crc32c;
+                let entry = e.entry.ok_or("an answer without its entry")?;
+                let r = super::wire::record_from_pb(entry).map_err(|s| s.message().to_string())?;
+                if super::wire::record_crc(&r) != crc {
+                    return Err(format!("entry {} fails its checksum", r.index));
+                }
+                Ok(r)
+            })
+            .collect()
+    }
 }
 
 fn client(channel: Channel) -> RaftPeerClient<Channel> {

@@ -1,6 +1,7 @@
 //! The `RaftPeer` gRPC service: openraft's three RPCs from the leader,
-//! followers' fsynced-index reports for the durable index, and this node's
-//! admin status for a peer's `/api/v1/cluster`.
+//! followers' fsynced-index reports for the durable index, this node's
+//! admin status for a peer's `/api/v1/cluster`, and log entries for a peer
+//! repairing a damaged range (see [`super::repair`]).
 //!
 //! A Raft error from openraft travels back as FAILED_PRECONDITION with the
 //! error as JSON in the status details, so the sender can rebuild it (see
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use keel_proto::raft as pb;
 use keel_proto::raft::raft_peer_server::RaftPeer;
-use keel_raft_log::LogPos;
+use keel_raft_log::{LogPos, Store};
 use tonic::{Request, Response, Status};
 
 use super::admin::Admin;
@@ -20,6 +21,7 @@ use super::wire;
 
 pub struct PeerService {
     pub raft: Raft,
+    pub store: Store,
     pub durable: DurableHandle,
     pub admin: Arc<Admin>,
 }
@@ -73,4 +75,33 @@ impl RaftPeer for PeerService {
             .map_err(|e| Status::internal(format!("cannot encode the status: {e}")))?;
         Ok(Response::new(pb::NodeStatusResponse { json }))
     }
+
+    async fn read_entries(
+        &self,
+        req: Request<pb::ReadEntriesRequest>,
+    ) -> Result<Response<pb::ReadEntriesResponse>, Status> {
+        let pb::ReadEntriesRequest { from, to, max_bytes } = req.into_inner();
+        if to < from {
+            return Err(Status::invalid_argument(format!("to {to} is below from {from}")));
+        }
+        let end = to.saturating_add(1);
+        let max = usize::try_from(max_bytes).unwrap_or(usize::MAX).clamp(1, REPAIR_MAX_BYTES);
+        let store = self.store.clone();
+        let records = tokio::task::spawn_blocking(move || store.read_range(from, end, max))
+            .await
+            .map_err(|e| Status::internal(format!("read task: {e}")))?
+            .map_err(|e| Status::internal(format!("read log indexes {from}..={to}: {e}")))?;
+        // `read_range` skips gaps; a repair needs exactly `from`.. .
+        if records.first().map(|r| r.index) != Some(from) {
+            let first = self.store.first_present_index();
+            return Err(Status::not_found(format!(
+                "node holds no entry {from} (its log starts at {})",
+                first.map_or("nothing".to_string(), |f| f.to_string())
+            )));
+        }
+        Ok(Response::new(pb::ReadEntriesResponse { entries: records.into_iter().map(wire::checked_to_pb).collect() }))
+    }
 }
+
+/// Most payload bytes one ReadEntries answer carries.
+pub const REPAIR_MAX_BYTES: usize = 16 << 20;

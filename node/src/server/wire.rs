@@ -33,20 +33,21 @@ pub fn vote_from_pb(v: Option<&pb::Vote>) -> Result<Vote<u64>, Status> {
 
 fn entry_to_pb(e: &Entry<TypeConfig>) -> Result<pb::Entry, Status> {
     let r = entry_to_record(e).map_err(|err| Status::internal(format!("encode entry: {err}")))?;
-    let kind = match r.meta.kind {
+    let m = r.meta;
+    Ok(record_to_pb(m.term, m.leader, m.index, m.kind, m.timestamp_ms, Bytes::from(r.payload)))
+}
+
+fn record_to_pb(term: u64, leader: u64, index: u64, kind: RecordKind, timestamp_ms: u64, payload: Bytes) -> pb::Entry {
+    let kind = match kind {
         RecordKind::Blank => pb::EntryKind::Blank,
         RecordKind::Normal => pb::EntryKind::Normal,
         RecordKind::Membership => pb::EntryKind::Membership,
     };
-    Ok(pb::Entry {
-        log_id: Some(pb::LogId { term: r.meta.term, leader: r.meta.leader, index: r.meta.index }),
-        kind: kind as i32,
-        timestamp_ms: r.meta.timestamp_ms,
-        payload: Bytes::from(r.payload),
-    })
+    pb::Entry { log_id: Some(pb::LogId { term, leader, index }), kind: kind as i32, timestamp_ms, payload }
 }
 
-fn entry_from_pb(e: pb::Entry) -> Result<Entry<TypeConfig>, Status> {
+/// A log entry as the store keeps it, from the wire.
+pub fn record_from_pb(e: pb::Entry) -> Result<Record, Status> {
     let id = e.log_id.ok_or_else(|| Status::invalid_argument("entry without log id"))?;
     let kind = match pb::EntryKind::try_from(e.kind) {
         Ok(pb::EntryKind::Blank) => RecordKind::Blank,
@@ -54,15 +55,35 @@ fn entry_from_pb(e: pb::Entry) -> Result<Entry<TypeConfig>, Status> {
         Ok(pb::EntryKind::Membership) => RecordKind::Membership,
         _ => return Err(Status::invalid_argument(format!("entry {} has unknown kind {}", id.index, e.kind))),
     };
-    let r = Record {
+    Ok(Record {
         term: id.term,
         leader: id.leader,
         index: id.index,
         timestamp_ms: e.timestamp_ms,
         kind,
         payload: e.payload,
-    };
-    record_to_entry(r).map_err(|err| Status::invalid_argument(format!("entry {}: {err}", id.index)))
+    })
+}
+
+/// A stored record with its end-to-end checksum, for a peer's repair.
+pub fn checked_to_pb(r: Record) -> pb::CheckedEntry {
+    let crc32c = record_crc(&r);
+    pb::CheckedEntry { entry: Some(record_to_pb(r.term, r.leader, r.index, r.kind, r.timestamp_ms, r.payload)), crc32c }
+}
+
+/// crc32c over a record's header fields and payload (see `CheckedEntry`).
+pub fn record_crc(r: &Record) -> u32 {
+    let mut head = Vec::with_capacity(40);
+    for v in [r.term, r.leader, r.index, r.timestamp_ms, r.kind as u64] {
+        head.extend_from_slice(&v.to_le_bytes());
+    }
+    crc32c::crc32c_append(crc32c::crc32c(&head), &r.payload)
+}
+
+fn entry_from_pb(e: pb::Entry) -> Result<Entry<TypeConfig>, Status> {
+    let r = record_from_pb(e)?;
+    let id = r.index;
+    record_to_entry(r).map_err(|err| Status::invalid_argument(format!("entry {id}: {err}")))
 }
 
 pub fn append_to_pb(req: &AppendEntriesRequest<TypeConfig>) -> Result<pb::AppendEntriesRequest, Status> {

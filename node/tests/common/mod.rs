@@ -269,6 +269,13 @@ impl Cluster {
         self.wait_until_answering(i, START_TIMEOUT).await;
     }
 
+    /// Starts node `i` again like `restart`, without waiting for it to
+    /// answer (a node that waits for something before it serves).
+    pub fn restart_in_background(&self, i: u64) {
+        assert!(!self.is_running(i), "restart: node{i} is still running; kill or stop it first");
+        self.spawn(i);
+    }
+
     /// SIGSTOP node `i`: it stays alive but answers nothing (a hung node,
     /// seen by its peers only through timeouts).
     pub fn pause(&self, i: u64) {
@@ -422,7 +429,7 @@ impl Cluster {
         process.paused = false;
     }
 
-    async fn wait_until_answering(&self, i: u64, timeout: Duration) {
+    pub async fn wait_until_answering(&self, i: u64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let last = match self.cluster_info(i).await {

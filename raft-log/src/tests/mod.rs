@@ -6,6 +6,7 @@ mod faults;
 mod model;
 mod page_cache;
 mod recovery;
+mod repair;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -62,9 +62,11 @@ fn describe() {
     describe_gauge!("keel_flush_pending_bytes", Unit::Bytes, "Bytes written, not yet fsynced");
     describe_counter!("keel_produce_messages_total", "Records acknowledged to producers");
     describe_counter!("keel_fetch_messages_total", "Records returned to fetches");
+    describe_counter!("keel_log_repaired_ranges_total", "Damaged log ranges repaired from a peer at start-up");
     // Present from the start, so a rate over the first scrapes is defined.
     counter!("keel_produce_messages_total").increment(0);
     counter!("keel_fetch_messages_total").increment(0);
+    counter!("keel_log_repaired_ranges_total").increment(0);
     counter!("keel_io_bytes_total", "op" => "read").increment(0);
 }
 

@@ -60,6 +60,8 @@ pub struct Admin {
     pub token: Option<String>,
     pub started: Instant,
     pub sampler: status::Sampler,
+    /// Damaged log ranges repaired from a peer at start-up.
+    pub repairs: Vec<super::repair::Repaired>,
 }
 
 /// An error answer: `{"error": message}` with `status`.

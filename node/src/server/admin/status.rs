@@ -40,6 +40,8 @@ pub struct NodeStatus {
     pub flush: FlushStatus,
     pub storage: StorageStatus,
     pub advice: Vec<Advice>,
+    /// Damaged log ranges this node repaired from a peer when it started.
+    pub repairs: Vec<crate::server::repair::Repaired>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -402,6 +404,7 @@ impl Admin {
                 disk,
             },
             advice: advice(mean_flush, disk),
+            repairs: self.repairs.clone(),
         }
     }
 }
