@@ -4,6 +4,7 @@
 //! acknowledged was lost, duplicated, reordered or diverged.
 
 mod backend;
+mod bitflip;
 mod checker;
 mod http;
 mod run;
@@ -121,7 +122,9 @@ fn real_main() -> Result<bool> {
                     let volume = (scenario == Scenario::DiskFull).then_some(DISK_FULL_VOLUME_BYTES);
                     // partition: each node in a network namespace of its own.
                     let netns = scenario == Scenario::Partition;
-                    Arc::new(backend::process::Process::start_cluster(&keel, &a.flush, a.keep, volume, netns)?)
+                    // bitflip: small segments, so that many are sealed early.
+                    let small = volume.is_some() || scenario == Scenario::Bitflip;
+                    Arc::new(backend::process::Process::start_cluster(&keel, &a.flush, a.keep, volume, netns, small)?)
                 }
                 "docker" => Arc::new(backend::docker::Docker::start_cluster(&a.compose_file, &a.flush, a.keep)?),
                 other => bail!("--backend {other:?}: expected process or docker"),

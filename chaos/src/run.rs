@@ -177,6 +177,7 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
     let mut nemesis: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut throughput: Vec<Value> = Vec::new();
     let mut cycles_done = 0;
+    let (mut flipped, mut repaired) = (0u64, 0u64);
     let mut last = (Instant::now(), 0u64);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for cycle in 1..=o.cycles {
@@ -196,7 +197,14 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
         let faults = o.scenario.cycle(&*backend, &mut rng, o.target).await?;
         for f in &faults {
             *nemesis.entry(f.kind).or_default() += 1;
-            timeline.push(json!({ "t_ms": t, "cycle": cycle, "fault": f.kind, "node": f.node }));
+            flipped += f.flipped;
+            repaired += f.repaired;
+            let mut event = json!({ "t_ms": t, "cycle": cycle, "fault": f.kind, "node": f.node });
+            if f.flipped > 0 {
+                event["flipped"] = f.flipped.into();
+                event["repaired"] = f.repaired.into();
+            }
+            timeline.push(event);
         }
         // Load between faults.
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..700))).await;
@@ -206,7 +214,13 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
         last = (Instant::now(), acked);
         throughput
             .push(json!({ "t_ms": started.elapsed().as_millis() as u64, "acked": acked, "msgs_per_s": rate.round() }));
-        let what: Vec<String> = faults.iter().map(|f| format!("{} node {}", f.kind, f.node)).collect();
+        let what: Vec<String> = faults
+            .iter()
+            .map(|f| match f.flipped {
+                0 => format!("{} node {}", f.kind, f.node),
+                n => format!("{} node {} ({n} records flipped, {} ranges repaired)", f.kind, f.node, f.repaired),
+            })
+            .collect();
         println!(
             "cycle {cycle}/{}: {} · {acked} acked · {rate:.0} msg/s · {:.0} s",
             o.cycles,
@@ -248,6 +262,9 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
         verdict.refused,
         verdict.refused_present,
     );
+    if o.scenario == Scenario::Bitflip {
+        println!("bitflip: {flipped} records flipped, {repaired} damaged ranges repaired from a peer");
+    }
     if allow_loss && verdict.lost > 0 {
         println!(
             "ASYNC_FLUSH acknowledges before fsync: {} acknowledged messages were lost, which that policy allows",
@@ -274,7 +291,8 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
         "refused": verdict.refused,
         "refused_present": verdict.refused_present,
         "phantom": verdict.phantom,
-        "repaired": 0,
+        "flipped": flipped,
+        "repaired": repaired,
         "read": read_count,
         "nemesis": nemesis,
         "timeline": timeline,

@@ -9,6 +9,25 @@ use rand::rngs::StdRng;
 use crate::backend::Backend;
 use crate::run::{LEADER_TIMEOUT, wait_for_leader};
 
+/// How long bitflip waits for the victim to seal a segment.
+const SEALED_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a restarted node may take to repair its log and answer.
+const REPAIR_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Node `node`'s admin status, once it answers (bounded by `timeout`).
+async fn wait_for_status(backend: &dyn Backend, node: u64, timeout: Duration) -> Result<serde_json::Value> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match crate::http::get_json(&backend.admin_addr(node), "/api/v1/status") {
+            Ok(s) => return Ok(s),
+            Err(e) if std::time::Instant::now() > deadline => {
+                bail!("node {node} did not answer within {timeout:?} of its restart: {e:#}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
     KillLoop,
@@ -17,6 +36,7 @@ pub enum Scenario {
     PowerLoss,
     DiskFull,
     RollingRestart,
+    Bitflip,
 }
 
 /// Which node a single-node fault hits.
@@ -44,6 +64,16 @@ impl Target {
 pub struct Fault {
     pub kind: &'static str,
     pub node: u64,
+    /// Records damaged (bitflip).
+    pub flipped: u64,
+    /// Damaged log ranges the node repaired from a peer after it (bitflip).
+    pub repaired: u64,
+}
+
+impl Fault {
+    fn new(kind: &'static str, node: u64) -> Self {
+        Self { kind, node, flipped: 0, repaired: 0 }
+    }
 }
 
 pub const ALL: &[Scenario] = &[
@@ -53,6 +83,7 @@ pub const ALL: &[Scenario] = &[
     Scenario::PowerLoss,
     Scenario::DiskFull,
     Scenario::RollingRestart,
+    Scenario::Bitflip,
 ];
 
 impl Scenario {
@@ -64,6 +95,7 @@ impl Scenario {
             Scenario::PowerLoss => "power-loss",
             Scenario::DiskFull => "disk-full",
             Scenario::RollingRestart => "rolling-restart",
+            Scenario::Bitflip => "bitflip",
         }
     }
 
@@ -82,6 +114,10 @@ impl Scenario {
                  restart the node if it stopped"
             }
             Scenario::RollingRestart => "SIGTERM and restart each node in turn",
+            Scenario::Bitflip => {
+                "flip a byte in 1-3 random records of the leader's or a random node's sealed segments under load, \
+                 kill -9 and restart it: it must repair every flipped record from a peer (process backend)"
+            }
         }
     }
 
@@ -118,21 +154,21 @@ impl Scenario {
                 backend.kill(node)?;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(100..500))).await;
                 backend.start(node)?;
-                vec![Fault { kind: if who == "leader" { "kill_leader" } else { "kill_random" }, node }]
+                vec![Fault::new(if who == "leader" { "kill_leader" } else { "kill_random" }, node)]
             }
             Scenario::Pause => {
                 let (node, who) = Self::victim(backend, rng, target).await?;
                 backend.pause(node)?;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..2000))).await;
                 backend.resume(node)?;
-                vec![Fault { kind: if who == "leader" { "pause_leader" } else { "pause_random" }, node }]
+                vec![Fault::new(if who == "leader" { "pause_leader" } else { "pause_random" }, node)]
             }
             Scenario::Partition => {
                 let (node, who) = Self::victim(backend, rng, target).await?;
                 backend.isolate(node)?;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
                 backend.heal(node)?;
-                vec![Fault { kind: if who == "leader" { "partition_leader" } else { "partition_random" }, node }]
+                vec![Fault::new(if who == "leader" { "partition_leader" } else { "partition_random" }, node)]
             }
             Scenario::PowerLoss => {
                 for node in backend.nodes() {
@@ -142,7 +178,7 @@ impl Scenario {
                 for node in backend.nodes() {
                     backend.start(node)?;
                 }
-                vec![Fault { kind: "power_loss_all", node: 0 }]
+                vec![Fault::new("power_loss_all", 0)]
             }
             Scenario::DiskFull => {
                 let (node, who) = Self::victim(backend, rng, target).await?;
@@ -151,7 +187,31 @@ impl Scenario {
                 backend.free_disk(node)?;
                 // A node that stopped on ENOSPC comes back once there is room.
                 backend.start(node)?;
-                vec![Fault { kind: if who == "leader" { "disk_full_leader" } else { "disk_full_random" }, node }]
+                vec![Fault::new(if who == "leader" { "disk_full_leader" } else { "disk_full_random" }, node)]
+            }
+            Scenario::Bitflip => {
+                let (node, who) = Self::victim(backend, rng, target).await?;
+                let dir = backend.data_dir(node)?;
+                let count = rng.random_range(1..=3);
+                // The load seals a 256 KiB segment about every second.
+                let deadline = std::time::Instant::now() + SEALED_TIMEOUT;
+                let flips = loop {
+                    let flips = crate::bitflip::flip_sealed(&dir, rng, count)?;
+                    if !flips.is_empty() {
+                        break flips;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        bail!("node {node} has no sealed segment after {SEALED_TIMEOUT:?} of load: nothing to flip");
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                };
+                backend.kill(node)?;
+                backend.start(node)?;
+                // Repair happens before the node serves: once it answers, it is done.
+                let status = wait_for_status(backend, node, REPAIR_TIMEOUT).await?;
+                let repaired = crate::bitflip::check_repaired(&status, &flips)?;
+                let kind = if who == "leader" { "bitflip_leader" } else { "bitflip_random" };
+                vec![Fault { kind, node, flipped: flips.len() as u64, repaired }]
             }
             Scenario::RollingRestart => {
                 let mut out = Vec::new();
@@ -159,7 +219,7 @@ impl Scenario {
                     backend.stop(node)?;
                     backend.start(node)?;
                     wait_for_leader(backend, LEADER_TIMEOUT).await?;
-                    out.push(Fault { kind: "restart", node });
+                    out.push(Fault::new("restart", node));
                 }
                 out
             }

@@ -115,6 +115,10 @@ impl Backend for Docker {
         format!("10.213.2.1{node}:9191")
     }
 
+    fn data_dir(&self, node: u64) -> Result<PathBuf> {
+        bail!("node {node}'s data is in a docker volume the harness does not write to; run bitflip with --backend process")
+    }
+
     fn kill(&self, node: u64) -> Result<()> {
         self.docker(&["kill", "-s", "KILL", &self.container(node)?])
     }

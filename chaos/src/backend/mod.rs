@@ -3,6 +3,8 @@
 pub mod docker;
 pub mod process;
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 
 /// A three-node keel cluster the harness can break. Node ids are 1-based.
@@ -13,6 +15,8 @@ pub trait Backend: Send + Sync {
     fn grpc_addrs(&self) -> Vec<String>;
     /// `host:port` of node `node`'s admin HTTP API.
     fn admin_addr(&self, node: u64) -> String;
+    /// Node `node`'s data directory, where this process can write to it.
+    fn data_dir(&self, node: u64) -> Result<PathBuf>;
     /// SIGKILL.
     fn kill(&self, node: u64) -> Result<()>;
     /// Start a stopped or killed node (no-op when it runs).

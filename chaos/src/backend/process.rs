@@ -63,7 +63,15 @@ impl Process {
     /// size (mounted here; needs root), so one node's disk can be filled.
     /// With `netns`, each node runs in a network namespace of its own behind
     /// a bridge (needs root), so one node can be cut off from its peers.
-    pub fn start_cluster(keel: &Path, flush: &str, keep: bool, volume_bytes: Option<u64>, netns: bool) -> Result<Self> {
+    /// With `small_segments`, segments of 256 KiB roll about every second.
+    pub fn start_cluster(
+        keel: &Path,
+        flush: &str,
+        keep: bool,
+        volume_bytes: Option<u64>,
+        netns: bool,
+        small_segments: bool,
+    ) -> Result<Self> {
         if !keel.is_file() {
             bail!("no keel binary at {} (build it, or pass --keel-bin)", keel.display());
         }
@@ -85,7 +93,9 @@ impl Process {
             let mut extra = String::new();
             if let Some(bytes) = volume_bytes {
                 mount_tmpfs(&dir.join("vol"), bytes)?;
-                // Small segments: a roll (which needs new space) every second or so.
+            }
+            if small_segments {
+                // A roll (which needs new space) every second or so.
                 extra.push_str("segment.bytes=262144\nmax.message.bytes=65536\n");
             }
             let grpc = format!("{}:{}", host(i as usize), grpc_port(i as usize));
@@ -139,6 +149,10 @@ impl Backend for Process {
 
     fn admin_addr(&self, node: u64) -> String {
         self.nodes()[node as usize - 1].admin.clone()
+    }
+
+    fn data_dir(&self, node: u64) -> Result<PathBuf> {
+        Ok(self.root.path().join(format!("node{node}")).join("vol").join("data"))
     }
 
     fn kill(&self, node: u64) -> Result<()> {
