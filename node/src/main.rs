@@ -1,17 +1,9 @@
-//! `keel`: the node binary, its CLI and its benchmarks.
-//!
-//! Each command lives in its own module: `node` in [`server`] (configured by
-//! [`config`]), `dev` in [`dev`], the client commands in [`cli`], and the
-//! benchmarks in [`bench`].
+//! `keel`: the node binary, its CLI and its benchmarks (the code is in the
+//! `keel_node` library, which the fuzz targets use too).
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-
-mod bench;
-mod cli;
-mod config;
-mod dev;
-mod server;
+use keel_node::{bench, cli, config, dev, server};
 
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about = "keel: a replicated, durable message log")]

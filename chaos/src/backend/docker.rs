@@ -116,7 +116,9 @@ impl Backend for Docker {
     }
 
     fn data_dir(&self, node: u64) -> Result<PathBuf> {
-        bail!("node {node}'s data is in a docker volume the harness does not write to; run bitflip with --backend process")
+        bail!(
+            "node {node}'s data is in a docker volume the harness does not write to; run bitflip with --backend process"
+        )
     }
 
     fn kill(&self, node: u64) -> Result<()> {

@@ -140,7 +140,8 @@ impl GroupEncoder {
         Self { buf, batches: 0 }
     }
 
-    pub fn len(&self) -> usize {
+    /// Bytes encoded so far (the kind and count header included).
+    pub fn encoded_bytes(&self) -> usize {
         self.buf.len()
     }
 

@@ -88,12 +88,15 @@ impl Proposer {
             // service refused any single batch larger than an entry, so the
             // first always fits.
             let mut group = GroupEncoder::new();
-            debug_assert!(group.len() + first.batch.len() <= self.max_entry_bytes, "batch larger than an entry");
+            debug_assert!(
+                group.encoded_bytes() + first.batch.len() <= self.max_entry_bytes,
+                "batch larger than an entry"
+            );
             group.push_encoded(&first.batch);
             let mut replies = vec![first.reply];
-            while group.len() < GROUP_TARGET_BYTES && replies.len() < MAX_GROUP_BATCHES {
+            while group.encoded_bytes() < GROUP_TARGET_BYTES && replies.len() < MAX_GROUP_BATCHES {
                 match self.rx.try_recv() {
-                    Ok(p) if group.len() + p.batch.len() > self.max_entry_bytes => {
+                    Ok(p) if group.encoded_bytes() + p.batch.len() > self.max_entry_bytes => {
                         self.held = Some(p);
                         break;
                     }
