@@ -120,22 +120,6 @@ fn payload(partition: u32, n: u64, len: usize) -> Vec<u8> {
     bytes
 }
 
-/// First log indexes of node `id`'s segment files (`{first:020}.log`), ascending.
-fn segments(cluster: &Cluster, id: u64) -> Vec<u64> {
-    let dir = cluster.dir(id);
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("list {}: {e}", dir.display()));
-    // Entries that vanish while listed (retention deleting) are skipped.
-    let mut firsts: Vec<u64> = entries
-        .filter_map(|entry| {
-            let name = entry.ok()?.file_name().into_string().ok()?;
-            let stem = name.strip_suffix(".log")?;
-            if stem.len() == 20 { stem.parse().ok() } else { None }
-        })
-        .collect();
-    firsts.sort_unstable();
-    firsts
-}
-
 /// Makes node `wanted` the leader. There is no transfer RPC, so: pause the
 /// third node, commit one write through the leader and `wanted` (now only
 /// they hold it, so the third cannot win `wanted`'s vote), kill the leader
@@ -482,7 +466,7 @@ async fn a_follower_behind_deleted_segments_catches_up_by_snapshot_and_serves_al
     })
     .await;
     eventually(CATCH_UP, "the leader deletes the segments the follower needs", async || {
-        segments(&cluster, leader).first().is_some_and(|&first| first > follower_log_end + 1)
+        cluster.segments(leader).first().is_some_and(|&first| first > follower_log_end + 1)
     })
     .await;
     let leader_applied = applied_index(&cluster, leader).await;

@@ -32,20 +32,6 @@ fn value(n: u64) -> Vec<u8> {
     v
 }
 
-/// Segment files of node `id` (first indexes, ascending).
-fn segments(cluster: &Cluster, id: u64) -> Vec<u64> {
-    let mut firsts: Vec<u64> = std::fs::read_dir(cluster.dir(id))
-        .expect("list the data dir")
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            let stem = name.strip_suffix(".log")?;
-            if stem.len() == 20 { stem.parse().ok() } else { None }
-        })
-        .collect();
-    firsts.sort_unstable();
-    firsts
-}
-
 fn segment_path(cluster: &Cluster, id: u64, first: u64) -> std::path::PathBuf {
     cluster.dir(id).join(format!("{first:020}.log"))
 }
@@ -123,7 +109,7 @@ async fn a_follower_with_damaged_sealed_segments_repairs_them_from_a_peer_and_se
     // Damage the follower's sealed segments while it is down: a flipped
     // payload byte in one, another one gone.
     cluster.stop(follower);
-    let firsts = segments(&cluster, follower);
+    let firsts = cluster.segments(follower);
     assert!(firsts.len() >= 6, "the writes fill several segments: {firsts:?}");
     flip_first_payload(&segment_path(&cluster, follower, firsts[2]));
     std::fs::remove_file(segment_path(&cluster, follower, firsts[4])).expect("remove a segment");

@@ -196,6 +196,23 @@ impl Cluster {
         self.node(i).properties.clone()
     }
 
+    /// First log indexes of node `i`'s segment files (`{first:020}.log`),
+    /// ascending. Files that vanish while listed (retention deleting) are
+    /// skipped.
+    pub fn segments(&self, i: u64) -> Vec<u64> {
+        let dir = self.dir(i);
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("list {}: {e}", dir.display()));
+        let mut firsts: Vec<u64> = entries
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                let stem = name.strip_suffix(".log")?;
+                if stem.len() == 20 { stem.parse().ok() } else { None }
+            })
+            .collect();
+        firsts.sort_unstable();
+        firsts
+    }
+
     /// Node `i`'s log (stdout and stderr of every run).
     pub fn log(&self, i: u64) -> PathBuf {
         self.node(i).log.clone()
