@@ -116,12 +116,14 @@ fn propose_status(e: ProposeError) -> Status {
 
 impl ClientService {
     fn leader_check(&self) -> Result<(), Status> {
+        // First: a leader whose store failed still shows as leader until
+        // it exits, and must propose nothing more.
+        if let Some(e) = self.store.failure() {
+            return Err(error(ErrorCode::StorageFailed, format!("this node stopped on a storage error: {e}")));
+        }
         let leader = self.raft.metrics().borrow().current_leader;
         if leader == Some(self.node_id) {
             return Ok(());
-        }
-        if let Some(e) = self.store.failure() {
-            return Err(error(ErrorCode::StorageFailed, format!("this node stopped on a storage error: {e}")));
         }
         Err(not_leader(leader, leader_addr(&self.raft, leader)))
     }
