@@ -28,6 +28,7 @@ mod network;
 mod peer;
 mod proposer;
 mod raft_errors;
+pub(crate) mod reserve;
 mod retention;
 pub mod state;
 mod state_machine;
@@ -131,6 +132,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         store.max_payload_bytes(),
         config.store.flush.commitlog_timeout(),
     );
+    let reserve = reserve::DiskReserve { dir: config.store.dir.clone(), reserve_bytes: config.reserve_bytes };
     let limits = client_service::Limits {
         retention_ms: config.retention_ms,
         retention_bytes: config.retention_bytes,
@@ -147,6 +149,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         proposer,
         durable: durable.clone(),
         limits,
+        reserve: reserve.clone(),
     };
     let admin = Arc::new(admin::Admin {
         node_id,
@@ -160,6 +163,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         token: config.admin_token.clone(),
         started: std::time::Instant::now(),
         sampler: admin::status::Sampler::default(),
+        reserve,
     });
     let peer_service = peer::PeerService { raft: raft.clone(), durable, admin: admin.clone() };
 
