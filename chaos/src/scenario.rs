@@ -80,7 +80,7 @@ impl Scenario {
             Scenario::DiskFull => {
                 "fill the leader's or a random node's data volume (a tmpfs; needs root) for 2-4 s under load, free it, \
                  restart the node if it stopped (a filled leader refuses produce with RESOURCE_EXHAUSTED, below \
-                 store.reserve.bytes; a filled follower stops at its next segment roll)"
+                 store.reserve.bytes; a filled follower stops at its next write that needs new space)"
             }
             Scenario::RollingRestart => "SIGTERM and restart each node in turn",
         }
@@ -153,7 +153,7 @@ impl Scenario {
                 // A filled leader stays up and refuses produce while it is
                 // below its reserve (the workload records those refusals,
                 // and the checker that none was stored); a filled follower
-                // stops at its next roll without a prepared segment. Either
+                // stops at its next write that needs new space. Either
                 // way, once there is room, writes resume and a stopped node
                 // comes back.
                 backend.start(node)?;

@@ -14,11 +14,14 @@
 //!
 //! Followers hold the same log, so the leader's refusal normally keeps
 //! them within their reserve too. A follower whose volume fills for other
-//! reasons keeps appending into its preallocated segment; at its next roll
-//! without a prepared file it gets `NoSpace` (nothing half-written) and
-//! fail-stops cleanly: the node exits with the error, a majority still
-//! holds every acknowledged entry, and once space is freed a restart
-//! catches it up. Its admin advice says it is below the reserve meanwhile.
+//! reasons keeps appending into its preallocated segment; at its next
+//! write that needs new space (a roll without a prepared file: `NoSpace`;
+//! or the meta file, rewritten about once a second through a temp file) it
+//! fail-stops cleanly, nothing half-written: the node exits naming the
+//! file, a majority still holds every acknowledged entry, and once space
+//! is freed a restart catches it up (keel-chaos `disk-full` showed the meta
+//! file to be the usual first). Its admin advice says it is below the
+//! reserve meanwhile.
 //!
 //! Small commands (consumer offset commits, retention's trims, membership
 //! changes) are not refused: trims are what frees space, and the reserve is

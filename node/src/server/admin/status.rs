@@ -184,7 +184,7 @@ pub fn advice(mean_flush: Option<(f64, &str)>, disk: Option<Disk>, reserve_bytes
             message: format!(
                 "only {} free on the volume holding the log, below the reserve of {} (store.reserve.bytes): this \
                  node, as leader, refuses produce and topic creation with RESOURCE_EXHAUSTED, and as follower \
-                 stops at its next segment roll if the volume fills; free space (lower retention.ms or \
+                 stops if the volume fills; free space (lower retention.ms or \
                  retention.bytes, delete a topic, remove other files) or add storage, and writes resume by themselves",
                 human_bytes(d.free_bytes),
                 human_bytes(reserve_bytes)
