@@ -448,6 +448,7 @@
     if (!isNum(v)) return DASH;
     if (rule === 'slow_flush') return fmtFixed(v, 1) + ' ms';
     if (rule === 'disk_usage') return v <= 1 ? fmtPct(v) : fmtFixed(v, 1) + '%';
+    if (rule === 'disk_reserve') return fmtFixed(v / 1048576, 1) + ' MiB';
     return String(v);
   }
 

@@ -111,7 +111,8 @@ impl Scenario {
             }
             Scenario::DiskFull => {
                 "fill the leader's or a random node's data volume (a tmpfs; needs root) for 2-4 s under load, free it, \
-                 restart the node if it stopped"
+                 restart the node if it stopped (a filled leader refuses produce with RESOURCE_EXHAUSTED, below \
+                 store.reserve.bytes; a filled follower stops at its next write that needs new space)"
             }
             Scenario::RollingRestart => "SIGTERM and restart each node in turn",
             Scenario::Bitflip => {
@@ -185,7 +186,12 @@ impl Scenario {
                 backend.fill_disk(node)?;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(2000..4000))).await;
                 backend.free_disk(node)?;
-                // A node that stopped on ENOSPC comes back once there is room.
+                // A filled leader stays up and refuses produce while it is
+                // below its reserve (the workload records those refusals,
+                // and the checker that none was stored); a filled follower
+                // stops at its next write that needs new space. Either
+                // way, once there is room, writes resume and a stopped node
+                // comes back.
                 backend.start(node)?;
                 vec![Fault::new(if who == "leader" { "disk_full_leader" } else { "disk_full_random" }, node)]
             }

@@ -164,6 +164,10 @@ fn classify_code(code: ErrorCode, status: &Status, why: String) -> Failure {
         // a sequence that overlaps one with another count, or is older than
         // the window, can never become acceptable.
         | ErrorCode::OutOfOrderSequence
+        // The leader's volume is below its disk reserve: refused before
+        // anything was proposed. Retrying cannot help until an operator or
+        // retention frees space, so the caller hears it at once (the
+        // message names free bytes, the reserve and store.reserve.bytes).
         | ErrorCode::ResourceExhausted
         | ErrorCode::Unauthenticated => {
             Failure::Fatal(Error::Server { code, message: status.message().to_string() })

@@ -10,6 +10,7 @@
 //! | `segment.bytes` | 67108864 (64 MiB) | size each segment is preallocated to (4096 to 1073741824) |
 //! | `segment.preallocate` | `zero` | `zero` (write zeros) or `fallocate` |
 //! | `segment.preheat` | `false` | read each new segment once so its pages are cached |
+//! | `store.reserve.bytes` | max(2 × `segment.bytes`, 64 MiB) | free space the volume holding the log must keep: below it the leader refuses produce and topic creation (RESOURCE_EXHAUSTED) until space is freed, so ENOSPC never strikes a segment roll or a meta, index or checkpoint write; 0 turns the check off |
 //! | `segment.cached.sealed` | 2 | how many of the newest sealed segments keep their pages in the page cache; older ones give theirs back after each roll (reads then come from disk); -1 leaves it to the kernel |
 //! | `flush.disk.type` | `SYNC_FLUSH` | `SYNC_FLUSH`, `BATCH_FLUSH` or `ASYNC_FLUSH` |
 //! | `flush.batch.size` | 100 | BATCH_FLUSH: fsync after this many unsynced entries |
@@ -83,6 +84,9 @@ pub struct NodeConfig {
     pub producer_id_expiry_ms: u64,
     /// `admin.token`: when set, mutations need `Authorization: Bearer`.
     pub admin_token: Option<String>,
+    /// `store.reserve.bytes`: the free space below which the leader refuses
+    /// writes that grow the log (0: no check).
+    pub reserve_bytes: u64,
 }
 
 /// The node's own keys; the store's are [`keel_raft_log::config::KEYS`].
@@ -98,7 +102,19 @@ pub const NODE_KEYS: &[&str] = &[
     "max.message.bytes",
     "producer.id.expiry.ms",
     "admin.token",
+    "store.reserve.bytes",
 ];
+
+/// The smallest default reserve: room for checkpoints, the meta file and
+/// indexes beside the segments when segments are small.
+pub const MIN_DEFAULT_RESERVE_BYTES: u64 = 64 << 20;
+
+/// `store.reserve.bytes` when not set: two segments, one for the next
+/// roll's preallocation and one for the roll a truncation makes, with at
+/// least [`MIN_DEFAULT_RESERVE_BYTES`] for the rest.
+pub fn default_reserve_bytes(segment_bytes: u64) -> u64 {
+    segment_bytes.saturating_mul(2).max(MIN_DEFAULT_RESERVE_BYTES)
+}
 
 /// The default `store.path.commitlog`: relative, so a node started from a
 /// scratch directory keeps its data there.
@@ -242,6 +258,9 @@ pub struct KeyFlags {
     /// `admin.token`: admin mutations need this bearer token; empty means none
     #[arg(long, value_name = "TOKEN")]
     pub admin_token: Option<String>,
+    /// `store.reserve.bytes`: free space below which produce is refused; 0 is off [default: max(2 × segment.bytes, 64 MiB)]
+    #[arg(long, value_name = "BYTES")]
+    pub store_reserve_bytes: Option<String>,
 }
 
 impl KeyFlags {
@@ -249,7 +268,7 @@ impl KeyFlags {
     fn settings(&self) -> Vec<Setting> {
         // Spelled out rather than generated so the compiler checks each field
         // exists; `every_key_has_a_flag_named_after_it` checks the pairing.
-        let flags: [(&'static str, &Option<String>); 21] = [
+        let flags: [(&'static str, &Option<String>); 22] = [
             ("store.path.commitlog", &self.store_path_commitlog),
             ("segment.bytes", &self.segment_bytes),
             ("segment.preallocate", &self.segment_preallocate),
@@ -271,6 +290,7 @@ impl KeyFlags {
             ("max.message.bytes", &self.max_message_bytes),
             ("producer.id.expiry.ms", &self.producer_id_expiry_ms),
             ("admin.token", &self.admin_token),
+            ("store.reserve.bytes", &self.store_reserve_bytes),
         ];
         flags
             .into_iter()
@@ -421,6 +441,8 @@ struct Builder {
     max_message_bytes: u32,
     producer_id_expiry_ms: u64,
     admin_token: Option<String>,
+    /// `None`: the default, which depends on `segment.bytes`.
+    reserve_bytes: Option<u64>,
     /// Where each key that was set came from; absent means the default.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -440,6 +462,7 @@ impl Default for Builder {
             max_message_bytes: 1 << 20,
             producer_id_expiry_ms: 24 * 60 * 60 * 1000,
             admin_token: None,
+            reserve_bytes: None,
             origins: BTreeMap::new(),
         }
     }
@@ -499,6 +522,12 @@ impl Builder {
                 }
             }
             "admin.token" => self.admin_token = (!v.is_empty()).then(|| v.to_string()),
+            "store.reserve.bytes" => {
+                self.reserve_bytes = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| invalid(key, value, "expected a whole number of bytes, 0 or more (0 is off)"))?,
+                )
+            }
             _ => return Err(ConfigError::UnknownKey(key.to_string())),
         }
         Ok(())
@@ -582,6 +611,7 @@ impl Builder {
             );
         }
 
+        let reserve_bytes = self.reserve_bytes.unwrap_or(default_reserve_bytes(self.store.segment_bytes));
         Ok(NodeConfig {
             node_id: self.node_id,
             grpc_listen: self.grpc_listen,
@@ -595,6 +625,7 @@ impl Builder {
             max_message_bytes: self.max_message_bytes,
             producer_id_expiry_ms: self.producer_id_expiry_ms,
             admin_token: self.admin_token,
+            reserve_bytes,
         })
     }
 }
@@ -703,6 +734,7 @@ pub fn effective(config: &NodeConfig) -> BTreeMap<&'static str, String> {
         ("max.message.bytes", config.max_message_bytes.to_string()),
         ("producer.id.expiry.ms", config.producer_id_expiry_ms.to_string()),
         ("admin.token", if config.admin_token.is_some() { "(set)" } else { "(unset)" }.to_string()),
+        ("store.reserve.bytes", config.reserve_bytes.to_string()),
     ])
 }
 
@@ -822,6 +854,23 @@ mod tests {
     }
 
     #[test]
+    fn the_reserve_defaults_to_two_segments_or_64_mib_and_bad_values_are_named() {
+        // Phase: the default follows segment.bytes, with a floor.
+        assert_eq!(from_file("").expect("defaults").reserve_bytes, 128 << 20);
+        assert_eq!(from_file("segment.bytes=2097152").expect("valid").reserve_bytes, 64 << 20);
+        assert_eq!(from_file("segment.bytes=536870912").expect("valid").reserve_bytes, 1 << 30);
+        // Phase: set explicitly, 0 included (off), and shown by `keel config check`.
+        let c = from_file("store.reserve.bytes=0").expect("valid");
+        assert_eq!(c.reserve_bytes, 0);
+        assert_eq!(effective(&c)["store.reserve.bytes"], "0");
+        // Phase: a bad value names the key, the value and the source.
+        for bad in ["-1", "lots", "1.5"] {
+            let err = err_of(from_file(&format!("store.reserve.bytes={bad}")));
+            assert_names(&err, &["store.reserve.bytes", &format!("{bad:?}"), "node.properties:1"]);
+        }
+    }
+
+    #[test]
     fn env_reads_only_variables_that_name_a_key() {
         // KEEL_CLUSTER belongs to the client commands; PATH to nobody here.
         let e = env(&[
@@ -857,7 +906,7 @@ mod tests {
     fn every_key_has_a_flag_and_a_variable_named_after_it() {
         // Each key's flag and variable reach that key and no other.
         let keys: Vec<&str> = all_keys().collect();
-        assert_eq!(keys.len(), 21);
+        assert_eq!(keys.len(), 22);
         for key in &keys {
             let flag = flag_name(key);
             let got = flags(&[&flag, "x"]);

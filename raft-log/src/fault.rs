@@ -11,6 +11,12 @@
 //! and kills every open handle. Knobs inject EIO on `sync_data` and ENOSPC on
 //! `write_at`/`preallocate`.
 //!
+//! [`FailpointFs`] is the other layer here: it wraps any [`FileSystem`]
+//! (the real one, or `FaultFs`) and fails fsyncs or writes with EIO once an
+//! [`EioFailpoint`] strikes (after N calls, or while a trigger file exists).
+//! The `keel` binary built for tests arms it from `KEEL_FAULT_EIO`, so a
+//! whole node in a real cluster can meet a failing disk.
+//!
 //! Limits: real disks tear at sector granularity and may persist any subset
 //! of unsynced writes; this layer tears only the newest write, at any byte
 //! (stricter), and drops the rest. Files are tracked by canonical path and
@@ -412,6 +418,10 @@ impl FaultFile {
 }
 
 impl FileIo for FaultFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn write_at(&self, pos: u64, buf: &[u8]) -> io::Result<()> {
         let mut pending = self.pending()?;
         if lock(&self.fs.faults).enospc_writes {
@@ -471,6 +481,185 @@ impl FileIo for FaultFile {
 
     fn map(&self) -> io::Result<Option<Bytes>> {
         self.pending().map(|_| None)
+    }
+}
+
+/// Which call an [`EioFailpoint`] breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailOp {
+    /// `sync_data` of any file (fdatasync) and `sync_dir` (fsync of a directory).
+    Fsync,
+    /// `write_at` of any file (pwrite).
+    Write,
+}
+
+/// When an [`EioFailpoint`] starts failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailWhen {
+    /// After this many calls of the operation succeeded, every later one fails.
+    After(u64),
+    /// Every call fails while this file exists (a test creates it to strike
+    /// at the moment it chooses, and removes it before a restart).
+    Exists(PathBuf),
+}
+
+/// An EIO failpoint: the operation fails with EIO once the trigger holds.
+///
+/// Spelled `OP:after=N` or `OP:when=PATH`, `OP` being `fsync` or `write`
+/// (`keel node` reads it from `KEEL_FAULT_EIO` in test builds only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EioFailpoint {
+    pub op: FailOp,
+    pub when: FailWhen,
+    spec: String,
+}
+
+impl EioFailpoint {
+    /// Parse `OP:after=N` or `OP:when=PATH`; the error names what was wrong.
+    pub fn parse(spec: &str) -> Result<EioFailpoint, String> {
+        let usage = "expected fsync:after=N, fsync:when=PATH, write:after=N or write:when=PATH";
+        let Some((op, trigger)) = spec.split_once(':') else {
+            return Err(format!("{spec:?} has no trigger; {usage}"));
+        };
+        let op = match op {
+            "fsync" => FailOp::Fsync,
+            "write" => FailOp::Write,
+            other => return Err(format!("unknown operation {other:?} in {spec:?}; {usage}")),
+        };
+        let when = match trigger.split_once('=') {
+            Some(("after", n)) => FailWhen::After(
+                n.parse().map_err(|_| format!("after={n:?} in {spec:?} is not a whole number of calls; {usage}"))?,
+            ),
+            Some(("when", path)) if !path.is_empty() => FailWhen::Exists(PathBuf::from(path)),
+            _ => return Err(format!("unknown trigger {trigger:?} in {spec:?}; {usage}")),
+        };
+        Ok(EioFailpoint { op, when, spec: spec.to_string() })
+    }
+}
+
+#[derive(Debug)]
+struct FailpointState {
+    point: EioFailpoint,
+    /// Calls of `point.op` that succeeded, for `FailWhen::After`.
+    passed: AtomicU64,
+}
+
+impl FailpointState {
+    /// Whether this call of `op` must fail; counts it when it passes.
+    fn strikes(&self, op: FailOp) -> bool {
+        if op != self.point.op {
+            return false;
+        }
+        match &self.point.when {
+            FailWhen::Exists(path) => path.exists(),
+            FailWhen::After(n) => {
+                // Once past `n` the count stays there: every later call fails.
+                self.passed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| (c < *n).then_some(c + 1)).is_err()
+            }
+        }
+    }
+
+    /// EIO, saying it was injected. Like the real layer's, a file's error
+    /// leaves naming the file to the caller; a directory's names it.
+    fn eio(&self) -> io::Error {
+        let eio = io::Error::from_raw_os_error(libc::EIO);
+        io::Error::new(eio.kind(), format!("{eio} (injected by failpoint {})", self.point.spec))
+    }
+}
+
+/// A [`FileSystem`] over another one that fails one operation with EIO
+/// when its [`EioFailpoint`] strikes; everything else passes through. It
+/// lets a whole node (the `keel` binary built for tests) meet a failing
+/// disk, where [`FaultFs`]'s knobs serve tests inside one process.
+#[derive(Debug)]
+pub struct FailpointFs {
+    inner: Arc<dyn FileSystem>,
+    state: Arc<FailpointState>,
+}
+
+impl FailpointFs {
+    pub fn new(inner: Arc<dyn FileSystem>, point: EioFailpoint) -> FailpointFs {
+        FailpointFs { inner, state: Arc::new(FailpointState { point, passed: AtomicU64::new(0) }) }
+    }
+
+    fn wrap(&self, file: Arc<dyn FileIo>) -> Arc<dyn FileIo> {
+        Arc::new(FailpointFile { inner: file, state: Arc::clone(&self.state) })
+    }
+}
+
+impl FileSystem for FailpointFs {
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn FileIo>> {
+        self.inner.open(path).map(|f| self.wrap(f))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn FileIo>> {
+        self.inner.create(path).map(|f| self.wrap(f))
+    }
+
+    fn preallocate(&self, path: &Path, len: u64, mode: Preallocate, preheat: bool) -> io::Result<()> {
+        self.inner.preallocate(path, len, mode, preheat)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.state.strikes(FailOp::Fsync) {
+            let e = self.state.eio();
+            return Err(io::Error::new(e.kind(), format!("fsync directory {}: {e}", dir.display())));
+        }
+        self.inner.sync_dir(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+}
+
+#[derive(Debug)]
+struct FailpointFile {
+    inner: Arc<dyn FileIo>,
+    state: Arc<FailpointState>,
+}
+
+impl FileIo for FailpointFile {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+
+    fn write_at(&self, pos: u64, buf: &[u8]) -> io::Result<()> {
+        if self.state.strikes(FailOp::Write) {
+            return Err(self.state.eio());
+        }
+        self.inner.write_at(pos, buf)
+    }
+
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_at(pos, buf)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        if self.state.strikes(FailOp::Fsync) {
+            return Err(self.state.eio());
+        }
+        self.inner.sync_data()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+
+    fn map(&self) -> io::Result<Option<Bytes>> {
+        self.inner.map()
+    }
+
+    fn drop_cache(&self, map: Option<&Bytes>) -> io::Result<()> {
+        self.inner.drop_cache(map)
     }
 }
 
@@ -660,5 +849,52 @@ mod tests {
         let reopened = fs.open(&dir.path().join("a")).unwrap();
         reopened.write_at(0, b"ok").unwrap();
         reopened.sync_data().unwrap();
+    }
+
+    #[test]
+    fn failpoint_specs_parse_and_bad_ones_are_named() {
+        let p = EioFailpoint::parse("fsync:after=3").unwrap();
+        assert_eq!((p.op, p.when), (FailOp::Fsync, FailWhen::After(3)));
+        let p = EioFailpoint::parse("write:when=/tmp/x").unwrap();
+        assert_eq!((p.op, p.when), (FailOp::Write, FailWhen::Exists(PathBuf::from("/tmp/x"))));
+        for (bad, names) in [
+            ("fsync", "has no trigger"),
+            ("read:after=1", "unknown operation \"read\""),
+            ("fsync:after=x", "after=\"x\""),
+            ("fsync:when=", "unknown trigger"),
+            ("fsync:sometimes", "unknown trigger \"sometimes\""),
+        ] {
+            let err = EioFailpoint::parse(bad).unwrap_err();
+            assert!(err.contains(names), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn failpoint_fails_its_operation_after_n_calls_or_while_the_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        // Phase: fsync after 1 call; writes pass; the error names file and op.
+        let fs = FailpointFs::new(Arc::new(RealFs), EioFailpoint::parse("fsync:after=1").unwrap());
+        let file = fs.create(&dir.path().join("a")).unwrap();
+        file.write_at(0, b"x").unwrap();
+        file.sync_data().unwrap();
+        for _ in 0..2 {
+            let err = file.sync_data().unwrap_err().to_string();
+            assert!(err.contains("Input/output error") && err.contains("injected by failpoint fsync:after=1"), "{err}");
+        }
+        assert!(fs.sync_dir(dir.path()).unwrap_err().to_string().contains("fsync directory"));
+        file.write_at(1, b"y").unwrap();
+        // Phase: write while a trigger file exists, and only then.
+        let trigger = dir.path().join("trigger");
+        let spec = format!("write:when={}", trigger.display());
+        let fs = FailpointFs::new(Arc::new(RealFs), EioFailpoint::parse(&spec).unwrap());
+        let file = fs.open(&dir.path().join("a")).unwrap();
+        file.write_at(0, b"1").unwrap();
+        std::fs::write(&trigger, b"").unwrap();
+        let err = file.write_at(0, b"2").unwrap_err().to_string();
+        assert!(err.contains("Input/output error") && err.contains("injected by failpoint write:when="), "{err}");
+        file.sync_data().unwrap();
+        std::fs::remove_file(&trigger).unwrap();
+        file.write_at(0, b"3").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"3y");
     }
 }

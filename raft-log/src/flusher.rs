@@ -98,6 +98,9 @@ pub struct SyncState {
     dirty: Mutex<Dirty>,
     synced: watch::Sender<Option<u64>>,
     failed: OnceLock<Arc<str>>,
+    /// Flips to `true` once, when the store enters the fail-stop state, so
+    /// the node can stop at once rather than run on as a zombie.
+    failed_tx: watch::Sender<bool>,
     pub counters: FlushCounters,
     pub latency: LatencyRecorder,
 }
@@ -112,6 +115,7 @@ impl SyncState {
             dirty: Mutex::new(Dirty { written, ..Dirty::default() }),
             synced,
             failed: OnceLock::new(),
+            failed_tx: watch::channel(false).0,
             counters: FlushCounters::default(),
             latency: LatencyRecorder::default(),
         })
@@ -171,7 +175,17 @@ impl SyncState {
     pub fn fail(&self, what: String) -> Error {
         tracing::error!(error = %what, "log store fail-stop");
         let _ = self.failed.set(what.into());
+        self.failed_tx.send_replace(true);
         self.failure().expect("just set")
+    }
+
+    /// Resolves with the fail-stop error once the store has entered that
+    /// state (at once if it already has).
+    pub async fn wait_failed(&self) -> Error {
+        let mut rx = self.failed_tx.subscribe();
+        // The sender lives as long as `self`, so `wait_for` cannot see it closed.
+        let _ = rx.wait_for(|&failed| failed).await;
+        self.failure().expect("the watch flips only after the failure is recorded")
     }
 
     pub fn stats(&self, policy: FlushPolicy) -> FlushStats {
@@ -215,7 +229,7 @@ impl SyncState {
         let started = Instant::now();
         for file in &files {
             if let Err(e) = file.sync_data() {
-                return Err(self.fail(format!("fdatasync {file:?}: {e}")));
+                return Err(self.fail(format!("fdatasync {}: {e}", file.path().display())));
             }
         }
         if dir && let Err(e) = self.fs.sync_dir(&self.dir) {

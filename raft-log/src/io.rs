@@ -31,6 +31,8 @@ pub enum Preallocate {
 
 /// One open file. Offsets are absolute; the store never relies on a cursor.
 pub trait FileIo: Send + Sync + Debug {
+    /// The path the file was opened at, for errors that must name it.
+    fn path(&self) -> &Path;
     /// Write all of `buf` at `pos`.
     fn write_at(&self, pos: u64, buf: &[u8]) -> io::Result<()>;
     /// Fill all of `buf` from `pos`; a short file is `UnexpectedEof`.
@@ -71,13 +73,42 @@ pub trait FileSystem: Send + Sync + Debug + 'static {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
 }
 
+/// Whether this build carries the test-only fault layers (cargo feature
+/// `fault-injection`, or this crate's own tests).
+pub const FAULT_INJECTION: bool = cfg!(any(test, feature = "fault-injection"));
+
+/// `fs`, wrapped in an EIO failpoint when `spec` names one (the syntax is
+/// [`crate::fault::EioFailpoint::parse`]'s). Only builds with the test-only
+/// `fault-injection` feature carry failpoints; any other build refuses a
+/// spec, so no failpoint can strike in a release build, and a test that
+/// expects one learns it is not there instead of passing without it.
+pub fn with_eio_failpoint(fs: Arc<dyn FileSystem>, spec: Option<&str>) -> Result<Arc<dyn FileSystem>, String> {
+    let Some(spec) = spec else { return Ok(fs) };
+    #[cfg(any(test, feature = "fault-injection"))]
+    {
+        let point = crate::fault::EioFailpoint::parse(spec)?;
+        tracing::warn!(failpoint = spec, "EIO failpoint armed: a test build that fails I/O on purpose");
+        Ok(Arc::new(crate::fault::FailpointFs::new(fs, point)))
+    }
+    #[cfg(not(any(test, feature = "fault-injection")))]
+    {
+        drop(fs);
+        Err(format!(
+            "EIO failpoint {spec:?} requested, but this build has no fault injection (test builds only: cargo \
+             feature fault-injection of keel-raft-log)"
+        ))
+    }
+}
+
 /// Write `bytes` to `path` atomically and durably: write a temp file,
 /// fdatasync it, rename it over `path`, fsync the directory.
 pub fn write_file_durably(fs: &dyn FileSystem, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let file = fs.create(&tmp)?;
-    file.write_at(0, bytes)?;
-    file.sync_data()?;
+    // Each step's error names the operation and the file: a failure here is
+    // fail-stop for the store, and the operator reads this message.
+    file.write_at(0, bytes).map_err(with_path(&tmp, "pwrite"))?;
+    file.sync_data().map_err(with_path(&tmp, "fdatasync"))?;
     drop(file);
     fs.rename(&tmp, &dir.join(name))?;
     fs.sync_dir(dir)
@@ -113,6 +144,10 @@ struct RealFile {
 }
 
 impl FileIo for RealFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn write_at(&self, pos: u64, buf: &[u8]) -> io::Result<()> {
         self.file.write_all_at(buf, pos)
     }

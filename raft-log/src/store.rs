@@ -357,7 +357,7 @@ impl Store {
         if let Err(e) = file.write_at(pos, buf) {
             // The space was preallocated: a failed write here means the
             // page cache or the device is in an unknown state.
-            return Err(self.inner.sync.fail(format!("write into segment at position {pos}: {e}")));
+            return Err(self.inner.sync.fail(format!("pwrite into {} at position {pos}: {e}", file.path().display())));
         }
         let mut s = self.state();
         let a = s.active_mut().expect("active segment present");
@@ -845,6 +845,13 @@ impl Store {
     /// reader: the node's flush-history sampler).
     pub fn take_sync_latency_interval(&self) -> crate::LatencySummary {
         self.inner.sync.latency.take_interval()
+    }
+
+    /// Resolves with the fail-stop error once the store enters that state
+    /// (at once if it has): a node waits on it to stop instead of living on
+    /// with a log it can no longer write.
+    pub async fn wait_failed(&self) -> Error {
+        self.inner.sync.wait_failed().await
     }
 
     /// The fail-stop error, if the store has entered that state.

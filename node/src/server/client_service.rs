@@ -22,6 +22,7 @@ use super::durable::DurableHandle;
 use super::entry::{self, Command, NewRecord};
 use super::proposer::{MAX_BATCH_BYTES, ProposerHandle};
 use super::raft_errors::{ProposeError, leader_addr, propose_error};
+use super::reserve::DiskReserve;
 use super::state::{self, BatchOutcome, CqEntry, Reject, State};
 use super::state_machine::Shared;
 use super::types::{Raft, Request as RaftRequest, now_ms};
@@ -53,6 +54,7 @@ pub struct ClientService {
     pub proposer: ProposerHandle,
     pub durable: DurableHandle,
     pub limits: Limits,
+    pub reserve: DiskReserve,
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
@@ -116,14 +118,22 @@ fn propose_status(e: ProposeError) -> Status {
 
 impl ClientService {
     fn leader_check(&self) -> Result<(), Status> {
+        // First: a leader whose store failed still shows as leader until
+        // it exits, and must propose nothing more.
+        if let Some(e) = self.store.failure() {
+            return Err(error(ErrorCode::StorageFailed, format!("this node stopped on a storage error: {e}")));
+        }
         let leader = self.raft.metrics().borrow().current_leader;
         if leader == Some(self.node_id) {
             return Ok(());
         }
-        if let Some(e) = self.store.failure() {
-            return Err(error(ErrorCode::StorageFailed, format!("this node stopped on a storage error: {e}")));
-        }
         Err(not_leader(leader, leader_addr(&self.raft, leader)))
+    }
+
+    /// The leader refuses writes that grow the log while its volume is
+    /// below `store.reserve.bytes` (see `reserve.rs`), before proposing.
+    fn reserve_check(&self) -> Result<(), Status> {
+        self.reserve.check().map_err(|below| error(ErrorCode::ResourceExhausted, below.to_string()))
     }
 
     /// A read refused because this node does not know the topic or
@@ -316,6 +326,7 @@ impl Keel for ClientService {
         // A follower's state may lag the leader's (a topic just created):
         // send the client to the leader before judging the request.
         self.leader_check()?;
+        self.reserve_check()?;
         if req.records.is_empty() {
             return Err(invalid("produce request has no records"));
         }
@@ -537,6 +548,7 @@ impl Keel for ClientService {
         let req = req.into_inner();
         state::check_name("topic", &req.name).map_err(reject_status)?;
         self.leader_check()?;
+        self.reserve_check()?;
         let c = req.config.unwrap_or_default();
         let partitions = if c.partitions == 0 { 1 } else { c.partitions };
         if partitions > state::MAX_PARTITIONS {

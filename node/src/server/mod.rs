@@ -30,6 +30,7 @@ mod peer;
 mod proposer;
 mod raft_errors;
 pub mod repair;
+pub(crate) mod reserve;
 mod retention;
 pub mod state;
 mod state_machine;
@@ -136,6 +137,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         store.max_payload_bytes(),
         config.store.flush.commitlog_timeout(),
     );
+    let reserve = reserve::DiskReserve { dir: config.store.dir.clone(), reserve_bytes: config.reserve_bytes };
     let limits = client_service::Limits {
         retention_ms: config.retention_ms,
         retention_bytes: config.retention_bytes,
@@ -152,6 +154,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         proposer,
         durable: durable.clone(),
         limits,
+        reserve: reserve.clone(),
     };
     let admin = Arc::new(admin::Admin {
         node_id,
@@ -166,6 +169,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         started: std::time::Instant::now(),
         sampler: admin::status::Sampler::default(),
         repairs,
+        reserve,
     });
     let peer_service = peer::PeerService { raft: raft.clone(), store: store.clone(), durable, admin: admin.clone() };
 
@@ -230,6 +234,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                     Err(e) => format!("the admin HTTP server panicked: {e}"),
                 });
             }
+            // Fail-stop: a store that failed an fsync or a write refuses
+            // every later write, and openraft notices only when it next
+            // appends. Until then the node would heartbeat and vote as a
+            // zombie (a follower idle under BATCH_FLUSH, say), so it stops
+            // as soon as the store fails. Restart recovers from the files.
+            e = store.wait_failed() => break Some(e.to_string()),
             _ = sigterm.recv() => break None,
             _ = sigint.recv() => break None,
             r = metrics.changed() => {
@@ -242,7 +252,16 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             }
         }
     };
-    tracing::info!(node_id, "shutting down");
+    // Raft stops on the same storage error, perhaps first; the store's own
+    // words name the operation and the file.
+    let failure = match store.failure() {
+        Some(e) => Some(e.to_string()),
+        None => failure,
+    };
+    match &failure {
+        Some(f) => tracing::error!(node_id, failure = %f, "shutting down"),
+        None => tracing::info!(node_id, "shutting down"),
+    }
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     if !admin_server.is_finished() {
@@ -260,21 +279,40 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     Ok(())
 }
 
+/// The environment variable that arms an EIO failpoint in the log's I/O
+/// layer: `fsync:after=N`, `fsync:when=PATH`, `write:after=N` or
+/// `write:when=PATH`. Honoured only by test builds (keel-raft-log's
+/// `fault-injection` feature, which `cargo test` turns on through this
+/// crate's dev-dependencies, as does the `power-loss` build); any other
+/// build refuses to start with it set, so it cannot strike in a release.
+pub const FAULT_EIO_ENV: &str = "KEEL_FAULT_EIO";
+
+async fn open_store(config: &NodeConfig) -> Result<Store> {
+    let spec = match std::env::var(FAULT_EIO_ENV) {
+        Ok(spec) => Some(spec),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(e) => anyhow::bail!("{FAULT_EIO_ENV}: {e}"),
+    };
+    let fs = keel_raft_log::io::with_eio_failpoint(base_fs(), spec.as_deref())
+        .map_err(|e| anyhow::anyhow!("{FAULT_EIO_ENV}: {e}"))?;
+    Ok(Store::open_with(config.store.clone(), fs).await?)
+}
+
 #[cfg(not(feature = "power-loss"))]
-async fn open_store(config: &NodeConfig) -> keel_raft_log::Result<Store> {
-    Store::open(config.store.clone()).await
+fn base_fs() -> Arc<dyn keel_raft_log::FileSystem> {
+    Arc::new(keel_raft_log::RealFs)
 }
 
 /// The test-only power-loss build: unsynced writes stay in memory until the
 /// store syncs them, so killing the process loses exactly what a power cut
 /// would (directory changes excepted: they reach the real directory at once).
 #[cfg(feature = "power-loss")]
-async fn open_store(config: &NodeConfig) -> keel_raft_log::Result<Store> {
+fn base_fs() -> Arc<dyn keel_raft_log::FileSystem> {
     tracing::warn!(
         "power-loss test build: unsynced writes live in this process's memory until fdatasync; never use it in \
          production"
     );
-    Store::open_with(config.store.clone(), Arc::new(keel_raft_log::fault::FaultFs::new())).await
+    Arc::new(keel_raft_log::fault::FaultFs::new())
 }
 
 /// Initialise a fresh cluster from `peers` (only when this node's store has

@@ -74,6 +74,25 @@ pub struct Cluster {
     /// `None` only after `Drop` decided to keep it (`KEEL_TEST_KEEP`).
     root: Option<TempDir>,
     nodes: Vec<Node>,
+    /// tmpfs volumes mounted for the nodes' data, unmounted by `Drop`.
+    mounts: Vec<PathBuf>,
+}
+
+/// Environment variables for node `i`'s process, given `i` and the node's
+/// directory.
+pub type EnvFn<'a> = &'a dyn Fn(u64, &Path) -> Vec<(String, String)>;
+
+/// How `Cluster::start_with` prepares each node beyond its properties.
+#[derive(Default)]
+pub struct Setup<'a> {
+    /// Put each node's data directory on a tmpfs of its own of this many
+    /// bytes, so one node's disk can be filled. Needs root: without it the
+    /// test fails saying so (it never skips).
+    pub tmpfs_bytes: Option<u64>,
+    /// Environment variables for node `i`'s process, given `i` and the
+    /// node's directory (`<root>/node{i}`); kept across restarts until
+    /// `clear_env`.
+    pub env: Option<EnvFn<'a>>,
 }
 
 struct Node {
@@ -83,6 +102,8 @@ struct Node {
     properties: PathBuf,
     data: PathBuf,
     log: PathBuf,
+    /// Set in every start of the process (after the `KEEL_*` ones are removed).
+    env: Mutex<Vec<(String, String)>>,
     /// Behind a mutex so that every method takes `&self`: a test can share
     /// the cluster (in an `Arc`) with tasks that run while it kills nodes.
     process: Mutex<Process>,
@@ -105,19 +126,32 @@ impl Cluster {
     /// until every node answers `ClusterInfo`; not for a leader (see
     /// `wait_for_leader`).
     pub async fn start(nodes: usize, extra: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with(nodes, extra, Setup::default()).await
+    }
+
+    /// `start`, with each node prepared as `setup` says.
+    pub async fn start_with(nodes: usize, extra: &[(&str, &str)], setup: Setup<'_>) -> Cluster {
         assert!(nodes >= 1, "a cluster needs at least one node");
+        if setup.tmpfs_bytes.is_some() {
+            require_root("mount a tmpfs for each node's data");
+        }
         let root = tempfile::Builder::new().prefix("keel-test-").tempdir().expect("create the cluster's temp dir");
         let ports = free_ports(2 * nodes);
         let (grpc_ports, admin_ports) = ports.split_at(nodes);
         let peers: Vec<String> = (1..=nodes).map(|id| format!("{id}@127.0.0.1:{}", grpc_ports[id - 1])).collect();
         let peers = peers.join(",");
 
-        let mut cluster = Cluster { root: None, nodes: Vec::with_capacity(nodes) };
+        let mut cluster = Cluster { root: None, nodes: Vec::with_capacity(nodes), mounts: Vec::new() };
         for index in 0..nodes {
             let id = index as u64 + 1;
             let dir = root.path().join(format!("node{id}"));
             let data = dir.join("data");
             std::fs::create_dir_all(&data).expect("create a node's data dir");
+            if let Some(bytes) = setup.tmpfs_bytes {
+                mount_tmpfs(&data, bytes);
+                cluster.mounts.push(data.clone());
+            }
+            let env = setup.env.map(|f| f(id, &dir)).unwrap_or_default();
             let node = Node {
                 id,
                 grpc: SocketAddr::from(([127, 0, 0, 1], grpc_ports[index])),
@@ -125,6 +159,7 @@ impl Cluster {
                 properties: dir.join("node.properties"),
                 data,
                 log: root.path().join(format!("node{id}.log")),
+                env: Mutex::new(env),
                 process: Mutex::new(Process::default()),
             };
             let mut properties = vec![
@@ -216,6 +251,29 @@ impl Cluster {
     /// Node `i`'s log (stdout and stderr of every run).
     pub fn log(&self, i: u64) -> PathBuf {
         self.node(i).log.clone()
+    }
+
+    /// Node `i`'s directory (`<root>/node{i}`: its properties, its data dir).
+    pub fn node_dir(&self, i: u64) -> PathBuf {
+        self.node(i).properties.parent().expect("the properties file is in the node's dir").to_path_buf()
+    }
+
+    /// Starts of node `i` after this one get no extra environment.
+    pub fn clear_env(&self, i: u64) {
+        self.node(i).env.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Waits until node `i` exits by itself and returns how it ended;
+    /// panics after `timeout`.
+    pub async fn wait_for_exit(&self, i: u64, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status(i) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node{i} did not exit within {timeout:?}");
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     /// Whether node `i`'s process is alive (paused counts as alive).
@@ -427,6 +485,9 @@ impl Cluster {
                 command.env_remove(variable);
             }
         }
+        for (variable, value) in node.env.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            command.env(variable, value);
+        }
         // Unless the test run says otherwise: backtraces for panics, but not
         // for returned errors (anyhow reads RUST_LIB_BACKTRACE first), whose
         // backtrace would push the message itself out of the log's tail.
@@ -489,6 +550,12 @@ impl Drop for Cluster {
                 if wait_timeout(&mut child, left).is_none() {
                     eprintln!("harness: node{} (pid {}) has not exited after SIGKILL; leaving it", node.id, child.id());
                 }
+            }
+        }
+        // Now that nothing has files open on them; lazily if still busy.
+        for mount in self.mounts.drain(..) {
+            if !Command::new("umount").arg(&mount).status().is_ok_and(|s| s.success()) {
+                let _ = Command::new("umount").arg("-l").arg(&mount).status();
             }
         }
         let failed = std::thread::panicking();
@@ -581,4 +648,55 @@ fn log_tail(path: &Path) -> String {
     let mut tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
     tail.push('\n');
     tail
+}
+
+/// Panics, naming `what`, unless the test runs as root: tests that need it
+/// fail rather than skip.
+pub fn require_root(what: &str) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test must run as root to {what} (CI runs as root); it runs as uid {euid}");
+}
+
+/// Mounts a tmpfs of `bytes` on `dir` (which must exist). The chaos
+/// harness's process backend mounts its disk-full volumes the same way
+/// (`chaos/src/backend/process.rs`, a binary crate tests cannot link).
+pub fn mount_tmpfs(dir: &Path, bytes: u64) {
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("run mount for a tmpfs on {}: {e}", dir.display()));
+    assert!(
+        out.status.success(),
+        "could not mount a {bytes}-byte tmpfs on {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Free bytes of the volume holding `dir`, as `statvfs` shows them to
+/// non-root users (what the node's reserve check reads).
+pub fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("a path without NUL");
+    // SAFETY: `path` is NUL-terminated and `st` is a properly sized out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    assert_eq!(rc, 0, "statvfs {}: {}", dir.display(), std::io::Error::last_os_error());
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// Takes `bytes` of `dir`'s volume with a ballast file (fallocate, so the
+/// blocks are really allocated); returns its path. Delete it to free them.
+pub fn ballast(dir: &Path, bytes: u64) -> PathBuf {
+    use std::os::fd::AsRawFd as _;
+    let path = dir.join("ballast");
+    let file =
+        OpenOptions::new().create(true).write(true).truncate(false).open(&path).expect("create the ballast file");
+    let len = libc::off_t::try_from(bytes).expect("ballast size fits off_t");
+    // SAFETY: a valid descriptor; fallocate only reserves space.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    assert_eq!(rc, 0, "fallocate {bytes} bytes of ballast in {}: {}", dir.display(), std::io::Error::last_os_error());
+    path
 }

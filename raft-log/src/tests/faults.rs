@@ -178,6 +178,52 @@ async fn a_failed_write_into_allocated_space_fail_stops() {
     assert_eq!(store.read_range(1, 10, usize::MAX).expect("reads still work").len(), 1);
 }
 
+/// The failpoint layer a test build of `keel node` arms from
+/// `KEEL_FAULT_EIO`, over the real file system: an EIO on pwrite or on
+/// fdatasync puts the store in fail-stop, wakes `wait_failed` (the node
+/// exits on it) with an error naming the operation and the file, refuses
+/// every later write, and a reopen without the failpoint finds every entry
+/// that was synced before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eio_failpoint_on_pwrite_or_fdatasync_fail_stops_naming_the_file_and_restart_recovers() {
+    for op in ["write", "fsync"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let trigger = dir.path().join("trigger");
+        let spec = format!("{op}:when={}", trigger.display());
+        let fs = crate::io::with_eio_failpoint(Arc::new(crate::RealFs), Some(&spec)).expect("a test build arms it");
+        let c = config(&data, 4096, FlushPolicy::SyncFlush);
+        let store = Store::open_with(c.clone(), fs).await.expect("open");
+        append_flushed(&store, (1..=3).map(|i| record(1, i, LEN)).collect()).await.expect("append");
+        assert!(store.failure().is_none());
+        // Phase 1: the failpoint strikes; the append's callback never reports success.
+        std::fs::write(&trigger, b"").expect("arm the trigger");
+        let err = append_flushed(&store, vec![record(1, 4, LEN)]).await.expect_err("append under EIO succeeded");
+        assert!(err.is_fatal(), "{op}: {err}");
+        let failed = tokio::time::timeout(Duration::from_secs(10), store.wait_failed())
+            .await
+            .expect("wait_failed resolves once the store failed");
+        let (verb, file) = if op == "write" { ("pwrite", "00000000000000000001.log") } else { ("fdatasync", "") };
+        let text = failed.to_string();
+        assert!(text.contains(verb) && text.contains("injected") && text.contains("Input/output error"), "{text}");
+        assert!(text.contains(&*data.to_string_lossy()) && text.contains(file), "{op}: names the file: {text}");
+        // Phase 2: fail-stop even after the trigger is gone: no retry.
+        std::fs::remove_file(&trigger).expect("disarm");
+        assert!(append_flushed(&store, vec![record(1, 4, LEN)]).await.expect_err("retried").is_fatal());
+        assert_eq!(store.synced_index(), Some(3), "{op}: the fsynced index never passed the failure");
+        // Phase 3: restart on the plain file system recovers the synced entries.
+        drop(store);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let store = Store::open(c).await.expect("reopen");
+        let last = store.log_state().1.map(|p| p.index).expect("entries survive");
+        assert!(last >= 3, "{op}: synced entries lost: last {last}");
+        for i in 1..=3 {
+            assert_entry(&store, 1, i, LEN);
+        }
+        append_flushed(&store, vec![record(2, last + 1, LEN)]).await.expect("writes resume after restart");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_space_for_a_new_segment_is_a_distinct_error_and_writes_resume() {
     let dir = tempfile::tempdir().expect("tempdir");

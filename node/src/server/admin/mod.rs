@@ -58,6 +58,8 @@ pub struct Admin {
     pub flush_config: BTreeMap<&'static str, String>,
     pub advertised: String,
     pub token: Option<String>,
+    /// `store.reserve.bytes`, for the advice.
+    pub reserve: crate::server::reserve::DiskReserve,
     pub started: Instant,
     pub sampler: status::Sampler,
     /// Damaged log ranges repaired from a peer at start-up.

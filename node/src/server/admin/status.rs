@@ -173,9 +173,26 @@ pub fn disk_usage(dir: &Path) -> std::io::Result<Disk> {
 }
 
 /// The article's advice, with the value measured. `mean_flush` is the mean
-/// fsync time in ms and the window it was measured over.
-pub fn advice(mean_flush: Option<(f64, &str)>, disk: Option<Disk>) -> Vec<Advice> {
+/// fsync time in ms and the window it was measured over; `reserve_bytes` is
+/// `store.reserve.bytes` (0: no reserve).
+pub fn advice(mean_flush: Option<(f64, &str)>, disk: Option<Disk>, reserve_bytes: u64) -> Vec<Advice> {
     let mut out = Vec::new();
+    if let Some(d) = disk.filter(|d| d.free_bytes < reserve_bytes) {
+        out.push(Advice {
+            rule: "disk_reserve",
+            severity: "critical",
+            measured: d.free_bytes as f64,
+            threshold: reserve_bytes as f64,
+            message: format!(
+                "only {} free on the volume holding the log, below the reserve of {} (store.reserve.bytes): this \
+                 node, as leader, refuses produce and topic creation with RESOURCE_EXHAUSTED, and as follower \
+                 stops if the volume fills; free space (lower retention.ms or \
+                 retention.bytes, delete a topic, remove other files) or add storage, and writes resume by themselves",
+                human_bytes(d.free_bytes),
+                human_bytes(reserve_bytes)
+            ),
+        });
+    }
     if let Some((ms, window)) = mean_flush.filter(|&(ms, _)| ms > SLOW_FLUSH_MS) {
         out.push(Advice {
             rule: "slow_flush",
@@ -403,7 +420,7 @@ impl Admin {
                 segments,
                 disk,
             },
-            advice: advice(mean_flush, disk),
+            advice: advice(mean_flush, disk, self.reserve.reserve_bytes),
             repairs: self.repairs.clone(),
         }
     }
@@ -420,17 +437,17 @@ mod tests {
     #[test]
     fn advice_follows_the_article_rules_with_the_measured_value() {
         const MIN: &str = "over the last minute";
-        assert!(advice(Some((99.9, MIN)), Some(disk(0.80))).is_empty());
-        assert!(advice(None, None).is_empty());
+        assert!(advice(Some((99.9, MIN)), Some(disk(0.80)), 0).is_empty());
+        assert!(advice(None, None, 1 << 30).is_empty());
 
-        let a = advice(Some((140.25, MIN)), Some(disk(0.5)));
+        let a = advice(Some((140.25, MIN)), Some(disk(0.5)), 1 << 30);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].rule, "slow_flush");
         assert_eq!(a[0].measured, 140.3);
         assert!(a[0].message.contains("140.2 ms on average over the last minute"), "{}", a[0].message);
         assert!(a[0].message.contains("check the disk"), "{}", a[0].message);
 
-        let a = advice(Some((1.0, MIN)), Some(disk(0.853)));
+        let a = advice(Some((1.0, MIN)), Some(disk(0.853)), 1 << 30);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].rule, "disk_usage");
         assert_eq!(a[0].measured, 85.3);
@@ -438,9 +455,19 @@ mod tests {
         assert!(a[0].message.contains("85.3% full"), "{}", a[0].message);
         assert!(a[0].message.contains("add storage"), "{}", a[0].message);
 
-        let both = advice(Some((250.0, "since start")), Some(disk(0.99)));
+        let both = advice(Some((250.0, "since start")), Some(disk(0.99)), 1 << 30);
         assert_eq!(both.iter().map(|a| a.rule).collect::<Vec<_>>(), ["slow_flush", "disk_usage"]);
         assert_eq!(both[1].severity, "critical");
+
+        // 1 GiB free of 100 GiB: below a 2 GiB reserve, which comes first.
+        let all = advice(Some((250.0, "since start")), Some(disk(0.99)), 2 << 30);
+        assert_eq!(all.iter().map(|a| a.rule).collect::<Vec<_>>(), ["disk_reserve", "slow_flush", "disk_usage"]);
+        let r = &all[0];
+        assert_eq!((r.severity, r.threshold), ("critical", (2u64 << 30) as f64));
+        assert!(r.measured < r.threshold);
+        for part in ["below the reserve of 2.0 GiB", "store.reserve.bytes", "RESOURCE_EXHAUSTED", "resume"] {
+            assert!(r.message.contains(part), "{part}: {}", r.message);
+        }
     }
 
     #[test]
