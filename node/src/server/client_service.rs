@@ -53,6 +53,9 @@ pub struct ClientService {
     pub proposer: ProposerHandle,
     pub durable: DurableHandle,
     pub limits: Limits,
+    /// `admin.token`: topic and membership changes need it (see `auth.rs`
+    /// for why produce, commit-offset and reads do not).
+    pub token: Option<Arc<str>>,
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
@@ -115,6 +118,12 @@ fn propose_status(e: ProposeError) -> Status {
 }
 
 impl ClientService {
+    /// Refuses an admin mutation without the token, before anything else is
+    /// looked at (a follower does not even redirect it).
+    fn admin_only<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        super::auth::check_metadata(self.token.as_deref(), req.metadata(), what)
+    }
+
     fn leader_check(&self) -> Result<(), Status> {
         let leader = self.raft.metrics().borrow().current_leader;
         if leader == Some(self.node_id) {
@@ -534,6 +543,7 @@ impl Keel for ClientService {
         &self,
         req: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        self.admin_only(&req, "CreateTopic")?;
         let req = req.into_inner();
         state::check_name("topic", &req.name).map_err(reject_status)?;
         self.leader_check()?;
@@ -579,6 +589,7 @@ impl Keel for ClientService {
         &self,
         req: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        self.admin_only(&req, "DeleteTopic")?;
         let req = req.into_inner();
         self.leader_check()?;
         self.state().state.topic(&req.name).map_err(reject_status)?;
@@ -680,6 +691,7 @@ impl Keel for ClientService {
         &self,
         req: Request<pb::InitClusterRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.admin_only(&req, "InitCluster")?;
         let req = req.into_inner();
         let mut members = BTreeMap::new();
         for m in &req.members {
@@ -704,6 +716,7 @@ impl Keel for ClientService {
     }
 
     async fn add_node(&self, req: Request<pb::AddNodeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.admin_only(&req, "AddNode")?;
         let req = req.into_inner();
         if req.id == 0 || req.addr.is_empty() {
             return Err(invalid("add-node needs an id ≥ 1 and an address host:port"));
@@ -730,6 +743,7 @@ impl Keel for ClientService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.admin_only(&req, "RemoveNode")?;
         let req = req.into_inner();
         self.leader_check()?;
         let m = self.raft.metrics().borrow().clone();
