@@ -1163,7 +1163,10 @@ mod tests {
         let err = err_of(from_file("admin.token=two words"));
         assert_names(&err, &["node.properties:1", "`admin.token`", "printable ASCII"]);
         assert!(!err.contains("two words"), "{err}");
-        assert_eq!(from_file("admin.token=s3cr3t-T0ken_/+=").expect("valid").admin_token.as_deref(), Some("s3cr3t-T0ken_/+="));
+        assert_eq!(
+            from_file("admin.token=s3cr3t-T0ken_/+=").expect("valid").admin_token.as_deref(),
+            Some("s3cr3t-T0ken_/+=")
+        );
     }
 
     #[test]

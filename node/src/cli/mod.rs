@@ -95,8 +95,7 @@ impl ClusterOpt {
         let token = match (&self.admin_token, set(env(TOKEN_ENV))) {
             (Some(t), _) => Some(t.clone()),
             (None, Some(v)) => Some(
-                v.into_string()
-                    .map_err(|_| anyhow::anyhow!("environment variable {TOKEN_ENV} is not valid UTF-8"))?,
+                v.into_string().map_err(|_| anyhow::anyhow!("environment variable {TOKEN_ENV} is not valid UTF-8"))?,
             ),
             (None, None) => None,
         };

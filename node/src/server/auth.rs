@@ -41,7 +41,8 @@ pub enum Refusal {
 /// configured and everything passes.
 pub fn check_bearer(expected: Option<&str>, given: Option<&str>) -> Result<(), Refusal> {
     let Some(expected) = expected else { return Ok(()) };
-    let bearer = given.and_then(|v| v.trim().split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+    let bearer =
+        given.and_then(|v| v.trim().split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
     match bearer {
         Some((_, token)) if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) => Ok(()),
         Some(_) => Err(Refusal::Wrong),

@@ -184,8 +184,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     if let Some(files) = &config.tls {
         builder = builder.tls_config(tls::server_config(files)).context("TLS on the gRPC port")?;
     }
-    let peer_guard =
-        auth::PeerGuard { token: config.admin_token.as_deref().map(Arc::from), require_client_cert: config.tls.is_some() };
+    let peer_guard = auth::PeerGuard {
+        token: config.admin_token.as_deref().map(Arc::from),
+        require_client_cert: config.tls.is_some(),
+    };
     let server = tokio::spawn(
         builder
             .add_service(
