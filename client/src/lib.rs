@@ -24,6 +24,12 @@
 //! [`Fetch`], [`FetchedRecord`], [`ProduceAck`]); topic, group and cluster
 //! answers are the wire messages themselves, re-exported as [`proto`].
 //!
+//! [`ClientOptions::tls`] dials every node over TLS, verified against one
+//! given CA ([`TlsOptions`]); [`ClientOptions::token`] sends `authorization:
+//! Bearer <token>` with every call, which nodes with `admin.token` require
+//! for topic and membership changes (UNAUTHENTICATED otherwise, a final
+//! [`Error::Server`]).
+//!
 //! This crate knows tonic (it speaks gRPC) but nothing of the node's
 //! internals: only `keel-proto`'s contract.
 

@@ -13,6 +13,10 @@
 //! <root>/node{i}.log               the node's stdout and stderr, appended across restarts
 //! ```
 //!
+//! When `extra` sets `tls.ca` (with `tls.cert` and `tls.key`), the
+//! harness's own calls (`cluster_info`, `client`, the start-up wait) use TLS
+//! and trust that CA.
+//!
 //! The nodes get none of the test run's `KEEL_*` variables (which `keel node`
 //! would let override its file): the properties file is the whole
 //! configuration. `root` is a `TempDir`, removed when the `Cluster` drops unless
