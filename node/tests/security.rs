@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Cluster;
+use common::{Cluster, http};
 use keel_client::proto::TopicConfig;
 use keel_client::{Client, ClientOptions, Error, ErrorCode, Fetch, Record, TlsOptions};
 use keel_proto::raft as pb;
@@ -167,8 +167,7 @@ async fn a_tls_cluster_serves_tls_clients_and_refuses_plaintext_other_cas_and_st
     assert!(refused, "a plaintext peer call was answered");
 
     // Phase: the real peers present node.pem, which the guard accepts: a
-    // raw call with it is heard (and answered for a nonsense vote with a
-    // refusal of the vote, not of the caller).
+    // raw call with it is heard.
     let mut with_cert = peer_client(&cluster.grpc(follower), Some("ca.pem"), Some(("node.pem", "node.key")))
         .await
         .expect("TLS with the cluster's certificate");
@@ -181,6 +180,26 @@ async fn a_tls_cluster_serves_tls_clients_and_refuses_plaintext_other_cas_and_st
     assert_eq!(cluster.cluster_info(leader).await.expect("cluster info").term, term);
     let again = client.fetch(Fetch::new("secure", 0, 0)).await.expect("fetch after the strangers");
     assert_eq!(again.records.len(), values.len());
+
+    // Phase: the admin API works over the TLS peer links: the cluster view
+    // reaches every node (NodeStatus over mutual TLS), and a membership
+    // change asked over HTTP reaches the leader through keel-client over TLS.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http::get(&cluster.admin(leader), "/api/v1/cluster").expect("GET /api/v1/cluster");
+        let c = r.json();
+        let nodes = c["nodes"].as_array().expect("nodes");
+        if nodes.len() == 3 && nodes.iter().all(|n| n["reachable"] == serde_json::json!(true)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not every node reachable over TLS: {c:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = http::request(&cluster.admin(follower), "DELETE", &format!("/api/v1/members/{follower}"), &[], None)
+        .expect("DELETE a member");
+    assert_eq!(r.status, 200, "{r:?}");
+    let info = client.cluster_info().await.expect("cluster info");
+    assert!(info.members.iter().all(|m| m.id != follower), "{:?}", info.members);
 }
 
 #[tokio::test(flavor = "multi_thread")]
