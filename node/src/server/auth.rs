@@ -61,7 +61,10 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn unauthenticated(refusal: Refusal, what: &str) -> Status {
     let message = match refusal {
         Refusal::Missing => {
-            format!("{what} needs the metadata `authorization: Bearer <admin.token>`; none was sent")
+            format!(
+                "{what} needs the metadata `authorization: Bearer <admin.token>`; none was sent \
+                 (keel CLI: --admin-token or KEEL_ADMIN_TOKEN)"
+            )
         }
         Refusal::Wrong => format!("{what}: the bearer token does not match admin.token"),
     };
