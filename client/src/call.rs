@@ -67,6 +67,9 @@ impl Client {
             let mut req = Request::new(request.clone());
             // The node may give up when we do, instead of working for nobody.
             req.set_timeout(budget);
+            if let Some(authorization) = &self.inner.authorization {
+                req.metadata_mut().insert("authorization", authorization.clone());
+            }
             let failure = match tokio::time::timeout(budget, send(node.client(), req)).await {
                 Ok(Ok(response)) => {
                     self.lock_nodes().succeeded(spec.route, index);

@@ -24,6 +24,12 @@
 //! [`Fetch`], [`FetchedRecord`], [`ProduceAck`]); topic, group and cluster
 //! answers are the wire messages themselves, re-exported as [`proto`].
 //!
+//! [`ClientOptions::tls`] dials every node over TLS, verified against one
+//! given CA ([`TlsOptions`]); [`ClientOptions::token`] sends `authorization:
+//! Bearer <token>` with every call, which nodes with `admin.token` require
+//! for topic and membership changes (UNAUTHENTICATED otherwise, a final
+//! [`Error::Server`]).
+//!
 //! This crate knows tonic (it speaks gRPC) but nothing of the node's
 //! internals: only `keel-proto`'s contract.
 
@@ -49,12 +55,15 @@ mod nodes;
 mod partition;
 mod producer;
 mod record;
+mod tls;
 
 pub use batcher::{BatchOptions, Batcher, RecordAck};
 pub use error::{ERROR_CODE_KEY, Error, LEADER_ADDR_KEY, LEADER_ID_KEY, Result};
 pub use partition::partition_for;
 pub use producer::Producer;
 pub use record::{Fetch, Fetched, FetchedRecord, Header, ProduceAck, Record};
+pub use tls::{TlsOptions, count_certificates};
+use tonic::metadata::AsciiMetadataValue;
 
 use crate::error::LeaderHint;
 use crate::nodes::{Nodes, Route};
@@ -62,8 +71,8 @@ use crate::nodes::{Nodes, Route};
 /// The `keel dev` cluster's client addresses.
 pub const DEV_CLUSTER: &str = "127.0.0.1:9091,127.0.0.1:9092,127.0.0.1:9093";
 
-/// How a [`Client`] times and paces its calls.
-#[derive(Debug, Clone)]
+/// How a [`Client`] times and paces its calls, and how it secures them.
+#[derive(Clone)]
 pub struct ClientOptions {
     /// Overall deadline of one call, across all its attempts.
     pub call_timeout: Duration,
@@ -80,6 +89,29 @@ pub struct ClientOptions {
     /// fetch returns at least one record even when it is larger than
     /// `max_bytes`).
     pub max_message_bytes: usize,
+    /// `Some`: every node is dialled over TLS and verified against this CA
+    /// (see [`TlsOptions`]); `None`: plaintext.
+    pub tls: Option<TlsOptions>,
+    /// Sent as `authorization: Bearer <token>` with every call. Nodes with
+    /// `admin.token` set refuse topic and membership changes without it
+    /// (UNAUTHENTICATED); produce, fetch and reads do not need it.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Spelled out so the token never reaches a log.
+        f.debug_struct("ClientOptions")
+            .field("call_timeout", &self.call_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -91,6 +123,8 @@ impl Default for ClientOptions {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_millis(500),
             max_message_bytes: 64 << 20,
+            tls: None,
+            token: None,
         }
     }
 }
@@ -114,7 +148,23 @@ impl ClientOptions {
         if self.max_message_bytes == 0 {
             return Err(Error::InvalidArgument("ClientOptions::max_message_bytes must be above zero".into()));
         }
+        self.authorization()?;
         Ok(())
+    }
+
+    /// The `authorization` metadata value for the token, if any; refused
+    /// unless it can travel as gRPC metadata.
+    fn authorization(&self) -> Result<Option<AsciiMetadataValue>> {
+        let Some(token) = &self.token else { return Ok(None) };
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::InvalidArgument(
+                "ClientOptions::token must be printable ASCII without spaces (it travels as gRPC metadata)".into(),
+            ));
+        }
+        let value = format!("Bearer {token}")
+            .parse::<AsciiMetadataValue>()
+            .map_err(|_| Error::InvalidArgument("ClientOptions::token cannot be sent as gRPC metadata".into()))?;
+        Ok(Some(value))
     }
 }
 
@@ -128,6 +178,8 @@ pub struct Client {
 struct Inner {
     nodes: Mutex<Nodes>,
     options: ClientOptions,
+    /// `Bearer <token>`, ready to insert into each request.
+    authorization: Option<AsciiMetadataValue>,
     /// Partition counts from describe/list/create, for partitioners.
     partitions: Mutex<HashMap<String, u32>>,
 }
@@ -146,8 +198,9 @@ pub struct NodeInfo {
 }
 
 impl Client {
-    /// A client for the nodes at `addrs` (`host:port`, `http://` optional)
-    /// with default options. Nothing connects yet: each node's channel is
+    /// A client for the nodes at `addrs` (`host:port`; `http://` optional,
+    /// `https://` allowed only with [`ClientOptions::tls`]) with default
+    /// options. Nothing connects yet: each node's channel is
     /// made on its first call.
     pub fn connect(addrs: Vec<String>) -> Result<Self> {
         Self::with_options(addrs, ClientOptions::default())
@@ -155,8 +208,11 @@ impl Client {
 
     pub fn with_options(addrs: Vec<String>, options: ClientOptions) -> Result<Self> {
         options.check()?;
+        let authorization = options.authorization()?;
         let nodes = Nodes::new(&addrs, &options)?;
-        Ok(Self { inner: Arc::new(Inner { nodes: Mutex::new(nodes), options, partitions: Mutex::default() }) })
+        Ok(Self {
+            inner: Arc::new(Inner { nodes: Mutex::new(nodes), options, authorization, partitions: Mutex::default() }),
+        })
     }
 
     /// Splits a comma-separated `host:port` list (the CLI's `--cluster`).
@@ -436,6 +492,18 @@ mod tests {
         assert!(Client::with_options(vec!["a:1".into()], zero).is_err());
         let inverted = ClientOptions { backoff_min: Duration::from_secs(2), ..ClientOptions::default() };
         assert!(Client::with_options(vec!["a:1".into()], inverted).is_err());
+    }
+
+    #[test]
+    fn a_token_must_travel_as_metadata_and_never_prints() {
+        for bad in ["", "two words", "tab\there", "caf\u{e9}"] {
+            let options = ClientOptions { token: Some(bad.into()), ..ClientOptions::default() };
+            let err = Client::with_options(vec!["a:1".into()], options).expect_err("token accepted");
+            assert!(err.to_string().contains("ClientOptions::token"), "{bad:?}: {err}");
+        }
+        let options = ClientOptions { token: Some("s3cret-T0ken".into()), ..ClientOptions::default() };
+        assert!(!format!("{options:?}").contains("s3cret"));
+        assert!(Client::with_options(vec!["a:1".into()], options).is_ok());
     }
 
     #[tokio::test]

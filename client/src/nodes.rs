@@ -41,8 +41,15 @@ pub(crate) struct Node {
 impl Node {
     fn new(addr: &str, options: &ClientOptions) -> Result<Self> {
         let addr = normalize(addr)?;
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::InvalidArgument(format!("node address {addr:?}: {e}")))?
+        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| Error::InvalidArgument(format!("node address {addr:?}: {e}")))?;
+        if let Some(tls) = &options.tls {
+            endpoint = endpoint
+                .tls_config(tls.tonic_config())
+                .map_err(|e| Error::InvalidArgument(format!("TLS for node {addr}: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -62,11 +69,14 @@ impl Node {
     }
 }
 
-/// `host:port`, with an optional `http://` in front (dropped); anything
-/// else is refused before a connection is tried.
+/// `host:port`, with an optional `http://` or `https://` in front (dropped:
+/// whether TLS is used is [`ClientOptions::tls`]'s to say, for every node
+/// alike, since leader hints come without a scheme); anything else is
+/// refused before a connection is tried.
 pub(crate) fn normalize(addr: &str) -> Result<String> {
     let trimmed = addr.trim();
-    let bare = trimmed.strip_prefix("http://").unwrap_or(trimmed).trim_end_matches('/');
+    let bare = trimmed.strip_prefix("http://").or_else(|| trimmed.strip_prefix("https://")).unwrap_or(trimmed);
+    let bare = bare.trim_end_matches('/');
     let bad = |why: &str| Error::InvalidArgument(format!("node address {addr:?}: {why} (expected host:port)"));
     if bare.is_empty() {
         return Err(bad("empty"));
@@ -131,6 +141,12 @@ impl Nodes {
 
     /// The index of `addr`, added when new (and when there is room).
     pub fn find_or_add(&mut self, addr: &str, options: &ClientOptions) -> Result<usize> {
+        if addr.trim().starts_with("https://") && options.tls.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "node address {addr:?} asks for TLS, but no CA to verify the nodes was given (ClientOptions::tls; \
+                 the CLI's --tls-ca)"
+            )));
+        }
         let addr = normalize(addr)?;
         if let Some(i) = self.list.iter().position(|n| n.addr == addr) {
             return Ok(i);
@@ -180,10 +196,24 @@ mod tests {
     fn addresses_are_host_port_with_an_optional_scheme() {
         assert_eq!(normalize("127.0.0.1:9091").ok(), Some("127.0.0.1:9091".into()));
         assert_eq!(normalize(" http://node-2:9092/ ").ok(), Some("node-2:9092".into()));
+        assert_eq!(normalize("https://node-2:9092").ok(), Some("node-2:9092".into()));
         assert_eq!(normalize("[::1]:9093").ok(), Some("[::1]:9093".into()));
         for bad in ["", "node-1", ":9091", "node:0", "node:http", "https://a:1/x", "a b:1"] {
             assert!(normalize(bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn https_addresses_need_a_ca() {
+        // Phase: without TLS options an https:// address is refused, naming the option.
+        let err = Nodes::new(&["https://a:1".to_string()], &ClientOptions::default()).err().expect("no CA given");
+        assert!(err.to_string().contains("--tls-ca"), "{err}");
+        // Phase: with them it is the same node as the bare host:port.
+        let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let tls = crate::TlsOptions::from_ca_pem(cert).expect("one certificate");
+        let options = ClientOptions { tls: Some(tls), ..ClientOptions::default() };
+        let mut nodes = Nodes::new(&["https://a:1".to_string()], &options).expect("CA given");
+        assert_eq!(nodes.find_or_add("a:1", &options).ok(), Some(0));
     }
 
     #[test]

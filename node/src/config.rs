@@ -27,7 +27,15 @@
 //! | `retention.bytes` | -1 | default retention by size per partition; -1 is unlimited |
 //! | `max.message.bytes` | 1048576 (1 MiB) | default largest message (value + key + headers); at most what a segment holds minus 1024 |
 //! | `producer.id.expiry.ms` | 86400000 (1 day) | an idle producer id is forgotten after this |
-//! | `admin.token` | (none) | when set, admin mutations need `Authorization: Bearer <token>`; empty means none |
+//! | `admin.token` | (none) | when set, admin mutations (HTTP, and gRPC topic and membership changes) and peer RPCs need `Authorization: Bearer <token>`; printable ASCII without spaces; every node of a cluster needs the same; empty means none |
+//! | `tls.cert` | (none) | PEM certificate chain of this node: with `tls.key` and `tls.ca`, the gRPC port (clients and peers) speaks TLS only, and peers are dialled over TLS with it as the client certificate; must name the host others dial (`grpc.advertised`) |
+//! | `tls.key` | (none) | PEM private key of `tls.cert` (PKCS#8, PKCS#1 or SEC1) |
+//! | `tls.ca` | (none) | PEM CA certificate(s) that issued every node's `tls.cert`: verifies the peers this node dials, and the client certificate a peer must present (mutual TLS between peers; clients need none) |
+//!
+//! The three `tls.*` keys go together: all set (TLS on) or none (plaintext).
+//! Their files are read and checked at start-up (and by `keel config
+//! check`); a missing, unreadable or malformed one stops the node with the
+//! key and the file named.
 //!
 //! **Precedence**, highest first: flag > environment > file > default. Each
 //! key has one flag, its name with `.` turned into `-` (`--flush-disk-type`),
@@ -87,6 +95,37 @@ pub struct NodeConfig {
     /// `store.reserve.bytes`: the free space below which the leader refuses
     /// writes that grow the log (0: no check).
     pub reserve_bytes: u64,
+    /// `tls.cert`, `tls.key`, `tls.ca`: all three, read and checked, or none.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The node's TLS material, read from the files the `tls.*` keys name.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// `tls.cert`: this node's certificate chain.
+    pub cert: PemFile,
+    /// `tls.key`: its private key.
+    pub key: PemFile,
+    /// `tls.ca`: the CA that issued every node's certificate.
+    pub ca: PemFile,
+}
+
+/// One PEM file: where it was read from, and its bytes.
+#[derive(Clone)]
+pub struct PemFile {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Paths only: the key's bytes must never reach a log.
+        f.debug_struct("TlsFiles")
+            .field("cert", &self.cert.path)
+            .field("key", &self.key.path)
+            .field("ca", &self.ca.path)
+            .finish()
+    }
 }
 
 /// The node's own keys; the store's are [`keel_raft_log::config::KEYS`].
@@ -103,6 +142,9 @@ pub const NODE_KEYS: &[&str] = &[
     "producer.id.expiry.ms",
     "admin.token",
     "store.reserve.bytes",
+    "tls.cert",
+    "tls.key",
+    "tls.ca",
 ];
 
 /// The smallest default reserve: room for checkpoints, the meta file and
@@ -255,12 +297,21 @@ pub struct KeyFlags {
     /// `producer.id.expiry.ms`: idle producer ids are forgotten after this [default: 86400000]
     #[arg(long, value_name = "MS")]
     pub producer_id_expiry_ms: Option<String>,
-    /// `admin.token`: admin mutations need this bearer token; empty means none
+    /// `admin.token`: admin mutations and peer RPCs need this bearer token; empty means none
     #[arg(long, value_name = "TOKEN")]
     pub admin_token: Option<String>,
     /// `store.reserve.bytes`: free space below which produce is refused; 0 is off [default: max(2 × segment.bytes, 64 MiB)]
     #[arg(long, value_name = "BYTES")]
     pub store_reserve_bytes: Option<String>,
+    /// `tls.cert`: PEM certificate chain; with tls.key and tls.ca, gRPC speaks TLS [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// `tls.key`: PEM private key of tls.cert [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<String>,
+    /// `tls.ca`: PEM CA that issued every node's certificate (verifies peers) [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<String>,
 }
 
 impl KeyFlags {
@@ -268,7 +319,7 @@ impl KeyFlags {
     fn settings(&self) -> Vec<Setting> {
         // Spelled out rather than generated so the compiler checks each field
         // exists; `every_key_has_a_flag_named_after_it` checks the pairing.
-        let flags: [(&'static str, &Option<String>); 22] = [
+        let flags: [(&'static str, &Option<String>); 25] = [
             ("store.path.commitlog", &self.store_path_commitlog),
             ("segment.bytes", &self.segment_bytes),
             ("segment.preallocate", &self.segment_preallocate),
@@ -291,6 +342,9 @@ impl KeyFlags {
             ("producer.id.expiry.ms", &self.producer_id_expiry_ms),
             ("admin.token", &self.admin_token),
             ("store.reserve.bytes", &self.store_reserve_bytes),
+            ("tls.cert", &self.tls_cert),
+            ("tls.key", &self.tls_key),
+            ("tls.ca", &self.tls_ca),
         ];
         flags
             .into_iter()
@@ -443,6 +497,9 @@ struct Builder {
     admin_token: Option<String>,
     /// `None`: the default, which depends on `segment.bytes`.
     reserve_bytes: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
     /// Where each key that was set came from; absent means the default.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -463,6 +520,9 @@ impl Default for Builder {
             producer_id_expiry_ms: 24 * 60 * 60 * 1000,
             admin_token: None,
             reserve_bytes: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
             origins: BTreeMap::new(),
         }
     }
@@ -521,13 +581,23 @@ impl Builder {
                     Err(_) => return Err(invalid(key, value, "expected a positive whole number")),
                 }
             }
-            "admin.token" => self.admin_token = (!v.is_empty()).then(|| v.to_string()),
             "store.reserve.bytes" => {
                 self.reserve_bytes = Some(
                     v.parse::<u64>()
                         .map_err(|_| invalid(key, value, "expected a whole number of bytes, 0 or more (0 is off)"))?,
                 )
             }
+            "admin.token" => {
+                // It travels in an HTTP header and in gRPC metadata, where
+                // only visible ASCII is safe; a space would split `Bearer x y`.
+                if !v.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(invalid(key, "(hidden)", "expected printable ASCII without spaces"));
+                }
+                self.admin_token = (!v.is_empty()).then(|| v.to_string())
+            }
+            "tls.cert" => self.tls_cert = (!v.is_empty()).then(|| PathBuf::from(v)),
+            "tls.key" => self.tls_key = (!v.is_empty()).then(|| PathBuf::from(v)),
+            "tls.ca" => self.tls_ca = (!v.is_empty()).then(|| PathBuf::from(v)),
             _ => return Err(ConfigError::UnknownKey(key.to_string())),
         }
         Ok(())
@@ -612,6 +682,8 @@ impl Builder {
         }
 
         let reserve_bytes = self.reserve_bytes.unwrap_or(default_reserve_bytes(self.store.segment_bytes));
+        let tls = self.tls_files()?;
+
         Ok(NodeConfig {
             node_id: self.node_id,
             grpc_listen: self.grpc_listen,
@@ -626,7 +698,52 @@ impl Builder {
             producer_id_expiry_ms: self.producer_id_expiry_ms,
             admin_token: self.admin_token,
             reserve_bytes,
+            tls,
         })
+    }
+
+    /// The three `tls.*` files, read and checked; `None` when none is set.
+    fn tls_files(&self) -> anyhow::Result<Option<TlsFiles>> {
+        let named = [("tls.cert", &self.tls_cert), ("tls.key", &self.tls_key), ("tls.ca", &self.tls_ca)];
+        let set: Vec<&str> = named.iter().filter(|(_, p)| p.is_some()).map(|(k, _)| *k).collect();
+        if set.is_empty() {
+            return Ok(None);
+        }
+        if let Some((missing, _)) = named.iter().find(|(_, p)| p.is_none()) {
+            let given: Vec<String> = set.iter().map(|k| self.described(k)).collect();
+            anyhow::bail!(
+                "`{missing}` is not set, but {} {}; TLS needs all three of tls.cert, tls.key and tls.ca \
+                 (or none of them for plaintext)",
+                given.join(" and "),
+                if given.len() == 1 { "is" } else { "are" }
+            );
+        }
+        let read = |key: &str, path: &Option<PathBuf>, check: fn(&[u8]) -> Result<(), String>| {
+            let path = path.clone().expect("checked above: all three are set");
+            let pem = std::fs::read(&path)
+                .map_err(|e| anyhow::anyhow!("{} = {}: cannot read it: {e}", self.described(key), path.display()))?;
+            check(&pem).map_err(|why| anyhow::anyhow!("{} = {}: {why}", self.described(key), path.display()))?;
+            Ok::<_, anyhow::Error>(PemFile { path, pem })
+        };
+        let certificates = |pem: &[u8]| keel_client::count_certificates(pem).map(|_| ());
+        Ok(Some(TlsFiles {
+            cert: read("tls.cert", &self.tls_cert, certificates)?,
+            key: read("tls.key", &self.tls_key, check_private_key)?,
+            ca: read("tls.ca", &self.tls_ca, certificates)?,
+        }))
+    }
+}
+
+/// Whether `pem` holds a private key rustls can use.
+fn check_private_key(pem: &[u8]) -> Result<(), String> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject as _;
+    match PrivateKeyDer::from_pem_slice(pem) {
+        Ok(_) => Ok(()),
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => {
+            Err("holds no PEM private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)".to_string())
+        }
+        Err(e) => Err(format!("not a valid PEM private key: {e}")),
     }
 }
 
@@ -735,6 +852,9 @@ pub fn effective(config: &NodeConfig) -> BTreeMap<&'static str, String> {
         ("producer.id.expiry.ms", config.producer_id_expiry_ms.to_string()),
         ("admin.token", if config.admin_token.is_some() { "(set)" } else { "(unset)" }.to_string()),
         ("store.reserve.bytes", config.reserve_bytes.to_string()),
+        ("tls.cert", config.tls.as_ref().map(|t| t.cert.path.display().to_string()).unwrap_or_default()),
+        ("tls.key", config.tls.as_ref().map(|t| t.key.path.display().to_string()).unwrap_or_default()),
+        ("tls.ca", config.tls.as_ref().map(|t| t.ca.path.display().to_string()).unwrap_or_default()),
     ])
 }
 
@@ -906,7 +1026,7 @@ mod tests {
     fn every_key_has_a_flag_and_a_variable_named_after_it() {
         // Each key's flag and variable reach that key and no other.
         let keys: Vec<&str> = all_keys().collect();
-        assert_eq!(keys.len(), 22);
+        assert_eq!(keys.len(), 25);
         for key in &keys {
             let flag = flag_name(key);
             let got = flags(&[&flag, "x"]);
@@ -1045,6 +1165,57 @@ mod tests {
         assert_eq!(c.max_message_bytes as usize, limit);
         let err = err_of(from_file(&format!("segment.bytes=8192\nmax.message.bytes={}", limit + 1)));
         assert_names(&err, &["`max.message.bytes` (from node.properties:2)", "`segment.bytes`"]);
+    }
+
+    /// A file of the test certificates (node/tests/data/tls, see gen.sh there).
+    fn tls_data(name: &str) -> String {
+        format!("{}/tests/data/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn tls_keys_go_together_and_their_files_are_checked() {
+        let (cert, key, ca) = (tls_data("node.pem"), tls_data("node.key"), tls_data("ca.pem"));
+        // Phase: none set is plaintext; all three read the files.
+        assert!(from_file("").expect("valid").tls.is_none());
+        let c = from_file(&format!("tls.cert={cert}\ntls.key={key}\ntls.ca={ca}")).expect("valid TLS");
+        let tls = c.tls.as_ref().expect("TLS on");
+        assert_eq!(tls.cert.path, PathBuf::from(&cert));
+        assert_eq!(tls.key.pem, std::fs::read(&key).expect("test key"));
+        assert!(!format!("{c:?}").contains("PRIVATE KEY"), "the key's bytes must not print");
+        assert_eq!(effective(&c)["tls.ca"], ca);
+        assert_eq!(effective(&from_file("").expect("valid"))["tls.ca"], "");
+
+        // Phase: a certificate without its key (or without the CA) names what is missing and what was set.
+        let err = err_of(from_file(&format!("tls.cert={cert}")));
+        assert_names(&err, &["`tls.key` is not set", "`tls.cert` (from node.properties:1)"]);
+        let err = err_of(from_file(&format!("tls.cert={cert}\ntls.key={key}")));
+        assert_names(&err, &["`tls.ca` is not set", "`tls.key` (from node.properties:2)"]);
+        let err = err_of(resolve(Vec::new(), env(&[("KEEL_TLS_CA", &ca)]), Vec::new()));
+        assert_names(&err, &["`tls.cert` is not set", "environment variable KEEL_TLS_CA"]);
+
+        // Phase: an unreadable file, and files holding the wrong kind of PEM, name the key and the file.
+        let err = err_of(from_file(&format!("tls.cert=/nonexistent/node.pem\ntls.key={key}\ntls.ca={ca}")));
+        assert_names(&err, &["`tls.cert` (from node.properties:1)", "/nonexistent/node.pem", "cannot read"]);
+        let err = err_of(from_file(&format!("tls.cert={key}\ntls.key={key}\ntls.ca={ca}")));
+        assert_names(&err, &["`tls.cert`", &key, "no PEM CERTIFICATE"]);
+        let err = err_of(from_file(&format!("tls.cert={cert}\ntls.key={cert}\ntls.ca={ca}")));
+        assert_names(&err, &["`tls.key` (from node.properties:2)", &cert, "no PEM private key"]);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let torn = dir.path().join("torn.pem");
+        std::fs::write(&torn, "-----BEGIN CERTIFICATE-----\nAAAA\n").expect("write");
+        let err = err_of(from_file(&format!("tls.cert={cert}\ntls.key={key}\ntls.ca={}", torn.display())));
+        assert_names(&err, &["`tls.ca`", &torn.display().to_string(), "not valid PEM"]);
+    }
+
+    #[test]
+    fn a_token_must_be_printable_ascii_and_is_never_echoed() {
+        let err = err_of(from_file("admin.token=two words"));
+        assert_names(&err, &["node.properties:1", "`admin.token`", "printable ASCII"]);
+        assert!(!err.contains("two words"), "{err}");
+        assert_eq!(
+            from_file("admin.token=s3cr3t-T0ken_/+=").expect("valid").admin_token.as_deref(),
+            Some("s3cr3t-T0ken_/+=")
+        );
     }
 
     #[test]

@@ -45,8 +45,7 @@ fn main() -> Result<()> {
         // A client command whose output is cut short (`keel consume t | head`)
         // ends quietly, as Unix tools do, instead of panicking on EPIPE. The
         // node and the dev supervisor keep Rust's default (EPIPE as an error).
-        // SAFETY: restoring the default disposition of one signal at start-up.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        quiet_on_closed_stdout();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -67,4 +66,33 @@ fn main() -> Result<()> {
             Command::Bench(args) => bench::run(args).await,
         }
     })
+}
+
+/// SIGPIPE ends the process as the default disposition would, but only when
+/// stdout is a pipe whose reader has gone. A SIGPIPE from a socket (hyper
+/// writes with `writev`, which has no MSG_NOSIGNAL: a plaintext client
+/// talking to a TLS-only node gets one when the node hangs up) is ignored,
+/// so the write fails with EPIPE and the command reports the failure instead
+/// of dying silently with status 141.
+fn quiet_on_closed_stdout() {
+    extern "C" fn on_sigpipe(_: libc::c_int) {
+        let mut stdout = libc::pollfd { fd: libc::STDOUT_FILENO, events: 0, revents: 0 };
+        // SAFETY: poll, signal and raise are async-signal-safe; `stdout`
+        // lives on this handler's stack for the duration of the call.
+        unsafe {
+            if libc::poll(&mut stdout, 1, 0) == 1 && stdout.revents & libc::POLLERR != 0 {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+        }
+    }
+    // SAFETY: installs a handler for one signal at start-up, before any
+    // thread is spawned; the handler only makes async-signal-safe calls.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigpipe as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGPIPE, &action, std::ptr::null_mut());
+    }
 }

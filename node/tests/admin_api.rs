@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::Cluster;
 use common::http::{self, Response};
 use keel_client::proto::TopicConfig;
-use keel_client::{Client, Producer, Record};
+use keel_client::{Client, ClientOptions, Producer, Record};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "s3cret-admin";
@@ -404,7 +404,9 @@ async fn mutations_need_the_token_refuse_bad_input_and_change_membership() {
     let cluster = Cluster::start(3, &[("admin.token", TOKEN)]).await;
     let leader = cluster.leader().await;
     wait_serving(&cluster);
-    let client = Client::connect(cluster.addrs()).expect("addresses");
+    // Creating a topic over gRPC needs the token too (security.rs tests the refusals).
+    let options = ClientOptions { token: Some(TOKEN.into()), ..ClientOptions::default() };
+    let client = Client::with_options(cluster.addrs(), options).expect("addresses");
     client.create_topic("kept", TopicConfig { partitions: 3, ..TopicConfig::default() }).await.expect("create");
     produce(&cluster, "kept", 60).await;
     let committed = settled(&cluster, leader).await;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
-use keel_client::{Client, ClientOptions, Fetch};
+use keel_client::{Client, Fetch};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -77,7 +77,7 @@ struct Live {
 
 pub async fn run(args: ConsumeArgs) -> Result<()> {
     let addrs = args.cluster.addrs();
-    let options = ClientOptions { call_timeout: CALL_TIMEOUT, ..ClientOptions::default() };
+    let options = args.cluster.options(CALL_TIMEOUT)?;
     let client = Client::with_options(addrs.clone(), options).context("connect")?;
     let info = client.describe_topic(&args.topic).await.with_context(|| format!("describe topic {}", args.topic))?;
     let total_records: u64 = info.partition_info.iter().map(|p| p.end_offset.saturating_sub(p.start_offset)).sum();

@@ -27,7 +27,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use keel_client::proto::TopicConfig;
-use keel_client::{BatchOptions, Batcher, Client, ClientOptions, Durability, Error, ErrorCode, Record};
+use keel_client::{BatchOptions, Batcher, Client, Durability, Error, ErrorCode, Record};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -205,7 +205,7 @@ fn durability_rank(d: Durability) -> u8 {
 
 pub async fn run(args: ProduceArgs) -> Result<()> {
     let addrs = args.cluster.addrs();
-    let options = ClientOptions { call_timeout: CALL_TIMEOUT, ..ClientOptions::default() };
+    let options = args.cluster.options(CALL_TIMEOUT)?;
     let client = Client::with_options(addrs.clone(), options).context("connect")?;
     let partitions = ensure_topic(&client, &args.topic, args.partitions).await?;
     eprintln!(

@@ -12,7 +12,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use base64::Engine;
 use clap::{Args, ValueEnum};
-use keel_client::{Client, ClientOptions, DEV_CLUSTER, FetchedRecord};
+use keel_client::{Client, ClientOptions, DEV_CLUSTER, FetchedRecord, TlsOptions};
 use serde_json::{Map, Value, json};
 
 mod cluster;
@@ -33,6 +33,12 @@ pub use topic::{TopicArgs, topic};
 
 /// Environment variable read when `--cluster` is not given.
 pub const CLUSTER_ENV: &str = "KEEL_CLUSTER";
+/// Read when `--admin-token` is not given: the same variable that sets a
+/// node's `admin.token`, since it is the same secret.
+pub const TOKEN_ENV: &str = "KEEL_ADMIN_TOKEN";
+/// Read when `--tls-ca` is not given: the same variable that sets a node's
+/// `tls.ca`, since clients verify the nodes against that same CA.
+pub const TLS_CA_ENV: &str = "KEEL_TLS_CA";
 
 /// `--cluster`, taken by every client command.
 #[derive(Debug, Clone, Args)]
@@ -48,6 +54,16 @@ pub struct ClusterOpt {
     #[arg(long, value_name = "SECONDS", default_value_t = 30, global = true,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
+    /// Send `authorization: Bearer TOKEN` (the nodes' admin.token): needed
+    /// for topic and membership changes on a cluster that sets one. When
+    /// absent, the environment variable KEEL_ADMIN_TOKEN
+    #[arg(long, value_name = "TOKEN", global = true)]
+    pub admin_token: Option<String>,
+    /// Speak TLS to the nodes and verify them against this PEM CA
+    /// certificate (the nodes' tls.ca). When absent, the environment
+    /// variable KEEL_TLS_CA; with neither, plaintext
+    #[arg(long, value_name = "FILE", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl ClusterOpt {
@@ -60,9 +76,37 @@ impl ClusterOpt {
 
     pub fn client(&self) -> Result<Client> {
         let addrs = self.addrs();
-        let options =
-            ClientOptions { call_timeout: std::time::Duration::from_secs(self.timeout), ..ClientOptions::default() };
+        let options = self.options(std::time::Duration::from_secs(self.timeout))?;
         Client::with_options(addrs.clone(), options).with_context(|| format!("use the cluster at {}", addrs.join(",")))
+    }
+
+    /// Client options with `call_timeout`, the token and TLS: the flags,
+    /// else their environment variables.
+    pub fn options(&self, call_timeout: std::time::Duration) -> Result<ClientOptions> {
+        self.options_with_env(call_timeout, |name| std::env::var_os(name))
+    }
+
+    fn options_with_env(
+        &self,
+        call_timeout: std::time::Duration,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<ClientOptions> {
+        let set = |v: Option<std::ffi::OsString>| v.filter(|v| !v.is_empty());
+        let token = match (&self.admin_token, set(env(TOKEN_ENV))) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(v)) => Some(
+                v.into_string().map_err(|_| anyhow::anyhow!("environment variable {TOKEN_ENV} is not valid UTF-8"))?,
+            ),
+            (None, None) => None,
+        };
+        let tls = match self.tls_ca.clone().or_else(|| set(env(TLS_CA_ENV)).map(Into::into)) {
+            Some(path) => Some(
+                TlsOptions::from_ca_file(&path)
+                    .with_context(|| format!("--tls-ca (or {TLS_CA_ENV}) = {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(ClientOptions { call_timeout, tls, token, ..ClientOptions::default() })
     }
 }
 
@@ -231,7 +275,41 @@ mod tests {
 
     #[test]
     fn the_cluster_flag_wins_over_the_default() {
-        let opt = ClusterOpt { cluster: Some(" a:1 , b:2,".into()), timeout: 30 };
+        let opt = ClusterOpt { cluster: Some(" a:1 , b:2,".into()), timeout: 30, admin_token: None, tls_ca: None };
         assert_eq!(opt.addrs(), vec!["a:1".to_string(), "b:2".to_string()]);
+    }
+
+    #[test]
+    fn token_and_ca_come_from_the_flags_else_the_environment() {
+        let none = ClusterOpt { cluster: None, timeout: 30, admin_token: None, tls_ca: None };
+        let d = std::time::Duration::from_secs(3);
+        // Phase: nothing set: plaintext, no token.
+        let o = none.options_with_env(d, |_| None).expect("valid");
+        assert!(o.token.is_none() && o.tls.is_none());
+        assert_eq!(o.call_timeout, d);
+        // Phase: the variables fill in; an empty one counts as unset.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").expect("write");
+        let env = |name: &str| match name {
+            TOKEN_ENV => Some("from-env".into()),
+            TLS_CA_ENV => Some(ca.clone().into_os_string()),
+            _ => None,
+        };
+        let o = none.options_with_env(d, env).expect("valid");
+        assert_eq!(o.token.as_deref(), Some("from-env"));
+        assert!(o.tls.is_some());
+        let o = none.options_with_env(d, |_| Some("".into())).expect("empty variables are unset");
+        assert!(o.token.is_none() && o.tls.is_none());
+        // Phase: the flag wins over the variable.
+        let flagged = ClusterOpt { admin_token: Some("from-flag".into()), ..none.clone() };
+        assert_eq!(flagged.options_with_env(d, env).expect("valid").token.as_deref(), Some("from-flag"));
+        // Phase: a CA file that is missing or holds no certificate is named.
+        let bad = ClusterOpt { tls_ca: Some(dir.path().join("absent.pem")), ..none.clone() };
+        let err = format!("{:#}", bad.options_with_env(d, |_| None).expect_err("missing file"));
+        assert!(err.contains("--tls-ca") && err.contains("absent.pem"), "{err}");
+        std::fs::write(&ca, "not pem").expect("write");
+        let err = format!("{:#}", none.options_with_env(d, env).expect_err("not PEM"));
+        assert!(err.contains("KEEL_TLS_CA") && err.contains("no PEM CERTIFICATE"), "{err}");
     }
 }

@@ -55,6 +55,9 @@ pub struct ClientService {
     pub durable: DurableHandle,
     pub limits: Limits,
     pub reserve: DiskReserve,
+    /// `admin.token`: topic and membership changes need it (see `auth.rs`
+    /// for why produce, commit-offset and reads do not).
+    pub token: Option<Arc<str>>,
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
@@ -117,6 +120,12 @@ fn propose_status(e: ProposeError) -> Status {
 }
 
 impl ClientService {
+    /// Refuses an admin mutation without the token, before anything else is
+    /// looked at (a follower does not even redirect it).
+    fn admin_only<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        super::auth::check_metadata(self.token.as_deref(), req.metadata(), what)
+    }
+
     fn leader_check(&self) -> Result<(), Status> {
         // First: a leader whose store failed still shows as leader until
         // it exits, and must propose nothing more.
@@ -545,6 +554,7 @@ impl Keel for ClientService {
         &self,
         req: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        self.admin_only(&req, "CreateTopic")?;
         let req = req.into_inner();
         state::check_name("topic", &req.name).map_err(reject_status)?;
         self.leader_check()?;
@@ -591,6 +601,7 @@ impl Keel for ClientService {
         &self,
         req: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        self.admin_only(&req, "DeleteTopic")?;
         let req = req.into_inner();
         self.leader_check()?;
         self.state().state.topic(&req.name).map_err(reject_status)?;
@@ -692,6 +703,7 @@ impl Keel for ClientService {
         &self,
         req: Request<pb::InitClusterRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.admin_only(&req, "InitCluster")?;
         let req = req.into_inner();
         let mut members = BTreeMap::new();
         for m in &req.members {
@@ -716,6 +728,7 @@ impl Keel for ClientService {
     }
 
     async fn add_node(&self, req: Request<pb::AddNodeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.admin_only(&req, "AddNode")?;
         let req = req.into_inner();
         if req.id == 0 || req.addr.is_empty() {
             return Err(invalid("add-node needs an id ≥ 1 and an address host:port"));
@@ -742,6 +755,7 @@ impl Keel for ClientService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.admin_only(&req, "RemoveNode")?;
         let req = req.into_inner();
         self.leader_check()?;
         let m = self.raft.metrics().borrow().clone();

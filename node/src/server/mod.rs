@@ -2,7 +2,8 @@
 //!
 //! - **network**: one gRPC port serving the client API ([`client_service`])
 //!   and the peer API ([`peer`]); the Raft client side ([`network`]) keeps one
-//!   connection per peer.
+//!   connection per peer. Optional TLS ([`tls`]); `admin.token` guards admin
+//!   mutations and peer RPCs ([`auth`]).
 //! - **raft**: the openraft `Raft` with the log store (`keel-raft-log`, whose
 //!   **flusher** actor owns fsync) and the state machine ([`state_machine`]
 //!   over [`state`]).
@@ -21,6 +22,7 @@
 //! store (its flusher syncs what was written).
 
 pub mod admin;
+mod auth;
 mod client_service;
 mod codec;
 mod durable;
@@ -34,6 +36,7 @@ pub(crate) mod reserve;
 mod retention;
 pub mod state;
 mod state_machine;
+mod tls;
 mod types;
 mod wire;
 
@@ -48,6 +51,7 @@ use keel_raft_log::Store;
 use openraft::{BasicNode, SnapshotPolicy};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::config::NodeConfig;
 
@@ -87,7 +91,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     // Both ports first: one in use stops the node before it touches anything.
     let admin_listener = admin::bind(config.admin_listen)?;
     let node_id = config.node_id;
-    let peers = network::Peers::default();
+    if let Some(files) = &config.tls {
+        tls::check(files)?;
+    }
+    let peers = network::Peers::new(
+        config.tls.as_ref().map(tls::peer_client_config),
+        auth::PeerCredentials::new(config.admin_token.as_deref())?,
+    );
     // Before the store opens and before Raft starts: a log that lacks
     // entries it held must not vote or lead.
     let repairs = repair::repair_log(&config, &peers).await.context("repair the log from a peer")?;
@@ -155,6 +165,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         durable: durable.clone(),
         limits,
         reserve: reserve.clone(),
+        token: config.admin_token.as_deref().map(Arc::from),
     };
     let admin = Arc::new(admin::Admin {
         node_id,
@@ -166,6 +177,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         flush_config: crate::config::effective(&config).into_iter().filter(|(k, _)| k.starts_with("flush.")).collect(),
         advertised: config.grpc_advertised.clone(),
         token: config.admin_token.clone(),
+        client_tls: config.tls.as_ref().map(tls::client_options).transpose()?,
         started: std::time::Instant::now(),
         sampler: admin::status::Sampler::default(),
         repairs,
@@ -178,18 +190,27 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         .with_context(|| format!("listen on grpc.listen {}", config.grpc_listen))?
         .with_nodelay(Some(true));
     let mut server_shutdown = shutdown_rx.clone();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = &config.tls {
+        builder = builder.tls_config(tls::server_config(files)).context("TLS on the gRPC port")?;
+    }
+    let peer_guard = auth::PeerGuard {
+        token: config.admin_token.as_deref().map(Arc::from),
+        require_client_cert: config.tls.is_some(),
+    };
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(
                 KeelServer::new(client_service)
                     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
             )
-            .add_service(
+            .add_service(InterceptedService::new(
                 RaftPeerServer::new(peer_service)
                     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
-            )
+                peer_guard,
+            ))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = server_shutdown.wait_for(|&s| s).await;
             }),
@@ -198,6 +219,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         node_id,
         grpc = %config.grpc_listen,
         advertised = %config.grpc_advertised,
+        tls = config.tls.is_some(),
+        token = config.admin_token.is_some(),
         dir = %config.store.dir.display(),
         flush = %config.store.flush.policy,
         "keel node started"

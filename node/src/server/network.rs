@@ -17,8 +17,10 @@ use openraft::raft::{
     VoteResponse,
 };
 use openraft::{AnyError, BasicNode};
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use super::auth::PeerCredentials;
 use super::types::TypeConfig;
 use super::wire;
 
@@ -26,15 +28,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// A peer RPC client: every call carries this node's credentials.
+pub type PeerRpc = RaftPeerClient<InterceptedService<Channel, PeerCredentials>>;
+
 /// Shared among the per-peer clients: channels by address, so a peer's
 /// channel (and its HTTP/2 connection) is reused by every Raft stream and by
 /// the durable-index reporter.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peers {
     inner: Arc<Mutex<HashMap<String, PeerConn>>>,
     /// When each node last answered an AppendEntries (heartbeats included):
     /// the admin status shows the time since.
     acks: Arc<Mutex<HashMap<u64, Instant>>>,
+    /// `Some`: peers are dialled over TLS (mutual: this node's certificate
+    /// is presented).
+    tls: Option<ClientTlsConfig>,
+    /// The token every peer call carries when `admin.token` is set.
+    credentials: PeerCredentials,
 }
 
 #[derive(Clone)]
@@ -46,24 +56,39 @@ struct PeerConn {
 }
 
 impl Peers {
+    pub fn new(tls: Option<ClientTlsConfig>, credentials: PeerCredentials) -> Self {
+        Self { inner: Arc::default(), acks: Arc::default(), tls, credentials }
+    }
+
     /// A client for `addr`, or `None` while the peer is in backoff.
-    pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, String> {
+    pub fn client(&self, addr: &str) -> Result<PeerRpc, String> {
         let mut peers = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = peers.get(addr) {
             if c.retry_at.is_some_and(|t| Instant::now() < t) {
                 return Err(format!("{addr} is unreachable (backing off)"));
             }
-            return Ok(client(c.channel.clone()));
+            return Ok(self.rpc(c.channel.clone()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr}: {e}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint =
+            Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| format!("bad peer address {addr}: {e}"))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS for peer {addr}: {e}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
         peers.insert(addr.to_string(), PeerConn { channel: channel.clone(), retry_at: None, backoff: BACKOFF_MIN });
-        Ok(client(channel))
+        Ok(self.rpc(channel))
+    }
+
+    fn rpc(&self, channel: Channel) -> PeerRpc {
+        RaftPeerClient::with_interceptor(channel, self.credentials.clone())
+            .max_decoding_message_size(super::MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(super::MAX_GRPC_MESSAGE_BYTES)
     }
 
     fn failed(&self, addr: &str) {
@@ -146,12 +171,6 @@ impl Peers {
     }
 }
 
-fn client(channel: Channel) -> RaftPeerClient<Channel> {
-    RaftPeerClient::new(channel)
-        .max_decoding_message_size(super::MAX_GRPC_MESSAGE_BYTES)
-        .max_encoding_message_size(super::MAX_GRPC_MESSAGE_BYTES)
-}
-
 /// openraft's factory: one [`PeerClient`] per target.
 #[derive(Clone)]
 pub struct Network {
@@ -205,7 +224,7 @@ impl PeerClient {
 
     async fn call<T, F, Fut>(&self, option: &RPCOption, f: F) -> Result<T, CallError>
     where
-        F: FnOnce(RaftPeerClient<Channel>) -> Fut,
+        F: FnOnce(PeerRpc) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let c = self.peers.client(&self.addr).map_err(CallError::Unreachable)?;
@@ -214,6 +233,14 @@ impl PeerClient {
             Ok(Ok(r)) => {
                 self.peers.succeeded(&self.addr);
                 Ok(r.into_inner())
+            }
+            // The peer refuses this node's credentials (another admin.token,
+            // or no certificate from its tls.ca): a configuration mistake no
+            // retry cures, so say it loudly; the backoff bounds the repeats.
+            Ok(Err(s)) if s.code() == tonic::Code::Unauthenticated => {
+                tracing::warn!(peer = self.target, addr = %self.addr, error = %s.message(), "a peer refused this node");
+                self.peers.failed(&self.addr);
+                Err(CallError::Unreachable(format!("node {} at {}: {}", self.target, self.addr, s.message())))
             }
             Ok(Err(s)) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {
                 self.peers.failed(&self.addr);

@@ -13,6 +13,10 @@
 //! <root>/node{i}.log               the node's stdout and stderr, appended across restarts
 //! ```
 //!
+//! When `extra` sets `tls.ca` (with `tls.cert` and `tls.key`), the
+//! harness's own calls (`cluster_info`, `client`, the start-up wait) use TLS
+//! and trust that CA.
+//!
 //! The nodes get none of the test run's `KEEL_*` variables (which `keel node`
 //! would let override its file): the properties file is the whole
 //! configuration. `root` is a `TempDir`, removed when the `Cluster` drops unless
@@ -76,6 +80,9 @@ pub struct Cluster {
     nodes: Vec<Node>,
     /// tmpfs volumes mounted for the nodes' data, unmounted by `Drop`.
     mounts: Vec<PathBuf>,
+    /// The nodes' `tls.ca` (PEM) when `extra` set one: the harness's own
+    /// calls then use TLS and trust it.
+    tls_ca: Option<Vec<u8>>,
 }
 
 /// Environment variables for node `i`'s process, given `i` and the node's
@@ -141,7 +148,11 @@ impl Cluster {
         let peers: Vec<String> = (1..=nodes).map(|id| format!("{id}@127.0.0.1:{}", grpc_ports[id - 1])).collect();
         let peers = peers.join(",");
 
-        let mut cluster = Cluster { root: None, nodes: Vec::with_capacity(nodes), mounts: Vec::new() };
+        let tls_ca = extra
+            .iter()
+            .find(|(k, _)| *k == "tls.ca")
+            .map(|(_, path)| std::fs::read(path).unwrap_or_else(|e| panic!("read the cluster's tls.ca {path}: {e}")));
+        let mut cluster = Cluster { root: None, nodes: Vec::with_capacity(nodes), mounts: Vec::new(), tls_ca };
         for index in 0..nodes {
             let id = index as u64 + 1;
             let dir = root.path().join(format!("node{id}"));
@@ -381,7 +392,7 @@ impl Cluster {
     /// A raw tonic client to node `i` (connected; panics if it cannot be).
     pub async fn client(&self, i: u64) -> KeelClient<Channel> {
         let addr = self.grpc(i);
-        let channel = endpoint(&addr, Duration::from_secs(5))
+        let channel = endpoint(&addr, Duration::from_secs(5), self.tls_ca.as_deref())
             .connect()
             .await
             .unwrap_or_else(|e| panic!("connect to node{i} at {addr}: {e}"));
@@ -393,7 +404,10 @@ impl Cluster {
     pub async fn cluster_info(&self, i: u64) -> Result<ClusterInfoResponse, String> {
         let addr = self.grpc(i);
         let call = async {
-            let channel = endpoint(&addr, CALL_TIMEOUT).connect().await.map_err(|e| format!("connect: {e}"))?;
+            let channel = endpoint(&addr, CALL_TIMEOUT, self.tls_ca.as_deref())
+                .connect()
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
             let response = KeelClient::new(channel)
                 .cluster_info(ClusterInfoRequest {})
                 .await
@@ -584,11 +598,15 @@ fn free_ports(count: usize) -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().expect("a bound listener has an address").port()).collect()
 }
 
-fn endpoint(addr: &str, timeout: Duration) -> Endpoint {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("host:port makes a valid URI")
-        .connect_timeout(timeout)
-        .timeout(timeout)
+/// A channel's endpoint: plaintext, or TLS trusting `tls_ca`.
+fn endpoint(addr: &str, timeout: Duration, tls_ca: Option<&[u8]>) -> Endpoint {
+    let scheme = if tls_ca.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).expect("host:port makes a valid URI");
+    if let Some(ca) = tls_ca {
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        endpoint = endpoint.tls_config(tls).expect("a CA-only TLS configuration is valid");
+    }
+    endpoint.connect_timeout(timeout).timeout(timeout)
 }
 
 /// The leader every live node names, if they all answered, agree, and the

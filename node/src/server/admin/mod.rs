@@ -60,6 +60,9 @@ pub struct Admin {
     pub token: Option<String>,
     /// `store.reserve.bytes`, for the advice.
     pub reserve: crate::server::reserve::DiskReserve,
+    /// `Some` when the gRPC port speaks TLS: the membership calls made
+    /// through `keel-client` verify the leader against `tls.ca`.
+    pub client_tls: Option<keel_client::TlsOptions>,
     pub started: Instant,
     pub sampler: status::Sampler,
     /// Damaged log ranges repaired from a peer at start-up.
@@ -329,21 +332,15 @@ fn check_origin(headers: &HeaderMap) -> Api<()> {
 }
 
 fn check_token(token: Option<&str>, headers: &HeaderMap) -> Api<()> {
-    let Some(token) = token else { return Ok(()) };
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let bearer = given.and_then(|v| v.split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
-    match bearer {
-        Some((_, t)) if constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token does not match admin.token")),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "this change needs the header Authorization: Bearer <admin.token>",
-        )),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    super::auth::check_bearer(token, given).map_err(|refusal| match refusal {
+        super::auth::Refusal::Wrong => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token does not match admin.token")
+        }
+        super::auth::Refusal::Missing => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "this change needs the header Authorization: Bearer <admin.token>")
+        }
+    })
 }
 
 /// The body as a JSON object (an empty body is an empty object when
@@ -410,7 +407,13 @@ fn cluster_client(admin: &Admin) -> Api<keel_client::Client> {
     if addrs.is_empty() {
         addrs.push(admin.advertised.clone());
     }
-    let options = keel_client::ClientOptions { call_timeout: MUTATION_TIMEOUT, ..Default::default() };
+    // The gRPC membership calls need the token as much as this endpoint did.
+    let options = keel_client::ClientOptions {
+        call_timeout: MUTATION_TIMEOUT,
+        tls: admin.client_tls.clone(),
+        token: admin.token.clone(),
+        ..Default::default()
+    };
     keel_client::Client::with_options(addrs, options)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot reach the cluster: {e}")))
 }
