@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `store.path.commitlog` | `./keel-data` | data directory (the Raft log's segments) |
 //! | `segment.bytes` | 67108864 (64 MiB) | size each segment is preallocated to (4096 to 1073741824) |
-//! | `segment.preallocate` | `zero` | `zero` (write zeros) or `fallocate` |
+//! | `segment.preallocate` | `fallocate` | `fallocate` (reserve unwritten extents) or `zero` (write zeros) |
 //! | `segment.preheat` | `false` | read each new segment once so its pages are cached |
 //! | `store.reserve.bytes` | max(2 × `segment.bytes`, 64 MiB) | free space the volume holding the log must keep: below it the leader refuses produce and topic creation (RESOURCE_EXHAUSTED) until space is freed, so ENOSPC never strikes a segment roll or a meta, index or checkpoint write; 0 turns the check off |
 //! | `segment.cached.sealed` | 2 | how many of the newest sealed segments keep their pages in the page cache; older ones give theirs back after each roll (reads then come from disk); -1 leaves it to the kernel |
@@ -243,7 +243,7 @@ pub struct KeyFlags {
     /// `segment.bytes`: size each segment is preallocated to [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes: Option<String>,
-    /// `segment.preallocate`: zero or fallocate [default: zero]
+    /// `segment.preallocate`: fallocate or zero [default: fallocate]
     #[arg(long, value_name = "HOW")]
     pub segment_preallocate: Option<String>,
     /// `segment.preheat`: read each new segment once so it is cached [default: false]

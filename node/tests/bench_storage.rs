@@ -28,6 +28,7 @@ const REQUIRED_KEYS: &[&str] = &[
     "ratio_at_engine_batch",
     "dir",
     "filesystem",
+    "preallocate",
 ];
 
 const THROUGHPUTS: &[&str] = &[
@@ -45,8 +46,21 @@ const THROUGHPUTS: &[&str] = &[
 fn a_short_run_reports_every_figure_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().expect("create a temp dir");
     let path = dir.path().to_str().expect("temp dir path is UTF-8");
-    let out =
-        keel(&["bench", "storage", "--duration", "0.3", "--writers", "4", "--size", "256", "--json", "--dir", path]);
+    let out = keel(&[
+        "bench",
+        "storage",
+        "--duration",
+        "0.3",
+        "--writers",
+        "4",
+        "--size",
+        "256",
+        "--preallocate",
+        "zero",
+        "--json",
+        "--dir",
+        path,
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "keel bench storage failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
@@ -65,6 +79,7 @@ fn a_short_run_reports_every_figure_and_leaves_nothing_behind() {
     }
     assert_eq!(report["writers"].as_u64(), Some(4));
     assert_eq!(report["size"].as_u64(), Some(256));
+    assert_eq!(report["preallocate"].as_str(), Some("zero"), "--preallocate did not reach the stores: {last}");
     assert!(report["sync_flush_syncs"].as_u64().is_some_and(|n| n > 0), "no fdatasync counted: {last}");
     assert!(report["engine_append_p50_us"].as_u64().is_some_and(|n| n > 0));
 
@@ -84,7 +99,13 @@ fn a_short_run_reports_every_figure_and_leaves_nothing_behind() {
 fn bad_flags_are_refused_by_name() {
     let dir = tempfile::tempdir().expect("create a temp dir");
     let path = dir.path().to_str().expect("temp dir path is UTF-8");
-    for (flag, value) in [("--size", "0"), ("--writers", "0"), ("--duration", "0"), ("--size", "100000000")] {
+    for (flag, value) in [
+        ("--size", "0"),
+        ("--writers", "0"),
+        ("--duration", "0"),
+        ("--size", "100000000"),
+        ("--preallocate", "sometimes"),
+    ] {
         let out = keel(&["bench", "storage", "--dir", path, flag, value]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{flag} {value} was accepted");

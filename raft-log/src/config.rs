@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `store.path.commitlog` | (required) | data directory |
 //! | `segment.bytes` | 67108864 (64 MiB) | size each segment is preallocated to |
-//! | `segment.preallocate` | `zero` | `zero` (write zeros) or `fallocate` |
+//! | `segment.preallocate` | `fallocate` | `fallocate` (reserve unwritten extents) or `zero` (write zeros) |
 //! | `segment.preheat` | `false` | read each new segment once so its pages are cached (预热) |
 //! | `segment.cached.sealed` | 2 | how many of the newest sealed segments keep their pages in the page cache; older ones give theirs back after each roll (reads then come from disk); -1 leaves it to the kernel |
 //! | `flush.disk.type` | `SYNC_FLUSH` | `SYNC_FLUSH`, `BATCH_FLUSH` or `ASYNC_FLUSH` |
@@ -177,7 +177,7 @@ impl StoreConfig {
         Self {
             dir: dir.into(),
             segment_bytes: Self::DEFAULT_SEGMENT_BYTES,
-            preallocate: Preallocate::Zero,
+            preallocate: Preallocate::Fallocate,
             preheat: false,
             cached_sealed: Some(2),
             flush: FlushConfig::default(),

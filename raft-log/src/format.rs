@@ -16,7 +16,8 @@
 //!
 //! # Segment file
 //!
-//! A segment is preallocated to `segment.bytes` and zero-filled. It starts
+//! A segment is preallocated to `segment.bytes` (unwritten extents or
+//! written zeros: either reads back as zeros where nothing was written). It starts
 //! with a 32-byte header, then records back to back, then zeros.
 //!
 //! ```text
@@ -318,7 +319,8 @@ pub fn check_record(b: &[u8], max_payload: usize, salt: u32) -> Result<RecordHea
 
 /// Does `region` (bytes of a bad record, starting at file position
 /// `file_pos`) show what a crash leaves of an unsynced write? Segments are
-/// zero-filled and never rewritten, so a write that did not reach the disk
+/// preallocated (written zeros, or unwritten extents that read as zeros) and
+/// never rewritten, so a write that did not reach the disk
 /// reads back as zeros, lost in whole 512-byte sectors: an all-zero header,
 /// an all-zero aligned sector, or an all-zero start up to the first sector
 /// boundary (the rest of a sector whose older bytes were synced). A flipped

@@ -21,11 +21,14 @@ use bytes::Bytes;
 pub enum Preallocate {
     /// Write zeros over the whole file and fdatasync it. The later appends
     /// then overwrite allocated, written blocks, so each `fdatasync` is a pure
-    /// data flush with no extent conversion to journal (measured faster on
-    /// ext4; see ARCHITECTURE.md).
+    /// data flush with no extent conversion to journal: the faster sync for
+    /// a lone writer on ext4, but under sustained load the fill's dirty
+    /// blocks join the journal commits of the appends' syncs (3× the
+    /// produce p99; ARCHITECTURE.md, "Preallocation").
     Zero,
-    /// `fallocate(2)`: reserves blocks as unwritten extents. Falls back to
-    /// [`Preallocate::Zero`] where the filesystem answers EOPNOTSUPP.
+    /// `fallocate(2)`: reserves blocks as unwritten extents (the default).
+    /// Falls back to [`Preallocate::Zero`] where the filesystem answers
+    /// EOPNOTSUPP.
     Fallocate,
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use keel_raft_log::raw::{RawConfig, RawData};
-use keel_raft_log::{FlushConfig, FlushPolicy, FlushStats, LogStore, RecordKind, Store, StoreConfig};
+use keel_raft_log::{FlushConfig, FlushPolicy, FlushStats, LogStore, Preallocate, RecordKind, Store, StoreConfig};
 use openraft::storage::RaftLogStorageExt;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +42,7 @@ pub struct Phase {
     /// A directory of its own: the store flocks it.
     pub dir: PathBuf,
     pub segment_bytes: u64,
+    pub preallocate: Preallocate,
     pub policy: FlushPolicy,
     pub writers: usize,
     pub size: usize,
@@ -147,6 +148,7 @@ fn entry(index: u64, timestamp_ms: u64, bytes: Vec<u8>) -> Entry<RawConfig> {
 pub async fn run(phase: &Phase) -> Result<Outcome> {
     let mut config = StoreConfig::new(&phase.dir);
     config.segment_bytes = phase.segment_bytes;
+    config.preallocate = phase.preallocate;
     config.flush = FlushConfig::with_policy(phase.policy);
     let store = Store::open(config).await.with_context(|| format!("open the log store in {}", phase.dir.display()))?;
     let mut log_store = LogStore::<RawConfig>::new(store);

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use keel_raft_log::{FlushConfig, FlushPolicy, StoreConfig};
+use keel_raft_log::{FlushConfig, FlushPolicy, Preallocate, StoreConfig};
 use serde::Serialize;
 
 use super::engine::{self, Phase};
@@ -67,6 +67,10 @@ pub struct StorageArgs {
     /// `segment.bytes` of the stores under test
     #[arg(long, value_name = "BYTES", default_value_t = StoreConfig::DEFAULT_SEGMENT_BYTES, value_parser = parse_segment_bytes)]
     segment_bytes: u64,
+    /// `segment.preallocate` of the stores under test: fallocate or zero
+    /// [default: the store's default, fallocate]
+    #[arg(long, value_name = "HOW", value_parser = parse_preallocate)]
+    preallocate: Option<Preallocate>,
     /// Also print the results as one JSON object, the last line of stdout
     #[arg(long)]
     json: bool,
@@ -107,6 +111,12 @@ fn parse_segment_bytes(s: &str) -> Result<u64, String> {
     Ok(c.segment_bytes)
 }
 
+fn parse_preallocate(s: &str) -> Result<Preallocate, String> {
+    let mut c = StoreConfig::new(".");
+    c.set("segment.preallocate", s).map_err(|e| e.to_string())?;
+    Ok(c.preallocate)
+}
+
 /// Validated settings of one run.
 #[derive(Debug, Clone, Copy)]
 struct Settings {
@@ -115,6 +125,7 @@ struct Settings {
     duration: Duration,
     warmup: Duration,
     segment_bytes: u64,
+    preallocate: Preallocate,
 }
 
 impl Settings {
@@ -146,6 +157,7 @@ impl Settings {
             duration,
             warmup: duration.clamp(WARMUP_MIN, WARMUP_MAX),
             segment_bytes: args.segment_bytes,
+            preallocate: args.preallocate.unwrap_or(c.preallocate),
         })
     }
 
@@ -153,6 +165,7 @@ impl Settings {
         Phase {
             dir,
             segment_bytes: self.segment_bytes,
+            preallocate: self.preallocate,
             policy,
             writers,
             size: self.size,
@@ -200,6 +213,8 @@ struct Report {
     duration_s: f64,
     warmup_s: f64,
     segment_bytes: u64,
+    /// `segment.preallocate` of the engine phases: "fallocate" or "zero".
+    preallocate: &'static str,
     /// Some phase hit its bound on appended bytes and ended early.
     capped: bool,
     /// The fallocate loop reached the end of its file before its time was up.
@@ -485,6 +500,10 @@ async fn measure(s: &Settings, work: &Path, base: &Path, filesystem: Option<Stri
         duration_s: duration.as_secs_f64(),
         warmup_s: s.warmup.as_secs_f64(),
         segment_bytes: s.segment_bytes,
+        preallocate: match s.preallocate {
+            Preallocate::Fallocate => "fallocate",
+            Preallocate::Zero => "zero",
+        },
         capped: sync.capped || single.capped || batch_run.capped || async_run.capped,
         fallocate_file_exhausted,
         dir: base.display().to_string(),
@@ -518,10 +537,11 @@ fn table(r: &Report) -> String {
         t.push_str(&format!("  {label:<LABEL_WIDTH$} {value:>12}  {unit}\n"));
     };
     let mut out = format!(
-        "\nkeel bench storage: {} ({}), W={w} writers, S={s} B, {:.1} s per point\n\n",
+        "\nkeel bench storage: {} ({}), W={w} writers, S={s} B, {:.1} s per point, segment.preallocate={}\n\n",
         r.dir,
         r.filesystem.as_deref().unwrap_or("filesystem unknown"),
-        r.duration_s
+        r.duration_s,
+        r.preallocate
     );
     out.push_str(&format!("  {:<LABEL_WIDTH$} {:>12}  unit\n", format!("throughput (W={w}, S={s} B)"), "value"));
     line("raw disk: pwrite W×S + fdatasync loop, no engine", group(r.raw_appends_per_s), "appends/s");
