@@ -37,7 +37,7 @@ mod retention;
 pub mod state;
 mod state_machine;
 mod tls;
-mod types;
+pub mod types;
 mod wire;
 
 use std::collections::BTreeMap;
