@@ -56,7 +56,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -779,6 +779,19 @@ fn parse_host_port(v: &str) -> Result<String, String> {
     let port: u16 = port.parse().map_err(|_| format!("port {port:?} is not a number from 0 to 65535"))?;
     let ip: Option<IpAddr> = if let Some(inner) = host.strip_prefix('[') {
         let inner = inner.strip_suffix(']').ok_or_else(|| format!("{host:?} is missing its closing `]`"))?;
+        if inner.contains('%') {
+            // A link-local address with its zone (`[fe80::1%2]`): `grpc.listen`
+            // takes one, and the default `grpc.advertised` is its text, so
+            // refusing it here made `keel config check` print a configuration
+            // that did not read back (found by the `config` fuzz target).
+            let addr = format!("[{inner}]:{port}")
+                .parse::<SocketAddrV6>()
+                .map_err(|_| format!("{inner:?} is not an IPv6 address with a numeric zone"))?;
+            if addr.ip().is_unspecified() {
+                return Err(format!("{} is the unspecified address, which others cannot dial", addr.ip()));
+            }
+            return Ok(addr.to_string());
+        }
         Some(IpAddr::V6(inner.parse::<Ipv6Addr>().map_err(|_| format!("{inner:?} is not an IPv6 address"))?))
     } else if host.contains(':') {
         return Err(format!("an IPv6 address needs brackets, e.g. [{host}]:{port}"));
@@ -1234,6 +1247,22 @@ mod tests {
         let path = dir.path().join("absent.properties");
         let err = load_with_env(Some(&path), Vec::new(), Vec::new()).expect_err("missing file accepted");
         assert_names(&format!("{err:#}"), &[&path.display().to_string()]);
+    }
+
+    #[test]
+    fn a_listen_address_with_an_ipv6_zone_prints_a_config_that_reads_back() {
+        // grpc.listen takes a zone; the default grpc.advertised (and the
+        // default peers) are its text, which must read back too.
+        let c = from_file("grpc.listen=[fe80::1%2]:9091").expect("a zone in grpc.listen is valid");
+        let printed = effective(&c);
+        assert_eq!(printed["grpc.advertised"], "[fe80::1%2]:9091");
+        let text: String =
+            printed.iter().filter(|(k, _)| **k != "admin.token").map(|(k, v)| format!("{k}={v}\n")).collect();
+        let back = from_file(&text).expect("printed configuration reads back");
+        assert_eq!(effective(&back), printed);
+        // A zone still needs a dialable address and a numeric zone.
+        assert!(from_file("grpc.advertised=[::%2]:9091").is_err());
+        assert!(from_file("grpc.advertised=[fe80::1%eth0]:9091").is_err());
     }
 
     #[test]

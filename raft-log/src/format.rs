@@ -561,12 +561,19 @@ impl Meta {
             committed: flags & 2 != 0,
         });
         let pos = |at| LogPos::new(u64_at(b, at), u64_at(b, at + 8), u64_at(b, at + 16));
-        Ok(Meta {
-            vote,
-            committed: (flags & 8 != 0).then(|| pos(32)),
-            purged: (flags & 16 != 0).then(|| pos(56)),
-            generation: u64_at(b, 80),
-        })
+        let committed = (flags & 8 != 0).then(|| pos(32));
+        let purged = (flags & 16 != 0).then(|| pos(56));
+        // The log continues after both (next index = index + 1), so no
+        // store can have written either at the last u64 index: refuse it
+        // here rather than overflow later (found by the `segment_recovery`
+        // fuzz target).
+        if committed.is_some_and(|p| p.index == u64::MAX) {
+            return Err("committed log id at the last possible index");
+        }
+        if purged.is_some_and(|p| p.index == u64::MAX) {
+            return Err("purged log id at the last possible index");
+        }
+        Ok(Meta { vote, committed, purged, generation: u64_at(b, 80) })
     }
 }
 
@@ -727,6 +734,18 @@ mod tests {
         }
         assert!(Meta::decode(&b[..70]).is_err());
         assert!(Meta::decode(&[b.as_slice(), &[0]].concat()).is_err());
+    }
+
+    #[test]
+    fn a_meta_log_id_at_the_last_index_is_refused() {
+        for (committed, purged) in
+            [(Some(LogPos::new(1, 1, u64::MAX)), None), (None, Some(LogPos::new(1, 1, u64::MAX)))]
+        {
+            let m = Meta { vote: None, committed, purged, generation: 0 };
+            assert!(Meta::decode(&m.encode()).is_err(), "{m:?} decoded");
+        }
+        let m = Meta { purged: Some(LogPos::new(1, 1, u64::MAX - 1)), ..Meta::default() };
+        assert_eq!(Meta::decode(&m.encode()), Ok(m), "one below the last index is a valid log id");
     }
 
     #[test]

@@ -46,18 +46,20 @@ pub struct Limits {
     pub advertised: String,
 }
 
+/// The `Keel` service of one node. Built by `server::start` only; public so
+/// the fuzz targets can call its handlers (through `server::in_process`).
 pub struct ClientService {
-    pub node_id: u64,
-    pub raft: Raft,
-    pub store: Store,
-    pub shared: Arc<Shared>,
-    pub proposer: ProposerHandle,
-    pub durable: DurableHandle,
-    pub limits: Limits,
-    pub reserve: DiskReserve,
+    pub(crate) node_id: u64,
+    pub(crate) raft: Raft,
+    pub(crate) store: Store,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) proposer: ProposerHandle,
+    pub(crate) durable: DurableHandle,
+    pub(crate) limits: Limits,
+    pub(crate) reserve: DiskReserve,
     /// `admin.token`: topic and membership changes need it (see `auth.rs`
     /// for why produce, commit-offset and reads do not).
-    pub token: Option<Arc<str>>,
+    pub(crate) token: Option<Arc<str>>,
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {

@@ -428,6 +428,16 @@ mod tests {
     }
 
     #[test]
+    fn a_command_whose_string_runs_past_the_payload_is_malformed() {
+        // CreateTopic (variant 0) whose name claims 2^60 bytes: bincode
+        // allocated that much before reading it (found by fuzzing).
+        let mut payload = vec![KIND_COMMAND, 0, 0xFD];
+        payload.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        payload.extend_from_slice(b"orders");
+        assert!(decode(Bytes::from(payload)).is_err());
+    }
+
+    #[test]
     fn commands_round_trip() {
         let c = Command::CommitOffset { group: "g".into(), topic: "t".into(), partition: 2, offset: 10 };
         let Decoded::Command(back) = decode(Bytes::from(encode_command(&c))).expect("decodes") else {

@@ -23,7 +23,7 @@
 
 pub mod admin;
 mod auth;
-mod client_service;
+pub mod client_service;
 mod codec;
 mod durable;
 pub mod entry;
@@ -37,7 +37,7 @@ mod retention;
 pub mod state;
 mod state_machine;
 mod tls;
-mod types;
+pub mod types;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -98,75 +98,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         config.tls.as_ref().map(tls::peer_client_config),
         auth::PeerCredentials::new(config.admin_token.as_deref())?,
     );
-    // Before the store opens and before Raft starts: a log that lacks
-    // entries it held must not vote or lead.
-    let repairs = repair::repair_log(&config, &peers).await.context("repair the log from a peer")?;
-    let store =
-        open_store(&config).await.with_context(|| format!("open the log store in {}", config.store.dir.display()))?;
-    // A node that was the leader would restart as the leader of the same
-    // term (openraft 0.9's `Engine::startup` restores a committed vote for
-    // itself). Its log may have lost entries it had written but not fsynced
-    // (the leader replicates before its own fsync) that followers hold
-    // durably under the same log ids: staying leader of that term, it would
-    // issue those log ids again for other entries, and Raft, which tells
-    // entries apart by log id, would never repair the divergence. Found by
-    // keel-chaos power-loss under BATCH_FLUSH (an acknowledged message lost,
-    // replicas diverged). So it starts as a follower and must win an election
-    // in a higher term, which only a node holding every majority-fsynced
-    // entry can.
-    if let Some(v) = store.read_vote()
-        && v.committed
-        && v.voted_for == Some(node_id)
-    {
-        store
-            .save_vote(keel_raft_log::format::MetaVote { committed: false, ..v })
-            .await
-            .context("step down from the leadership held before the restart")?;
-    }
-    let (sm, shared) = state_machine::StateMachine::open(store.clone()).await.context("open the state machine")?;
-    let log_store = types::LogStore::new(store.clone());
-    let raft =
-        types::Raft::new(node_id, Arc::new(raft_config()?), network::Network { peers: peers.clone() }, log_store, sm)
-            .await
-            .context("start raft")?;
-
-    let durable = durable::DurableHandle::start(node_id, raft.clone(), store.clone(), peers.clone());
-    // The store writes to disk only the committed id the cluster has fsynced
-    // on a majority (it matters under BATCH_FLUSH and ASYNC_FLUSH).
-    {
-        let (mut rx, store) = (durable.subscribe(), store.clone());
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                let d = *rx.borrow_and_update();
-                store.note_durable(d);
-            }
-        });
-    }
-    let proposer = proposer::ProposerHandle::start(
-        raft.clone(),
-        store.max_payload_bytes(),
-        config.store.flush.commitlog_timeout(),
-    );
-    let reserve = reserve::DiskReserve { dir: config.store.dir.clone(), reserve_bytes: config.reserve_bytes };
-    let limits = client_service::Limits {
-        retention_ms: config.retention_ms,
-        retention_bytes: config.retention_bytes,
-        max_message_bytes: config.max_message_bytes,
-        commitlog_timeout: config.store.flush.commitlog_timeout(),
-        policy: config.store.flush.policy,
-        advertised: config.grpc_advertised.clone(),
-    };
-    let client_service = client_service::ClientService {
-        node_id,
-        raft: raft.clone(),
-        store: store.clone(),
-        shared: shared.clone(),
-        proposer,
-        durable: durable.clone(),
-        limits,
-        reserve: reserve.clone(),
-        token: config.admin_token.as_deref().map(Arc::from),
-    };
+    let Started { raft, store, shared, durable, reserve, repairs, client_service } = start(&config, &peers).await?;
     let admin = Arc::new(admin::Admin {
         node_id,
         raft: raft.clone(),
@@ -302,6 +234,139 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     Ok(())
 }
 
+/// The node's storage, Raft and client service, started but not yet on the
+/// network: [`run`] serves them, [`in_process`] hands the client service to
+/// a caller in this process.
+struct Started {
+    raft: types::Raft,
+    store: Store,
+    shared: Arc<state_machine::Shared>,
+    durable: durable::DurableHandle,
+    reserve: reserve::DiskReserve,
+    repairs: Vec<repair::Repaired>,
+    client_service: client_service::ClientService,
+}
+
+async fn start(config: &NodeConfig, peers: &network::Peers) -> Result<Started> {
+    let node_id = config.node_id;
+    // Before the store opens and before Raft starts: a log that lacks
+    // entries it held must not vote or lead.
+    let repairs = repair::repair_log(config, peers).await.context("repair the log from a peer")?;
+    let store =
+        open_store(config).await.with_context(|| format!("open the log store in {}", config.store.dir.display()))?;
+    // A node that was the leader would restart as the leader of the same
+    // term (openraft 0.9's `Engine::startup` restores a committed vote for
+    // itself). Its log may have lost entries it had written but not fsynced
+    // (the leader replicates before its own fsync) that followers hold
+    // durably under the same log ids: staying leader of that term, it would
+    // issue those log ids again for other entries, and Raft, which tells
+    // entries apart by log id, would never repair the divergence. Found by
+    // keel-chaos power-loss under BATCH_FLUSH (an acknowledged message lost,
+    // replicas diverged). So it starts as a follower and must win an election
+    // in a higher term, which only a node holding every majority-fsynced
+    // entry can.
+    if let Some(v) = store.read_vote()
+        && v.committed
+        && v.voted_for == Some(node_id)
+    {
+        store
+            .save_vote(keel_raft_log::format::MetaVote { committed: false, ..v })
+            .await
+            .context("step down from the leadership held before the restart")?;
+    }
+    let (sm, shared) = state_machine::StateMachine::open(store.clone()).await.context("open the state machine")?;
+    let log_store = types::LogStore::new(store.clone());
+    let raft =
+        types::Raft::new(node_id, Arc::new(raft_config()?), network::Network { peers: peers.clone() }, log_store, sm)
+            .await
+            .context("start raft")?;
+
+    let durable = durable::DurableHandle::start(node_id, raft.clone(), store.clone(), peers.clone());
+    // The store writes to disk only the committed id the cluster has fsynced
+    // on a majority (it matters under BATCH_FLUSH and ASYNC_FLUSH).
+    {
+        let (mut rx, store) = (durable.subscribe(), store.clone());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let d = *rx.borrow_and_update();
+                store.note_durable(d);
+            }
+        });
+    }
+    let proposer = proposer::ProposerHandle::start(
+        raft.clone(),
+        store.max_payload_bytes(),
+        config.store.flush.commitlog_timeout(),
+    );
+    let reserve = reserve::DiskReserve { dir: config.store.dir.clone(), reserve_bytes: config.reserve_bytes };
+    let limits = client_service::Limits {
+        retention_ms: config.retention_ms,
+        retention_bytes: config.retention_bytes,
+        max_message_bytes: config.max_message_bytes,
+        commitlog_timeout: config.store.flush.commitlog_timeout(),
+        policy: config.store.flush.policy,
+        advertised: config.grpc_advertised.clone(),
+    };
+    let client_service = client_service::ClientService {
+        node_id,
+        raft: raft.clone(),
+        store: store.clone(),
+        shared: shared.clone(),
+        proposer,
+        durable: durable.clone(),
+        limits,
+        reserve: reserve.clone(),
+        token: config.admin_token.as_deref().map(Arc::from),
+    };
+    Ok(Started { raft, store, shared, durable, reserve, repairs, client_service })
+}
+
+/// A single-node cluster in `dir`, running in this process and off the
+/// network (no port is bound, no peer dialled, no retention): the fuzz
+/// targets (`fuzz/`) drive its client service with arbitrary requests.
+pub struct InProcess {
+    client: client_service::ClientService,
+    raft: types::Raft,
+    store: Store,
+}
+
+impl InProcess {
+    /// The `Keel` gRPC service, to call its handlers directly.
+    pub fn client(&self) -> &client_service::ClientService {
+        &self.client
+    }
+
+    /// Stop Raft and close the store (its flusher syncs what was written).
+    pub async fn shutdown(self) -> Result<()> {
+        let Self { client, raft, store } = self;
+        drop(client);
+        let _ = raft.shutdown().await;
+        drop(raft);
+        store.close().await.context("close the log store")
+    }
+}
+
+/// Start node 1 of a one-node cluster on `dir` with small segments and
+/// SYNC_FLUSH, and wait until it leads.
+pub async fn in_process(dir: &std::path::Path) -> Result<InProcess> {
+    let text = format!(
+        "store.path.commitlog={}\nsegment.bytes={}\nmax.message.bytes={}\nstore.reserve.bytes=0\n",
+        dir.display(),
+        1 << 20,
+        256 << 10
+    );
+    let file = crate::config::parse_properties(&text, "in_process")?;
+    let config = crate::config::resolve(file, Vec::new(), Vec::new())?;
+    let peers = network::Peers::new(None, auth::PeerCredentials::new(None)?);
+    let Started { raft, store, client_service, .. } = start(&config, &peers).await?;
+    bootstrap(&raft, &config).await?;
+    raft.wait(Some(Duration::from_secs(30)))
+        .current_leader(config.node_id, "the one node leads")
+        .await
+        .context("wait for the one node to lead")?;
+    Ok(InProcess { client: client_service, raft, store })
+}
+
 /// The environment variable that arms an EIO failpoint in the log's I/O
 /// layer: `fsync:after=N`, `fsync:when=PATH`, `write:after=N` or
 /// `write:when=PATH`. Honoured only by test builds (keel-raft-log's
@@ -352,4 +417,41 @@ async fn bootstrap(raft: &types::Raft, config: &NodeConfig) -> Result<()> {
         Err(e) => tracing::warn!(error = %e, "cluster.bootstrap: not initialised"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_proto::client::{self as pb, keel_server::Keel as _};
+    use tonic::Request;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_in_process_node_serves_its_handlers_without_a_network() {
+        // The fuzz targets' harness (not built by CI): it starts, leads,
+        // takes a topic and a produce, and reads the record back.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = super::in_process(dir.path()).await.expect("starts");
+        let c = node.client();
+        c.create_topic(Request::new(pb::CreateTopicRequest { name: "t".into(), config: None }))
+            .await
+            .expect("create topic");
+        let record = pb::Record { value: b"v".to_vec().into(), ..Default::default() };
+        let r = c
+            .produce(Request::new(pb::ProduceRequest {
+                topic: "t".into(),
+                records: vec![record],
+                ..Default::default()
+            }))
+            .await
+            .expect("produce")
+            .into_inner();
+        assert_eq!((r.base_offset, r.count), (0, 1));
+        let f = c
+            .fetch(Request::new(pb::FetchRequest { topic: "t".into(), ..Default::default() }))
+            .await
+            .expect("fetch")
+            .into_inner();
+        assert_eq!(f.records.len(), 1);
+        assert_eq!(&f.records[0].value[..], b"v");
+        node.shutdown().await.expect("shuts down");
+    }
 }

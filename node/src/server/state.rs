@@ -97,10 +97,39 @@ pub struct CqEntry {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(try_from = "QueueParts")]
 pub struct ConsumeQueue {
     /// Offset of the first entry in `data`.
     base_offset: u64,
     data: Vec<u8>,
+}
+
+/// A queue as a checkpoint holds it, checked before it becomes a
+/// [`ConsumeQueue`]: whole entries, and offsets that fit a u64 (`end()`
+/// overflowed on one that did not; found writing the `consume_queue` fuzz
+/// target).
+#[derive(Deserialize)]
+struct QueueParts {
+    base_offset: u64,
+    data: Vec<u8>,
+}
+
+impl TryFrom<QueueParts> for ConsumeQueue {
+    type Error = String;
+
+    fn try_from(p: QueueParts) -> Result<Self, String> {
+        if p.data.len() % CQ_ENTRY_BYTES != 0 {
+            return Err(format!("a consume queue of {} bytes splits a {CQ_ENTRY_BYTES}-byte entry", p.data.len()));
+        }
+        let count = (p.data.len() / CQ_ENTRY_BYTES) as u64;
+        if p.base_offset.checked_add(count).is_none() {
+            return Err(format!(
+                "a consume queue of {count} entries from offset {} runs past the last offset",
+                p.base_offset
+            ));
+        }
+        Ok(Self { base_offset: p.base_offset, data: p.data })
+    }
 }
 
 impl ConsumeQueue {
@@ -541,6 +570,18 @@ mod tests {
             Applied::Batches(mut v) => v.remove(0),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_checkpointed_queue_that_runs_past_the_last_offset_or_splits_an_entry_is_refused() {
+        // bincode lays a struct out as a tuple of its fields.
+        let queue = |base: u64, len: usize| crate::server::codec::encode(&(base, vec![0u8; len]));
+        let cq: ConsumeQueue = crate::server::codec::decode(&queue(7, 2 * CQ_ENTRY_BYTES)).expect("a valid queue");
+        assert_eq!((cq.start(), cq.end()), (7, 9));
+        assert!(crate::server::codec::decode::<ConsumeQueue>(&queue(u64::MAX, CQ_ENTRY_BYTES)).is_err());
+        assert!(crate::server::codec::decode::<ConsumeQueue>(&queue(0, CQ_ENTRY_BYTES + 1)).is_err());
+        let cq: ConsumeQueue = crate::server::codec::decode(&queue(u64::MAX, 0)).expect("empty at the end");
+        assert_eq!(cq.get(u64::MAX), None);
     }
 
     #[test]

@@ -200,3 +200,18 @@ async fn find_damage_refuses_while_a_store_has_the_directory_open() {
     assert!(matches!(repair::find_damage(&RealFs, dir.path()), Err(Error::Locked { .. })));
     store.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_purged_through_the_last_index_is_corruption_not_a_panic() {
+    // A meta file (checksum intact) whose purge point is u64::MAX: the
+    // first index after it would overflow. Found by the segment_recovery
+    // fuzz target.
+    let dir = tempfile::tempdir().expect("tempdir");
+    written(dir.path()).await;
+    let meta = crate::format::Meta { purged: Some(LogPos::new(1, 1, u64::MAX)), ..Default::default() };
+    std::fs::write(dir.path().join("meta"), meta.encode()).expect("write meta");
+    let err = repair::find_damage(&RealFs, dir.path()).expect_err("accepted");
+    assert!(matches!(err, Error::Corruption { .. }), "{err}");
+    let err = Store::open(config(dir.path(), SEGMENT, FlushPolicy::SyncFlush)).await.expect_err("opened");
+    assert!(matches!(err, Error::Corruption { .. }), "{err}");
+}
