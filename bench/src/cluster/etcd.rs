@@ -104,7 +104,7 @@ pub async fn start(procs: &mut Procs, scratch: &Path) -> Result<Started> {
         version,
         flush: super::keel::SYNC_FLUSH,
         target: Target::Etcd { kv: kv.clone() },
-        reset: Reset::EtcdCompact(kv),
+        reset: Reset::EtcdCompact(Box::new(kv)),
         data_dir,
     })
 }

@@ -29,15 +29,16 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const READY_POLL: Duration = Duration::from_millis(250);
 
 /// What to do between two load points so that one point's backlog does not
-/// weigh on the next (and the disk does not fill).
+/// weigh on the next (and the disk does not fill). The clients are boxed:
+/// they differ in size by hundreds of bytes.
 pub enum Reset {
     /// keel: nothing (its log is the measurement; retention is not needed
     /// for a run this short).
     Nothing,
     /// etcd: compact away old revisions (physical), so bbolt reuses pages.
-    EtcdCompact(etcd_client::KvClient),
+    EtcdCompact(Box<etcd_client::KvClient>),
     /// NATS: purge the stream.
-    NatsPurge(async_nats::jetstream::stream::Stream),
+    NatsPurge(Box<async_nats::jetstream::stream::Stream>),
     /// RabbitMQ: purge the queue.
     RabbitPurge(lapin::Channel, String),
 }

@@ -117,7 +117,7 @@ pub async fn start(procs: &mut Procs, bin: &Path, scratch: &Path) -> Result<Star
         version,
         flush: super::keel::SYNC_FLUSH,
         target: Target::Nats { js, subject: Arc::from(SUBJECT) },
-        reset: Reset::NatsPurge(stream),
+        reset: Reset::NatsPurge(Box::new(stream)),
         data_dir,
     })
 }
