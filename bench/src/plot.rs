@@ -1,0 +1,143 @@
+//! The plot: messages/s and p99 ack latency against messages in flight, for
+//! the 1 KiB points of every system. Solid lines: acked after fsync on a
+//! majority; dashed: keel under its weaker policies. Both axes logarithmic.
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+use crate::cluster::keel::SYNC_FLUSH;
+use crate::report::{Report, Row, SYSTEMS};
+
+const WIDTH: u32 = 1200;
+const HEIGHT: u32 = 520;
+const SIZE: usize = 1024;
+
+fn color(system: &str, flush: &str) -> RGBColor {
+    match (system, flush) {
+        ("keel", SYNC_FLUSH) => RGBColor(0xd6, 0x27, 0x28),
+        ("keel", "BATCH_FLUSH") => RGBColor(0x94, 0x67, 0xbd),
+        ("keel", _) => RGBColor(0x8c, 0x56, 0x4b),
+        ("etcd", _) => RGBColor(0x1f, 0x77, 0xb4),
+        ("nats", _) => RGBColor(0x2c, 0xa0, 0x2c),
+        _ => RGBColor(0xff, 0x7f, 0x0e),
+    }
+}
+
+/// Each (system, flush) with its 1 KiB points, sorted by in flight.
+fn series(report: &Report) -> Vec<(String, &'static str, Vec<&Row>)> {
+    let mut out = Vec::new();
+    let flushes: [&'static str; 3] = [SYNC_FLUSH, "BATCH_FLUSH", "ASYNC_FLUSH"];
+    for flush in flushes {
+        for system in SYSTEMS {
+            let mut rows: Vec<&Row> = report
+                .results
+                .iter()
+                .filter(|r| r.system == system && r.flush == flush && r.size == SIZE && r.msgs_per_s > 0.0)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            rows.sort_by_key(|r| r.inflight);
+            let label = if flush == SYNC_FLUSH { system.to_string() } else { format!("{system} {flush} (weaker)") };
+            out.push((label, flush, rows));
+        }
+    }
+    out
+}
+
+fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo > hi { (1.0, 10.0) } else { (lo / 2.0, hi * 2.0) }
+}
+
+pub fn render(report: &Report) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
+        let title = format!(
+            "1 KiB messages, three-node clusters on loopback, {}{}",
+            report.date,
+            if report.quick { " (quick run)" } else { "" }
+        );
+        let root = root.titled(&title, ("sans-serif", 20)).map_err(|e| anyhow!("plot: {e}"))?;
+        let (left, right) = root.split_horizontally(WIDTH / 2);
+        let all = series(report);
+        let rows = || all.iter().flat_map(|(_, _, rows)| rows.iter());
+        let max_inflight = rows().map(|r| r.inflight).max().unwrap_or(256).max(2) as f64;
+
+        let (tlo, thi) = span(rows().map(|r| r.msgs_per_s));
+        let mut chart = ChartBuilder::on(&left)
+            .caption("throughput (messages/s, higher is better)", ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d((0.8f64..max_inflight * 1.25).log_scale().base(2.0), (tlo..thi).log_scale())
+            .map_err(|e| anyhow!("plot: {e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("messages in flight")
+            .max_light_lines(1)
+            .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
+            .bold_line_style(RGBColor(0xd8, 0xd8, 0xd8))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .draw()
+            .map_err(|e| anyhow!("plot: {e}"))?;
+        for (label, flush, rows) in &all {
+            draw(&mut chart, label, flush, rows, |r| r.msgs_per_s)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow!("plot: {e}"))?;
+
+        let (llo, lhi) = span(rows().map(|r| r.p99_us as f64 / 1000.0));
+        let mut chart = ChartBuilder::on(&right)
+            .caption("p99 ack latency (ms, lower is better)", ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d((0.8f64..max_inflight * 1.25).log_scale().base(2.0), (llo..lhi).log_scale())
+            .map_err(|e| anyhow!("plot: {e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("messages in flight")
+            .max_light_lines(1)
+            .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
+            .bold_line_style(RGBColor(0xd8, 0xd8, 0xd8))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| if *y < 1.0 { format!("{y:.2}") } else { format!("{y:.0}") })
+            .draw()
+            .map_err(|e| anyhow!("plot: {e}"))?;
+        for (label, flush, rows) in &all {
+            draw(&mut chart, label, flush, rows, |r| r.p99_us as f64 / 1000.0)?;
+        }
+        root.present().map_err(|e| anyhow!("plot: {e}"))?;
+    }
+    Ok(svg)
+}
+
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::combinators::LogCoord<f64>, plotters::coord::combinators::LogCoord<f64>>,
+>;
+
+fn draw(chart: &mut Chart<'_, '_>, label: &str, flush: &str, rows: &[&Row], y: impl Fn(&Row) -> f64) -> Result<()> {
+    let color = color(rows[0].system.as_str(), flush);
+    let points: Vec<(f64, f64)> = rows.iter().map(|r| (r.inflight as f64, y(r))).collect();
+    let style = color.stroke_width(2);
+    if flush == SYNC_FLUSH {
+        chart.draw_series(LineSeries::new(points.clone(), style)).map_err(|e| anyhow!("plot: {e}"))?
+    } else {
+        chart.draw_series(DashedLineSeries::new(points.clone(), 6, 4, style)).map_err(|e| anyhow!("plot: {e}"))?
+    }
+    .label(label)
+    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(|e| anyhow!("plot: {e}"))?;
+    Ok(())
+}
