@@ -118,7 +118,7 @@ impl TryFrom<QueueParts> for ConsumeQueue {
     type Error = String;
 
     fn try_from(p: QueueParts) -> Result<Self, String> {
-        if p.data.len() % CQ_ENTRY_BYTES != 0 {
+        if !p.data.len().is_multiple_of(CQ_ENTRY_BYTES) {
             return Err(format!("a consume queue of {} bytes splits a {CQ_ENTRY_BYTES}-byte entry", p.data.len()));
         }
         let count = (p.data.len() / CQ_ENTRY_BYTES) as u64;
