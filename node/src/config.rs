@@ -60,7 +60,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use keel_raft_log::{ConfigError, Preallocate, StoreConfig};
+use keel_raft_log::{ConfigError, StoreConfig};
 
 /// Everything `keel node` needs, validated.
 #[derive(Debug, Clone)]
@@ -837,10 +837,7 @@ fn parse_peers(v: &str) -> Result<BTreeMap<u64, String>, String> {
 /// prints it. The token itself is never shown.
 pub fn effective(config: &NodeConfig) -> BTreeMap<&'static str, String> {
     let store = &config.store;
-    let preallocate = match store.preallocate {
-        Preallocate::Zero => "zero",
-        Preallocate::Fallocate => "fallocate",
-    };
+    let preallocate = store.preallocate.as_str();
     let peers: Vec<String> = config.peers.iter().map(|(id, addr)| format!("{id}@{addr}")).collect();
     BTreeMap::from([
         ("store.path.commitlog", store.dir.display().to_string()),

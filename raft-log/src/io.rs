@@ -32,6 +32,16 @@ pub enum Preallocate {
     Fallocate,
 }
 
+impl Preallocate {
+    /// The value of `segment.preallocate` that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preallocate::Zero => "zero",
+            Preallocate::Fallocate => "fallocate",
+        }
+    }
+}
+
 /// One open file. Offsets are absolute; the store never relies on a cursor.
 pub trait FileIo: Send + Sync + Debug {
     /// The path the file was opened at, for errors that must name it.

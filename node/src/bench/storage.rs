@@ -500,10 +500,7 @@ async fn measure(s: &Settings, work: &Path, base: &Path, filesystem: Option<Stri
         duration_s: duration.as_secs_f64(),
         warmup_s: s.warmup.as_secs_f64(),
         segment_bytes: s.segment_bytes,
-        preallocate: match s.preallocate {
-            Preallocate::Fallocate => "fallocate",
-            Preallocate::Zero => "zero",
-        },
+        preallocate: s.preallocate.as_str(),
         capped: sync.capped || single.capped || batch_run.capped || async_run.capped,
         fallocate_file_exhausted,
         dir: base.display().to_string(),
