@@ -36,12 +36,14 @@ pub trait EntryData: Sized {
 /// openraft's view of a [`Store`]. Clones share the store.
 pub struct LogStore<C> {
     store: Store,
+    /// Set by [`LogStore::leader_acks_on_write`]: this node's id.
+    leader_ahead: Option<u64>,
     _c: PhantomData<fn() -> C>,
 }
 
 impl<C> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        Self { store: self.store.clone(), _c: PhantomData }
+        Self { store: self.store.clone(), leader_ahead: self.leader_ahead, _c: PhantomData }
     }
 }
 
@@ -53,7 +55,37 @@ impl<C> Debug for LogStore<C> {
 
 impl<C> LogStore<C> {
     pub fn new(store: Store) -> Self {
-        Self { store, _c: PhantomData }
+        Self { store, leader_ahead: None, _c: PhantomData }
+    }
+
+    /// Tell openraft that the leader's own entries are flushed once written
+    /// (their fdatasync runs on, as a group commit), so openraft 0.9's core,
+    /// which waits for each append's flush, is not held by the leader's
+    /// sync. A follower's appends still complete only after their sync, so
+    /// a follower's answer to AppendEntries still means "fsynced". The
+    /// commit index then means "on a majority, fsynced on every member of it
+    /// but perhaps the leader"; an index is fsynced on a majority once it is
+    /// committed **and** at or below the leader's fsynced index, and the
+    /// node must wait for both before it acknowledges (DESIGN.md, "Durable
+    /// index"). `node_id` is this node's id.
+    pub fn leader_acks_on_write(mut self, node_id: u64) -> Self {
+        self.leader_ahead = Some(node_id);
+        self
+    }
+
+    /// Whether `records` are this node's own entries of the leadership it
+    /// holds now (its saved vote is a committed vote for itself in their
+    /// term). openraft 0.9 saves the vote before it appends, and a leader
+    /// never receives AppendEntries of its own term, so entries a follower
+    /// takes from another leader never match, not even entries this node
+    /// wrote in an earlier term and lost.
+    fn own_leader_entries(&self, records: &[NewRecord]) -> bool {
+        let (Some(me), Some(last)) = (self.leader_ahead, records.last()) else {
+            return false;
+        };
+        self.store.read_vote().is_some_and(|v| {
+            v.committed && v.voted_for == Some(me) && last.meta.leader == me && last.meta.term == v.term
+        })
     }
 
     /// The record-level store underneath (fetch path, monitoring, retention).
@@ -176,6 +208,12 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        if self.leader_ahead.is_some() {
+            // Entries this node wrote as leader may be unsynced; once the
+            // vote moves on it may answer AppendEntries of another leader,
+            // whose matches must mean "fsynced".
+            self.store.sync().await.map_err(write_err)?;
+        }
         let v =
             MetaVote { term: vote.leader_id.term, voted_for: Some(vote.leader_id.node_id), committed: vote.committed };
         self.store.save_vote(v).await.map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
@@ -205,7 +243,11 @@ where
         let records: Vec<NewRecord> =
             entries.into_iter().map(|e| entry_to_record(&e)).collect::<Result<_, _>>().map_err(write_err)?;
         let done = Box::new(move |r: Result<(), Error>| callback.log_io_completed(r.map_err(|e| e.to_io())));
-        self.store.append(records, done).await.map_err(write_err)
+        if self.own_leader_entries(&records) {
+            self.store.append_written(records, done).await.map_err(write_err)
+        } else {
+            self.store.append(records, done).await.map_err(write_err)
+        }
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
@@ -248,4 +290,41 @@ pub mod raw {
         /// Type config with [`RawData`] entries and unit responses.
         pub RawConfig: D = RawData, R = ()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::raw::RawConfig;
+    use super::*;
+    use crate::FlushPolicy;
+    use crate::tests::{config, record};
+
+    fn with_leader(mut r: NewRecord, term: u64, leader: u64) -> NewRecord {
+        r.meta.term = term;
+        r.meta.leader = leader;
+        r
+    }
+
+    #[tokio::test]
+    async fn only_the_current_leaders_own_entries_complete_once_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(config(dir.path(), 1 << 20, FlushPolicy::SyncFlush)).await.expect("open");
+        let plain = LogStore::<RawConfig>::new(store.clone());
+        let ahead = LogStore::<RawConfig>::new(store.clone()).leader_acks_on_write(2);
+        let own = |term| vec![with_leader(record(term, 1, 8), term, 2)];
+        // No vote yet, then a vote for itself not yet granted by a majority.
+        assert!(!ahead.own_leader_entries(&own(3)));
+        store.save_vote(MetaVote { term: 3, voted_for: Some(2), committed: false }).await.expect("vote");
+        assert!(!ahead.own_leader_entries(&own(3)), "a candidate is not a leader");
+        store.save_vote(MetaVote { term: 3, voted_for: Some(2), committed: true }).await.expect("vote");
+        assert!(ahead.own_leader_entries(&own(3)));
+        assert!(!plain.own_leader_entries(&own(3)), "off unless asked for");
+        assert!(!ahead.own_leader_entries(&own(2)), "its entries of an earlier term come back as a follower's");
+        assert!(!ahead.own_leader_entries(&[with_leader(record(3, 1, 8), 3, 1)]), "another leader's entries");
+        assert!(!ahead.own_leader_entries(&[]));
+        // Another node leads term 4: nothing this node appends is its own.
+        store.save_vote(MetaVote { term: 4, voted_for: Some(1), committed: true }).await.expect("vote");
+        assert!(!ahead.own_leader_entries(&own(3)));
+        assert!(!ahead.own_leader_entries(&own(4)));
+    }
 }

@@ -259,10 +259,19 @@ impl Store {
     /// for Raft).
     pub async fn append(&self, records: Vec<NewRecord>, done: Completion) -> Result<()> {
         let _writer = self.inner.writer.lock().await;
-        self.append_locked(records, done).await
+        self.append_locked(records, done, false).await
     }
 
-    async fn append_locked(&self, records: Vec<NewRecord>, done: Completion) -> Result<()> {
+    /// Append as [`Store::append`], but `done` fires once the records are
+    /// written, whatever the policy; under SYNC_FLUSH the flusher still
+    /// syncs them at once (group commit), and [`Store::subscribe_synced`]
+    /// tells when. The node uses it for the leader's own entries.
+    pub async fn append_written(&self, records: Vec<NewRecord>, done: Completion) -> Result<()> {
+        let _writer = self.inner.writer.lock().await;
+        self.append_locked(records, done, true).await
+    }
+
+    async fn append_locked(&self, records: Vec<NewRecord>, done: Completion, early: bool) -> Result<()> {
         if let Err(e) = self.check_failed() {
             done(Err(e.clone()));
             return Err(e);
@@ -336,6 +345,12 @@ impl Store {
         }
         self.write_batch(&mut buf, &mut metas)?;
         if self.inner.config.flush.policy == crate::FlushPolicy::SyncFlush {
+            if early {
+                done(Ok(()));
+                // Something waits, so the flusher syncs now; a failed sync
+                // fails the store, which is how the caller learns of it.
+                return self.inner.flusher.written(last_index, Some(Box::new(|_| {}))).await;
+            }
             self.inner.flusher.written(last_index, Some(done)).await
         } else {
             done(Ok(()));
@@ -630,7 +645,7 @@ impl Store {
                 })
                 .collect();
             // Durability comes from the sync below, whatever the policy.
-            self.append_locked(new, Box::new(|_| ())).await?;
+            self.append_locked(new, Box::new(|_| ()), false).await?;
         }
         self.inner.flusher.sync().await?;
         if purged_later.is_some() {
@@ -698,17 +713,15 @@ impl Store {
         self.inner.cluster_durable.fetch_max(index, std::sync::atomic::Ordering::AcqRel);
     }
 
-    /// What of `committed` may be written to disk. Under SYNC_FLUSH all of
-    /// it (a majority fsynced it before it was committed). Otherwise only up
-    /// to the cluster's durable index, never below the purge point: after a
-    /// power cut a node must not take entries for committed that a new
-    /// leader, elected without them, will replace (found by keel-chaos
-    /// power-loss under BATCH_FLUSH: the replicas' committed logs diverged).
+    /// What of `committed` may be written to disk: only up to the cluster's
+    /// durable index, never below the purge point. After a power cut a node
+    /// must not take entries for committed that a new leader, elected
+    /// without them, will replace (found by keel-chaos power-loss under
+    /// BATCH_FLUSH: the replicas' committed logs diverged). Under SYNC_FLUSH
+    /// too, as the leader's own entries count as flushed once written
+    /// ([`crate::LogStore::leader_acks_on_write`]).
     fn committed_on_disk(&self, committed: Option<LogPos>) -> Option<LogPos> {
         let c = committed?;
-        if self.inner.config.flush.policy == crate::FlushPolicy::SyncFlush {
-            return Some(c);
-        }
         let durable = self.inner.cluster_durable.load(std::sync::atomic::Ordering::Acquire);
         if c.index <= durable {
             return Some(c);

@@ -99,6 +99,8 @@ impl RaftStateMachine<RawConfig> for MemStateMachine {
 
 struct Builder {
     segment_bytes: u64,
+    /// `LogStore::leader_acks_on_write` with this node id.
+    leader_ahead: Option<u64>,
 }
 
 impl StoreBuilder<RawConfig, LogStore<RawConfig>, MemStateMachine, tempfile::TempDir> for Builder {
@@ -107,17 +109,31 @@ impl StoreBuilder<RawConfig, LogStore<RawConfig>, MemStateMachine, tempfile::Tem
         let mut config = StoreConfig::new(dir.path());
         config.segment_bytes = self.segment_bytes;
         let store = Store::open(config).await.map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-        Ok((dir, LogStore::new(store), MemStateMachine::default()))
+        let log_store = match self.leader_ahead {
+            Some(id) => LogStore::new(store).leader_acks_on_write(id),
+            None => LogStore::new(store),
+        };
+        Ok((dir, log_store, MemStateMachine::default()))
     }
 }
 
 #[test]
 fn openraft_suite_passes_with_default_segments() {
-    Suite::test_all(Builder { segment_bytes: StoreConfig::DEFAULT_SEGMENT_BYTES }).expect("openraft storage suite");
+    Suite::test_all(Builder { segment_bytes: StoreConfig::DEFAULT_SEGMENT_BYTES, leader_ahead: None })
+        .expect("openraft storage suite");
 }
 
 #[test]
 fn openraft_suite_passes_with_tiny_segments_that_roll_often() {
     // 4 KiB segments hold a few dozen entries: the suite's logs cross segments.
-    Suite::test_all(Builder { segment_bytes: 4096 }).expect("openraft storage suite");
+    Suite::test_all(Builder { segment_bytes: 4096, leader_ahead: None }).expect("openraft storage suite");
+}
+
+#[test]
+fn openraft_suite_passes_with_the_nodes_sync_flush_setting() {
+    // `leader_acks_on_write` as the node sets it under SYNC_FLUSH. The
+    // suite's votes (for node 0) are never committed, so this covers the
+    // sync a vote change now makes, not the early completion itself
+    // (`raft::tests` and `tests::faults` cover that).
+    Suite::test_all(Builder { segment_bytes: 4096, leader_ahead: Some(0) }).expect("openraft storage suite");
 }

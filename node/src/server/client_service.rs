@@ -436,6 +436,7 @@ impl Keel for ClientService {
             BatchOutcome::Rejected(r) => return Err(reject_status(r)),
         };
         let (durability, durable_index) = match self.limits.policy {
+            // Applied, so durable: the state machine's gate waited for it.
             FlushPolicy::SyncFlush => (pb::Durability::QuorumFsynced, self.durable.durable_index().max(log_index)),
             FlushPolicy::BatchFlush => {
                 let mut rx = self.durable.subscribe();

@@ -8,7 +8,16 @@
 //! index is the majority-th highest over the voters, never above the commit
 //! index. A report counts only if the leader's log holds the same log id at
 //! that index (so a follower's stale, since-truncated entries never count).
-//! Under SYNC_FLUSH the commit index is the durable index (DESIGN.md).
+//!
+//! Under SYNC_FLUSH no reports are needed: followers answer AppendEntries
+//! only after their fdatasync, and the leader's own entries count for
+//! openraft once written (`LogStore::leader_acks_on_write`), so an index is
+//! fsynced on a majority once it is committed and at or below the leader's
+//! fsynced index. The leader computes that; followers learn it from the
+//! `durable_index` every AppendEntries carries. The state machine applies
+//! an entry only once it is durable ([`Gate`]), so under SYNC_FLUSH whatever
+//! a client sees (acks, fetches, lookups) is fsynced on a majority
+//! (DESIGN.md, "Durable index").
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +25,7 @@ use std::time::Duration;
 
 use keel_proto::raft as pb;
 use keel_raft_log::{FlushPolicy, LogPos, Store};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::network::Peers;
 use super::types::Raft;
@@ -31,17 +40,61 @@ enum Msg {
     Report { node: u64, synced: LogPos },
 }
 
+/// The durable index before the actor runs: the state machine needs its
+/// [`Gate`] before Raft starts, the actor needs Raft.
+pub struct Seed {
+    durable: Arc<watch::Sender<u64>>,
+    poke: Arc<Notify>,
+}
+
+impl Seed {
+    /// Starting from `known`, an index known durable (the committed index
+    /// read on open: the store writes only a durable one).
+    pub fn new(known: u64) -> Self {
+        Self { durable: Arc::new(watch::channel(known).0), poke: Arc::new(Notify::new()) }
+    }
+
+    pub fn gate(&self) -> Gate {
+        Gate { durable: self.durable.subscribe(), poke: Arc::clone(&self.poke) }
+    }
+}
+
+/// What the state machine waits on, under SYNC_FLUSH, before it applies.
+#[derive(Clone)]
+pub struct Gate {
+    durable: watch::Receiver<u64>,
+    poke: Arc<Notify>,
+}
+
+impl Gate {
+    /// Wait until `index` is fsynced on a majority. Err: the node is
+    /// shutting down.
+    pub async fn wait(&mut self, index: u64) -> Result<(), String> {
+        if *self.durable.borrow() >= index {
+            return Ok(());
+        }
+        // The actor learns of a new commit index through this poke (the
+        // metrics need not change with it).
+        self.poke.notify_one();
+        match self.durable.wait_for(|&d| d >= index).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!("the node stopped before log index {index} was durable")),
+        }
+    }
+}
+
 /// Cloneable handle; the actor ends when the last handle drops.
 #[derive(Clone)]
 pub struct DurableHandle {
     tx: mpsc::Sender<Msg>,
     durable: watch::Receiver<u64>,
+    sender: Arc<watch::Sender<u64>>,
 }
 
 impl DurableHandle {
-    pub fn start(node_id: u64, raft: Raft, store: Store, peers: Peers) -> Self {
+    pub fn start(node_id: u64, raft: Raft, store: Store, peers: Peers, seed: Seed) -> Self {
         let (tx, rx) = mpsc::channel(MAILBOX);
-        let (durable_tx, durable) = watch::channel(0);
+        let durable = seed.durable.subscribe();
         let actor = Durable {
             node_id,
             policy: store.config().flush.policy,
@@ -50,10 +103,17 @@ impl DurableHandle {
             peers,
             rx,
             reports: HashMap::new(),
-            durable: Arc::new(durable_tx),
+            durable: Arc::clone(&seed.durable),
+            poke: seed.poke,
         };
         tokio::spawn(actor.run());
-        Self { tx, durable }
+        Self { tx, durable, sender: seed.durable }
+    }
+
+    /// The leader's durable index as an AppendEntries carried it: true of
+    /// the cluster whichever leader sent it (durable entries are committed).
+    pub fn learned(&self, index: u64) {
+        raise(&self.sender, index);
     }
 
     pub async fn report(&self, node: u64, synced: LogPos) {
@@ -79,8 +139,11 @@ struct Durable {
     peers: Peers,
     rx: mpsc::Receiver<Msg>,
     reports: HashMap<u64, u64>,
-    /// Shared with the report task, which learns the leader's durable index.
+    /// Shared with the report task and the peer service, which learn the
+    /// leader's durable index.
     durable: Arc<watch::Sender<u64>>,
+    /// The state machine waits for an index: recompute.
+    poke: Arc<Notify>,
 }
 
 fn raise(durable: &watch::Sender<u64>, to: u64) {
@@ -119,6 +182,7 @@ impl Durable {
                         return;
                     }
                 }
+                _ = self.poke.notified() => {}
                 _ = tick.tick() => report_now = true,
             }
             // One snapshot of the metrics serves both steps of this round.
@@ -146,19 +210,17 @@ impl Durable {
         let committed = self.store.read_committed().map_or(0, |c| c.index);
         let applied = m.last_applied.map_or(0, |l| l.index);
         let commit = committed.max(applied);
+        let own = self.store.synced_index().unwrap_or(0);
         if m.current_leader != Some(self.node_id) {
+            // A follower learns the leader's figure from AppendEntries
+            // (SYNC_FLUSH) or from the answers to its reports.
             self.reports.clear();
-            // A follower knows its commit index, which under SYNC_FLUSH is
-            // durable; otherwise it learns the leader's figure from reports.
-            if self.policy == FlushPolicy::SyncFlush {
-                raise(&self.durable, commit);
-            }
             return;
         }
         let durable = if self.policy == FlushPolicy::SyncFlush {
-            commit
+            // Followers' matches are fsynced; the leader's own may not be.
+            commit.min(own)
         } else {
-            let own = self.store.synced_index().unwrap_or(0);
             let mut synced: Vec<u64> = m
                 .membership_config
                 .membership()
@@ -189,5 +251,37 @@ impl Durable {
                 raise(&durable, r.into_inner().durable_index);
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_gate_opens_only_once_the_index_is_durable_and_asks_for_a_recompute() {
+        let seed = Seed::new(5);
+        let mut gate = seed.gate();
+        gate.wait(5).await.expect("at the seed: open");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), gate.wait(7)).await.is_err(),
+            "index 7 is not durable yet"
+        );
+        // The waiting gate poked the actor, whose recompute may raise it.
+        tokio::time::timeout(Duration::from_secs(5), seed.poke.notified()).await.expect("no poke");
+        let waiter = tokio::spawn({
+            let mut gate = seed.gate();
+            async move { gate.wait(7).await }
+        });
+        raise(&seed.durable, 6);
+        raise(&seed.durable, 8);
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("not opened").expect("join").expect("open");
+        // A durable index never goes back.
+        raise(&seed.durable, 3);
+        gate.wait(8).await.expect("still durable");
+        // The node stopping is an error, not an open gate.
+        let mut gate = seed.gate();
+        drop(seed);
+        assert!(gate.wait(9).await.is_err());
     }
 }

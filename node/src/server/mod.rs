@@ -47,7 +47,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use keel_proto::client::keel_server::KeelServer;
 use keel_proto::raft::raft_peer_server::RaftPeerServer;
-use keel_raft_log::Store;
+use keel_raft_log::{FlushPolicy, Store};
 use openraft::{BasicNode, SnapshotPolicy};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -274,18 +274,28 @@ async fn start(config: &NodeConfig, peers: &network::Peers) -> Result<Started> {
             .await
             .context("step down from the leadership held before the restart")?;
     }
-    let (sm, shared) = state_machine::StateMachine::open(store.clone()).await.context("open the state machine")?;
-    let log_store = types::LogStore::new(store.clone());
+    let (mut sm, shared) = state_machine::StateMachine::open(store.clone()).await.context("open the state machine")?;
+    // The committed id on disk is one the cluster had fsynced on a majority.
+    let seed = durable::Seed::new(store.read_committed().map_or(0, |c| c.index));
+    let mut log_store = types::LogStore::new(store.clone());
+    let mut network = network::Network { peers: peers.clone(), leader_store: None };
+    if config.store.flush.policy == FlushPolicy::SyncFlush {
+        // openraft 0.9 waits for each append's flush before it does anything
+        // else; the leader's own sync need not hold it (DESIGN.md, "Durable
+        // index"): acks wait for it through the state machine's gate.
+        log_store = log_store.leader_acks_on_write(node_id);
+        sm = sm.with_gate(seed.gate());
+        network.leader_store = Some(store.clone());
+    }
     let raft =
-        types::Raft::new(node_id, Arc::new(raft_config()?), network::Network { peers: peers.clone() }, log_store, sm)
-            .await
-            .context("start raft")?;
+        types::Raft::new(node_id, Arc::new(raft_config()?), network, log_store, sm).await.context("start raft")?;
 
-    let durable = durable::DurableHandle::start(node_id, raft.clone(), store.clone(), peers.clone());
+    let durable = durable::DurableHandle::start(node_id, raft.clone(), store.clone(), peers.clone(), seed);
     // The store writes to disk only the committed id the cluster has fsynced
-    // on a majority (it matters under BATCH_FLUSH and ASYNC_FLUSH).
+    // on a majority.
     {
         let (mut rx, store) = (durable.subscribe(), store.clone());
+        store.note_durable(*rx.borrow_and_update());
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let d = *rx.borrow_and_update();

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_proto::raft::raft_peer_client::RaftPeerClient;
+use keel_raft_log::Store;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -175,13 +176,21 @@ impl Peers {
 #[derive(Clone)]
 pub struct Network {
     pub peers: Peers,
+    /// Under SYNC_FLUSH, this node's store: AppendEntries then carry the
+    /// leader's durable index, min(commit, own fsynced index).
+    pub leader_store: Option<Store>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        PeerClient { target, addr: node.addr.clone(), peers: self.peers.clone() }
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
+            leader_store: self.leader_store.clone(),
+        }
     }
 }
 
@@ -189,6 +198,7 @@ pub struct PeerClient {
     target: u64,
     addr: String,
     peers: Peers,
+    leader_store: Option<Store>,
 }
 
 /// Why a call did not get an answer: either the peer could not be reached
@@ -257,8 +267,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let req = wire::append_to_pb(&rpc)
+        let mut req = wire::append_to_pb(&rpc)
             .map_err(|s| RPCError::Network(NetworkError::new(&AnyError::error(s.message()))))?;
+        if let (Some(store), Some(commit)) = (&self.leader_store, &rpc.leader_commit) {
+            // Committed, and fsynced here (the followers' matches are):
+            // fsynced on a majority.
+            req.durable_index = store.synced_index().map_or(0, |s| s.min(commit.index));
+        }
         let resp = self.call(&option, |mut c| async move { c.append_entries(req).await }).await;
         let resp = resp.map_err(|e| self.rpc_error(e))?;
         self.peers.acked(self.target);

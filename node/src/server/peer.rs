@@ -37,8 +37,13 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        let req = wire::append_from_pb(req.into_inner())?;
+        let req = req.into_inner();
+        let durable = req.durable_index;
+        let req = wire::append_from_pb(req)?;
         let resp = self.raft.append_entries(req).await.map_err(raft_status)?;
+        if durable > 0 {
+            self.durable.learned(durable);
+        }
         Ok(Response::new(wire::append_resp_to_pb(&resp)))
     }
 

@@ -124,6 +124,8 @@ pub struct StateMachine {
     shared: Arc<Shared>,
     store: Store,
     dir: PathBuf,
+    /// Under SYNC_FLUSH: entries are applied only once fsynced on a majority.
+    gate: Option<super::durable::Gate>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> StorageError<u64> {
@@ -139,6 +141,14 @@ fn checkpoint_name(last: u64) -> String {
 }
 
 impl StateMachine {
+    /// Apply entries only once `gate` says they are fsynced on a majority
+    /// (SYNC_FLUSH, where openraft's commit index may count the leader's
+    /// not yet fsynced copy: `LogStore::leader_acks_on_write`).
+    pub fn with_gate(mut self, gate: super::durable::Gate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
     /// Open the state machine under `<store dir>/sm`, loading the newest
     /// checkpoint if there is one (openraft then re-applies the committed
     /// entries after it).
@@ -168,6 +178,7 @@ impl StateMachine {
             }),
             store,
             dir,
+            gate: None,
         };
         // A snapshot install a crash interrupted: finish it (repeatable).
         if let Some(path) = pending_install {
@@ -385,6 +396,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<_> = entries.into_iter().collect();
+        if let (Some(gate), Some(last)) = (self.gate.as_mut(), entries.last()) {
+            gate.wait(last.log_id.index).await.map_err(io_err)?;
+        }
         let mut out = Vec::new();
         let last = {
             let mut m = self.shared.write();

@@ -92,6 +92,7 @@ pub fn append_to_pb(req: &AppendEntriesRequest<TypeConfig>) -> Result<pb::Append
         prev_log_id: req.prev_log_id.as_ref().map(log_id_to_pb),
         entries: req.entries.iter().map(entry_to_pb).collect::<Result<_, _>>()?,
         leader_commit: req.leader_commit.as_ref().map(log_id_to_pb),
+        durable_index: 0,
     })
 }
 

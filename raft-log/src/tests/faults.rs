@@ -500,8 +500,11 @@ async fn a_committed_id_past_what_survived_a_power_loss_is_cut_to_the_last_entry
 }
 
 #[tokio::test]
-async fn only_the_durable_part_of_the_committed_id_is_written_under_batch_flush() {
-    for (policy, expect) in [(FlushPolicy::BatchFlush, 6), (FlushPolicy::SyncFlush, 10)] {
+async fn only_the_durable_part_of_the_committed_id_is_written() {
+    // Under SYNC_FLUSH too: the leader's own entries count for openraft
+    // once written (`LogStore::leader_acks_on_write`), so a committed id
+    // may run ahead of what a majority fsynced.
+    for policy in [FlushPolicy::BatchFlush, FlushPolicy::SyncFlush] {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = config(dir.path(), 1 << 20, policy);
         let store = Store::open(c.clone()).await.expect("open");
@@ -513,8 +516,43 @@ async fn only_the_durable_part_of_the_committed_id_is_written_under_batch_flush(
         store.close().await.expect("close");
         let store = Store::open(c).await.expect("reopen");
         let on_disk = store.read_committed().expect("committed");
-        assert_eq!(on_disk.index, expect, "{policy}");
-        assert_eq!(on_disk.term, 1 + expect / 4, "{policy}: the log id of the entry at that index");
+        assert_eq!(on_disk.index, 6, "{policy}");
+        assert_eq!(on_disk.term, 1 + 6 / 4, "{policy}: the log id of the entry at that index");
         store.close().await.expect("close");
     }
+}
+
+/// The leader's own appends under SYNC_FLUSH (`LogStore::leader_acks_on_write`):
+/// complete once written, synced at once by the flusher without anyone
+/// asking, and a failed sync still fail-stops the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_written_completes_before_its_sync_and_the_flusher_syncs_it_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let store = open_fault(&fs, config(dir.path(), 4096, FlushPolicy::SyncFlush)).await.expect("open");
+    append_flushed(&store, (1..=3).map(|i| record(1, i, LEN)).collect()).await.expect("append");
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let track = |last: u64| {
+        let acked = acked.clone();
+        Box::new(move |r: Result<(), Error>| acked.lock().expect("lock").push((last, r.is_ok())))
+    };
+    store.append_written(vec![record(1, 4, LEN)], track(4)).await.expect("append_written");
+    let mut synced = store.subscribe_synced();
+    tokio::time::timeout(Duration::from_secs(10), synced.wait_for(|s| *s >= Some(4)))
+        .await
+        .expect("the flusher did not sync the written entry on its own")
+        .expect("store closed");
+    // Now a sync that fails: the callback has already said "written", and
+    // the store stops; the fsynced index never covers the entry.
+    fs.fail_sync_with_eio(0);
+    store.append_written(vec![record(1, 5, LEN)], track(5)).await.expect("the write itself succeeds");
+    assert_eq!(acked.lock().expect("lock").as_slice(), &[(4, true), (5, true)], "fired once written");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.failure().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the flusher never tried to sync entry 5");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(store.synced_index(), Some(4));
+    let err = append_flushed(&store, vec![record(1, 6, LEN)]).await.expect_err("append after EIO");
+    assert!(err.is_fatal(), "{err}");
 }
