@@ -171,6 +171,9 @@ impl Store {
             .await
             .map_err(|e| Error::io("recovery task", std::io::Error::other(e.to_string())))??;
         let written = state.last_present().map(|p| p.index);
+        // The meta file only ever holds a committed id the cluster had
+        // fsynced on a majority (`committed_on_disk`).
+        let durable_on_disk = state.meta.committed.map_or(0, |c| c.index);
         let sync = SyncState::new(fs.clone(), config.dir.clone(), written);
         let (flusher, flusher_thread) = FlusherHandle::spawn(sync.clone(), config.flush)?;
         let (preparer, preparer_thread) = PreparerHandle::spawn(
@@ -190,7 +193,7 @@ impl Store {
             preparer,
             threads: vec![flusher_thread, preparer_thread],
             max_payload,
-            cluster_durable: std::sync::atomic::AtomicU64::new(0),
+            cluster_durable: std::sync::atomic::AtomicU64::new(durable_on_disk),
             lock,
         };
         Ok(Self { inner: Arc::new(inner) })

@@ -13,14 +13,17 @@
 //! only after their fdatasync, and the leader's own entries count for
 //! openraft once written (`LogStore::leader_acks_on_write`), so an index is
 //! fsynced on a majority once it is committed and at or below the leader's
-//! fsynced index. The leader computes that; followers learn it from the
-//! `durable_index` every AppendEntries carries. The state machine applies
+//! fsynced index. The leader computes that; every AppendEntries carries it
+//! to followers, as `durable_index` and as the commit openraft sees there
+//! (`network::durable_commit`), so a follower never takes for committed an
+//! entry a power cut of the leader could still take away. The state machine applies
 //! an entry only once it is durable ([`Gate`]), so under SYNC_FLUSH whatever
 //! a client sees (acks, fetches, lookups) is fsynced on a majority
 //! (DESIGN.md, "Durable index").
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use keel_proto::raft as pb;
@@ -34,6 +37,9 @@ type Metrics = openraft::RaftMetrics<u64, openraft::BasicNode>;
 
 const MAILBOX: usize = 1024;
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a raised durable index may wait for replication traffic to
+/// carry it before a heartbeat does (SYNC_FLUSH).
+const NUDGE_AFTER: Duration = Duration::from_millis(5);
 
 enum Msg {
     /// A follower's fsynced log id.
@@ -45,17 +51,36 @@ enum Msg {
 pub struct Seed {
     durable: Arc<watch::Sender<u64>>,
     poke: Arc<Notify>,
+    sent: Arc<AtomicU64>,
 }
 
 impl Seed {
     /// Starting from `known`, an index known durable (the committed index
     /// read on open: the store writes only a durable one).
     pub fn new(known: u64) -> Self {
-        Self { durable: Arc::new(watch::channel(known).0), poke: Arc::new(Notify::new()) }
+        Self {
+            durable: Arc::new(watch::channel(known).0),
+            poke: Arc::new(Notify::new()),
+            sent: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Where the network notes the highest durable index an AppendEntries
+    /// carried (SYNC_FLUSH), so the actor knows when followers lag it.
+    pub fn sent(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.sent)
     }
 
     pub fn gate(&self) -> Gate {
         Gate { durable: self.durable.subscribe(), poke: Arc::clone(&self.poke) }
+    }
+}
+
+#[cfg(test)]
+impl Seed {
+    /// As if an AppendEntries had carried `index`.
+    pub fn learned(&self, index: u64) {
+        raise(&self.durable, index);
     }
 }
 
@@ -105,6 +130,7 @@ impl DurableHandle {
             reports: HashMap::new(),
             durable: Arc::clone(&seed.durable),
             poke: seed.poke,
+            sent: seed.sent,
         };
         tokio::spawn(actor.run());
         Self { tx, durable, sender: seed.durable }
@@ -144,6 +170,8 @@ struct Durable {
     durable: Arc<watch::Sender<u64>>,
     /// The state machine waits for an index: recompute.
     poke: Arc<Notify>,
+    /// The highest durable index an AppendEntries carried.
+    sent: Arc<AtomicU64>,
 }
 
 fn raise(durable: &watch::Sender<u64>, to: u64) {
@@ -164,9 +192,22 @@ impl Durable {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reporting: Option<tokio::task::JoinHandle<()>> = None;
+        // SYNC_FLUSH: when the leader's durable index passes what the last
+        // AppendEntries carried, a heartbeat shortly after tells followers
+        // (unless replication traffic did meanwhile), so they need not wait
+        // for the next heartbeat to apply.
+        let mut nudge: Option<tokio::time::Instant> = None;
         loop {
             let mut report_now = false;
+            let nudge_at = nudge.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
+                _ = tokio::time::sleep_until(nudge_at), if nudge.is_some() => {
+                    nudge = None;
+                    if self.sent.load(Ordering::Acquire) < *self.durable.borrow() {
+                        let _ = self.raft.trigger().heartbeat().await;
+                    }
+                    continue;
+                }
                 msg = self.rx.recv() => match msg {
                     Some(Msg::Report { node, synced }) => self.accept(node, synced),
                     None => return,
@@ -187,7 +228,14 @@ impl Durable {
             }
             // One snapshot of the metrics serves both steps of this round.
             let m = metrics.borrow_and_update().clone();
-            self.recompute(&m);
+            let leads = self.recompute(&m);
+            if leads
+                && self.policy == FlushPolicy::SyncFlush
+                && nudge.is_none()
+                && self.sent.load(Ordering::Acquire) < *self.durable.borrow()
+            {
+                nudge = Some(tokio::time::Instant::now() + NUDGE_AFTER);
+            }
             if report_now && reporting.as_ref().is_none_or(|h| h.is_finished()) {
                 reporting = self.report_to_leader(&m);
             }
@@ -206,7 +254,8 @@ impl Durable {
         }
     }
 
-    fn recompute(&mut self, m: &Metrics) {
+    /// Recompute the durable index; whether this node leads.
+    fn recompute(&mut self, m: &Metrics) -> bool {
         let committed = self.store.read_committed().map_or(0, |c| c.index);
         let applied = m.last_applied.map_or(0, |l| l.index);
         let commit = committed.max(applied);
@@ -215,7 +264,7 @@ impl Durable {
             // A follower learns the leader's figure from AppendEntries
             // (SYNC_FLUSH) or from the answers to its reports.
             self.reports.clear();
-            return;
+            return false;
         }
         let durable = if self.policy == FlushPolicy::SyncFlush {
             // Followers' matches are fsynced; the leader's own may not be.
@@ -232,6 +281,7 @@ impl Durable {
             synced.get(majority - 1).copied().unwrap_or(0).min(commit)
         };
         raise(&self.durable, durable);
+        true
     }
 
     /// Send our fsynced log id to the leader (one report in flight at a time).

@@ -278,7 +278,7 @@ async fn start(config: &NodeConfig, peers: &network::Peers) -> Result<Started> {
     // The committed id on disk is one the cluster had fsynced on a majority.
     let seed = durable::Seed::new(store.read_committed().map_or(0, |c| c.index));
     let mut log_store = types::LogStore::new(store.clone());
-    let mut network = network::Network { peers: peers.clone(), leader_store: None };
+    let mut network = network::Network { peers: peers.clone(), leader_store: None, durable_sent: seed.sent() };
     if config.store.flush.policy == FlushPolicy::SyncFlush {
         // openraft 0.9 waits for each append's flush before it does anything
         // else; the leader's own sync need not hold it (DESIGN.md, "Durable

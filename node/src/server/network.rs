@@ -6,6 +6,7 @@
 //! The server side (the `RaftPeer` service) is in [`super::peer`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::{AnyError, BasicNode};
+use openraft::{AnyError, BasicNode, CommittedLeaderId, LogId};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -179,6 +180,8 @@ pub struct Network {
     /// Under SYNC_FLUSH, this node's store: AppendEntries then carry the
     /// leader's durable index, min(commit, own fsynced index).
     pub leader_store: Option<Store>,
+    /// The highest durable index sent (the durable actor's nudge reads it).
+    pub durable_sent: Arc<AtomicU64>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -190,6 +193,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             peers: self.peers.clone(),
             leader_store: self.leader_store.clone(),
+            durable_sent: Arc::clone(&self.durable_sent),
         }
     }
 }
@@ -199,6 +203,7 @@ pub struct PeerClient {
     addr: String,
     peers: Peers,
     leader_store: Option<Store>,
+    durable_sent: Arc<AtomicU64>,
 }
 
 /// Why a call did not get an answer: either the peer could not be reached
@@ -261,6 +266,42 @@ impl PeerClient {
     }
 }
 
+/// Under SYNC_FLUSH (`LogStore::leader_acks_on_write`) openraft's commit
+/// index may count the leader's copy before its fdatasync: an entry is
+/// fsynced on a majority once committed and at or below the leader's
+/// fsynced index. That index, and the log id there, which followers get as
+/// the commit instead of openraft's: Raft takes a follower's committed
+/// entries as permanent, and an entry only the leader's unsynced copy made
+/// committed may yet be lost to a power cut of the leader and replaced.
+fn durable_commit(store: &Store, commit: &LogId<u64>) -> (u64, Option<LogId<u64>>) {
+    let Some(synced) = store.synced_index() else {
+        return (0, None);
+    };
+    let durable = synced.min(commit.index);
+    if durable == commit.index {
+        return (durable, Some(*commit));
+    }
+    let at = store
+        .read_range(durable, durable + 1, 0)
+        .ok()
+        .and_then(|r| r.into_iter().next())
+        .filter(|r| r.index == durable)
+        .map(|r| LogId::new(CommittedLeaderId::new(r.term, r.leader), r.index));
+    // Below the first entry read: the purge point, if that is where it is.
+    let at = at.or_else(|| {
+        store
+            .log_state()
+            .0
+            .filter(|p| p.index == durable)
+            .map(|p| LogId::new(CommittedLeaderId::new(p.term, p.leader), p.index))
+    });
+    match at {
+        Some(at) => (durable, Some(at)),
+        // Nothing durable to name: tell followers nothing new.
+        None => (0, None),
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
@@ -270,9 +311,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let mut req = wire::append_to_pb(&rpc)
             .map_err(|s| RPCError::Network(NetworkError::new(&AnyError::error(s.message()))))?;
         if let (Some(store), Some(commit)) = (&self.leader_store, &rpc.leader_commit) {
-            // Committed, and fsynced here (the followers' matches are):
-            // fsynced on a majority.
-            req.durable_index = store.synced_index().map_or(0, |s| s.min(commit.index));
+            let (durable, at) = durable_commit(store, commit);
+            req.durable_index = durable;
+            req.leader_commit = at.as_ref().map(wire::log_id_to_pb);
+            self.durable_sent.fetch_max(durable, Ordering::AcqRel);
         }
         let resp = self.call(&option, |mut c| async move { c.append_entries(req).await }).await;
         let resp = resp.map_err(|e| self.rpc_error(e))?;
@@ -302,5 +344,40 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let resp = self.call(&option, |mut c| async move { c.vote(req).await }).await;
         let resp = resp.map_err(|e| self.rpc_error(e))?;
         wire::vote_resp_from_pb(resp).map_err(|s| RPCError::Network(NetworkError::new(&AnyError::error(s.message()))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_raft_log::{NewRecord, RecordKind, RecordMeta, StoreConfig};
+
+    use super::*;
+
+    fn id(term: u64, leader: u64, index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(term, leader), index)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn followers_get_as_commit_only_what_is_fsynced_on_the_leader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(StoreConfig::new(dir.path())).await.expect("open store");
+        assert_eq!(durable_commit(&store, &id(1, 1, 3)), (0, None), "nothing fsynced yet: nothing to tell");
+        let records = (1..=5)
+            .map(|index| NewRecord {
+                meta: RecordMeta { kind: RecordKind::Blank, term: 1 + index / 4, leader: 2, index, timestamp_ms: 0 },
+                payload: Vec::new(),
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.append(records, Box::new(move |r| drop(tx.send(r)))).await.expect("append");
+        rx.await.expect("flushed").expect("flush ok");
+        assert_eq!(store.synced_index(), Some(5));
+        // Committed at or below the fsynced index: the commit as it is.
+        assert_eq!(durable_commit(&store, &id(1, 2, 3)), (3, Some(id(1, 2, 3))));
+        assert_eq!(durable_commit(&store, &id(2, 2, 5)), (5, Some(id(2, 2, 5))));
+        // Committed past it (the leader's copy not yet fsynced): the log id
+        // of the last fsynced entry instead.
+        assert_eq!(durable_commit(&store, &id(3, 2, 9)), (5, Some(id(2, 2, 5))));
+        store.close().await.expect("close");
     }
 }

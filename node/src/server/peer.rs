@@ -38,12 +38,13 @@ impl RaftPeer for PeerService {
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let req = req.into_inner();
-        let durable = req.durable_index;
+        // True of the cluster whoever sent it: learn it even if the append
+        // is refused or waits.
+        if req.durable_index > 0 {
+            self.durable.learned(req.durable_index);
+        }
         let req = wire::append_from_pb(req)?;
         let resp = self.raft.append_entries(req).await.map_err(raft_status)?;
-        if durable > 0 {
-            self.durable.learned(durable);
-        }
         Ok(Response::new(wire::append_resp_to_pb(&resp)))
     }
 

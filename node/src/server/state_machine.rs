@@ -399,6 +399,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<_> = entries.into_iter().collect();
         if let (Some(gate), Some(last)) = (self.gate.as_mut(), entries.last()) {
             gate.wait(last.log_id.index).await.map_err(io_err)?;
+            // openraft read these entries when they were committed; a
+            // committed entry is never replaced, so if the log now holds
+            // another one there, something broke Raft's guarantee: stop
+            // rather than apply what the cluster no longer holds.
+            let id = last.log_id;
+            let held = self.store.read_range(id.index, id.index + 1, 0).ok().and_then(|r| r.into_iter().next());
+            let same = held.as_ref().is_some_and(|r| {
+                r.index == id.index && r.term == id.leader_id.term && r.leader == id.leader_id.node_id
+            });
+            let purged = self.store.log_state().0.is_some_and(|p| p.index >= id.index);
+            if !same && !purged {
+                return Err(io_err(format!(
+                    "log index {} to apply as {id} now holds {:?} in the log: refusing to apply",
+                    id.index,
+                    held.map(|r| (r.term, r.leader, r.index))
+                )));
+            }
         }
         let mut out = Vec::new();
         let last = {
@@ -586,6 +603,8 @@ fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Reco
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use keel_raft_log::{NewRecord, RecordKind, RecordMeta, StoreConfig};
     use openraft::{CommittedLeaderId, LogId};
 
@@ -606,6 +625,39 @@ mod tests {
         store.append(records, Box::new(move |r| drop(tx.send(r)))).await.expect("append");
         rx.await.expect("flushed").expect("flush ok");
         store
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_gated_state_machine_waits_for_durability_and_refuses_an_entry_the_log_no_longer_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with(dir.path(), 6).await;
+        let blank = |term, index| openraft::Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        };
+        let seed = crate::server::durable::Seed::new(3);
+        let (sm, shared) = StateMachine::open(store.clone()).await.expect("open");
+        let mut sm = sm.with_gate(seed.gate());
+        sm.apply(vec![blank(1, 0), blank(1, 1), blank(1, 2), blank(1, 3)]).await.expect("durable: applied");
+        assert_eq!(*shared.applied.borrow(), 3);
+        // Index 4 is not durable yet: the state machine waits.
+        let waiting = tokio::spawn(async move {
+            let r = sm.apply(vec![blank(1, 4)]).await.map(|_| ());
+            (sm, r)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "applied an entry that is not durable");
+        assert_eq!(*shared.applied.borrow(), 3);
+        seed.learned(6);
+        let (mut sm, r) =
+            tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("still waiting").expect("join");
+        r.expect("applied once durable");
+        assert_eq!(*shared.applied.borrow(), 4);
+        // The log holds index 5 of term 1; an entry of term 2 there is not it.
+        let err = sm.apply(vec![blank(2, 5)]).await.expect_err("applied an entry the log does not hold");
+        assert!(err.to_string().contains("refusing to apply"), "{err}");
+        assert_eq!(*shared.applied.borrow(), 4, "nothing applied");
+        drop(seed);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
