@@ -171,9 +171,14 @@ impl Store {
             .await
             .map_err(|e| Error::io("recovery task", std::io::Error::other(e.to_string())))??;
         let written = state.last_present().map(|p| p.index);
-        // The meta file only ever holds a committed id the cluster had
-        // fsynced on a majority (`committed_on_disk`).
-        let durable_on_disk = state.meta.committed.map_or(0, |c| c.index);
+        // Under SYNC_FLUSH the meta file only ever holds a committed id the
+        // cluster had fsynced on a majority (`committed_on_disk`; under the
+        // other policies it may fall back to the purge point, which the
+        // unsynced apply may have carried past the durable index).
+        let durable_on_disk = match config.flush.policy {
+            crate::FlushPolicy::SyncFlush => state.meta.committed.map_or(0, |c| c.index),
+            _ => 0,
+        };
         let sync = SyncState::new(fs.clone(), config.dir.clone(), written);
         let (flusher, flusher_thread) = FlusherHandle::spawn(sync.clone(), config.flush)?;
         let (preparer, preparer_thread) = PreparerHandle::spawn(

@@ -34,6 +34,9 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 const MAX_BATCH_RECORDS: usize = 100_000;
 const DEFAULT_LOOKUP_LIMIT: u32 = 100;
 const MAX_TAG_BYTES: usize = 255;
+/// How long a membership change waits for the current membership to be
+/// durable before it gives up (SYNC_FLUSH; see `membership_turn`).
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
 
 /// Node-wide defaults and limits the service applies.
 #[derive(Debug, Clone)]
@@ -60,6 +63,8 @@ pub struct ClientService {
     /// `admin.token`: topic and membership changes need it (see `auth.rs`
     /// for why produce, commit-offset and reads do not).
     pub(crate) token: Option<Arc<str>>,
+    /// One membership change at a time (see `membership_turn`).
+    pub(crate) membership: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
@@ -737,6 +742,7 @@ impl Keel for ClientService {
             return Err(invalid("add-node needs an id ≥ 1 and an address host:port"));
         }
         self.leader_check()?;
+        let _turn = self.membership_turn().await?;
         let r = self
             .raft
             .add_learner(req.id, BasicNode { addr: req.addr.clone() }, true)
@@ -761,6 +767,7 @@ impl Keel for ClientService {
         self.admin_only(&req, "RemoveNode")?;
         let req = req.into_inner();
         self.leader_check()?;
+        let _turn = self.membership_turn().await?;
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         if membership.get_node(&req.id).is_none() {
@@ -785,6 +792,33 @@ impl Keel for ClientService {
 }
 
 impl ClientService {
+    /// Wait for this node's turn to change the membership, and under
+    /// SYNC_FLUSH until the current membership is fsynced on a majority.
+    /// openraft allows a change once the previous one is *committed*, and
+    /// under SYNC_FLUSH its commit may count the leader's unsynced copy
+    /// (`LogStore::leader_acks_on_write`): were the leader's power to fail
+    /// then, the old and the new voters could each elect a leader. Each
+    /// change returns only once applied, so durable; the lock keeps two
+    /// concurrent calls from chaining on a change not yet durable.
+    async fn membership_turn(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, Status> {
+        let turn = self.membership.lock().await;
+        if self.limits.policy != FlushPolicy::SyncFlush {
+            return Ok(turn);
+        }
+        let index = self.raft.metrics().borrow().membership_config.log_id().map_or(0, |l| l.index);
+        let mut durable = self.durable.subscribe();
+        match tokio::time::timeout(MEMBERSHIP_WAIT, durable.wait_for(|&d| d >= index)).await {
+            Ok(Ok(_)) => Ok(turn),
+            _ => Err(error(
+                ErrorCode::NoLeader,
+                format!(
+                    "the current membership (log index {index}) is not yet fsynced on a majority after {} s; retry",
+                    MEMBERSHIP_WAIT.as_secs()
+                ),
+            )),
+        }
+    }
+
     fn members(&self) -> Vec<pb::Member> {
         members_of(self.raft.metrics().borrow().membership_config.membership())
     }

@@ -3,7 +3,7 @@
 //! Every node runs it. As a follower it reports its own fsynced log id to
 //! the leader over the peer service (at once when it changes under
 //! BATCH_FLUSH and ASYNC_FLUSH, where it matters for acks; once a second
-//! under SYNC_FLUSH, where the commit index already is durable). As the
+//! under SYNC_FLUSH, where the leader needs no reports, below). As the
 //! leader it combines the reports with its own fsynced index: the durable
 //! index is the majority-th highest over the voters, never above the commit
 //! index. A report counts only if the leader's log holds the same log id at

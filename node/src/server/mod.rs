@@ -275,11 +275,13 @@ async fn start(config: &NodeConfig, peers: &network::Peers) -> Result<Started> {
             .context("step down from the leadership held before the restart")?;
     }
     let (mut sm, shared) = state_machine::StateMachine::open(store.clone()).await.context("open the state machine")?;
-    // The committed id on disk is one the cluster had fsynced on a majority.
-    let seed = durable::Seed::new(store.read_committed().map_or(0, |c| c.index));
+    // Under SYNC_FLUSH the committed id on disk is one the cluster had
+    // fsynced on a majority (`Store::committed_on_disk`).
+    let sync_flush = config.store.flush.policy == FlushPolicy::SyncFlush;
+    let seed = durable::Seed::new(if sync_flush { store.read_committed().map_or(0, |c| c.index) } else { 0 });
     let mut log_store = types::LogStore::new(store.clone());
     let mut network = network::Network { peers: peers.clone(), leader_store: None, durable_sent: seed.sent() };
-    if config.store.flush.policy == FlushPolicy::SyncFlush {
+    if sync_flush {
         // openraft 0.9 waits for each append's flush before it does anything
         // else; the leader's own sync need not hold it (DESIGN.md, "Durable
         // index"): acks wait for it through the state machine's gate.
@@ -327,6 +329,7 @@ async fn start(config: &NodeConfig, peers: &network::Peers) -> Result<Started> {
         limits,
         reserve: reserve.clone(),
         token: config.admin_token.as_deref().map(Arc::from),
+        membership: Arc::default(),
     };
     Ok(Started { raft, store, shared, durable, reserve, repairs, client_service })
 }

@@ -404,17 +404,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // another one there, something broke Raft's guarantee: stop
             // rather than apply what the cluster no longer holds.
             let id = last.log_id;
-            let held = self.store.read_range(id.index, id.index + 1, 0).ok().and_then(|r| r.into_iter().next());
-            let same = held.as_ref().is_some_and(|r| {
-                r.index == id.index && r.term == id.leader_id.term && r.leader == id.leader_id.node_id
-            });
             let purged = self.store.log_state().0.is_some_and(|p| p.index >= id.index);
-            if !same && !purged {
-                return Err(io_err(format!(
-                    "log index {} to apply as {id} now holds {:?} in the log: refusing to apply",
-                    id.index,
-                    held.map(|r| (r.term, r.leader, r.index))
-                )));
+            if !purged {
+                let held = self
+                    .store
+                    .read_range(id.index, id.index + 1, 0)
+                    .map_err(|e| io_err(format!("read log index {} before applying it: {e}", id.index)))?
+                    .into_iter()
+                    .next()
+                    .filter(|r| r.index == id.index);
+                let same =
+                    held.as_ref().is_some_and(|r| r.term == id.leader_id.term && r.leader == id.leader_id.node_id);
+                if !same {
+                    return Err(io_err(format!(
+                        "log index {} to apply as {id} now holds {} in the log: refusing to apply",
+                        id.index,
+                        held.map_or("nothing".to_string(), |r| format!("term {} leader {}", r.term, r.leader))
+                    )));
+                }
             }
         }
         let mut out = Vec::new();

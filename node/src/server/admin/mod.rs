@@ -524,7 +524,12 @@ async fn readyz(State(admin): Shared_) -> Response {
     {
         not_ready.push(format!("this leader has not heard from a quorum for {ms} ms"));
     }
-    let committed = admin.store.read_committed().map_or(0, |c| c.index);
+    let mut committed = admin.store.read_committed().map_or(0, |c| c.index);
+    if admin.store.config().flush.policy == keel_raft_log::FlushPolicy::SyncFlush {
+        // A leader applies only what is durable, up to one fdatasync behind
+        // its commit index (`durable::Gate`).
+        committed = committed.min(admin.durable.durable_index());
+    }
     let applied = m.last_applied.map_or(0, |l| l.index);
     if applied < committed {
         not_ready.push(format!("applied index {applied} is behind the commit index {committed}"));
