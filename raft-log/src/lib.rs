@@ -35,7 +35,7 @@ pub use flusher::{Completion, FlushStats};
 pub use format::{LogPos, Record, RecordKind, RecordMeta};
 pub use io::{FileIo, FileSystem, Preallocate, RealFs};
 pub use latency::{LatencySummary, SyncLatency};
-pub use raft::{EntryData, LogStore, entry_to_record, raw, record_to_entry};
+pub use raft::{EntryData, LogStore, entry_to_record, log_id, raw, record_to_entry};
 pub use store::{NewRecord, SegmentInfo, Store};
 
 #[cfg(test)]

@@ -99,7 +99,8 @@ impl<C> LogStore<C> {
     }
 }
 
-fn log_id(p: LogPos) -> LogId<u64> {
+/// openraft's log id for a [`LogPos`].
+pub fn log_id(p: LogPos) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(p.term, p.leader), p.index)
 }
 

@@ -735,12 +735,7 @@ impl Store {
             return Some(c);
         }
         let purged = self.state().meta.purged;
-        let at = (durable > 0)
-            .then(|| self.read_range(durable, durable + 1, 0).ok())
-            .flatten()
-            .and_then(|r| r.into_iter().next())
-            .filter(|r| r.index == durable)
-            .map(|r| LogPos::new(r.term, r.leader, r.index));
+        let at = if durable > 0 { self.log_pos_at(durable).ok().flatten() } else { None };
         match (at, purged) {
             (Some(a), Some(p)) if p.index > a.index => Some(p),
             (Some(a), _) => Some(a),
@@ -770,6 +765,13 @@ impl Store {
             None => None,
             _ => Some(committed),
         }
+    }
+
+    /// The log id of the record at `index`, if one is present there
+    /// (purged or not).
+    pub fn log_pos_at(&self, index: u64) -> Result<Option<LogPos>> {
+        let records = self.read_range(index, index.saturating_add(1), 0)?;
+        Ok(records.first().filter(|r| r.index == index).map(|r| LogPos::new(r.term, r.leader, r.index)))
     }
 
     /// Records `start..end` that are present (purged or not), at least one

@@ -244,11 +244,7 @@ impl Durable {
 
     fn accept(&mut self, node: u64, synced: LogPos) {
         // Count it only if our log holds the same entry there.
-        let ours = self.store.read_range(synced.index, synced.index.saturating_add(1), 0).ok();
-        let same = ours
-            .and_then(|r| r.into_iter().next())
-            .is_some_and(|r| r.index == synced.index && r.term == synced.term && r.leader == synced.leader);
-        if same {
+        if self.store.log_pos_at(synced.index).ok().flatten() == Some(synced) {
             let e = self.reports.entry(node).or_insert(0);
             *e = (*e).max(synced.index);
         }
@@ -289,10 +285,10 @@ impl Durable {
         let leader = m.current_leader.filter(|&l| l != self.node_id)?;
         let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
         let index = self.store.synced_index()?;
-        let rec = self.store.read_range(index, index + 1, 0).ok()?.into_iter().next()?;
+        let at = self.store.log_pos_at(index).ok()??;
         let req = pb::ReportSyncedRequest {
             node_id: self.node_id,
-            synced: Some(pb::LogId { term: rec.term, leader: rec.leader, index: rec.index }),
+            synced: Some(pb::LogId { term: at.term, leader: at.leader, index: at.index }),
         };
         let mut client = self.peers.client(&addr).ok()?;
         let durable = Arc::clone(&self.durable);

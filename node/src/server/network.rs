@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_proto::raft::raft_peer_client::RaftPeerClient;
-use keel_raft_log::Store;
+use keel_raft_log::{Store, log_id};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::{AnyError, BasicNode, CommittedLeaderId, LogId};
+use openraft::{AnyError, BasicNode, LogId};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -281,22 +281,11 @@ fn durable_commit(store: &Store, commit: &LogId<u64>) -> (u64, Option<LogId<u64>
     if durable == commit.index {
         return (durable, Some(*commit));
     }
-    let at = store
-        .read_range(durable, durable + 1, 0)
-        .ok()
-        .and_then(|r| r.into_iter().next())
-        .filter(|r| r.index == durable)
-        .map(|r| LogId::new(CommittedLeaderId::new(r.term, r.leader), r.index));
+    let at = store.log_pos_at(durable).ok().flatten();
     // Below the first entry read: the purge point, if that is where it is.
-    let at = at.or_else(|| {
-        store
-            .log_state()
-            .0
-            .filter(|p| p.index == durable)
-            .map(|p| LogId::new(CommittedLeaderId::new(p.term, p.leader), p.index))
-    });
+    let at = at.or_else(|| store.log_state().0.filter(|p| p.index == durable));
     match at {
-        Some(at) => (durable, Some(at)),
+        Some(at) => (durable, Some(log_id(at))),
         // Nothing durable to name: tell followers nothing new.
         None => (0, None),
     }
@@ -350,6 +339,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[cfg(test)]
 mod tests {
     use keel_raft_log::{NewRecord, RecordKind, RecordMeta, StoreConfig};
+    use openraft::CommittedLeaderId;
 
     use super::*;
 

@@ -408,18 +408,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if !purged {
                 let held = self
                     .store
-                    .read_range(id.index, id.index + 1, 0)
-                    .map_err(|e| io_err(format!("read log index {} before applying it: {e}", id.index)))?
-                    .into_iter()
-                    .next()
-                    .filter(|r| r.index == id.index);
-                let same =
-                    held.as_ref().is_some_and(|r| r.term == id.leader_id.term && r.leader == id.leader_id.node_id);
-                if !same {
+                    .log_pos_at(id.index)
+                    .map_err(|e| io_err(format!("read log index {} before applying it: {e}", id.index)))?;
+                if held.map(keel_raft_log::log_id) != Some(id) {
                     return Err(io_err(format!(
                         "log index {} to apply as {id} now holds {} in the log: refusing to apply",
                         id.index,
-                        held.map_or("nothing".to_string(), |r| format!("term {} leader {}", r.term, r.leader))
+                        held.map_or("nothing".to_string(), |p| format!("term {} leader {}", p.term, p.leader))
                     )));
                 }
             }
