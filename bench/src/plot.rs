@@ -24,7 +24,7 @@ fn color(system: &str, flush: &str) -> RGBColor {
 }
 
 /// Each (system, flush) with its 1 KiB points, sorted by in flight.
-fn series(report: &Report) -> Vec<(String, &'static str, Vec<&Row>)> {
+fn series(report: &Report) -> Vec<Series<'_>> {
     let mut out = Vec::new();
     let flushes: [&'static str; 3] = [SYNC_FLUSH, "BATCH_FLUSH", "ASYNC_FLUSH"];
     for flush in flushes {
@@ -63,30 +63,67 @@ pub fn render(report: &Report) -> Result<String> {
         let root = root.titled(&title, ("sans-serif", 20)).map_err(|e| anyhow!("plot: {e}"))?;
         let (left, right) = root.split_horizontally(WIDTH / 2);
         let all = series(report);
-        let rows = || all.iter().flat_map(|(_, _, rows)| rows.iter());
-        let max_inflight = rows().map(|r| r.inflight).max().unwrap_or(256).max(2) as f64;
+        let max_inflight =
+            all.iter().flat_map(|(_, _, rows)| rows.iter()).map(|r| r.inflight).max().unwrap_or(256).max(2) as f64;
 
-        let (tlo, thi) = span(rows().map(|r| r.msgs_per_s));
-        let mut chart = ChartBuilder::on(&left)
-            .caption("throughput (messages/s, higher is better)", ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d((0.8f64..max_inflight * 1.25).log_scale().base(2.0), (tlo..thi).log_scale())
-            .map_err(|e| anyhow!("plot: {e}"))?;
-        chart
-            .configure_mesh()
-            .x_desc("messages in flight")
-            .max_light_lines(1)
-            .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
-            .bold_line_style(RGBColor(0xd8, 0xd8, 0xd8))
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .draw()
-            .map_err(|e| anyhow!("plot: {e}"))?;
-        for (label, flush, rows) in &all {
-            draw(&mut chart, label, flush, rows, |r| r.msgs_per_s)?;
-        }
+        panel(
+            &left,
+            "throughput (messages/s, higher is better)",
+            &all,
+            max_inflight,
+            |r| r.msgs_per_s,
+            &|y| format!("{y:.0}"),
+            true,
+        )?;
+        panel(
+            &right,
+            "p99 ack latency (ms, lower is better)",
+            &all,
+            max_inflight,
+            |r| r.p99_us as f64 / 1000.0,
+            &|y| if *y < 1.0 { format!("{y:.2}") } else { format!("{y:.0}") },
+            false,
+        )?;
+        root.present().map_err(|e| anyhow!("plot: {e}"))?;
+    }
+    Ok(svg)
+}
+
+type Series<'r> = (String, &'static str, Vec<&'r Row>);
+
+/// One panel: `y` of every series against messages in flight, both axes
+/// logarithmic; `legend` on the first panel only.
+fn panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    all: &[Series<'_>],
+    max_inflight: f64,
+    y: impl Fn(&Row) -> f64,
+    y_label: &dyn Fn(&f64) -> String,
+    legend: bool,
+) -> Result<()> {
+    let (lo, hi) = span(all.iter().flat_map(|(_, _, rows)| rows.iter()).map(|r| y(r)));
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0.8f64..max_inflight * 1.25).log_scale().base(2.0), (lo..hi).log_scale())
+        .map_err(|e| anyhow!("plot: {e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("messages in flight")
+        .max_light_lines(1)
+        .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
+        .bold_line_style(RGBColor(0xd8, 0xd8, 0xd8))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(y_label)
+        .draw()
+        .map_err(|e| anyhow!("plot: {e}"))?;
+    for (label, flush, rows) in all {
+        draw(&mut chart, label, flush, rows, &y)?;
+    }
+    if legend {
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperLeft)
@@ -94,31 +131,8 @@ pub fn render(report: &Report) -> Result<String> {
             .border_style(BLACK)
             .draw()
             .map_err(|e| anyhow!("plot: {e}"))?;
-
-        let (llo, lhi) = span(rows().map(|r| r.p99_us as f64 / 1000.0));
-        let mut chart = ChartBuilder::on(&right)
-            .caption("p99 ack latency (ms, lower is better)", ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d((0.8f64..max_inflight * 1.25).log_scale().base(2.0), (llo..lhi).log_scale())
-            .map_err(|e| anyhow!("plot: {e}"))?;
-        chart
-            .configure_mesh()
-            .x_desc("messages in flight")
-            .max_light_lines(1)
-            .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
-            .bold_line_style(RGBColor(0xd8, 0xd8, 0xd8))
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| if *y < 1.0 { format!("{y:.2}") } else { format!("{y:.0}") })
-            .draw()
-            .map_err(|e| anyhow!("plot: {e}"))?;
-        for (label, flush, rows) in &all {
-            draw(&mut chart, label, flush, rows, |r| r.p99_us as f64 / 1000.0)?;
-        }
-        root.present().map_err(|e| anyhow!("plot: {e}"))?;
     }
-    Ok(svg)
+    Ok(())
 }
 
 type Chart<'a, 'b> = ChartContext<
@@ -140,4 +154,70 @@ fn draw(chart: &mut Chart<'_, '_>, label: &str, flush: &str, rows: &[&Row], y: i
     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(|e| anyhow!("plot: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn row(system: &str, flush: &str, inflight: usize, msgs_per_s: f64, p99_us: u64) -> Row {
+        Row {
+            system: system.into(),
+            version: "1".into(),
+            flush: flush.into(),
+            size: SIZE,
+            inflight,
+            duration_s: 1.0,
+            msgs_per_s,
+            mib_per_s: msgs_per_s / 1024.0,
+            p50_us: p99_us / 2,
+            p99_us,
+            p999_us: p99_us * 2,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn both_panels_draw_every_series_and_the_legend_names_each_once() {
+        let report = Report {
+            schema: 1,
+            date: "2026-11-26".into(),
+            quick: false,
+            machine: crate::machine::Machine {
+                cpu_model: String::new(),
+                cores: 2,
+                ram_gib: 1.0,
+                disk: String::new(),
+                filesystem: String::new(),
+                kernel: String::new(),
+                os: String::new(),
+                loadavg_start: String::new(),
+                loadavg_end: String::new(),
+                versions: BTreeMap::new(),
+            },
+            disk: None,
+            results: vec![
+                row("keel", SYNC_FLUSH, 1, 170.0, 14_900),
+                row("keel", SYNC_FLUSH, 64, 14_207.0, 15_400),
+                row("nats", SYNC_FLUSH, 1, 534.0, 10_600),
+                row("nats", SYNC_FLUSH, 64, 7_892.0, 43_000),
+                row("keel", "BATCH_FLUSH", 64, 604.0, 110_000),
+            ],
+            not_measured: Vec::new(),
+            wall_s: 0.0,
+            warmup_s: 0.0,
+        };
+        let svg = render(&report).expect("render");
+        assert!(svg.contains("throughput (messages/s, higher is better)"), "left caption");
+        assert!(svg.contains("p99 ack latency (ms, lower is better)"), "right caption");
+        for label in ["keel", "nats", "keel BATCH_FLUSH (weaker)"] {
+            let text = format!("\n{label}\n</text>");
+            assert_eq!(svg.matches(&text).count(), 1, "legend entry {label}, on the left panel only");
+        }
+        // Every point is marked in both panels: five points, ten circles.
+        assert_eq!(svg.matches("<circle").count(), 10);
+    }
 }
