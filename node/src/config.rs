@@ -67,6 +67,9 @@ use keel_raft_log::{ConfigError, StoreConfig};
 pub struct NodeConfig {
     /// `node.id`: this node's Raft id, at least 1.
     pub node_id: u64,
+    /// Whether some source named `node.id` (else it is the default, 1):
+    /// a node refuses a cluster member's data without it.
+    pub node_id_given: bool,
     /// `grpc.listen`: where the one gRPC port (clients and peers) listens.
     pub grpc_listen: SocketAddr,
     /// `grpc.advertised`: `host:port` other nodes and clients use to reach
@@ -686,6 +689,7 @@ impl Builder {
 
         Ok(NodeConfig {
             node_id: self.node_id,
+            node_id_given: self.origins.contains_key("node.id"),
             grpc_listen: self.grpc_listen,
             grpc_advertised,
             admin_listen: self.admin_listen,

@@ -319,14 +319,29 @@ fn write_properties(node: &Node, peers: &str, settings: &[Setting]) -> Result<()
             let _ = writeln!(text, "{}={}", setting.key, setting.value);
         }
     }
-    // create_new: never overwrite a file, even one that appeared since we
-    // looked (the lock makes that unlikely, not impossible).
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&node.properties)
-        .with_context(|| format!("create {}", node.properties.display()))?;
-    file.write_all(text.as_bytes()).with_context(|| format!("write {}", node.properties.display()))
+    write_new_durably(&node.properties, text.as_bytes())
+}
+
+/// Write `path`, which must not exist yet, so that a power cut leaves either
+/// no file or the whole file: write a temp file beside it, fdatasync it,
+/// hard-link it to its name (which, unlike a rename, never replaces a file
+/// that appeared since we looked), remove the temp name, fsync the
+/// directory. A node whose file a power cut emptied came back on the
+/// defaults, as another node or a new one (found by power-loss testing).
+fn write_new_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let shown = path.display();
+    let dir = path.parent().context("a properties file has a directory")?;
+    let tmp = path.with_extension("properties.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file =
+        OpenOptions::new().write(true).create_new(true).open(&tmp).with_context(|| format!("create {shown}"))?;
+    file.write_all(bytes).with_context(|| format!("write {shown}"))?;
+    file.sync_data().with_context(|| format!("fdatasync {shown}"))?;
+    drop(file);
+    let linked = std::fs::hard_link(&tmp, path).with_context(|| format!("create {shown}"));
+    let _ = std::fs::remove_file(&tmp);
+    linked?;
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync the directory {}", dir.display()))
 }
 
 /// Takes the addresses from a properties file written earlier: the file, not
@@ -336,6 +351,24 @@ fn adopt_existing(node: &mut Node) -> Result<()> {
         std::fs::read_to_string(&node.properties).with_context(|| format!("read {}", node.properties.display()))?;
     let properties = parse_properties(&text);
     let file = node.properties.display();
+    // keel dev writes node.id first; a file without it is not one keel dev
+    // wrote whole (written before files were synced, then a power cut).
+    // Started on it, the node would come back on the defaults, as another
+    // node: refuse, saying what to do.
+    match properties.get("node.id") {
+        Some(id) if id.parse::<u64>().is_ok_and(|id| id == node.id) => {}
+        Some(id) => bail!(
+            "{file} says node.id={id}, but it is node{}'s file: fix node.id, or remove {} to start that node              afresh",
+            node.id,
+            node.dir.display()
+        ),
+        None => bail!(
+            "{file} names no node.id ({} bytes; emptied by a crash before keel dev synced its files?): restore              the file (node.id={}, its addresses and store.path.commitlog), or remove {} to start that node              afresh",
+            text.len(),
+            node.id,
+            node.dir.display()
+        ),
+    }
     if let Some(value) = properties.get("grpc.listen") {
         node.grpc_listen = value.parse().with_context(|| format!("{file}: grpc.listen `{value}`"))?;
         node.grpc_addr = node.grpc_listen.to_string();
@@ -766,6 +799,32 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&nodes[2].properties).expect("node3 file"), edited);
         assert_eq!(nodes[2].grpc_listen.port(), 20050);
         assert_eq!(nodes[0].grpc_listen.port(), 20000);
+    }
+
+    /// Issue 16, item 2: after a power cut the files were empty, and the
+    /// nodes came back on the defaults (admin port 9191, a fresh
+    /// `keel-data` in their folder). Files are now written durably, and one
+    /// without its node.id is refused by name instead of run.
+    #[test]
+    fn a_properties_file_a_crash_emptied_is_refused_not_run_on_defaults() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let args = parse(&["--dir", dir.path().to_str().expect("utf-8"), "--base-port", "20200"]).expect("valid");
+        let root = prepare_root(&args.dir).expect("root");
+        let nodes = prepare_nodes(&root, &args).expect("prepare");
+        let leftovers: Vec<_> = std::fs::read_dir(root.join("node2"))
+            .expect("node2 dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left behind: {leftovers:?}");
+        // Phase: the file is empty (what the power cut left): refused, named.
+        std::fs::write(&nodes[1].properties, "").expect("empty node2's file");
+        let err = prepare_nodes(&root, &args).err().expect("an empty file was accepted").to_string();
+        assert!(err.contains("node2") && err.contains("names no node.id"), "{err}");
+        // Phase: another node's file in node2's place: refused too.
+        std::fs::copy(&nodes[2].properties, &nodes[1].properties).expect("copy node3's file");
+        let err = prepare_nodes(&root, &args).err().expect("node3's file accepted for node2").to_string();
+        assert!(err.contains("node.id=3"), "{err}");
     }
 
     #[test]

@@ -88,10 +88,10 @@
 //! ```text
 //! off len field
 //!   0   8 magic            b"KEELMETA"
-//!   8   4 version          1
+//!   8   4 version          2 (version 1 files, 92 bytes, are read too)
 //!  12   4 flags            bit 0 vote present, bit 1 vote committed,
 //!                          bit 2 voted_for present, bit 3 committed present,
-//!                          bit 4 purged present
+//!                          bit 4 purged present, bit 5 truncated_from present
 //!  16   8 vote term
 //!  24   8 vote voted_for   node id
 //!  32   8 committed term
@@ -101,8 +101,21 @@
 //!  64   8 purged leader node
 //!  72   8 purged index
 //!  80   8 generation
-//!  88   4 crc32c           over bytes 0..88
+//!  88   8 node id          the node this directory belongs to (0: not yet recorded)
+//!  96   8 cluster id       the cluster it belongs to (0: not yet known)
+//! 104   8 truncated_from   a truncation in progress cuts the log from here
+//! 112   4 crc32c           over bytes 0..112
 //! ```
+//!
+//! Version 1 ended with the crc32c at byte 88 (no identity, no
+//! truncation mark); it decodes with those absent, and the next write
+//! turns the file into version 2.
+//!
+//! `truncated_from` is written before a truncation changes any segment and
+//! cleared after it: a crash in between leaves the last segment with a zero
+//! header, or stale records, from that index on, and recovery must read
+//! them as the end of the log, not as damage to durable records (which a
+//! zero header followed by valid records otherwise is).
 
 use bytes::Bytes;
 
@@ -120,8 +133,10 @@ pub const TIME_INDEX_MAGIC: &[u8; 8] = b"KEELTIX1";
 pub const INDEX_HEADER_BYTES: usize = 32;
 
 pub const META_MAGIC: &[u8; 8] = b"KEELMETA";
-pub const META_VERSION: u32 = 1;
-pub const META_BYTES: usize = 92;
+pub const META_VERSION: u32 = 2;
+pub const META_BYTES: usize = 116;
+/// A version 1 meta file: the same fields up to the generation, then its crc.
+pub const META_V1_BYTES: usize = 92;
 
 /// Largest segment keel accepts: positions in `.idx` are u32.
 pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
@@ -133,7 +148,9 @@ const _: () = assert!(SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES < MIN_SEGMENT_B
 const _: () = assert!(MAX_SEGMENT_BYTES <= u32::MAX as u64);
 const _: () = assert!(RECORD_CRC_AT + 4 == RECORD_HEADER_BYTES);
 const _: () = assert!(META_BYTES == META_CRC_AT + 4);
-const META_CRC_AT: usize = 88;
+const _: () = assert!(META_V1_BYTES == META_V1_CRC_AT + 4);
+const META_CRC_AT: usize = 112;
+const META_V1_CRC_AT: usize = 88;
 
 /// What an entry is, as far as the store cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -483,6 +500,19 @@ pub struct Meta {
     pub committed: Option<LogPos>,
     pub purged: Option<LogPos>,
     pub generation: u64,
+    /// Which node and cluster the directory belongs to.
+    pub identity: Identity,
+    /// Set while a truncation from this index is under way.
+    pub truncated_from: Option<u64>,
+}
+
+/// The node and the cluster a data directory belongs to. Zero means not
+/// recorded yet (a directory written before identities were kept, or a
+/// node that has not yet learned its cluster's id).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub node_id: u64,
+    pub cluster_id: u64,
 }
 
 /// A log id as openraft 0.9 has it: (term, leader node id, index).
@@ -531,28 +561,34 @@ impl Meta {
                 b[at + 16..at + 24].copy_from_slice(&p.index.to_le_bytes());
             }
         }
+        if let Some(t) = self.truncated_from {
+            flags |= 32;
+            b[104..112].copy_from_slice(&t.to_le_bytes());
+        }
         b[12..16].copy_from_slice(&flags.to_le_bytes());
         b[80..88].copy_from_slice(&self.generation.to_le_bytes());
+        b[88..96].copy_from_slice(&self.identity.node_id.to_le_bytes());
+        b[96..104].copy_from_slice(&self.identity.cluster_id.to_le_bytes());
         let crc = crc32c::crc32c(&b[..META_CRC_AT]);
         b[META_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, &'static str> {
-        if b.len() != META_BYTES {
-            return Err("meta file has the wrong length");
-        }
-        if &b[0..8] != META_MAGIC {
+        if b.len() < 12 || &b[0..8] != META_MAGIC {
             return Err("bad meta magic");
         }
-        if u32_at(b, 8) != META_VERSION {
-            return Err("unknown meta version");
-        }
-        if crc32c::crc32c(&b[..META_CRC_AT]) != u32_at(b, META_CRC_AT) {
+        let (crc_at, known_flags) = match (u32_at(b, 8), b.len()) {
+            (META_VERSION, META_BYTES) => (META_CRC_AT, 0b11_1111),
+            (1, META_V1_BYTES) => (META_V1_CRC_AT, 0b1_1111),
+            (1 | META_VERSION, _) => return Err("meta file has the wrong length"),
+            _ => return Err("unknown meta version"),
+        };
+        if crc32c::crc32c(&b[..crc_at]) != u32_at(b, crc_at) {
             return Err("meta crc32c mismatch");
         }
         let flags = u32_at(b, 12);
-        if flags & !0b1_1111 != 0 {
+        if flags & !known_flags != 0 {
             return Err("unknown meta flags");
         }
         let vote = (flags & 1 != 0).then(|| MetaVote {
@@ -573,7 +609,11 @@ impl Meta {
         if purged.is_some_and(|p| p.index == u64::MAX) {
             return Err("purged log id at the last possible index");
         }
-        Ok(Meta { vote, committed, purged, generation: u64_at(b, 80) })
+        let v2 = crc_at == META_CRC_AT;
+        let identity =
+            if v2 { Identity { node_id: u64_at(b, 88), cluster_id: u64_at(b, 96) } } else { Identity::default() };
+        let truncated_from = (flags & 32 != 0).then(|| u64_at(b, 104));
+        Ok(Meta { vote, committed, purged, generation: u64_at(b, 80), identity, truncated_from })
     }
 }
 
@@ -723,6 +763,8 @@ mod tests {
             committed: Some(LogPos::new(5, 3, 100)),
             purged: Some(LogPos::new(2, 1, 40)),
             generation: 1,
+            identity: Identity { node_id: 3, cluster_id: 0xfeed_beef_0000_0001 },
+            truncated_from: Some(77),
         };
         let b = m.encode();
         assert_eq!(Meta::decode(&b), Ok(m));
@@ -737,11 +779,42 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_meta_file_still_decodes_without_identity() {
+        // Bytes as keel wrote them before version 2 (vote, committed,
+        // purged, generation): everything but the new fields is kept.
+        let mut v1 = [0u8; META_V1_BYTES];
+        v1[0..8].copy_from_slice(META_MAGIC);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        v1[12..16].copy_from_slice(&(1u32 | 2 | 4 | 8).to_le_bytes());
+        v1[16..24].copy_from_slice(&7u64.to_le_bytes());
+        v1[24..32].copy_from_slice(&2u64.to_le_bytes());
+        v1[32..40].copy_from_slice(&7u64.to_le_bytes());
+        v1[40..48].copy_from_slice(&2u64.to_le_bytes());
+        v1[48..56].copy_from_slice(&500u64.to_le_bytes());
+        v1[80..88].copy_from_slice(&3u64.to_le_bytes());
+        let crc = crc32c::crc32c(&v1[..META_V1_CRC_AT]);
+        v1[META_V1_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        let m = Meta::decode(&v1).expect("a version 1 file decodes");
+        assert_eq!(m.vote, Some(MetaVote { term: 7, voted_for: Some(2), committed: true }));
+        assert_eq!(m.committed, Some(LogPos::new(7, 2, 500)));
+        assert_eq!((m.purged, m.generation, m.identity, m.truncated_from), (None, 3, Identity::default(), None));
+        // Version 1 knows no truncation flag, and its length is its own.
+        let mut x = v1;
+        x[12..16].copy_from_slice(&(1u32 | 32).to_le_bytes());
+        let crc = crc32c::crc32c(&x[..META_V1_CRC_AT]);
+        x[META_V1_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        assert!(Meta::decode(&x).is_err(), "a version 1 file with a version 2 flag");
+        assert!(Meta::decode(&[v1.as_slice(), &[0; 24]].concat()).is_err(), "version 1 at version 2's length");
+        // Written again, it is a version 2 file with the same fields.
+        assert_eq!(Meta::decode(&m.encode()), Ok(m));
+    }
+
+    #[test]
     fn a_meta_log_id_at_the_last_index_is_refused() {
         for (committed, purged) in
             [(Some(LogPos::new(1, 1, u64::MAX)), None), (None, Some(LogPos::new(1, 1, u64::MAX)))]
         {
-            let m = Meta { vote: None, committed, purged, generation: 0 };
+            let m = Meta { committed, purged, ..Meta::default() };
             assert!(Meta::decode(&m.encode()).is_err(), "{m:?} decoded");
         }
         let m = Meta { purged: Some(LogPos::new(1, 1, u64::MAX - 1)), ..Meta::default() };

@@ -32,11 +32,11 @@ pub mod store;
 pub use config::{ConfigError, FlushConfig, FlushPolicy, StoreConfig};
 pub use error::{Error, Result};
 pub use flusher::{Completion, FlushStats};
-pub use format::{LogPos, Record, RecordKind, RecordMeta};
+pub use format::{Identity, LogPos, Record, RecordKind, RecordMeta};
 pub use io::{FileIo, FileSystem, Preallocate, RealFs};
 pub use latency::{LatencySummary, SyncLatency};
 pub use raft::{EntryData, LogStore, entry_to_record, log_id, raw, record_to_entry};
-pub use store::{NewRecord, SegmentInfo, Store};
+pub use store::{NewRecord, SegmentInfo, Store, read_meta};
 
 #[cfg(test)]
 mod tests;

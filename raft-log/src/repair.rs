@@ -90,6 +90,9 @@ fn segments(fs: &dyn FileSystem, dir: &Path) -> Result<(Meta, Vec<Found>)> {
             Some((first, "log")) => Some(first),
             _ => None,
         })
+        // Segments a truncation cut short by a crash left behind hold
+        // nothing of the log (recovery deletes them).
+        .filter(|&first| meta.truncated_from.is_none_or(|t| first < t))
         .collect();
     firsts.sort_unstable();
     let mut out = Vec::new();
@@ -117,32 +120,66 @@ fn segments(fs: &dyn FileSystem, dir: &Path) -> Result<(Meta, Vec<Found>)> {
 struct Walk {
     /// `(index, position, header)` of every intact record, in order.
     intact: Vec<(u64, usize, RecordHeader)>,
-    /// Damaged runs `(from, to, reason)`; `to` is `None` when the run
-    /// reaches the end of the segment's range.
-    damaged: Vec<(u64, Option<u64>, String)>,
+    /// Damaged runs `(from, to, reason, anchor)`; `to` is `None` when the
+    /// run reaches the end of the segment's range; `anchor` is set when it
+    /// is not the intact record at `to + 1` (the committed id, below).
+    damaged: Vec<(u64, Option<u64>, String, Option<LogPos>)>,
+}
+
+/// What the meta file says the last segment must hold.
+#[derive(Clone, Copy, Default)]
+struct Tail {
+    /// The committed log id, if above the purge point: entries up to it
+    /// were fsynced here (see `Store::save_committed`).
+    committed: Option<LogPos>,
+    /// A truncation cut short: the log ends before it.
+    truncated_from: Option<u64>,
+}
+
+impl Tail {
+    fn of(meta: &Meta) -> Self {
+        Self {
+            committed: crate::store::committed_to_hold(meta).and(meta.committed),
+            truncated_from: meta.truncated_from,
+        }
+    }
 }
 
 /// Every record of `seg` up to `end` (exclusive; the next segment's first
 /// index) or, for the last segment, up to the end of the log.
-fn walk(seg: &Found, end: Option<u64>) -> Walk {
+fn walk(seg: &Found, end: Option<u64>, tail: Tail) -> Walk {
     let mut w = Walk { intact: Vec::new(), damaged: Vec::new() };
+    let committed = tail.committed.filter(|_| end.is_none());
     let Some((_, salt)) = seg.header else {
         let why = seg.header_error.unwrap_or("bad header");
-        w.damaged.push((seg.first, end.map(|e| e - 1), format!("segment header: {why}")));
+        // The last segment's header: its committed entries are what a peer
+        // can be shown to hold.
+        let held = committed.filter(|c| c.index >= seg.first);
+        let to = end.map(|e| e - 1).or(held.map(|c| c.index));
+        w.damaged.push((seg.first, to, format!("segment header: {why}"), held));
         return w;
     };
     let bytes = &seg.bytes[..];
     let max_payload = format::max_payload_in(bytes.len() as u64);
     let (mut pos, mut index) = (SEGMENT_HEADER_BYTES, seg.first);
+    let stop_before = end.or(tail.truncated_from);
     loop {
-        let limit = end.map(|e| usize::try_from(e.saturating_sub(index)).unwrap_or(usize::MAX));
+        let limit = stop_before.map(|e| usize::try_from(e.saturating_sub(index)).unwrap_or(usize::MAX));
         let s = segment::scan_from(bytes, pos, index, limit, max_payload, salt);
         for &p in &s.positions {
             let h = format::decode_header(&bytes[p as usize..], max_payload).expect("scanned");
             w.intact.push((index, p as usize, h));
             index += 1;
         }
-        let Some((stop_at, why)) = s.stop else { return w };
+        let Some((stop_at, why)) = s.stop else {
+            if let Some(c) = committed.filter(|c| index <= c.index) {
+                // The last segment is whole, yet the log ends below the
+                // committed index: a later segment is gone.
+                let reason = format!("the log ends before log index {index}, below the committed index {}", c.index);
+                w.damaged.push((index, Some(c.index), reason, Some(c)));
+            }
+            return w;
+        };
         let stop_at = stop_at as usize;
         // The next valid record that belongs to this segment's range.
         let next = |h: &RecordHeader| h.index > index && end.is_none_or(|e| h.index < e);
@@ -150,7 +187,8 @@ fn walk(seg: &Found, end: Option<u64>) -> Walk {
             Some(_) => format::find_valid_record(bytes, stop_at + 1, max_payload, salt).filter(|(_, h)| next(h)),
             None => {
                 // The last segment: a torn tail is where the log ends.
-                let (torn, after) = classify_stop(bytes, stop_at, index, why, max_payload, salt);
+                let (torn, after) =
+                    classify_stop(bytes, stop_at, index, why, max_payload, salt, committed.map(|c| c.index));
                 if torn {
                     return w;
                 }
@@ -163,14 +201,25 @@ fn walk(seg: &Found, end: Option<u64>) -> Walk {
             }
             _ => format!("{why} at position {stop_at}"),
         };
+        // Damage at or below the committed index whose next intact record
+        // may not be committed (it lies past the committed index and
+        // nothing shows it durable): a peer is only sure to hold the
+        // committed entries, so they are what is repaired, anchored on the
+        // committed id itself, and the log ends there.
+        if let Some(c) = committed.filter(|c| index <= c.index)
+            && after.is_none_or(|(_, h)| h.index > c.index + 1 && h.synced_before <= index)
+        {
+            w.damaged.push((index, Some(c.index), reason, Some(c)));
+            return w;
+        }
         match after {
             Some((q, h)) => {
-                w.damaged.push((index, Some(h.index - 1), reason));
+                w.damaged.push((index, Some(h.index - 1), reason, None));
                 pos = q;
                 index = h.index;
             }
             None => {
-                w.damaged.push((index, end.map(|e| e - 1), reason));
+                w.damaged.push((index, end.map(|e| e - 1), reason, None));
                 return w;
             }
         }
@@ -184,24 +233,26 @@ pub fn find_damage(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<Damage>> {
     let _lock = lock_dir(dir)?;
     let (meta, segs) = segments(fs, dir)?;
     let purged = meta.purged.map(|p| p.index);
+    let tail = Tail::of(&meta);
     let mut out: Vec<Damage> = Vec::new();
     // First intact entry of each segment, to anchor damage that ends a segment.
     let mut first_intact: BTreeMap<u64, LogPos> = BTreeMap::new();
     for (k, seg) in segs.iter().enumerate() {
         let end = segs.get(k + 1).map(|s| s.first);
-        let w = walk(seg, end);
+        let w = walk(seg, end, tail);
         if let Some(&(i, _, h)) = w.intact.first() {
             first_intact.insert(i, LogPos::new(h.term, h.leader, i));
         }
-        for (from, to, reason) in w.damaged {
+        for (from, to, reason, anchor) in w.damaged {
             // Below the purge point nothing is needed.
             let from = purged.map_or(from, |p| from.max(p + 1));
             if to.is_some_and(|t| t < from) {
                 continue;
             }
-            let anchor = to
-                .and_then(|t| w.intact.iter().find(|&&(i, _, _)| i == t + 1))
-                .map(|&(i, _, h)| LogPos::new(h.term, h.leader, i));
+            let anchor = anchor.or_else(|| {
+                to.and_then(|t| w.intact.iter().find(|&&(i, _, _)| i == t + 1))
+                    .map(|&(i, _, h)| LogPos::new(h.term, h.leader, i))
+            });
             out.push(Damage { from, to: to.unwrap_or(u64::MAX), file: seg.path.clone(), reason, anchor });
         }
     }
@@ -258,13 +309,14 @@ pub fn rewrite(fs: &dyn FileSystem, dir: &Path, segment_bytes: u64, damage: &Dam
         )));
     }
     let (meta, segs) = segments(fs, dir)?;
+    let tail = Tail::of(&meta);
     let new: BTreeMap<u64, &Record> = records.iter().map(|r| (r.index, r)).collect();
     // Split the range over the segments that hold it; entries before the
     // first segment get a segment of their own.
     let mut k = segs.partition_point(|s| s.first <= damage.from);
     if k == 0 {
         let upto = segs.first().map_or(damage.to + 1, |s| s.first).min(damage.to + 1);
-        write_segment(fs, dir, segment_bytes, damage.from, meta.generation, None, upto, &new)?;
+        write_segment(fs, dir, segment_bytes, damage.from, meta.generation, None, upto, &new, tail)?;
         k = 1;
         if upto > damage.to {
             return sync_dir(fs, dir);
@@ -280,7 +332,7 @@ pub fn rewrite(fs: &dyn FileSystem, dir: &Path, segment_bytes: u64, damage: &Dam
             continue;
         }
         let generation = seg.header.map_or(meta.generation, |(g, _)| g);
-        write_segment(fs, dir, segment_bytes, seg.first, generation, Some(seg), end.unwrap_or(u64::MAX), &new)?;
+        write_segment(fs, dir, segment_bytes, seg.first, generation, Some(seg), end.unwrap_or(u64::MAX), &new, tail)?;
     }
     sync_dir(fs, dir)
 }
@@ -301,9 +353,10 @@ fn write_segment(
     old: Option<&Found>,
     end: u64,
     new: &BTreeMap<u64, &Record>,
+    tail: Tail,
 ) -> Result<()> {
     let salt = old.and_then(|s| s.header).map_or_else(format::new_salt, |(_, salt)| salt);
-    let walked = old.map(|s| walk(s, (end != u64::MAX).then_some(end)));
+    let walked = old.map(|s| walk(s, (end != u64::MAX).then_some(end), tail));
     let mut body = Vec::new();
     let mut synced_before = 0u64;
     let mut index = first;

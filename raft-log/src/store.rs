@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::flusher::{Completion, FlushStats, FlusherHandle, SyncState};
-use crate::format::{self, LogPos, Meta, MetaVote, RECORD_HEADER_BYTES, Record, RecordMeta, SegmentHeader};
+use crate::format::{self, Identity, LogPos, Meta, MetaVote, RECORD_HEADER_BYTES, Record, RecordMeta, SegmentHeader};
 use crate::io::{FileSystem, RealFs};
 use crate::preparer::{PREPARED_PREFIX, PreparerHandle};
 use crate::segment::{self, Scan, ScanStop, Segment};
@@ -482,7 +482,13 @@ impl Store {
         let path = dir.join(format::segment_file_name(from));
         let salt = format::new_salt();
         // From here on files change: any failure is fail-stop, since memory
-        // and disk no longer agree.
+        // and disk no longer agree. First the mark: a crash before the
+        // truncation is done leaves records (or a zero header) from `from`
+        // on that recovery must cut, never take for damaged durable ones.
+        let mut meta = self.state().meta;
+        meta.truncated_from = Some(from);
+        // (A failed meta write is fail-stop already.)
+        self.write_meta(meta).await?;
         let file = (|| {
             // Later segments go first (durably): until then the kept
             // segment stays sealed and whole, so a crash shows the log as it
@@ -513,16 +519,19 @@ impl Store {
         .map_err(|e| self.inner.sync.fail(format!("truncate from {from}: {e}")))?;
         let segment = Segment::new_active(from, path, file, self.inner.config.segment_bytes, salt)
             .map_err(|e| self.inner.sync.fail(format!("truncate from {from}: map the new segment: {e}")))?;
-        let mut s = self.state();
-        if let Some(prev) = s.active()
-            && let Err(e) = prev.write_indexes(fs, &dir)
-        {
-            tracing::warn!(error = %e, "could not write segment indexes; they are rebuilt on open");
-        }
-        s.segments.insert(from, segment);
-        let last = s.last_present().map(|p| p.index);
-        drop(s);
+        let (last, mut meta) = {
+            let mut s = self.state();
+            if let Some(prev) = s.active()
+                && let Err(e) = prev.write_indexes(fs, &dir)
+            {
+                tracing::warn!(error = %e, "could not write segment indexes; they are rebuilt on open");
+            }
+            s.segments.insert(from, segment);
+            (s.last_present().map(|p| p.index), s.meta)
+        };
         self.inner.sync.reset(last);
+        meta.truncated_from = None;
+        self.write_meta(meta).await?;
         Ok(())
     }
 
@@ -693,6 +702,24 @@ impl Store {
         self.state().meta.vote
     }
 
+    /// The node and cluster this directory belongs to, as the meta file says.
+    pub fn identity(&self) -> Identity {
+        self.state().meta.identity
+    }
+
+    /// Record which node and cluster this directory belongs to; returns
+    /// once durable.
+    pub async fn set_identity(&self, identity: Identity) -> Result<()> {
+        let _writer = self.inner.writer.lock().await;
+        self.check_failed()?;
+        let mut meta = self.state().meta;
+        if meta.identity == identity {
+            return Ok(());
+        }
+        meta.identity = identity;
+        self.write_meta(meta).await
+    }
+
     /// Remember the committed log id. Written to disk at most once a second
     /// (and with every vote or purge): openraft treats it as an optimisation.
     pub async fn save_committed(&self, committed: Option<LogPos>) -> Result<()> {
@@ -728,9 +755,18 @@ impl Store {
     /// BATCH_FLUSH: the replicas' committed logs diverged). Under SYNC_FLUSH
     /// too, as the leader's own entries count as flushed once written
     /// ([`crate::LogStore::leader_acks_on_write`]).
+    ///
+    /// Nor past this node's own fsynced index: recovery treats any damage
+    /// at or below the committed id on disk as corruption to repair, never
+    /// as a torn tail, which holds only if this node had fsynced it (a
+    /// follower may learn a durable index before its own sync covers it).
     fn committed_on_disk(&self, committed: Option<LogPos>) -> Option<LogPos> {
         let c = committed?;
-        let durable = self.inner.cluster_durable.load(std::sync::atomic::Ordering::Acquire);
+        let cluster = self.inner.cluster_durable.load(std::sync::atomic::Ordering::Acquire);
+        let durable = match self.inner.sync.synced_index() {
+            Some(own) => cluster.min(own),
+            None => 0,
+        };
         if c.index <= durable {
             return Some(c);
         }
@@ -917,6 +953,16 @@ struct Found {
 /// `index_at_stop`) for `why`, ended: `true` for a torn tail that recovery
 /// may cut (what a crash leaves of unsynced writes), `false` for damage to
 /// bytes that were durable. Also the next fully valid record after `pos`.
+///
+/// `committed` is the committed index the meta file holds: the store writes
+/// only one that this node had fsynced ([`Store::save_committed`]), so damage
+/// at or below it is never a torn write, whatever it looks like. Nor is
+/// damage that a later valid record witnesses as fsynced before it was
+/// written (its `synced_before`). Only then does the damage's shape count:
+/// a zero header, or zeros where a whole sector was lost, is what a crash
+/// leaves of an unsynced write. (A zero header is also where a truncation
+/// ends a stale tail, whose records may well witness; recovery reads the
+/// meta file's `truncated_from` and never scans past it.)
 pub(crate) fn classify_stop(
     bytes: &[u8],
     pos: usize,
@@ -924,17 +970,20 @@ pub(crate) fn classify_stop(
     why: ScanStop,
     max_payload: usize,
     salt: u32,
+    committed: Option<u64>,
 ) -> (bool, Option<(usize, format::RecordHeader)>) {
     let after = format::find_valid_record(bytes, pos + 1, max_payload, salt);
-    // A later record written after this one was durable proves
-    // that no crash explains the damage.
-    let witnessed = after.filter(|(_, h)| h.synced_before > index_at_stop);
-    let torn = match (why, witnessed) {
-        // A zero header is a lost write, or where a truncation ended
-        // a stale tail: what lies after it never witnesses anything.
-        (ScanStop::Defect(format::RecordDefect::Zero), _) => true,
-        (_, Some(_)) => false,
-        (ScanStop::Defect(_), None) => {
+    if committed.is_some_and(|c| index_at_stop <= c) {
+        return (false, after);
+    }
+    // A later record written after this one was durable proves that no
+    // crash explains the damage.
+    if after.is_some_and(|(_, h)| h.synced_before > index_at_stop) {
+        return (false, after);
+    }
+    let torn = match why {
+        ScanStop::Defect(format::RecordDefect::Zero) => true,
+        ScanStop::Defect(_) => {
             let rec_len = format::decode_header(&bytes[pos..], usize::MAX)
                 .map(|h| h.record_bytes())
                 .unwrap_or(RECORD_HEADER_BYTES);
@@ -944,7 +993,7 @@ pub(crate) fn classify_stop(
             };
             format::looks_torn(&bytes[pos..region_end], pos as u64, after.is_none())
         }
-        _ => false,
+        ScanStop::WrongIndex { .. } | ScanStop::TermBackwards { .. } => false,
     };
     (torn, after)
 }
@@ -970,6 +1019,25 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
         }
     }
     firsts.sort_unstable();
+    let committed = committed_to_hold(&meta);
+    // A truncation cut short by a crash: the log ends before
+    // `truncated_from`. Segments from there on hold only truncated entries
+    // (or are the empty segment the truncation made), and what the kept
+    // segment holds from there on is a stale tail; both go, then the mark.
+    if let Some(t) = meta.truncated_from {
+        if committed.is_some_and(|c| t <= c) {
+            return Err(corruption(
+                &meta_path,
+                0,
+                Some(t),
+                format!("a truncation from {t} is marked, at or below the committed index {committed:?}"),
+            ));
+        }
+        for &first in firsts.iter().filter(|&&f| f >= t) {
+            remove_segment_files(fs, dir, first).map_err(|e| Error::io("remove a truncated segment", e))?;
+        }
+        firsts.retain(|&f| f < t);
+    }
     // Index files whose segment is gone.
     for name in &names {
         if let Some((first, "idx" | "tix")) = format::parse_file_name(name)
@@ -1060,14 +1128,32 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
             segments.insert(first, seg);
             continue;
         }
-        // The active segment: scan to the end and cut a torn tail.
+        // The active segment: scan to the end (or to a truncation's mark)
+        // and cut a torn tail.
         let max_payload = format::max_payload_in(seg_capacity);
-        let s = if header_ok { segment::scan(&bytes, first, None, max_payload, salt) } else { Scan::empty() };
+        let limit = meta.truncated_from.map(|t| usize::try_from(t.saturating_sub(first)).unwrap_or(usize::MAX));
+        let s = if header_ok { segment::scan(&bytes, first, limit, max_payload, salt) } else { Scan::empty() };
         let end = s.end as usize;
         let index_at_stop = first + s.positions.len() as u64;
+        if let Some(c) = committed
+            && index_at_stop <= c
+            && s.stop.is_none()
+        {
+            // Every record the segment can hold is valid, yet the log ends
+            // below the committed index: a later segment is gone.
+            return Err(corruption(
+                &path,
+                s.end,
+                Some(index_at_stop),
+                format!("the log ends before log index {index_at_stop}, below the committed index {c}"),
+            ));
+        }
+        if !header_ok && committed.is_some_and(|c| first <= c) {
+            return Err(corruption(&path, 0, Some(first), "zero header in a segment holding committed entries"));
+        }
         if let Some((pos, why)) = s.stop {
             let pos = pos as usize;
-            let (torn, after) = classify_stop(&bytes, pos, index_at_stop, why, max_payload, salt);
+            let (torn, after) = classify_stop(&bytes, pos, index_at_stop, why, max_payload, salt, committed);
             if !torn {
                 let follow = after
                     .map(|(q, h)| {
@@ -1076,7 +1162,11 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
                         format!("; a valid record (log index {}) follows at position {q}{proof}", h.index)
                     })
                     .unwrap_or_default();
-                return Err(corruption(&path, pos as u64, Some(index_at_stop), format!("{why}{follow}")));
+                let held = match committed {
+                    Some(c) if index_at_stop <= c => format!(", at or below the committed index {c}"),
+                    _ => String::new(),
+                };
+                return Err(corruption(&path, pos as u64, Some(index_at_stop), format!("{why}{held}{follow}")));
             }
             if after.is_some() || bytes[pos..].iter().any(|&b| b != 0) {
                 tracing::warn!(segment = %path.display(), position = pos, index = index_at_stop, "cut a torn tail ({why})");
@@ -1113,5 +1203,30 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
         return Err(corruption(&seg.path, 0, Some(p + 1), format!("entries {}..{} are missing", p + 1, seg.first)));
     }
     fs.sync_dir(dir).map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e))?;
+    let mut meta = meta;
+    if meta.truncated_from.take().is_some() {
+        // The stale tail is zeroed and synced above: the mark has done its work.
+        crate::io::write_file_durably(fs, dir, "meta", &meta.encode())
+            .map_err(|e| Error::io("clear the truncation mark in the meta file", e))?;
+    }
     Ok(State { segments, meta, committed_saved_at: None })
+}
+
+/// The meta file of the store in `dir`, read without opening the store (a
+/// node checks whose directory it is before it touches anything else
+/// there). `None`: no meta file, a directory never used.
+pub fn read_meta(dir: &Path) -> Result<Option<Meta>> {
+    let path = dir.join("meta");
+    match std::fs::read(&path) {
+        Ok(bytes) => Meta::decode(&bytes).map(Some).map_err(|reason| corruption(&path, 0, None, reason)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+    }
+}
+
+/// The committed index recovery must find in the log: the meta file's, if
+/// above the purge point (entries at or below it are no longer needed).
+pub(crate) fn committed_to_hold(meta: &Meta) -> Option<u64> {
+    let c = meta.committed?.index;
+    meta.purged.is_none_or(|p| c > p.index).then_some(c)
 }

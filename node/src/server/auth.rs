@@ -20,6 +20,8 @@
 use std::sync::Arc;
 
 use keel_proto::client::ErrorCode;
+
+use super::identity::{CLUSTER_ID, Identity, TARGET_NODE, cluster_hex};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
@@ -77,12 +79,14 @@ pub fn check_metadata(expected: Option<&str>, metadata: &MetadataMap, what: &str
     check_bearer(expected, given).map_err(|r| unauthenticated(r, what))
 }
 
-/// Server side of the peer service: the token when one is set, and a client
-/// certificate verified against `tls.ca` when TLS is on.
+/// Server side of the peer service: the token when one is set, a client
+/// certificate verified against `tls.ca` when TLS is on, and a call meant
+/// for this node of this cluster ([`Identity::check_call`]).
 #[derive(Clone)]
 pub struct PeerGuard {
     pub token: Option<Arc<str>>,
     pub require_client_cert: bool,
+    pub identity: Identity,
 }
 
 impl Interceptor for PeerGuard {
@@ -102,21 +106,26 @@ impl Interceptor for PeerGuard {
             }
         }
         check_metadata(self.token.as_deref(), req.metadata(), "a peer RPC")?;
+        self.identity.check_call(req.metadata())?;
         Ok(req)
     }
 }
 
 /// Client side of this node's peer calls: adds `authorization: Bearer
-/// <admin.token>` when a token is set.
-#[derive(Clone, Default)]
+/// <admin.token>` when a token is set, and the node the call is meant for
+/// and this node's cluster id (see [`super::identity`]).
+#[derive(Clone)]
 pub struct PeerCredentials {
     header: Option<AsciiMetadataValue>,
+    identity: Identity,
+    /// The node the call is meant for; 0: not yet addressed ([`Self::to`]).
+    target: u64,
 }
 
 impl PeerCredentials {
     /// `None` when the token cannot travel as metadata (config validation
     /// keeps such a token out, see `config.rs`).
-    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+    pub fn new(token: Option<&str>, identity: Identity) -> anyhow::Result<Self> {
         let header = match token {
             None => None,
             Some(t) => Some(
@@ -125,7 +134,12 @@ impl PeerCredentials {
                     .map_err(|_| anyhow::anyhow!("admin.token cannot be sent as gRPC metadata"))?,
             ),
         };
-        Ok(Self { header })
+        Ok(Self { header, identity, target: 0 })
+    }
+
+    /// The same credentials for calls meant for node `target`.
+    pub fn to(&self, target: u64) -> Self {
+        Self { target, ..self.clone() }
     }
 }
 
@@ -133,6 +147,14 @@ impl Interceptor for PeerCredentials {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(h) = &self.header {
             req.metadata_mut().insert(AUTHORIZATION, h.clone());
+        }
+        if self.target != 0 {
+            req.metadata_mut().insert(TARGET_NODE, AsciiMetadataValue::from(self.target));
+        }
+        let cluster = self.identity.cluster_id();
+        if cluster != 0 {
+            let hex = cluster_hex(cluster).parse::<AsciiMetadataValue>().expect("hex digits are ASCII");
+            req.metadata_mut().insert(CLUSTER_ID, hex);
         }
         Ok(req)
     }
@@ -170,18 +192,24 @@ mod tests {
     #[test]
     fn the_peer_guard_wants_the_token_and_the_credentials_carry_it() {
         // Phase: our own credentials pass our own guard.
-        let mut guard = PeerGuard { token: Some(Arc::from("t0k")), require_client_cert: false };
-        let mut creds = PeerCredentials::new(Some("t0k")).expect("a plain token");
+        let identity = Identity::new(1);
+        let mut guard =
+            PeerGuard { token: Some(Arc::from("t0k")), require_client_cert: false, identity: identity.clone() };
+        let mut creds = PeerCredentials::new(Some("t0k"), identity.clone()).expect("a plain token").to(1);
         let req = creds.call(Request::new(())).expect("credentials never refuse");
         assert!(guard.call(req).is_ok());
         // Phase: no credentials, or another cluster's token, are refused.
         let err = guard.call(Request::new(())).expect_err("no token passed");
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
-        let other = PeerCredentials::new(Some("other")).expect("a plain token").call(Request::new(())).expect("ok");
-        assert!(guard.call(other).is_err());
+        let mut other = PeerCredentials::new(Some("other"), identity.clone()).expect("a plain token");
+        assert!(guard.call(other.call(Request::new(())).expect("ok")).is_err());
+        // Phase: the right token, but meant for another node.
+        let mut elsewhere = PeerCredentials::new(Some("t0k"), identity.clone()).expect("a plain token").to(4);
+        let err = guard.call(elsewhere.call(Request::new(())).expect("ok")).expect_err("meant for node 4");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
         // Phase: with TLS on, a call that came without a client certificate
         // (here: not over TLS at all) is refused even with the token.
-        let mut tls_guard = PeerGuard { token: None, require_client_cert: true };
+        let mut tls_guard = PeerGuard { token: None, require_client_cert: true, identity };
         let err = tls_guard.call(Request::new(())).expect_err("no certificate passed");
         assert!(err.message().contains("client certificate"), "{err:?}");
     }

@@ -65,6 +65,8 @@ pub struct ClientService {
     pub(crate) token: Option<Arc<str>>,
     /// One membership change at a time (see `membership_turn`).
     pub(crate) membership: Arc<tokio::sync::Mutex<()>>,
+    /// InitCluster draws the new cluster's id.
+    pub(crate) identity: super::identity::Identity,
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
@@ -726,6 +728,15 @@ impl Keel for ClientService {
         if !members.contains_key(&self.node_id) {
             return Err(invalid(format!("the members must include this node ({})", self.node_id)));
         }
+        let initialized =
+            self.raft.is_initialized().await.map_err(|e| error(ErrorCode::StorageFailed, e.to_string()))?;
+        if initialized {
+            return Err(invalid("cannot initialise: this node already belongs to an initialised cluster"));
+        }
+        self.identity
+            .create_cluster(&self.store)
+            .await
+            .map_err(|e| error(ErrorCode::StorageFailed, format!("record the new cluster's id: {e:#}")))?;
         self.raft.initialize(members.clone()).await.map_err(|e| {
             error(ErrorCode::InvalidArgument, format!("cannot initialise: {e} (is the cluster already initialised?)"))
         })?;

@@ -290,7 +290,7 @@ impl Durable {
             node_id: self.node_id,
             synced: Some(pb::LogId { term: at.term, leader: at.leader, index: at.index }),
         };
-        let mut client = self.peers.client(&addr).ok()?;
+        let mut client = self.peers.client(&addr, leader).ok()?;
         let durable = Arc::clone(&self.durable);
         Some(tokio::spawn(async move {
             if let Ok(Ok(r)) = tokio::time::timeout(REPORT_TIMEOUT, client.report_synced(req)).await {

@@ -27,6 +27,7 @@ pub mod client_service;
 mod codec;
 mod durable;
 pub mod entry;
+mod identity;
 mod network;
 mod peer;
 mod proposer;
@@ -94,11 +95,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     if let Some(files) = &config.tls {
         tls::check(files)?;
     }
+    let identity = identity::Identity::new(node_id);
     let peers = network::Peers::new(
         config.tls.as_ref().map(tls::peer_client_config),
-        auth::PeerCredentials::new(config.admin_token.as_deref())?,
+        auth::PeerCredentials::new(config.admin_token.as_deref(), identity.clone())?,
     );
-    let Started { raft, store, shared, durable, reserve, repairs, client_service } = start(&config, &peers).await?;
+    let Started { raft, store, shared, durable, reserve, repairs, client_service } =
+        start(&config, &peers, &identity).await?;
     let admin = Arc::new(admin::Admin {
         node_id,
         raft: raft.clone(),
@@ -115,7 +118,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         repairs,
         reserve,
     });
-    let peer_service = peer::PeerService { raft: raft.clone(), store: store.clone(), durable, admin: admin.clone() };
+    let peer_service = peer::PeerService {
+        raft: raft.clone(),
+        store: store.clone(),
+        durable,
+        admin: admin.clone(),
+        identity: identity.clone(),
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let incoming = tonic::transport::server::TcpIncoming::bind(config.grpc_listen)
@@ -129,6 +138,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let peer_guard = auth::PeerGuard {
         token: config.admin_token.as_deref().map(Arc::from),
         require_client_cert: config.tls.is_some(),
+        identity: identity.clone(),
     };
     let server = tokio::spawn(
         builder
@@ -161,7 +171,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let admin_server = tokio::spawn(admin::serve(admin, admin_listener, shutdown_rx.clone()));
 
     if config.cluster_bootstrap {
-        bootstrap(&raft, &config).await?;
+        bootstrap(&raft, &config, &store, &identity).await?;
     }
 
     let retention = tokio::spawn(
@@ -247,13 +257,18 @@ struct Started {
     client_service: client_service::ClientService,
 }
 
-async fn start(config: &NodeConfig, peers: &network::Peers) -> Result<Started> {
+async fn start(config: &NodeConfig, peers: &network::Peers, identity: &identity::Identity) -> Result<Started> {
     let node_id = config.node_id;
+    // Before anything touches the data directory: it must be this node's.
+    identity
+        .check_data_dir(&config.store.dir, config.node_id_given)
+        .with_context(|| format!("check whose data {} holds", config.store.dir.display()))?;
     // Before the store opens and before Raft starts: a log that lacks
     // entries it held must not vote or lead.
     let repairs = repair::repair_log(config, peers).await.context("repair the log from a peer")?;
     let store =
         open_store(config).await.with_context(|| format!("open the log store in {}", config.store.dir.display()))?;
+    identity.record(&store).await.context("record this node's id in the log store")?;
     // A node that was the leader would restart as the leader of the same
     // term (openraft 0.9's `Engine::startup` restores a committed vote for
     // itself). Its log may have lost entries it had written but not fsynced
@@ -330,6 +345,7 @@ async fn start(config: &NodeConfig, peers: &network::Peers) -> Result<Started> {
         reserve: reserve.clone(),
         token: config.admin_token.as_deref().map(Arc::from),
         membership: Arc::default(),
+        identity: identity.clone(),
     };
     Ok(Started { raft, store, shared, durable, reserve, repairs, client_service })
 }
@@ -370,9 +386,10 @@ pub async fn in_process(dir: &std::path::Path) -> Result<InProcess> {
     );
     let file = crate::config::parse_properties(&text, "in_process")?;
     let config = crate::config::resolve(file, Vec::new(), Vec::new())?;
-    let peers = network::Peers::new(None, auth::PeerCredentials::new(None)?);
-    let Started { raft, store, client_service, .. } = start(&config, &peers).await?;
-    bootstrap(&raft, &config).await?;
+    let identity = identity::Identity::new(config.node_id);
+    let peers = network::Peers::new(None, auth::PeerCredentials::new(None, identity.clone())?);
+    let Started { raft, store, client_service, .. } = start(&config, &peers, &identity).await?;
+    bootstrap(&raft, &config, &store, &identity).await?;
     raft.wait(Some(Duration::from_secs(30)))
         .current_leader(config.node_id, "the one node leads")
         .await
@@ -417,11 +434,17 @@ fn base_fs() -> Arc<dyn keel_raft_log::FileSystem> {
 }
 
 /// Initialise a fresh cluster from `peers` (only when this node's store has
-/// never seen a vote or an entry).
-async fn bootstrap(raft: &types::Raft, config: &NodeConfig) -> Result<()> {
+/// never seen a vote or an entry), under a new cluster id.
+async fn bootstrap(
+    raft: &types::Raft,
+    config: &NodeConfig,
+    store: &Store,
+    identity: &identity::Identity,
+) -> Result<()> {
     if raft.is_initialized().await.context("ask raft whether it is initialised")? {
         return Ok(());
     }
+    identity.create_cluster(store).await.context("record the new cluster's id")?;
     let members: BTreeMap<u64, BasicNode> =
         config.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
     match raft.initialize(members).await {

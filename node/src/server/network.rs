@@ -62,14 +62,15 @@ impl Peers {
         Self { inner: Arc::default(), acks: Arc::default(), tls, credentials }
     }
 
-    /// A client for `addr`, or `None` while the peer is in backoff.
-    pub fn client(&self, addr: &str) -> Result<PeerRpc, String> {
+    /// A client for node `target` at `addr`, or `None` while the peer is in
+    /// backoff. Every call names `target`, so a node that is not it refuses.
+    pub fn client(&self, addr: &str, target: u64) -> Result<PeerRpc, String> {
         let mut peers = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = peers.get(addr) {
             if c.retry_at.is_some_and(|t| Instant::now() < t) {
                 return Err(format!("{addr} is unreachable (backing off)"));
             }
-            return Ok(self.rpc(c.channel.clone()));
+            return Ok(self.rpc(c.channel.clone(), target));
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint =
@@ -84,11 +85,11 @@ impl Peers {
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
         peers.insert(addr.to_string(), PeerConn { channel: channel.clone(), retry_at: None, backoff: BACKOFF_MIN });
-        Ok(self.rpc(channel))
+        Ok(self.rpc(channel, target))
     }
 
-    fn rpc(&self, channel: Channel) -> PeerRpc {
-        RaftPeerClient::with_interceptor(channel, self.credentials.clone())
+    fn rpc(&self, channel: Channel, target: u64) -> PeerRpc {
+        RaftPeerClient::with_interceptor(channel, self.credentials.to(target))
             .max_decoding_message_size(super::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(super::MAX_GRPC_MESSAGE_BYTES)
     }
@@ -120,9 +121,9 @@ impl Peers {
 }
 
 impl Peers {
-    /// The admin status document of the node at `addr`, within `timeout`.
-    pub async fn node_status(&self, addr: &str, timeout: Duration) -> Result<String, String> {
-        let mut c = self.client(addr)?;
+    /// The admin status document of node `target` at `addr`, within `timeout`.
+    pub async fn node_status(&self, addr: &str, target: u64, timeout: Duration) -> Result<String, String> {
+        let mut c = self.client(addr, target)?;
         let req = keel_proto::raft::NodeStatusRequest {};
         match tokio::time::timeout(timeout, c.node_status(req)).await {
             Err(_) => Err(format!("{addr}: no answer within {timeout:?}")),
@@ -141,12 +142,13 @@ impl Peers {
     pub async fn read_entries(
         &self,
         addr: &str,
+        target: u64,
         from: u64,
         to: u64,
         max_bytes: usize,
         timeout: Duration,
     ) -> Result<Vec<keel_raft_log::Record>, String> {
-        let mut c = self.client(addr)?;
+        let mut c = self.client(addr, target)?;
         let req = keel_proto::raft::ReadEntriesRequest { from, to, max_bytes: max_bytes as u64 };
         let entries = match tokio::time::timeout(timeout, c.read_entries(req)).await {
             Err(_) => return Err(format!("no answer within {timeout:?}")),
@@ -242,7 +244,7 @@ impl PeerClient {
         F: FnOnce(PeerRpc) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let c = self.peers.client(&self.addr).map_err(CallError::Unreachable)?;
+        let c = self.peers.client(&self.addr, self.target).map_err(CallError::Unreachable)?;
         match tokio::time::timeout(option.hard_ttl(), f(c)).await {
             Err(_) => Err(CallError::Unreachable(format!("node {} at {}: timed out", self.target, self.addr))),
             Ok(Ok(r)) => {
@@ -250,9 +252,11 @@ impl PeerClient {
                 Ok(r.into_inner())
             }
             // The peer refuses this node's credentials (another admin.token,
-            // or no certificate from its tls.ca): a configuration mistake no
-            // retry cures, so say it loudly; the backoff bounds the repeats.
-            Ok(Err(s)) if s.code() == tonic::Code::Unauthenticated => {
+            // or no certificate from its tls.ca), or is not the node the
+            // call was meant for, or belongs to another cluster: a
+            // configuration mistake no retry cures, so say it loudly; the
+            // backoff bounds the repeats.
+            Ok(Err(s)) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
                 tracing::warn!(peer = self.target, addr = %self.addr, error = %s.message(), "a peer refused this node");
                 self.peers.failed(&self.addr);
                 Err(CallError::Unreachable(format!("node {} at {}: {}", self.target, self.addr, s.message())))

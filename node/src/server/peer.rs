@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::admin::Admin;
 use super::durable::DurableHandle;
+use super::identity::Identity;
 use super::types::Raft;
 use super::wire;
 
@@ -24,6 +25,9 @@ pub struct PeerService {
     pub store: Store,
     pub durable: DurableHandle,
     pub admin: Arc<Admin>,
+    /// The peer guard checked that the call is meant for this node of this
+    /// cluster; a new member adopts its leader's cluster id here.
+    pub identity: Identity,
 }
 
 fn raft_status<E: serde::Serialize + std::fmt::Display>(e: E) -> Status {
@@ -37,6 +41,8 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let theirs = self.identity.check_call(req.metadata())?;
+        self.identity.adopt(&self.store, theirs).await?;
         let req = req.into_inner();
         // True of the cluster whoever sent it: learn it even if the append
         // is refused or waits.
@@ -58,6 +64,8 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::InstallSnapshotRequest>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let theirs = self.identity.check_call(req.metadata())?;
+        self.identity.adopt(&self.store, theirs).await?;
         let req = wire::snapshot_req_from_pb(req.into_inner())?;
         let resp = self.raft.install_snapshot(req).await.map_err(raft_status)?;
         Ok(Response::new(wire::snapshot_resp_to_pb(&resp)))

@@ -137,7 +137,7 @@ async fn find(dir: &Path) -> Result<Vec<Damage>> {
 async fn fetch(config: &NodeConfig, peers: &Peers, d: &Damage, anchor: LogPos) -> Result<(u64, Vec<Record>), String> {
     let mut why = Vec::new();
     for (&id, addr) in config.peers.iter().filter(|&(&id, _)| id != config.node_id) {
-        match fetch_from(peers, addr, d, anchor).await {
+        match fetch_from(peers, addr, id, d, anchor).await {
             Ok(records) => return Ok((id, records)),
             Err(e) => why.push(format!("node {id} at {addr}: {e}")),
         }
@@ -148,11 +148,11 @@ async fn fetch(config: &NodeConfig, peers: &Peers, d: &Damage, anchor: LogPos) -
     Err(why.join("; "))
 }
 
-async fn fetch_from(peers: &Peers, addr: &str, d: &Damage, anchor: LogPos) -> Result<Vec<Record>, String> {
+async fn fetch_from(peers: &Peers, addr: &str, id: u64, d: &Damage, anchor: LogPos) -> Result<Vec<Record>, String> {
     let mut out: Vec<Record> = Vec::new();
     let mut next = d.from;
     while next <= anchor.index {
-        let page = peers.read_entries(addr, next, anchor.index, PAGE_BYTES, CALL_TIMEOUT).await?;
+        let page = peers.read_entries(addr, id, next, anchor.index, PAGE_BYTES, CALL_TIMEOUT).await?;
         if page.is_empty() {
             return Err(format!("answered no entries from {next}"));
         }
@@ -165,8 +165,10 @@ async fn fetch_from(peers: &Peers, addr: &str, d: &Damage, anchor: LogPos) -> Re
             }
         }
     }
-    // The anchor is intact here already: only the damaged range is written.
-    out.pop();
+    // Only the damaged range is written: the anchor is intact here already,
+    // or (damage at the end of the log, anchored on the committed id) it is
+    // the range's last entry.
+    out.truncate(usize::try_from(d.to - d.from + 1).unwrap_or(usize::MAX));
     Ok(out)
 }
 

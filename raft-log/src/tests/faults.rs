@@ -409,8 +409,10 @@ async fn a_crash_inside_truncate_does_not_resurrect_earlier_truncated_records() 
 
 /// The cut-off entries were written and synced one batch at a time, so the
 /// stale tail's records say each earlier one was durable. A crash after the
-/// zero header is durable (before the new segment is): the zero header ends
-/// the log, and nothing after it is taken as a witness of corruption.
+/// zero header is durable (before the new segment is): the meta file's
+/// truncation mark ends the log there, and nothing after it is taken as a
+/// witness of corruption (without the mark a zero header followed by
+/// witnessing records is damage: `recovery.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_inside_truncate_after_separately_synced_batches_opens_truncated() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -420,11 +422,20 @@ async fn a_crash_inside_truncate_after_separately_synced_batches_opens_truncated
     for i in 1..=10 {
         append_flushed(&store, vec![record(5, i, 100)]).await.expect("append");
     }
-    // The zero header's fdatasync succeeds; the new segment's fails.
-    fs.fail_sync_with_eio(1);
+    // The truncation mark's and the zero header's fdatasyncs succeed; the
+    // new segment's fails.
+    fs.fail_sync_with_eio(2);
     assert!(store.truncate(6).await.expect_err("truncate with a failing fsync").is_fatal());
     let store = crash_and_reopen(&fs, store, c).await.expect("reopen after a crash inside truncate");
     assert_eq!(store.log_state().1.map(|p| p.index), Some(5));
+    let meta = crate::format::Meta::decode(&std::fs::read(dir.path().join("meta")).expect("read meta")).expect("meta");
+    assert_eq!(meta.truncated_from, None, "the mark is cleared once recovery has cut the tail");
+    // A truncation that completes leaves no mark either.
+    append_flushed(&store, (6..=9).map(|i| record(6, i, 100)).collect()).await.expect("append term 6");
+    store.truncate(8).await.expect("truncate 8");
+    let meta = crate::format::Meta::decode(&std::fs::read(dir.path().join("meta")).expect("read meta")).expect("meta");
+    assert_eq!(meta.truncated_from, None, "a completed truncation clears its mark");
+    assert_eq!(store.log_state().1.map(|p| p.index), Some(7));
 }
 
 /// A file system whose background fill is slower than a roll is patient.

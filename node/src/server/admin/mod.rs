@@ -218,7 +218,7 @@ async fn get_cluster(State(admin): Shared_) -> axum::Json<Value> {
             let (status, error) = if member.id == admin.node_id {
                 (serde_json::to_value(admin.status()).ok(), None)
             } else {
-                match admin.peers.node_status(&member.addr, PEER_STATUS_TIMEOUT).await {
+                match admin.peers.node_status(&member.addr, member.id, PEER_STATUS_TIMEOUT).await {
                     Ok(text) => match serde_json::from_str::<Value>(&text) {
                         Ok(v) => (Some(v), None),
                         Err(e) => (None, Some(format!("node {} answered a status that is not JSON: {e}", member.id))),
