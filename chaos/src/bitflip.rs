@@ -1,6 +1,8 @@
 //! The `bitflip` nemesis: flip a byte in random records of one node's
 //! sealed segments (what a bad disk or a stray write does to data at rest),
-//! and afterwards check that the node repaired every one of them.
+//! zero a record header or a whole 512-byte sector of its active segment
+//! (a lost sector), and afterwards check that the node repaired every one
+//! of them.
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -10,11 +12,13 @@ use keel_raft_log::format::{self, SEGMENT_HEADER_BYTES};
 use rand::Rng;
 use rand::rngs::StdRng;
 
-/// One flipped byte.
+/// One damaged place: a flipped byte, a zeroed header or a zeroed sector.
 #[derive(Debug, Clone, Copy)]
 pub struct Flip {
-    /// Log index of the record it belongs to.
+    /// Log index of the (first) record it damaged.
     pub index: u64,
+    /// Log index of the last record it damaged.
+    pub last: u64,
     pub segment_first: u64,
     pub position: u64,
 }
@@ -73,9 +77,49 @@ pub fn flip_sealed(dir: &Path, rng: &mut StdRng, count: usize) -> Result<Vec<Fli
         f.read_exact_at(&mut b, at).context("read a byte")?;
         b[0] ^= rng.random_range(1..=255u8);
         f.write_all_at(&b, at).context("flip a byte")?;
-        flips.push(Flip { index, segment_first: first, position: at });
+        flips.push(Flip { index, last: index, segment_first: first, position: at });
     }
     Ok(flips)
+}
+
+/// Bytes of a sector, the unit a disk loses.
+const SECTOR: u64 = 512;
+
+/// In the active (last) segment of the stopped node's log in `dir`, zero
+/// either one record's 52-byte header or one whole, aligned 512-byte sector
+/// (never the segment header's), among the records at or below the
+/// committed index its meta file holds: entries this node had fsynced and
+/// the cluster had made durable, which recovery must never take for a torn
+/// tail. `None` when no such record lies in the active segment.
+pub fn damage_active(dir: &Path, rng: &mut StdRng) -> Result<Option<Flip>> {
+    let meta = keel_raft_log::read_meta(dir).with_context(|| format!("read the meta file in {}", dir.display()))?;
+    let Some(committed) = meta.and_then(|m| m.committed.filter(|c| m.purged.is_none_or(|p| c.index > p.index))) else {
+        return Ok(None);
+    };
+    let Some(&first) = segments(dir)?.last() else { return Ok(None) };
+    let path = dir.join(format::segment_file_name(first));
+    let recs = records(&path, first, committed.index + 1)?;
+    // Records wholly past the first sector, so the segment header stays.
+    let recs: Vec<(u64, u64, u64)> = recs.into_iter().filter(|&(_, pos, _)| pos >= SECTOR).collect();
+    if recs.is_empty() {
+        return Ok(None);
+    }
+    let (index, pos, len) = recs[rng.random_range(0..recs.len())];
+    let (at, bytes) = if rng.random_bool(0.5) {
+        (pos, format::RECORD_HEADER_BYTES as u64)
+    } else {
+        // A sector within the record, or the one it starts in.
+        let sector = (pos + rng.random_range(0..len)) / SECTOR * SECTOR;
+        (sector.max(SECTOR), SECTOR)
+    };
+    let end = at + bytes;
+    // Every committed record the zeros touch.
+    let touched: Vec<u64> = recs.iter().filter(|&&(_, p, l)| p < end && at < p + l).map(|&(i, _, _)| i).collect();
+    let (Some(&lo), Some(&hi)) = (touched.first(), touched.last()) else { return Ok(None) };
+    debug_assert!(lo <= index && index <= hi);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).context("open the active segment")?;
+    f.write_all_at(&vec![0u8; bytes as usize], at).context("zero part of the active segment")?;
+    Ok(Some(Flip { index: lo, last: hi, segment_first: first, position: at }))
 }
 
 /// Check that node's admin status (`repairs`, after its restart) covers
@@ -85,13 +129,15 @@ pub fn check_repaired(status: &serde_json::Value, flips: &[Flip]) -> Result<u64>
     let ranges: Vec<(u64, u64)> =
         repairs.iter().filter_map(|r| Some((r["from"].as_u64()?, r["to"].as_u64()?))).collect();
     for f in flips {
-        if !ranges.iter().any(|&(from, to)| from <= f.index && f.index <= to) {
-            bail!(
-                "the flipped byte at position {} of segment {} (log index {}) was not repaired; repairs: {ranges:?}",
-                f.position,
-                f.segment_first,
-                f.index
-            );
+        for index in f.index..=f.last {
+            if !ranges.iter().any(|&(from, to)| from <= index && index <= to) {
+                bail!(
+                    "the damage at position {} of segment {} (log index {index}) was not repaired; repairs: \
+                     {ranges:?}",
+                    f.position,
+                    f.segment_first,
+                );
+            }
         }
     }
     Ok(ranges.len() as u64)

@@ -14,6 +14,11 @@
 //!   committed differs from the majority's.
 //! - **unknown**: sends whose outcome is unknown (informational; each may be
 //!   stored at most once, which `duplicated` checks).
+//! - **invisible**: an acknowledged message that a read-back right after a
+//!   restart (before anything new was written) did not find, but the final
+//!   read (after a write) did: to a consumer that reads to the end, as good
+//!   as lost until someone writes. One absent from the final read too is
+//!   `lost`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -57,6 +62,9 @@ pub struct Verdict {
     pub refused_present: u64,
     pub phantom: u64,
     pub divergent: u64,
+    pub invisible: u64,
+    /// Read-backs made right after a restart, before any new write.
+    pub read_backs: u32,
     /// The first few problems, for the report.
     pub examples: Vec<String>,
 }
@@ -74,11 +82,48 @@ impl Verdict {
     /// acknowledged messages; that is reported, not failed).
     pub fn passed(&self, allow_loss: bool) -> bool {
         (allow_loss || self.lost == 0)
+            && self.invisible == 0
             && self.duplicated == 0
             && self.reordered == 0
             && self.phantom == 0
             && self.refused_present == 0
             && self.divergent == 0
+    }
+}
+
+/// The acknowledged messages of `ops` that `read` does not hold at their
+/// acknowledged offsets.
+pub fn unseen(ops: &[Op], read: &ReadLog) -> Vec<String> {
+    let at: HashMap<(u32, u64), &str> = read
+        .iter()
+        .flat_map(|(&p, records)| records.iter().map(move |(o, payload)| ((p, *o), payload.as_str())))
+        .collect();
+    ops.iter()
+        .filter_map(|op| match op.outcome {
+            Outcome::Acked { offset } if at.get(&(op.partition, offset)) != Some(&op.payload.as_str()) => {
+                Some(op.payload.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+impl Verdict {
+    /// Count as invisible what a read-back after a restart missed (`unseen`,
+    /// each with how many read-backs missed it) but the final `read` holds.
+    pub fn note_unseen(&mut self, unseen: &BTreeMap<String, u32>, read: &ReadLog, read_backs: u32) {
+        self.read_backs = read_backs;
+        let finally: std::collections::HashSet<&str> =
+            read.values().flat_map(|r| r.iter().map(|(_, p)| p.as_str())).collect();
+        for (payload, times) in unseen {
+            if finally.contains(payload.as_str()) {
+                self.invisible += 1;
+                self.example(format!(
+                    "invisible: {payload} was acknowledged but {times} read-back(s) right after a restart did not \
+                     find it; it showed only after a later write"
+                ));
+            }
+        }
     }
 }
 
@@ -233,6 +278,27 @@ mod tests {
         let v = check(&ops, &read, &[]);
         assert_eq!(v.lost, 1);
         assert_eq!(v.refused_present, 1, "{v:#?}");
+    }
+
+    #[test]
+    fn a_message_missed_right_after_a_restart_but_read_later_is_invisible_and_fails_under_every_policy() {
+        let (ops, read) = history();
+        // The read-back before any new write ends early: offsets 20.. unseen.
+        let mut early = read.clone();
+        early.get_mut(&0).expect("p0").retain(|(o, _)| *o < 20);
+        let missed = unseen(&ops, &early);
+        assert_eq!(missed.len(), 10, "acknowledged 20..30: {missed:?}");
+        assert!(unseen(&ops, &read).is_empty(), "a full read misses nothing");
+        let unseen_map: BTreeMap<String, u32> = missed.into_iter().map(|m| (m, 1)).collect();
+        let mut v = check(&ops, &read, &digests(&["a", "a", "a"]));
+        v.note_unseen(&unseen_map, &read, 3);
+        assert_eq!((v.invisible, v.lost, v.read_backs), (10, 0, 3), "{v:#?}");
+        assert!(!v.passed(false) && !v.passed(true), "invisible fails even where loss is allowed");
+        assert!(v.examples[0].contains("invisible"), "{:?}", v.examples);
+        // Missed then and absent at the end: lost, not invisible.
+        let mut v = check(&ops, &early, &digests(&["a", "a", "a"]));
+        v.note_unseen(&unseen_map, &early, 3);
+        assert_eq!((v.invisible, v.lost), (0, 10), "{v:#?}");
     }
 
     #[test]

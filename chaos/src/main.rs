@@ -77,6 +77,12 @@ struct RunArgs {
     /// Also print the report as one JSON object, the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// Every Nth cycle, and always the last, stops the load at the fault
+    /// (sends in flight abandoned) and, once the cluster is back, reads
+    /// every partition before anything new is written: each acknowledged
+    /// message must already be readable then (0: only the last cycle).
+    #[arg(long, default_value_t = 2)]
+    read_back_every: u32,
 }
 
 /// The size of each node's volume in the disk-full scenario.
@@ -98,7 +104,7 @@ fn real_main() -> Result<bool> {
     match cli.command {
         Cmd::List => {
             for s in scenario::ALL {
-                println!("{:<16} {}", s.name(), s.describe());
+                println!("{:<20} {}", s.name(), s.describe());
             }
             Ok(true)
         }
@@ -139,6 +145,7 @@ fn real_main() -> Result<bool> {
                 producers: a.producers,
                 partitions: a.partitions,
                 json: a.json,
+                read_back_every: a.read_back_every,
             };
             let rt = tokio::runtime::Runtime::new()?;
             let report = rt.block_on(run::run(backend.clone(), &options));

@@ -17,6 +17,9 @@ use crate::checker::{self, ReadLog, Verdict};
 use crate::scenario::{Scenario, Target};
 use crate::workload::{TOPIC, Workload};
 
+/// The topic the final probe write creates.
+const PROBE_TOPIC: &str = "chaos-probe";
+
 pub struct Options {
     pub scenario: Scenario,
     pub target: Target,
@@ -27,6 +30,7 @@ pub struct Options {
     pub producers: u32,
     pub partitions: u32,
     pub json: bool,
+    pub read_back_every: u32,
 }
 
 /// How long the cluster gets to elect a leader after a fault is healed.
@@ -104,6 +108,23 @@ async fn settle(backend: &dyn Backend) -> Result<(u64, u64)> {
     }
 }
 
+/// Each node's role, term and log indexes, for a report.
+fn log_summary(backend: &dyn Backend) -> String {
+    let nodes: Vec<String> = backend
+        .nodes()
+        .iter()
+        .map(|&n| match crate::http::get_json(&backend.admin_addr(n), "/api/v1/status") {
+            Ok(s) => format!(
+                "node {n} {} term {} last {} committed {} applied {} durable {} fsynced {}",
+                s["role"], s["term"], s["log"]["last_index"], s["log"]["committed"], s["log"]["applied"],
+                s["log"]["durable"], s["log"]["fsynced"]
+            ),
+            Err(e) => format!("node {n}: {e:#}"),
+        })
+        .collect();
+    nodes.join("; ")
+}
+
 /// Read every partition of the topic from its first offset.
 async fn read_all(client: &Client, partitions: u32) -> Result<ReadLog> {
     let mut log = ReadLog::new();
@@ -161,7 +182,7 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
         o.duration,
         o.seed
     );
-    if o.scenario == Scenario::PowerLoss {
+    if o.scenario.cuts_power() {
         backend.power_loss_capable()?;
     }
     let leader = wait_for_leader(&*backend, LEADER_TIMEOUT).await?;
@@ -179,12 +200,21 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
     let mut cycles_done = 0;
     let (mut flipped, mut repaired) = (0u64, 0u64);
     let mut last = (Instant::now(), 0u64);
+    // Acknowledged messages a read-back right after a restart did not find,
+    // and how many read-backs there were.
+    let mut unseen: BTreeMap<String, u32> = BTreeMap::new();
+    let mut read_backs = 0u32;
+    let mut paused = false;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for cycle in 1..=o.cycles {
         if started.elapsed() > o.duration {
             println!("time is up after {} cycles", cycle - 1);
             break;
         }
+        // The last cycle (by count or, near enough, by time) and every
+        // Nth one read back before any new write.
+        let last_cycle = cycle == o.cycles || started.elapsed() + o.duration / 10 > o.duration;
+        let quiet = last_cycle || (o.read_back_every > 0 && cycle % o.read_back_every == 0);
         // Faults strike mid-write: wait until the producers are acknowledged
         // again after the last fault (bounded).
         let before = workload.acked.load(std::sync::atomic::Ordering::Relaxed);
@@ -194,7 +224,7 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let t = started.elapsed().as_millis() as u64;
-        let faults = o.scenario.cycle(&*backend, &mut rng, o.target).await?;
+        let faults = o.scenario.cycle(&*backend, &mut rng, o.target, quiet.then_some(&workload)).await?;
         for f in &faults {
             *nemesis.entry(f.kind).or_default() += 1;
             flipped += f.flipped;
@@ -206,9 +236,38 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
             }
             timeline.push(event);
         }
+        if quiet {
+            // Nothing has been written since the fault: every message
+            // acknowledged before it must be readable now, on its own.
+            settle(&*backend).await.with_context(|| format!("settle after cycle {cycle}, before any new write"))?;
+            let ops = workload.history();
+            let read = read_all(&client, o.partitions).await?;
+            let missing = checker::unseen(&ops, &read);
+            if !missing.is_empty() {
+                println!(
+                    "cycle {cycle}: {} acknowledged messages not readable right after the restart, before any new \
+                     write (e.g. {}); the nodes say: {}",
+                    missing.len(),
+                    missing[0],
+                    log_summary(&*backend)
+                );
+            }
+            for m in missing {
+                *unseen.entry(m).or_default() += 1;
+            }
+            read_backs += 1;
+            if last_cycle {
+                paused = true;
+            } else {
+                workload.resume();
+            }
+        }
+        cycles_done = cycle;
+        if paused {
+            break;
+        }
         // Load between faults.
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..700))).await;
-        cycles_done = cycle;
         let acked = workload.acked.load(std::sync::atomic::Ordering::Relaxed);
         let rate = (acked - last.1) as f64 / last.0.elapsed().as_secs_f64().max(0.001);
         last = (Instant::now(), acked);
@@ -228,31 +287,44 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
             started.elapsed().as_secs_f64()
         );
     }
-    // Heal everything, let the load run a moment on the healed cluster, stop it.
+    // Heal everything; unless the last cycle paused the load, let it run a
+    // moment on the healed cluster, then stop it.
     for n in backend.nodes() {
         backend.resume(n)?;
         backend.heal(n)?;
         backend.start(n)?;
     }
     wait_for_leader(&*backend, LEADER_TIMEOUT).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    if !paused {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let ops = workload.stop(Duration::from_secs(30)).await;
+    // One more write (a topic of its own) before the final read, so what a
+    // read-back missed shows here as invisible (present after a write) or
+    // lost (absent even then).
+    client
+        .create_topic(PROBE_TOPIC, TopicConfig { partitions: 1, retention_ms: -1, ..TopicConfig::default() })
+        .await
+        .context("write once more (create the probe topic) before the final read")?;
     let (first, commit) = settle(&*backend).await?;
     let read = read_all(&client, o.partitions).await?;
     let digests = digests(&*backend, first, commit)?;
-    let verdict: Verdict = checker::check(&ops, &read, &digests);
+    let mut verdict: Verdict = checker::check(&ops, &read, &digests);
+    verdict.note_unseen(&unseen, &read, read_backs);
     let allow_loss = o.flush == "ASYNC_FLUSH";
     let passed = verdict.passed(allow_loss);
 
     let read_count: usize = read.values().map(Vec::len).sum();
     println!(
-        "\n{} after {cycles_done} cycles in {:.0} s: {} acked, {} lost, {} duplicated, {} reordered, {} divergent, {} \
-         phantom, {} unknown ({} of them stored), {} refused ({} stored); {read_count} messages read back; replicas \
-         compared over log {first}..={commit}",
+        "\n{} after {cycles_done} cycles in {:.0} s: {} acked, {} lost, {} invisible after a restart ({} read-backs), \
+         {} duplicated, {} reordered, {} divergent, {} phantom, {} unknown ({} of them stored), {} refused ({} \
+         stored); {read_count} messages read back; replicas compared over log {first}..={commit}",
         if passed { "PASS" } else { "FAIL" },
         started.elapsed().as_secs_f64(),
         verdict.acked,
         verdict.lost,
+        verdict.invisible,
+        verdict.read_backs,
         verdict.duplicated,
         verdict.reordered,
         verdict.divergent,
@@ -283,6 +355,8 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
         "duration_s": started.elapsed().as_secs_f64().round(),
         "acked": verdict.acked,
         "lost": verdict.lost,
+        "invisible": verdict.invisible,
+        "read_backs": verdict.read_backs,
         "duplicated": verdict.duplicated,
         "reordered": verdict.reordered,
         "divergent": verdict.divergent,

@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 
 use crate::backend::Backend;
 use crate::run::{LEADER_TIMEOUT, wait_for_leader};
+use crate::workload::Workload;
 
 /// How long bitflip waits for the victim to seal a segment.
 const SEALED_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +35,8 @@ pub enum Scenario {
     Pause,
     Partition,
     PowerLoss,
+    PowerLossMajority,
+    PowerLossMinority,
     DiskFull,
     RollingRestart,
     Bitflip,
@@ -81,6 +84,8 @@ pub const ALL: &[Scenario] = &[
     Scenario::Pause,
     Scenario::Partition,
     Scenario::PowerLoss,
+    Scenario::PowerLossMajority,
+    Scenario::PowerLossMinority,
     Scenario::DiskFull,
     Scenario::RollingRestart,
     Scenario::Bitflip,
@@ -93,6 +98,8 @@ impl Scenario {
             Scenario::Pause => "pause",
             Scenario::Partition => "partition",
             Scenario::PowerLoss => "power-loss",
+            Scenario::PowerLossMajority => "power-loss-majority",
+            Scenario::PowerLossMinority => "power-loss-minority",
             Scenario::DiskFull => "disk-full",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::Bitflip => "bitflip",
@@ -109,6 +116,15 @@ impl Scenario {
             Scenario::PowerLoss => {
                 "kill -9 every node at once with unsynced writes in process memory (power-loss build), restart all"
             }
+            Scenario::PowerLossMajority => {
+                "cut the power of two of the three nodes at once (power-loss build) while the third runs on: the \
+                 leader (--target leader), a random node (random) or either by a coin flip (mixed); every other \
+                 cycle the survivor is paused until the two restarted nodes have elected a leader among themselves"
+            }
+            Scenario::PowerLossMinority => {
+                "cut the power of one node (power-loss build; the leader or a random node, --target) while the \
+                 other two run on, restart it"
+            }
             Scenario::DiskFull => {
                 "fill the leader's or a random node's data volume (a tmpfs; needs root) for 2-4 s under load, free it, \
                  restart the node if it stopped (a filled leader refuses produce with RESOURCE_EXHAUSTED, below \
@@ -117,7 +133,9 @@ impl Scenario {
             Scenario::RollingRestart => "SIGTERM and restart each node in turn",
             Scenario::Bitflip => {
                 "flip a byte in 1-3 random records of the leader's or a random node's sealed segments under load, \
-                 kill -9 and restart it: it must repair every flipped record from a peer (process backend)"
+                 kill -9 it, zero a record header or a whole 512-byte sector of its active segment (among records \
+                 its meta file holds committed), restart it: it must repair every damaged record from a peer \
+                 (process backend)"
             }
         }
     }
@@ -147,12 +165,34 @@ impl Scenario {
         }
     }
 
+    /// The power-loss build is needed.
+    pub fn cuts_power(self) -> bool {
+        matches!(self, Scenario::PowerLoss | Scenario::PowerLossMajority | Scenario::PowerLossMinority)
+    }
+
     /// Break the cluster once and heal it; returns the faults applied.
-    pub async fn cycle(self, backend: &dyn Backend, rng: &mut StdRng, target: Target) -> Result<Vec<Fault>> {
+    ///
+    /// With `quiet`, the workload is paused at the moment of the fault, its
+    /// sends in flight abandoned (so no client retry writes anything after
+    /// the restart either): the caller then reads everything back before
+    /// any new write.
+    pub async fn cycle(
+        self,
+        backend: &dyn Backend,
+        rng: &mut StdRng,
+        target: Target,
+        quiet: Option<&Workload>,
+    ) -> Result<Vec<Fault>> {
+        let hush = || async {
+            if let Some(w) = quiet {
+                w.pause().await;
+            }
+        };
         let faults = match self {
             Scenario::KillLoop => {
                 let (node, who) = Self::victim(backend, rng, target).await?;
                 backend.kill(node)?;
+                hush().await;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(100..500))).await;
                 backend.start(node)?;
                 vec![Fault::new(if who == "leader" { "kill_leader" } else { "kill_random" }, node)]
@@ -160,6 +200,7 @@ impl Scenario {
             Scenario::Pause => {
                 let (node, who) = Self::victim(backend, rng, target).await?;
                 backend.pause(node)?;
+                hush().await;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..2000))).await;
                 backend.resume(node)?;
                 vec![Fault::new(if who == "leader" { "pause_leader" } else { "pause_random" }, node)]
@@ -167,6 +208,7 @@ impl Scenario {
             Scenario::Partition => {
                 let (node, who) = Self::victim(backend, rng, target).await?;
                 backend.isolate(node)?;
+                hush().await;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
                 backend.heal(node)?;
                 vec![Fault::new(if who == "leader" { "partition_leader" } else { "partition_random" }, node)]
@@ -175,15 +217,57 @@ impl Scenario {
                 for node in backend.nodes() {
                     backend.kill(node)?;
                 }
+                hush().await;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
                 for node in backend.nodes() {
                     backend.start(node)?;
                 }
                 vec![Fault::new("power_loss_all", 0)]
             }
+            Scenario::PowerLossMajority => {
+                let (survivor, who) = Self::victim(backend, rng, target).await?;
+                let cut: Vec<u64> = backend.nodes().into_iter().filter(|&n| n != survivor).collect();
+                for &node in &cut {
+                    backend.kill(node)?;
+                }
+                hush().await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
+                // Every other cycle the survivor sits out while the other two
+                // come back, so they elect one of themselves and write on
+                // without it: a survivor holding entries they lost must then
+                // give them up, not keep them.
+                let sit_out = rng.random_bool(0.5);
+                if sit_out {
+                    backend.pause(survivor)?;
+                }
+                for &node in &cut {
+                    backend.start(node)?;
+                }
+                if sit_out {
+                    let elected = wait_for_leader(backend, LEADER_TIMEOUT).await;
+                    backend.resume(survivor)?;
+                    elected?;
+                }
+                let kind = match (who, sit_out) {
+                    ("leader", true) => "power_loss_majority_leader_survives_paused",
+                    ("leader", false) => "power_loss_majority_leader_survives",
+                    (_, true) => "power_loss_majority_random_survives_paused",
+                    (_, false) => "power_loss_majority_random_survives",
+                };
+                vec![Fault::new(kind, survivor)]
+            }
+            Scenario::PowerLossMinority => {
+                let (node, who) = Self::victim(backend, rng, target).await?;
+                backend.kill(node)?;
+                hush().await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
+                backend.start(node)?;
+                vec![Fault::new(if who == "leader" { "power_loss_leader" } else { "power_loss_random" }, node)]
+            }
             Scenario::DiskFull => {
                 let (node, who) = Self::victim(backend, rng, target).await?;
                 backend.fill_disk(node)?;
+                hush().await;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(2000..4000))).await;
                 backend.free_disk(node)?;
                 // A filled leader stays up and refuses produce while it is
@@ -212,17 +296,28 @@ impl Scenario {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 };
                 backend.kill(node)?;
+                hush().await;
+                // The active segment is written up to the kill: damage only
+                // records the meta file holds committed (fsynced here, and on
+                // a majority), which recovery must never cut as a torn tail.
+                let mut damaged = flips;
+                if let Some(d) = crate::bitflip::damage_active(&dir, rng)? {
+                    damaged.push(d);
+                }
                 backend.start(node)?;
                 // Repair happens before the node serves: once it answers, it is done.
                 let status = wait_for_status(backend, node, REPAIR_TIMEOUT).await?;
-                let repaired = crate::bitflip::check_repaired(&status, &flips)?;
+                let repaired = crate::bitflip::check_repaired(&status, &damaged)?;
                 let kind = if who == "leader" { "bitflip_leader" } else { "bitflip_random" };
-                vec![Fault { kind, node, flipped: flips.len() as u64, repaired }]
+                vec![Fault { kind, node, flipped: damaged.len() as u64, repaired }]
             }
             Scenario::RollingRestart => {
                 let mut out = Vec::new();
                 for node in backend.nodes() {
                     backend.stop(node)?;
+                    if out.is_empty() {
+                        hush().await;
+                    }
                     backend.start(node)?;
                     wait_for_leader(backend, LEADER_TIMEOUT).await?;
                     out.push(Fault::new("restart", node));

@@ -172,9 +172,12 @@ pub fn fix_index_checksum(b: &mut [u8]) {
 }
 
 pub fn fix_meta_checksum(b: &mut [u8]) {
-    if b.len() == format::META_BYTES {
-        let crc = crc32c::crc32c(&b[..88]);
-        put_u32(b, 88, crc);
+    // Version 2 (the crc at 112) and version 1 files (at 88).
+    for (len, at) in [(format::META_BYTES, format::META_BYTES - 4), (format::META_V1_BYTES, format::META_V1_BYTES - 4)] {
+        if b.len() == len {
+            let crc = crc32c::crc32c(&b[..at]);
+            put_u32(b, at, crc);
+        }
     }
 }
 

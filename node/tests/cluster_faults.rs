@@ -702,3 +702,63 @@ async fn concurrent_produces_that_together_outgrow_a_segment_stop_no_node() {
         }
     }
 }
+
+fn without_peers(properties: &str) -> String {
+    properties.lines().filter(|l| !l.starts_with("peers")).map(|l| format!("{l}\n")).collect()
+}
+
+/// Issue 16, item 2: a node's data directory records its node id and its
+/// cluster's id. A configuration that lost its node.id (a file a power cut
+/// emptied, with the data path given elsewhere), or that names another
+/// node, must not start over a member's data: the node exits at once
+/// naming the directory and the node it belongs to, and the data is
+/// untouched. With its right node.id it starts and serves as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_refuses_data_recorded_for_another_node_or_a_configuration_without_node_id() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let client = cluster_client(&cluster);
+    client.create_topic("ids", topic_config(1, -1)).await.expect("create topic");
+    let ack = client.producer().produce("ids", 0, vec![Record::new("kept")]).await.expect("produce");
+    let node = cluster.ids().find(|&id| id != leader).expect("a follower");
+    wait_applied(&cluster, node, ack.log_index).await;
+    cluster.stop(node);
+    let meta = keel_raft_log::read_meta(&cluster.dir(node)).expect("read meta").expect("a meta file");
+    assert_eq!(meta.identity.node_id, node, "the node id is recorded");
+    assert_ne!(meta.identity.cluster_id, 0, "the cluster id is recorded (adopted from the leader)");
+    let original = std::fs::read_to_string(cluster.properties(node)).expect("properties");
+    let segments = cluster.segments(node);
+
+    // Phase 1: no node.id (what a lost configuration leaves): refused by name.
+    // (`peers` goes too: it must list this node, and without node.id that is node 1.)
+    let without: String =
+        without_peers(&original).lines().filter(|l| !l.starts_with("node.id")).map(|l| format!("{l}\n")).collect();
+    for (text, expect) in [
+        (without, "names no node.id".to_string()),
+        // Another node's id (without `peers`, which must list this node).
+        (
+            without_peers(&original).replace(&format!("node.id={node}"), "node.id=9"),
+            format!("holds the data of node {node}"),
+        ),
+    ] {
+        std::fs::write(cluster.properties(node), &text).expect("edit properties");
+        let log_before = std::fs::metadata(cluster.log(node)).map(|m| m.len()).unwrap_or(0);
+        cluster.restart_in_background(node);
+        let status = cluster.wait_for_exit(node, Duration::from_secs(30)).await;
+        assert!(!status.success(), "node{node} started over its data with the wrong identity");
+        let log = std::fs::read(cluster.log(node)).expect("log");
+        let log = String::from_utf8_lossy(&log[log_before as usize..]);
+        assert!(log.contains(&expect) && log.contains(&cluster.dir(node).display().to_string()), "{log}");
+        assert_eq!(cluster.segments(node), segments, "the data was touched");
+    }
+
+    // Phase 2: with its own configuration back it starts and serves.
+    std::fs::write(cluster.properties(node), &original).expect("restore properties");
+    cluster.restart(node).await;
+    let read = node_client(&cluster, node)
+        .fetch(keel_client::Fetch::new("ids", 0, 0).min_index(ack.log_index).max_wait(Duration::from_secs(20)))
+        .await
+        .expect("fetch");
+    assert_eq!(read.records.len(), 1);
+    assert_eq!(&read.records[0].value[..], b"kept");
+}

@@ -159,3 +159,103 @@ async fn a_follower_with_damaged_sealed_segments_repairs_them_from_a_peer_and_se
     cluster.wait_for_leader(ELECTION).await;
     assert_eq!(read_all(&cluster, follower, last_index).await, want);
 }
+
+/// Issue 16, item 3, the case repair exists for (FAST'18, "protocol-aware
+/// recovery"): node C is down while records are acknowledged by A and B
+/// alone. Then A loses the header of one of those records in its active
+/// segment (a lost sector), and comes back with C while B is still down.
+/// Recovery used to read the zero header as a torn tail and cut A's log
+/// there: A and C, a majority, then elected a leader without those records
+/// and they were gone for good. Now A knows they were committed (its meta
+/// file says so, and later records witness them fsynced), waits until a
+/// peer that holds them (B) is back, repairs, and then every acknowledged
+/// record is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_header_in_the_active_segment_is_repaired_never_cut_even_where_a_majority_lacks_it() {
+    use std::os::unix::fs::FileExt;
+    let cluster = Cluster::start(3, &[("segment.bytes", "4194304")]).await;
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let client = Client::connect(cluster.addrs()).expect("addresses");
+    let config = TopicConfig { partitions: 1, retention_ms: -1, retention_bytes: -1, max_message_bytes: 0 };
+    client.create_topic(TOPIC, config).await.expect("create the topic");
+    // Phase 1: C stops; A (the leader) and B acknowledge everything after.
+    let a = leader;
+    let (b, c) = {
+        let mut others = cluster.ids().filter(|&id| id != a);
+        (others.next().expect("b"), others.next().expect("c"))
+    };
+    cluster.stop(c);
+    let producer = client.producer();
+    let mut last_index = 0;
+    for n in 0..60u64 {
+        let ack = producer.produce(TOPIC, 0, vec![Record::new(value(n))]).await.expect("produce");
+        last_index = last_index.max(ack.log_index);
+        if n == 30 {
+            // The meta file's committed id is written about once a second.
+            tokio::time::sleep(Duration::from_millis(1_200)).await;
+        }
+    }
+    let want: Vec<Vec<u8>> = (0..60).map(value).collect();
+    cluster.stop(a);
+    cluster.stop(b);
+
+    // Phase 2: zero the header of a record A holds committed, in its
+    // active segment, with records after it.
+    let meta = keel_raft_log::read_meta(&cluster.dir(a)).expect("read meta").expect("a meta file");
+    let committed = meta.committed.expect("a committed id").index;
+    let firsts = cluster.segments(a);
+    let active = *firsts.last().expect("segments");
+    let path = segment_path(&cluster, a, active);
+    let bytes = std::fs::read(&path).expect("read the active segment");
+    let max = keel_raft_log::format::max_payload_in(bytes.len() as u64);
+    let mut pos = SEGMENT_HEADER_BYTES;
+    let mut records = Vec::new();
+    while let Ok(h) = keel_raft_log::format::decode_header(&bytes[pos..], max) {
+        records.push((h.index, pos));
+        pos += h.record_bytes();
+    }
+    let &(damaged, at) = records
+        .iter()
+        .rev()
+        .find(|&&(i, _)| i + 5 <= committed && i > last_index.saturating_sub(40))
+        .unwrap_or_else(|| panic!("no committed record to damage (committed {committed}): {records:?}"));
+    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open the active segment");
+    f.write_all_at(&[0u8; RECORD_HEADER_BYTES], at as u64).expect("zero a record header");
+    drop(f);
+
+    // Phase 3: A and C come back, B does not. A must not cut its log and
+    // lead a majority that lacks the records: it waits for a peer that
+    // holds them.
+    let log_before = std::fs::metadata(cluster.log(a)).map(|m| m.len()).unwrap_or(0);
+    cluster.restart_in_background(a);
+    cluster.restart_in_background(c);
+    eventually(CATCH_UP, "A says it waits for a peer", || {
+        let log = std::fs::read(cluster.log(a)).unwrap_or_default();
+        String::from_utf8_lossy(&log[log_before as usize..]).contains("no peer can supply the damaged range yet")
+    })
+    .await;
+    let log = std::fs::read(cluster.log(a)).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log[log_before as usize..]);
+    assert!(!log.contains("cut a torn tail"), "A cut committed records as a torn tail: {log}");
+    assert!(http::get(&cluster.admin(a), "/api/v1/status").is_err(), "A serves before its repair");
+
+    // Phase 4: B is back: A repairs from it, and every acknowledged record is there.
+    cluster.restart(b).await;
+    cluster.wait_until_answering(a, CATCH_UP).await;
+    let repairs = status(&cluster, a)["repairs"].as_array().expect("repairs").clone();
+    assert!(
+        repairs.iter().any(|r| r["from"].as_u64() <= Some(damaged) && r["to"].as_u64() >= Some(damaged)),
+        "entry {damaged} not repaired: {repairs:?}"
+    );
+    assert!(repairs.iter().all(|r| r["source_node"].as_u64() == Some(b)), "only B holds them: {repairs:?}");
+    cluster.wait_for_leader(ELECTION).await;
+    for id in cluster.ids() {
+        assert_eq!(read_all(&cluster, id, last_index).await, want, "node{id}");
+    }
+    eventually(CATCH_UP, "every node applies the last write", || {
+        cluster.ids().all(|id| status(&cluster, id)["log"]["applied"].as_u64().is_some_and(|x| x >= last_index))
+    })
+    .await;
+    let digests: Vec<Value> = cluster.ids().map(|id| digest(&cluster, id, last_index)).collect();
+    assert!(digests.iter().all(|d| *d == digests[0]), "replicas differ after the repair: {digests:?}");
+}

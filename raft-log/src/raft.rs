@@ -59,15 +59,18 @@ impl<C> LogStore<C> {
     }
 
     /// Tell openraft that the leader's own entries are flushed once written
-    /// (their fdatasync runs on, as a group commit), so openraft 0.9's core,
-    /// which waits for each append's flush, is not held by the leader's
-    /// sync. A follower's appends still complete only after their sync, so
-    /// a follower's answer to AppendEntries still means "fsynced". The
+    /// (their fdatasync runs on: at once as a group commit under
+    /// SYNC_FLUSH, on the batch's count or interval under BATCH_FLUSH), so
+    /// openraft 0.9's core, which waits for each append's flush, is not
+    /// held by the leader's sync. A follower's appends complete only after
+    /// their fsync, under BATCH_FLUSH too ([`Store::append_synced`]), so a
+    /// follower's answer to AppendEntries always means "fsynced". The
     /// commit index then means "on a majority, fsynced on every member of it
     /// but perhaps the leader"; an index is fsynced on a majority once it is
-    /// committed **and** at or below the leader's fsynced index, and the
-    /// node must wait for both before it acknowledges (DESIGN.md, "Durable
-    /// index"). `node_id` is this node's id.
+    /// committed **and** fsynced on a majority counting the leader's own
+    /// fsynced index, and the node must wait for both before it
+    /// acknowledges or applies (ARCHITECTURE.md, "The durability rule").
+    /// `node_id` is this node's id.
     pub fn leader_acks_on_write(mut self, node_id: u64) -> Self {
         self.leader_ahead = Some(node_id);
         self
@@ -246,6 +249,8 @@ where
         let done = Box::new(move |r: Result<(), Error>| callback.log_io_completed(r.map_err(|e| e.to_io())));
         if self.own_leader_entries(&records) {
             self.store.append_written(records, done).await.map_err(write_err)
+        } else if self.leader_ahead.is_some() {
+            self.store.append_synced(records, done).await.map_err(write_err)
         } else {
             self.store.append(records, done).await.map_err(write_err)
         }

@@ -36,6 +36,15 @@ use crate::io::{FileSystem, RealFs};
 use crate::preparer::{PREPARED_PREFIX, PreparerHandle};
 use crate::segment::{self, Scan, ScanStop, Segment};
 
+/// When an append's completion fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    /// Once the records are in the page cache.
+    Written,
+    /// Once an fsync covers them (the flusher syncs at once).
+    Synced,
+}
+
 /// A record to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRecord {
@@ -171,13 +180,14 @@ impl Store {
             .await
             .map_err(|e| Error::io("recovery task", std::io::Error::other(e.to_string())))??;
         let written = state.last_present().map(|p| p.index);
-        // Under SYNC_FLUSH the meta file only ever holds a committed id the
-        // cluster had fsynced on a majority (`committed_on_disk`; under the
-        // other policies it may fall back to the purge point, which the
-        // unsynced apply may have carried past the durable index).
+        // Under SYNC_FLUSH and BATCH_FLUSH the meta file only ever holds a
+        // committed id the cluster had fsynced on a majority
+        // (`committed_on_disk`; under ASYNC_FLUSH it may fall back to the
+        // purge point, which the unsynced apply may have carried past the
+        // durable index).
         let durable_on_disk = match config.flush.policy {
-            crate::FlushPolicy::SyncFlush => state.meta.committed.map_or(0, |c| c.index),
-            _ => 0,
+            crate::FlushPolicy::AsyncFlush => 0,
+            _ => state.meta.committed.map_or(0, |c| c.index),
         };
         let sync = SyncState::new(fs.clone(), config.dir.clone(), written);
         let (flusher, flusher_thread) = FlusherHandle::spawn(sync.clone(), config.flush)?;
@@ -267,7 +277,11 @@ impl Store {
     /// for Raft).
     pub async fn append(&self, records: Vec<NewRecord>, done: Completion) -> Result<()> {
         let _writer = self.inner.writer.lock().await;
-        self.append_locked(records, done, false).await
+        let when = match self.inner.config.flush.policy {
+            crate::FlushPolicy::SyncFlush => Done::Synced,
+            _ => Done::Written,
+        };
+        self.append_locked(records, done, when).await
     }
 
     /// Append as [`Store::append`], but `done` fires once the records are
@@ -276,10 +290,19 @@ impl Store {
     /// tells when. The node uses it for the leader's own entries.
     pub async fn append_written(&self, records: Vec<NewRecord>, done: Completion) -> Result<()> {
         let _writer = self.inner.writer.lock().await;
-        self.append_locked(records, done, true).await
+        self.append_locked(records, done, Done::Written).await
     }
 
-    async fn append_locked(&self, records: Vec<NewRecord>, done: Completion, early: bool) -> Result<()> {
+    /// Append as [`Store::append`], but `done` fires only once an fsync
+    /// covers the records, whatever the policy, and the flusher syncs at
+    /// once (group commit). The node uses it for a follower's entries under
+    /// BATCH_FLUSH too, so that its answer to AppendEntries means fsynced.
+    pub async fn append_synced(&self, records: Vec<NewRecord>, done: Completion) -> Result<()> {
+        let _writer = self.inner.writer.lock().await;
+        self.append_locked(records, done, Done::Synced).await
+    }
+
+    async fn append_locked(&self, records: Vec<NewRecord>, done: Completion, when: Done) -> Result<()> {
         if let Err(e) = self.check_failed() {
             done(Err(e.clone()));
             return Err(e);
@@ -352,17 +375,18 @@ impl Store {
             format::encode_record(&mut buf, &r.meta, synced_before, salt, &r.payload);
         }
         self.write_batch(&mut buf, &mut metas)?;
-        if self.inner.config.flush.policy == crate::FlushPolicy::SyncFlush {
-            if early {
+        match when {
+            Done::Synced => self.inner.flusher.written(last_index, Some(done)).await,
+            Done::Written if self.inner.config.flush.policy == crate::FlushPolicy::SyncFlush => {
                 done(Ok(()));
                 // Something waits, so the flusher syncs now; a failed sync
                 // fails the store, which is how the caller learns of it.
-                return self.inner.flusher.written(last_index, Some(Box::new(|_| {}))).await;
+                self.inner.flusher.written(last_index, Some(Box::new(|_| {}))).await
             }
-            self.inner.flusher.written(last_index, Some(done)).await
-        } else {
-            done(Ok(()));
-            self.inner.flusher.written(last_index, None).await
+            Done::Written => {
+                done(Ok(()));
+                self.inner.flusher.written(last_index, None).await
+            }
         }
     }
 
@@ -662,7 +686,7 @@ impl Store {
                 })
                 .collect();
             // Durability comes from the sync below, whatever the policy.
-            self.append_locked(new, Box::new(|_| ()), false).await?;
+            self.append_locked(new, Box::new(|_| ()), Done::Written).await?;
         }
         self.inner.flusher.sync().await?;
         if purged_later.is_some() {

@@ -442,17 +442,11 @@ impl Keel for ClientService {
             }
             BatchOutcome::Rejected(r) => return Err(reject_status(r)),
         };
-        let (durability, durable_index) = match self.limits.policy {
+        let (durability, durable_index) = if super::durable::waits_for_fsync(self.limits.policy) {
             // Applied, so durable: the state machine's gate waited for it.
-            FlushPolicy::SyncFlush => (pb::Durability::QuorumFsynced, self.durable.durable_index().max(log_index)),
-            FlushPolicy::BatchFlush => {
-                let mut rx = self.durable.subscribe();
-                match tokio::time::timeout_at(deadline, rx.wait_for(|&d| d >= log_index)).await {
-                    Ok(Ok(d)) => (pb::Durability::QuorumFsynced, *d),
-                    _ => return Err(unknown()),
-                }
-            }
-            FlushPolicy::AsyncFlush => (pb::Durability::QuorumWritten, self.durable.durable_index()),
+            (pb::Durability::QuorumFsynced, self.durable.durable_index().max(log_index))
+        } else {
+            (pb::Durability::QuorumWritten, self.durable.durable_index())
         };
         if !duplicate {
             super::admin::metrics::produced(u64::from(count));
@@ -804,16 +798,16 @@ impl Keel for ClientService {
 
 impl ClientService {
     /// Wait for this node's turn to change the membership, and under
-    /// SYNC_FLUSH until the current membership is fsynced on a majority.
-    /// openraft allows a change once the previous one is *committed*, and
-    /// under SYNC_FLUSH its commit may count the leader's unsynced copy
-    /// (`LogStore::leader_acks_on_write`): were the leader's power to fail
+    /// SYNC_FLUSH and BATCH_FLUSH until the current membership is fsynced on
+    /// a majority. openraft allows a change once the previous one is
+    /// *committed*, and its commit may count the leader's unsynced copy
+    /// (`durable.rs`, the durability rule): were the leader's power to fail
     /// then, the old and the new voters could each elect a leader. Each
     /// change returns only once applied, so durable; the lock keeps two
     /// concurrent calls from chaining on a change not yet durable.
     async fn membership_turn(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, Status> {
         let turn = self.membership.lock().await;
-        if self.limits.policy != FlushPolicy::SyncFlush {
+        if !super::durable::waits_for_fsync(self.limits.policy) {
             return Ok(turn);
         }
         let index = self.raft.metrics().borrow().membership_config.log_id().map_or(0, |l| l.index);

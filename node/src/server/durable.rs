@@ -1,25 +1,38 @@
-//! The durable-index actor: the highest log index fsynced on a majority.
+//! The durable-index actor: the highest log index fsynced on a majority,
+//! and the one place that says which policies wait for it
+//! ([`waits_for_fsync`]; ARCHITECTURE.md, "The durability rule").
 //!
-//! Every node runs it. As a follower it reports its own fsynced log id to
-//! the leader over the peer service (at once when it changes under
-//! BATCH_FLUSH and ASYNC_FLUSH, where it matters for acks; once a second
-//! under SYNC_FLUSH, where the leader needs no reports, below). As the
-//! leader it combines the reports with its own fsynced index: the durable
-//! index is the majority-th highest over the voters, never above the commit
-//! index. A report counts only if the leader's log holds the same log id at
-//! that index (so a follower's stale, since-truncated entries never count).
+//! **The rule.** Under SYNC_FLUSH and BATCH_FLUSH nothing counts toward a
+//! commit, is applied, served or acknowledged before a majority has fsynced
+//! it:
+//! - a follower answers AppendEntries only once its fsync covers the
+//!   entries (`LogStore::leader_acks_on_write`: its appends complete after
+//!   their fsync under both policies), so the leader's matched index of a
+//!   follower is that follower's fsynced index;
+//! - the leader's own entries count for openraft once written (openraft
+//!   0.9's core waits for each append's flush; the leader's fsync runs on,
+//!   at once under SYNC_FLUSH, on the batch's count or interval under
+//!   BATCH_FLUSH), so openraft's commit index may count the leader's
+//!   unsynced copy. The leader therefore computes the **durable index**: the
+//!   majority-th highest over the voters of (its own fsynced index, each
+//!   follower's matched index), never above the commit index;
+//! - the state machine applies an entry only once the durable index covers
+//!   it ([`Gate`]), so acks, fetches and lookups show only majority-fsynced
+//!   data;
+//! - every AppendEntries carries, as the commit followers see, the log id
+//!   at the durable index (`network::durable_commit`), never openraft's raw
+//!   commit: Raft takes a follower's committed entries as permanent, and an
+//!   entry only the leader's unsynced copy made committed can still be lost
+//!   to a power cut of the leader and replaced.
 //!
-//! Under SYNC_FLUSH no reports are needed: followers answer AppendEntries
-//! only after their fdatasync, and the leader's own entries count for
-//! openraft once written (`LogStore::leader_acks_on_write`), so an index is
-//! fsynced on a majority once it is committed and at or below the leader's
-//! fsynced index. The leader computes that; every AppendEntries carries it
-//! to followers, as `durable_index` and as the commit openraft sees there
-//! (`network::durable_commit`), so a follower never takes for committed an
-//! entry a power cut of the leader could still take away. The state machine applies
-//! an entry only once it is durable ([`Gate`]), so under SYNC_FLUSH whatever
-//! a client sees (acks, fetches, lookups) is fsynced on a majority
-//! (DESIGN.md, "Durable index").
+//! Under ASYNC_FLUSH followers answer once written, so matched indexes say
+//! nothing of fsyncs: followers report their fsynced log id to the leader
+//! over the peer service (`ReportSynced`, at once when it changes), and the
+//! leader takes the majority-th highest over the voters, never above the
+//! commit index; a report counts only if the leader's log holds the same log
+//! id at that index. Acks there mean "written on a majority" and the state
+//! machine applies what is committed: the durable index only tells clients
+//! how far a power cut cannot reach.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +47,13 @@ use super::network::Peers;
 use super::types::Raft;
 
 type Metrics = openraft::RaftMetrics<u64, openraft::BasicNode>;
+
+/// Whether `policy` acknowledges, applies and gives followers as committed
+/// only what a majority has fsynced (SYNC_FLUSH, BATCH_FLUSH), or what a
+/// majority has written (ASYNC_FLUSH).
+pub fn waits_for_fsync(policy: FlushPolicy) -> bool {
+    policy != FlushPolicy::AsyncFlush
+}
 
 const MAILBOX: usize = 1024;
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -66,9 +86,15 @@ impl Seed {
     }
 
     /// Where the network notes the highest durable index an AppendEntries
-    /// carried (SYNC_FLUSH), so the actor knows when followers lag it.
+    /// carried, so the actor knows when followers lag it.
     pub fn sent(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.sent)
+    }
+
+    /// The durable index as it changes (the network gives followers the
+    /// log id there as their commit).
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
     }
 
     pub fn gate(&self) -> Gate {
@@ -84,7 +110,8 @@ impl Seed {
     }
 }
 
-/// What the state machine waits on, under SYNC_FLUSH, before it applies.
+/// What the state machine waits on, under SYNC_FLUSH and BATCH_FLUSH,
+/// before it applies.
 #[derive(Clone)]
 pub struct Gate {
     durable: watch::Receiver<u64>,
@@ -192,10 +219,10 @@ impl Durable {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reporting: Option<tokio::task::JoinHandle<()>> = None;
-        // SYNC_FLUSH: when the leader's durable index passes what the last
+        // When the leader's durable index passes what the last
         // AppendEntries carried, a heartbeat shortly after tells followers
         // (unless replication traffic did meanwhile), so they need not wait
-        // for the next heartbeat to apply.
+        // for the next heartbeat to apply (SYNC_FLUSH, BATCH_FLUSH).
         let mut nudge: Option<tokio::time::Instant> = None;
         loop {
             let mut report_now = false;
@@ -216,7 +243,7 @@ impl Durable {
                     if r.is_err() {
                         return;
                     }
-                    report_now = self.policy != FlushPolicy::SyncFlush;
+                    report_now = !waits_for_fsync(self.policy);
                 }
                 r = metrics.changed() => {
                     if r.is_err() {
@@ -230,7 +257,7 @@ impl Durable {
             let m = metrics.borrow_and_update().clone();
             let leads = self.recompute(&m);
             if leads
-                && self.policy == FlushPolicy::SyncFlush
+                && waits_for_fsync(self.policy)
                 && nudge.is_none()
                 && self.sent.load(Ordering::Acquire) < *self.durable.borrow()
             {
@@ -258,24 +285,20 @@ impl Durable {
         let own = self.store.synced_index().unwrap_or(0);
         if m.current_leader != Some(self.node_id) {
             // A follower learns the leader's figure from AppendEntries
-            // (SYNC_FLUSH) or from the answers to its reports.
+            // (SYNC_FLUSH, BATCH_FLUSH) or from the answers to its reports.
             self.reports.clear();
             return false;
         }
-        let durable = if self.policy == FlushPolicy::SyncFlush {
-            // Followers' matches are fsynced; the leader's own may not be.
-            commit.min(own)
-        } else {
-            let mut synced: Vec<u64> = m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .map(|v| if v == self.node_id { own } else { self.reports.get(&v).copied().unwrap_or(0) })
-                .collect();
-            synced.sort_unstable_by(|a, b| b.cmp(a));
-            let majority = synced.len() / 2 + 1;
-            synced.get(majority - 1).copied().unwrap_or(0).min(commit)
+        let matched = |v: u64| -> u64 {
+            if waits_for_fsync(self.policy) {
+                // A follower's matched index is fsynced there (the rule above).
+                m.replication.as_ref().and_then(|r| r.get(&v).copied().flatten()).map_or(0, |l| l.index)
+            } else {
+                self.reports.get(&v).copied().unwrap_or(0)
+            }
         };
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let durable = majority_fsynced(&voters, self.node_id, own, matched).min(commit);
         raise(&self.durable, durable);
         true
     }
@@ -300,9 +323,37 @@ impl Durable {
     }
 }
 
+/// The highest index fsynced on a majority of `voters`: the majority-th
+/// highest of `me`'s own fsynced index and every other voter's `fsynced`.
+fn majority_fsynced(voters: &[u64], me: u64, own: u64, fsynced: impl Fn(u64) -> u64) -> u64 {
+    let mut synced: Vec<u64> = voters.iter().map(|&v| if v == me { own } else { fsynced(v) }).collect();
+    synced.sort_unstable_by(|a, b| b.cmp(a));
+    let majority = synced.len() / 2 + 1;
+    synced.get(majority - 1).copied().unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_durable_index_is_what_a_majority_counting_the_leader_has_fsynced() {
+        let followers = |v: u64| match v {
+            2 => 8,
+            3 => 5,
+            _ => 0,
+        };
+        // The leader's copy fsynced ahead: the better follower decides.
+        assert_eq!(majority_fsynced(&[1, 2, 3], 1, 10, followers), 8);
+        // The leader's fsync behind (BATCH_FLUSH): a majority without it counts.
+        assert_eq!(majority_fsynced(&[1, 2, 3], 1, 6, followers), 6);
+        assert_eq!(majority_fsynced(&[1, 2, 3], 1, 2, |v| if v == 2 { 8 } else { 7 }), 7);
+        // Five voters need three.
+        assert_eq!(majority_fsynced(&[1, 2, 3, 4, 5], 1, 9, |v| v), 4);
+        // A learner (not a voter) never counts; a lone voter is its own majority.
+        assert_eq!(majority_fsynced(&[1], 1, 4, |_| 100), 4);
+        assert_eq!(majority_fsynced(&[], 1, 4, |_| 100), 0);
+    }
 
     #[tokio::test]
     async fn the_gate_opens_only_once_the_index_is_durable_and_asks_for_a_recompute() {

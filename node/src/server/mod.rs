@@ -48,7 +48,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use keel_proto::client::keel_server::KeelServer;
 use keel_proto::raft::raft_peer_server::RaftPeerServer;
-use keel_raft_log::{FlushPolicy, Store};
+use keel_raft_log::Store;
 use openraft::{BasicNode, SnapshotPolicy};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -290,19 +290,20 @@ async fn start(config: &NodeConfig, peers: &network::Peers, identity: &identity:
             .context("step down from the leadership held before the restart")?;
     }
     let (mut sm, shared) = state_machine::StateMachine::open(store.clone()).await.context("open the state machine")?;
-    // Under SYNC_FLUSH the committed id on disk is one the cluster had
-    // fsynced on a majority (`Store::committed_on_disk`).
-    let sync_flush = config.store.flush.policy == FlushPolicy::SyncFlush;
-    let seed = durable::Seed::new(if sync_flush { store.read_committed().map_or(0, |c| c.index) } else { 0 });
+    // Under SYNC_FLUSH and BATCH_FLUSH the committed id on disk is one the
+    // cluster had fsynced on a majority (`Store::committed_on_disk`).
+    let fsync_rule = durable::waits_for_fsync(config.store.flush.policy);
+    let seed = durable::Seed::new(if fsync_rule { store.read_committed().map_or(0, |c| c.index) } else { 0 });
     let mut log_store = types::LogStore::new(store.clone());
-    let mut network = network::Network { peers: peers.clone(), leader_store: None, durable_sent: seed.sent() };
-    if sync_flush {
-        // openraft 0.9 waits for each append's flush before it does anything
-        // else; the leader's own sync need not hold it (DESIGN.md, "Durable
-        // index"): acks wait for it through the state machine's gate.
+    let mut network = network::Network { peers: peers.clone(), durable: None, durable_sent: seed.sent() };
+    if fsync_rule {
+        // The durability rule (`durable.rs`): followers answer once
+        // fsynced; openraft 0.9 waits for each append's flush before it
+        // does anything else, and the leader's own sync need not hold it:
+        // applies, acks and followers' commits wait for the durable index.
         log_store = log_store.leader_acks_on_write(node_id);
         sm = sm.with_gate(seed.gate());
-        network.leader_store = Some(store.clone());
+        network.durable = Some((store.clone(), seed.watch()));
     }
     let raft =
         types::Raft::new(node_id, Arc::new(raft_config()?), network, log_store, sm).await.context("start raft")?;

@@ -19,6 +19,7 @@ use openraft::raft::{
     VoteResponse,
 };
 use openraft::{AnyError, BasicNode, LogId};
+use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -179,9 +180,10 @@ impl Peers {
 #[derive(Clone)]
 pub struct Network {
     pub peers: Peers,
-    /// Under SYNC_FLUSH, this node's store: AppendEntries then carry the
-    /// leader's durable index, min(commit, own fsynced index).
-    pub leader_store: Option<Store>,
+    /// Under SYNC_FLUSH and BATCH_FLUSH, this node's store and the durable
+    /// index: AppendEntries then carry the log id at the durable index as
+    /// the commit (`durable.rs`, the durability rule).
+    pub durable: Option<(Store, watch::Receiver<u64>)>,
     /// The highest durable index sent (the durable actor's nudge reads it).
     pub durable_sent: Arc<AtomicU64>,
 }
@@ -194,7 +196,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             peers: self.peers.clone(),
-            leader_store: self.leader_store.clone(),
+            durable: self.durable.clone(),
             durable_sent: Arc::clone(&self.durable_sent),
         }
     }
@@ -204,7 +206,7 @@ pub struct PeerClient {
     target: u64,
     addr: String,
     peers: Peers,
-    leader_store: Option<Store>,
+    durable: Option<(Store, watch::Receiver<u64>)>,
     durable_sent: Arc<AtomicU64>,
 }
 
@@ -270,26 +272,23 @@ impl PeerClient {
     }
 }
 
-/// Under SYNC_FLUSH (`LogStore::leader_acks_on_write`) openraft's commit
-/// index may count the leader's copy before its fdatasync: an entry is
-/// fsynced on a majority once committed and at or below the leader's
-/// fsynced index. That index, and the log id there, which followers get as
-/// the commit instead of openraft's: Raft takes a follower's committed
-/// entries as permanent, and an entry only the leader's unsynced copy made
-/// committed may yet be lost to a power cut of the leader and replaced.
-fn durable_commit(store: &Store, commit: &LogId<u64>) -> (u64, Option<LogId<u64>>) {
-    let Some(synced) = store.synced_index() else {
-        return (0, None);
-    };
-    let durable = synced.min(commit.index);
-    if durable == commit.index {
-        return (durable, Some(*commit));
+/// Under SYNC_FLUSH and BATCH_FLUSH (`LogStore::leader_acks_on_write`)
+/// openraft's commit index may count the leader's copy before its fsync:
+/// the durable index (`durable.rs`) is what a majority has fsynced. The
+/// index followers get as the commit, and the log id there: never past the
+/// durable index, since Raft takes a follower's committed entries as
+/// permanent, and an entry only the leader's unsynced copy made committed
+/// may yet be lost to a power cut of the leader and replaced.
+fn durable_commit(store: &Store, commit: &LogId<u64>, durable: u64) -> (u64, Option<LogId<u64>>) {
+    let index = durable.min(commit.index);
+    if index == commit.index {
+        return (index, Some(*commit));
     }
-    let at = store.log_pos_at(durable).ok().flatten();
+    let at = store.log_pos_at(index).ok().flatten();
     // Below the first entry read: the purge point, if that is where it is.
-    let at = at.or_else(|| store.log_state().0.filter(|p| p.index == durable));
+    let at = at.or_else(|| store.log_state().0.filter(|p| p.index == index));
     match at {
-        Some(at) => (durable, Some(log_id(at))),
+        Some(at) => (index, Some(log_id(at))),
         // Nothing durable to name: tell followers nothing new.
         None => (0, None),
     }
@@ -303,8 +302,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         let mut req = wire::append_to_pb(&rpc)
             .map_err(|s| RPCError::Network(NetworkError::new(&AnyError::error(s.message()))))?;
-        if let (Some(store), Some(commit)) = (&self.leader_store, &rpc.leader_commit) {
-            let (durable, at) = durable_commit(store, commit);
+        if let (Some((store, durable)), Some(commit)) = (&self.durable, &rpc.leader_commit) {
+            let (durable, at) = durable_commit(store, commit, *durable.borrow());
             req.durable_index = durable;
             req.leader_commit = at.as_ref().map(wire::log_id_to_pb);
             self.durable_sent.fetch_max(durable, Ordering::AcqRel);
@@ -352,10 +351,10 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn followers_get_as_commit_only_what_is_fsynced_on_the_leader() {
+    async fn followers_get_as_commit_only_what_is_durable() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(StoreConfig::new(dir.path())).await.expect("open store");
-        assert_eq!(durable_commit(&store, &id(1, 1, 3)), (0, None), "nothing fsynced yet: nothing to tell");
+        assert_eq!(durable_commit(&store, &id(1, 1, 3), 2), (0, None), "nothing in the log yet: nothing to tell");
         let records = (1..=5)
             .map(|index| NewRecord {
                 meta: RecordMeta { kind: RecordKind::Blank, term: 1 + index / 4, leader: 2, index, timestamp_ms: 0 },
@@ -365,13 +364,13 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel();
         store.append(records, Box::new(move |r| drop(tx.send(r)))).await.expect("append");
         rx.await.expect("flushed").expect("flush ok");
-        assert_eq!(store.synced_index(), Some(5));
-        // Committed at or below the fsynced index: the commit as it is.
-        assert_eq!(durable_commit(&store, &id(1, 2, 3)), (3, Some(id(1, 2, 3))));
-        assert_eq!(durable_commit(&store, &id(2, 2, 5)), (5, Some(id(2, 2, 5))));
-        // Committed past it (the leader's copy not yet fsynced): the log id
-        // of the last fsynced entry instead.
-        assert_eq!(durable_commit(&store, &id(3, 2, 9)), (5, Some(id(2, 2, 5))));
+        // Committed at or below the durable index: the commit as it is.
+        assert_eq!(durable_commit(&store, &id(1, 2, 3), 5), (3, Some(id(1, 2, 3))));
+        assert_eq!(durable_commit(&store, &id(2, 2, 5), 5), (5, Some(id(2, 2, 5))));
+        // Committed past it (a copy counted before its fsync): the log id
+        // of the last durable entry instead.
+        assert_eq!(durable_commit(&store, &id(3, 2, 9), 5), (5, Some(id(2, 2, 5))));
+        assert_eq!(durable_commit(&store, &id(2, 2, 5), 2), (2, Some(id(1, 2, 2))));
         store.close().await.expect("close");
     }
 }

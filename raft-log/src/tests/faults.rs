@@ -567,3 +567,51 @@ async fn append_written_completes_before_its_sync_and_the_flusher_syncs_it_at_on
     let err = append_flushed(&store, vec![record(1, 6, LEN)]).await.expect_err("append after EIO");
     assert!(err.is_fatal(), "{err}");
 }
+
+/// A follower's appends under BATCH_FLUSH (`LogStore::leader_acks_on_write`,
+/// issue 16 item 4): `append_synced` completes only once an fsync covers
+/// the entries, and the flusher syncs at once rather than at the batch's
+/// count or interval, so a follower's answer to AppendEntries means
+/// fsynced under BATCH_FLUSH too. A plain `append` there still completes
+/// once written and waits for the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_synced_under_batch_flush_completes_only_after_its_fsync_and_syncs_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let mut c = config(dir.path(), 1 << 16, FlushPolicy::BatchFlush);
+    // A batch that never fills and an interval no test waits for.
+    c.flush.batch_size = 1_000_000;
+    c.flush.interval_ms = 3_600_000;
+    let store = open_fault(&fs, c).await.expect("open");
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let track = |last: u64| {
+        let acked = acked.clone();
+        Box::new(move |r: Result<(), Error>| acked.lock().expect("lock").push((last, r.is_ok())))
+    };
+    // Phase: a plain append completes at once and stays unsynced.
+    store.append(vec![record(1, 1, LEN)], track(1)).await.expect("append");
+    assert_eq!(acked.lock().expect("lock").as_slice(), &[(1, true)]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.synced_index(), None, "BATCH_FLUSH synced before its count or interval");
+    // Phase: append_synced completes once fsynced, and that comes at once.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store
+        .append_synced(
+            vec![record(1, 2, LEN)],
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+        .await
+        .expect("append_synced");
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("append_synced waited for the batch interval")
+        .expect("callback")
+        .expect("synced");
+    assert_eq!(store.synced_index(), Some(2), "completed before its fsync");
+    // Phase: the power goes now; both entries were synced by then.
+    let store =
+        crash_and_reopen(&fs, store, config(dir.path(), 1 << 16, FlushPolicy::BatchFlush)).await.expect("reopen");
+    assert_entry(&store, 1, 2, LEN);
+}

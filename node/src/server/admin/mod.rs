@@ -525,7 +525,7 @@ async fn readyz(State(admin): Shared_) -> Response {
         not_ready.push(format!("this leader has not heard from a quorum for {ms} ms"));
     }
     let mut committed = admin.store.read_committed().map_or(0, |c| c.index);
-    if admin.store.config().flush.policy == keel_raft_log::FlushPolicy::SyncFlush {
+    if super::durable::waits_for_fsync(admin.store.config().flush.policy) {
         // A leader applies only what is durable, up to one fdatasync behind
         // its commit index (`durable::Gate`).
         committed = committed.min(admin.durable.durable_index());
