@@ -145,6 +145,9 @@ fn classify_code(code: ErrorCode, status: &Status, why: String) -> Failure {
         ErrorCode::NotLeader => Failure::NotLeader { leader: leader_hint(status), why },
         // Refused before anything was proposed: an election is under way.
         ErrorCode::NoLeader => Failure::Retry { maybe_applied: false, same_node: false, why },
+        // A read whose node has not applied its min_index yet (only Fetch
+        // answers it): another node, the leader above all, may have.
+        ErrorCode::NotCaughtUp => Failure::Retry { maybe_applied: false, same_node: false, why },
         // The leader proposed it but could not see it durable in time: ask it
         // again (the same producer id and sequence make that safe).
         ErrorCode::OutcomeUnknown => Failure::Retry { maybe_applied: true, same_node: true, why },
@@ -219,8 +222,8 @@ mod tests {
     fn every_error_code_name_maps_back_to_its_code() {
         // Phase: the metadata carries the proto's enum names, and each one
         // parses to its own variant.
-        for n in 0..=14 {
-            let code = ErrorCode::try_from(n).expect("codes 0..=14 are defined");
+        for n in 0..=15 {
+            let code = ErrorCode::try_from(n).expect("codes 0..=15 are defined");
             let status = status_with(Code::Unknown, "x", &[(ERROR_CODE_KEY, code.as_str_name())]);
             assert_eq!(error_code(&status), Some(Ok(code)));
         }
@@ -276,6 +279,8 @@ mod tests {
             ("OUTCOME_UNKNOWN", Code::DeadlineExceeded, true, true),
             ("SHUTTING_DOWN", Code::Unavailable, true, false),
             ("STORAGE_FAILED", Code::Internal, true, false),
+            // A fetch's node is behind min_index: a read, never applied; try elsewhere.
+            ("NOT_CAUGHT_UP", Code::Unavailable, false, false),
         ];
         for (name, code, applied, same) in cases {
             let status = status_with(code, "x", &[(ERROR_CODE_KEY, name)]);

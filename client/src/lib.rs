@@ -9,6 +9,8 @@
 //!   the address if it is new); NO_LEADER, a transport failure or a
 //!   NOT_LEADER without an address moves on to the next node, pausing with
 //!   exponential backoff (10 ms → 500 ms);
+//! - a fetch whose node has not applied its `min_index` in time
+//!   (NOT_CAUGHT_UP) is asked of the next node the same way;
 //! - reads (fetch, lookups, describe, cluster info) go to any node, starting
 //!   with the one the last read went to;
 //! - every call has one deadline ([`ClientOptions::call_timeout`], 30 s);

@@ -2,7 +2,8 @@
 //! answer Produce from a script): it follows NOT_LEADER to the leader, moves
 //! on from nodes that cannot help, resends the same producer id and sequence
 //! on every retry, and reports a write whose fate it cannot know as
-//! `OutcomeUnknown`, never as a plain failure.
+//! `OutcomeUnknown`, never as a plain failure. A fetch whose node is behind
+//! its min_index is asked of another node.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,14 @@ struct FakeNode {
     seen: Seen,
 }
 
+impl FakeNode {
+    fn next_answer(&self) -> Answer {
+        let mut script = self.script.lock().expect("test lock");
+        let answer = if script.len() > 1 { script.pop_front() } else { script.front().cloned() };
+        answer.expect("every fake node has a script")
+    }
+}
+
 fn keel_status(code: &'static str, leader: Option<(u64, String)>) -> Status {
     let mut status = Status::failed_precondition(format!("fake node says {code}"));
     status.metadata_mut().insert(ERROR_CODE_KEY, code.parse().expect("code names are ASCII"));
@@ -77,11 +86,7 @@ impl Keel for FakeNode {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         let r = request.into_inner();
         self.seen.lock().expect("test lock").push((r.producer_id, r.first_sequence, r.records.len()));
-        let answer = {
-            let mut script = self.script.lock().expect("test lock");
-            if script.len() > 1 { script.pop_front() } else { script.front().cloned() }
-        };
-        match answer.expect("every fake node has a script") {
+        match self.next_answer() {
             Answer::Ok { base_offset, duplicate } => ok(base_offset, r.records.len(), duplicate),
             Answer::Err { code, leader } => Err(keel_status(code, leader)),
             Answer::Slow { delay, base_offset } => {
@@ -91,8 +96,16 @@ impl Keel for FakeNode {
         }
     }
 
+    /// Answers from the same script: `Ok` is an empty answer whose
+    /// `next_offset` is `base_offset`.
     async fn fetch(&self, _: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
-        Err(Status::unimplemented("fake"))
+        match self.next_answer() {
+            Answer::Ok { base_offset, .. } => {
+                Ok(Response::new(FetchResponse { next_offset: base_offset, ..FetchResponse::default() }))
+            }
+            Answer::Err { code, leader } => Err(keel_status(code, leader)),
+            Answer::Slow { .. } => Err(Status::unimplemented("fake")),
+        }
     }
     async fn lookup_by_key(&self, _: Request<LookupByKeyRequest>) -> Result<Response<LookupByKeyResponse>, Status> {
         Err(Status::unimplemented("fake"))
@@ -296,4 +309,17 @@ async fn not_leader_without_an_address_and_dead_nodes_move_on_to_the_next_node()
     assert_eq!(ack.base_offset, 0);
     assert_eq!(seen(&seen_l).len(), 1);
     assert_eq!(client.leader().as_deref(), Some(leader.as_str()));
+}
+
+#[tokio::test]
+async fn a_fetch_whose_node_is_not_caught_up_is_asked_of_another_node() {
+    // Phase: the first node is behind the fetch's min_index; the second answers.
+    let (la, a) = bind().await;
+    let (lb, b) = bind().await;
+    serve(la, vec![Answer::Err { code: "NOT_CAUGHT_UP", leader: None }]);
+    serve(lb, vec![Answer::Ok { base_offset: 9, duplicate: false }]);
+    let client = Client::with_options(vec![a, b], quick(5_000)).expect("valid");
+    let fetched =
+        client.fetch(keel_client::Fetch::new("t", 0, 0).min_index(42)).await.expect("the second node answers");
+    assert_eq!(fetched.next_offset, 9);
 }

@@ -5,8 +5,10 @@
 //! bad request is refused with an error that names what was wrong and
 //! changes nothing; a deleted topic's records never come back; the CLI works
 //! end to end; a follower that lags still sends writes to the leader; and a
-//! bad configuration file stops a node before it starts. Kills and restarts
-//! are `cluster_faults.rs`'s business; the one pause here only makes a
+//! bad configuration file stops a node before it starts. What a client
+//! written from keel.proto alone meets holds too: a fetch ahead of its node
+//! waits for `min_index` (then NOT_CAUGHT_UP, never OUT_OF_RANGE). Kills
+//! and restarts are `cluster_faults.rs`'s business; the one pause here only makes a
 //! follower lag.
 //!
 //! The tests share nothing, so cargo runs them side by side; each one puts
@@ -22,13 +24,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::Cluster;
+use keel_client::proto::keel_client::KeelClient;
 use keel_client::proto::{self, TopicConfig, TopicInfo};
 use keel_client::{
-    Client, Durability, ERROR_CODE_KEY, Error, ErrorCode, Fetch, FetchedRecord, LEADER_ADDR_KEY, LEADER_ID_KEY,
-    ProduceAck, Producer, Record, partition_for,
+    Client, ClientOptions, Durability, ERROR_CODE_KEY, Error, ErrorCode, Fetch, FetchedRecord, LEADER_ADDR_KEY,
+    LEADER_ID_KEY, ProduceAck, Producer, Record, partition_for,
 };
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
+use tonic::transport::Channel;
 
 const ELECTION: Duration = Duration::from_secs(30);
 /// Bound of a read that must first wait for its node to apply a write
@@ -1348,4 +1352,139 @@ async fn a_follower_that_lags_sends_writes_to_the_leader() {
     assert!(fetched.end_offset <= ack.base_offset + 1, "end offset {} past what was stored", fetched.end_offset);
     let looked_up = looked_up.expect("lookup in newer through the lagging follower");
     assert!(looked_up.iter().all(|r| &r.value[..] == b"n0"), "lookup returned another record");
+}
+
+// ---- What a client written from keel.proto alone meets (issue 16, item 5) ----
+
+/// A raw client to node `id` with tonic's defaults, as a client generated
+/// from keel.proto alone would have: no per-call timeout (so no
+/// `grpc-timeout` header unless a request sets one) and the default 4 MiB
+/// decoding limit.
+async fn default_client(cluster: &Cluster, id: u64) -> KeelClient<Channel> {
+    let addr = format!("http://{}", cluster.grpc(id));
+    KeelClient::connect(addr.clone()).await.unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_ahead_of_its_node_waits_for_min_index_then_answers_not_caught_up() {
+    // Phase 1: a cluster with a topic holding one record, applied everywhere,
+    // and a raw client to a follower.
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let follower = cluster.ids().find(|&id| id != leader).expect("three nodes, one leader");
+    let client = cluster_client(&cluster);
+    let producer = client.producer();
+    client.create_topic("reads", keep_forever(1)).await.expect("create reads");
+    client.create_topic("other", keep_forever(1)).await.expect("create other");
+    producer.produce("reads", 0, vec![Record::new("r0")]).await.expect("produce r0");
+    sync_all(&cluster).await;
+    let raw = default_client(&cluster, follower).await;
+
+    // Phase 2: with the default max_wait_ms (0), a fetch whose min_index is
+    // the next log index waits for it, instead of answering OUT_OF_RANGE (on
+    // which a Kafka-style consumer resets its position); it answers once a
+    // write lands 500 ms later, and the write then reads back from there.
+    let applied = applied_index(&cluster, follower, Instant::now() + SYNC_TIMEOUT).await;
+    let fetch = proto::FetchRequest {
+        topic: "reads".into(),
+        partition: 0,
+        offset: 1,
+        min_index: applied + 1,
+        ..proto::FetchRequest::default()
+    };
+    let mut behind = raw.clone();
+    let (fetched, ack) = tokio::join!(behind.fetch(fetch), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        producer.produce("reads", 0, vec![Record::new("r1")]).await.expect("produce r1")
+    });
+    let fetched = fetched
+        .unwrap_or_else(|s| panic!("a fetch one write ahead of node{follower} (applied {applied}): {s:?}"))
+        .into_inner();
+    assert!(fetched.applied_index > applied, "answered below its min_index: {fetched:?}");
+    let fetch = proto::FetchRequest {
+        topic: "reads".into(),
+        partition: 0,
+        offset: 1,
+        min_index: ack.log_index,
+        ..proto::FetchRequest::default()
+    };
+    let fetched = raw.clone().fetch(fetch).await.expect("fetch r1 at its log index").into_inner();
+    assert_eq!(fetched.records.iter().map(|r| &r.value[..]).collect::<Vec<_>>(), [b"r1"]);
+
+    // Phase 3: a min_index no node will reach is answered UNAVAILABLE with
+    // NOT_CAUGHT_UP naming min_index and the applied index, after the
+    // bound: max_wait_ms (300 ms) when set; else the call's deadline less a
+    // margin (grpc-timeout 1 s), so the answer beats the caller's timeout;
+    // else 5 s.
+    let far = fetched.applied_index + 1_000_000;
+    let ahead = |max_wait_ms: u32| proto::FetchRequest {
+        topic: "reads".into(),
+        partition: 0,
+        offset: 0,
+        max_wait_ms,
+        min_index: far,
+        ..proto::FetchRequest::default()
+    };
+    let timed = |request: tonic::Request<proto::FetchRequest>| {
+        let mut raw = raw.clone();
+        async move {
+            let started = Instant::now();
+            let answer = raw.fetch(request).await;
+            (answer, started.elapsed())
+        }
+    };
+    let mut with_deadline = tonic::Request::new(ahead(0));
+    with_deadline.set_timeout(Duration::from_secs(1));
+    let (max_wait, deadline, neither) = tokio::join!(
+        timed(tonic::Request::new(ahead(300))),
+        timed(with_deadline),
+        timed(tonic::Request::new(ahead(0))),
+    );
+    let far_text = far.to_string();
+    for (what, (answer, took), at_least, below) in [
+        ("max_wait_ms 300", max_wait, Duration::from_millis(280), Duration::from_secs(3)),
+        ("grpc-timeout 1 s", deadline, Duration::from_millis(500), Duration::from_secs(1)),
+        ("neither", neither, Duration::from_millis(4_500), Duration::from_secs(10)),
+    ] {
+        let status = refused_raw(answer, ErrorCode::NotCaughtUp, &[&far_text, "applied"]);
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{what}: {status:?}");
+        assert!(
+            took >= at_least && took < below,
+            "{what}: answered after {took:?}, not within {at_least:?}..{below:?}"
+        );
+    }
+
+    // Phase 4: keel-client retries NOT_CAUGHT_UP (on the other nodes) until
+    // its deadline, and then reports Unavailable, not a final refusal.
+    let options = ClientOptions { call_timeout: Duration::from_secs(2), ..ClientOptions::default() };
+    let impatient = Client::with_options(cluster.addrs(), options).expect("valid options");
+    let error = impatient.fetch(Fetch::new("reads", 0, 0).min_index(far)).await.expect_err("no node reaches it");
+    assert!(matches!(error, Error::Unavailable { attempts, .. } if attempts >= 2), "{error}");
+
+    // Phase 5: the time spent waiting for min_index counts against
+    // max_wait_ms: a fetch at the end of `reads`, one write ahead of its
+    // node with max_wait_ms 1500, whose min_index a write to `other`
+    // reaches 600 ms later, long-polls only for the rest of the 1500 ms.
+    let applied = applied_index(&cluster, follower, Instant::now() + SYNC_TIMEOUT).await;
+    let fetch = proto::FetchRequest {
+        topic: "reads".into(),
+        partition: 0,
+        offset: 2,
+        max_wait_ms: 1500,
+        min_index: applied + 1,
+        ..proto::FetchRequest::default()
+    };
+    let started = Instant::now();
+    let mut behind = raw.clone();
+    let (fetched, _) = tokio::join!(behind.fetch(fetch), async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        producer.produce("other", 0, vec![Record::new("o0")]).await.expect("produce o0")
+    });
+    let took = started.elapsed();
+    let fetched = fetched.expect("a long poll at the end of reads").into_inner();
+    assert_eq!((fetched.records.len(), fetched.next_offset), (0, 2), "{fetched:?}");
+    assert!(
+        took >= Duration::from_millis(1_300) && took < Duration::from_millis(2_000),
+        "the long poll took {took:?}: max_wait_ms 1500 must count the wait for min_index"
+    );
 }
