@@ -7,8 +7,9 @@
 //! end to end; a follower that lags still sends writes to the leader; and a
 //! bad configuration file stops a node before it starts. What a client
 //! written from keel.proto alone meets holds too: a fetch ahead of its node
-//! waits for `min_index` (then NOT_CAUGHT_UP, never OUT_OF_RANGE). Kills
-//! and restarts are `cluster_faults.rs`'s business; the one pause here only makes a
+//! waits for `min_index` (then NOT_CAUGHT_UP, never OUT_OF_RANGE); a body
+//! that does not decode is INVALID_ARGUMENT with `keel-error`. Kills and
+//! restarts are `cluster_faults.rs`'s business; the one pause here only makes a
 //! follower lag.
 //!
 //! The tests share nothing, so cargo runs them side by side; each one puts
@@ -22,7 +23,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes};
 use common::Cluster;
 use keel_client::proto::keel_client::KeelClient;
 use keel_client::proto::{self, TopicConfig, TopicInfo};
@@ -30,9 +31,11 @@ use keel_client::{
     Client, ClientOptions, Durability, ERROR_CODE_KEY, Error, ErrorCode, Fetch, FetchedRecord, LEADER_ADDR_KEY,
     LEADER_ID_KEY, ProduceAck, Producer, Record, partition_for,
 };
+use prost::Message as _;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-use tonic::transport::Channel;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::{Channel, Endpoint};
 
 const ELECTION: Duration = Duration::from_secs(30);
 /// Bound of a read that must first wait for its node to apply a write
@@ -1365,6 +1368,62 @@ async fn default_client(cluster: &Cluster, id: u64) -> KeelClient<Channel> {
     KeelClient::connect(addr.clone()).await.unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
 }
 
+/// A codec that sends and receives message bodies as they are, so a test
+/// can send bytes no protobuf encoder would write, as a foreign client
+/// might.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawBytes;
+
+impl tonic::codec::Codec for RawBytes {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Calls `method` of the Keel service on node `id` with `body` as the
+/// request's bytes, and returns the answer's bytes.
+async fn raw_call(cluster: &Cluster, id: u64, method: &str, body: Bytes) -> Result<Bytes, tonic::Status> {
+    let addr = format!("http://{}", cluster.grpc(id));
+    let channel = Endpoint::from_shared(addr.clone())
+        .expect("host:port makes a valid URI")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap_or_else(|e| panic!("channel to {addr} not ready: {e}"));
+    let path = format!("/keel.client.v1.Keel/{method}");
+    let path = PathAndQuery::try_from(path.as_str()).expect("a valid gRPC path");
+    grpc.unary(tonic::Request::new(body), path, RawBytes).await.map(tonic::Response::into_inner)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fetch_ahead_of_its_node_waits_for_min_index_then_answers_not_caught_up() {
     // Phase 1: a cluster with a topic holding one record, applied everywhere,
@@ -1487,4 +1546,42 @@ async fn a_fetch_ahead_of_its_node_waits_for_min_index_then_answers_not_caught_u
         took >= Duration::from_millis(1_300) && took < Duration::from_millis(2_000),
         "the long poll took {took:?}: max_wait_ms 1500 must count the wait for min_index"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undecodable_request_body_is_invalid_argument_naming_the_problem() {
+    // Phase 1: a cluster with a topic holding one record.
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let client = cluster_client(&cluster);
+    client.create_topic("bodies", keep_forever(1)).await.expect("create bodies");
+    client.producer().produce("bodies", 0, vec![Record::new("b0")]).await.expect("produce b0");
+
+    // Phase 2: bodies that are no protobuf of any request type (a truncated
+    // varint, a length past the end, both in a field number no request
+    // has, and wire type 7), sent as a foreign client would, are each
+    // answered INVALID_ARGUMENT with `keel-error: INVALID_ARGUMENT`, naming
+    // the request type and what did not decode, as keel.proto promises for
+    // every error.
+    let bodies: [(&str, &'static [u8]); 3] = [
+        ("invalid varint", &[15 << 3, 0xff]),
+        ("buffer underflow", &[(15 << 3) | 2, 0x05, b'a']),
+        ("invalid wire type value: 7", &[(1 << 3) | 7]),
+    ];
+    for method in ["Produce", "Fetch", "CreateTopic"] {
+        for (problem, body) in bodies {
+            let answer = raw_call(&cluster, leader, method, Bytes::from_static(body)).await;
+            let request_type = format!("keel.client.v1.{method}Request");
+            let status = refused_raw(answer, ErrorCode::InvalidArgument, &[&request_type, problem]);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{method} with {body:?}: {status:?}");
+        }
+    }
+
+    // Phase 3: the same route serves a body that decodes, and the bad ones
+    // stored nothing.
+    let fetch = proto::FetchRequest { topic: "bodies".into(), ..proto::FetchRequest::default() };
+    let answer = raw_call(&cluster, leader, "Fetch", fetch.encode_to_vec().into()).await.expect("a valid body");
+    let fetched = proto::FetchResponse::decode(answer).expect("a FetchResponse");
+    assert_eq!(fetched.records.iter().map(|r| &r.value[..]).collect::<Vec<_>>(), [b"b0"]);
+    assert_eq!(fetched.end_offset, 1);
 }
