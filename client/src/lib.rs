@@ -87,9 +87,10 @@ pub struct ClientOptions {
     /// First pause between attempts; doubles up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    /// Largest gRPC message sent or accepted (tonic's default is 4 MiB; a
-    /// fetch returns at least one record even when it is larger than
-    /// `max_bytes`).
+    /// Largest gRPC message sent or accepted (tonic's default is 4 MiB).
+    /// Nodes keep fetch and lookup answers under 4 MiB − 64 KiB, except
+    /// that a fetch returns at least one record even when it alone is
+    /// larger (a topic whose `max_message_bytes` is above that limit).
     pub max_message_bytes: usize,
     /// `Some`: every node is dialled over TLS and verified against this CA
     /// (see [`TlsOptions`]); `None`: plaintext.

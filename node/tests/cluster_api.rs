@@ -8,8 +8,9 @@
 //! bad configuration file stops a node before it starts. What a client
 //! written from keel.proto alone meets holds too: a fetch ahead of its node
 //! waits for `min_index` (then NOT_CAUGHT_UP, never OUT_OF_RANGE); a body
-//! that does not decode is INVALID_ARGUMENT with `keel-error`. Kills and
-//! restarts are `cluster_faults.rs`'s business; the one pause here only makes a
+//! that does not decode is INVALID_ARGUMENT with `keel-error`; no answer
+//! outgrows gRPC's default 4 MiB. Kills and restarts are
+//! `cluster_faults.rs`'s business; the one pause here only makes a
 //! follower lag.
 //!
 //! The tests share nothing, so cargo runs them side by side; each one puts
@@ -1584,4 +1585,63 @@ async fn an_undecodable_request_body_is_invalid_argument_naming_the_problem() {
     let fetched = proto::FetchResponse::decode(answer).expect("a FetchResponse");
     assert_eq!(fetched.records.iter().map(|r| &r.value[..]).collect::<Vec<_>>(), [b"b0"]);
     assert_eq!(fetched.end_offset, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_with_a_huge_max_bytes_fits_a_client_with_the_default_4_mib_limit() {
+    // Phase 1: a partition holding 6 MiB: 96 records of 64 KiB, all with
+    // the same key.
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let client = cluster_client(&cluster);
+    let producer = client.producer();
+    client.create_topic("big", keep_forever(1)).await.expect("create big");
+    let value = |i: u64| binary(64 << 10, i as u32);
+    for first in (0..96u64).step_by(16) {
+        let records = (first..first + 16).map(|i| Record::new(value(i)).key("blob")).collect();
+        producer.produce("big", 0, records).await.expect("produce 16 records of 64 KiB");
+    }
+
+    // Phase 2: a client with tonic's default 4 MiB decoding limit fetches
+    // with max_bytes u32::MAX from offset 0, then from each next_offset:
+    // every answer decodes and is under 4 MiB yet holds many records, and
+    // together they return every record exactly once, in order.
+    let mut raw = default_client(&cluster, leader).await;
+    let mut offset = 0;
+    let mut got = Vec::new();
+    let mut fetches = 0;
+    loop {
+        let request =
+            proto::FetchRequest { topic: "big".into(), offset, max_bytes: u32::MAX, ..proto::FetchRequest::default() };
+        let fetched = raw
+            .fetch(request)
+            .await
+            .unwrap_or_else(|s| panic!("fetch at {offset} with max_bytes u32::MAX: {s:?}"))
+            .into_inner();
+        fetches += 1;
+        assert!(fetched.encoded_len() < 4 << 20, "a {}-byte answer", fetched.encoded_len());
+        assert!(fetched.records.len() > 1, "an answer of {} record(s) at {offset}", fetched.records.len());
+        assert_eq!(fetched.next_offset, fetched.records.last().map_or(offset, |r| r.offset + 1));
+        got.extend(fetched.records);
+        offset = fetched.next_offset;
+        if offset >= fetched.end_offset {
+            break;
+        }
+        assert!(fetches < 10, "no end after {fetches} fetches");
+    }
+    assert!(fetches >= 2, "6 MiB came in one answer");
+    assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..96).collect::<Vec<_>>());
+    for r in &got {
+        assert_eq!(r.value, value(r.offset), "offset {}", r.offset);
+    }
+
+    // Phase 3: a lookup matching all 6 MiB also fits, and keeps the newest
+    // records (as its limit does), oldest first.
+    let request =
+        proto::LookupByKeyRequest { topic: "big".into(), key: Bytes::from_static(b"blob"), ..Default::default() };
+    let found = raw.lookup_by_key(request).await.expect("a lookup matching 6 MiB").into_inner();
+    assert!(found.encoded_len() < 4 << 20, "a {}-byte lookup answer", found.encoded_len());
+    let offsets: Vec<u64> = found.records.iter().map(|r| r.offset).collect();
+    assert!(offsets.len() > 1 && offsets.last() == Some(&95), "{offsets:?}");
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
 }

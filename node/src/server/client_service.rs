@@ -28,7 +28,13 @@ use super::state_machine::Shared;
 use super::types::{Raft, Request as RaftRequest, now_ms};
 
 const DEFAULT_FETCH_BYTES: u32 = 1 << 20;
-const MAX_FETCH_BYTES: u32 = 64 << 20;
+/// Largest encoded Fetch or LookupByKey answer (keel.proto, next to
+/// `max_bytes`): under gRPC's default 4 MiB message limit, which a client
+/// built from keel.proto alone keeps, with 64 KiB to spare. A record larger
+/// than this alone is still returned, alone.
+pub const MAX_RESPONSE_BYTES: usize = (4 << 20) - (64 << 10);
+const _: () = assert!(MAX_RESPONSE_BYTES < 4 << 20);
+const _: () = assert!((DEFAULT_FETCH_BYTES as usize) < MAX_RESPONSE_BYTES);
 const MAX_FETCH_RECORDS: usize = 100_000;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How long a fetch waits for this node to apply its `min_index` when
@@ -330,6 +336,36 @@ pub fn topic_info(s: &State, name: &str) -> Result<pb::TopicInfo, Status> {
     })
 }
 
+/// How many of `records`, taken in the order given, an answer whose other
+/// fields encode to `fixed` bytes holds within MAX_RESPONSE_BYTES; at least
+/// one, however large, so a record larger than the cap can still be read.
+fn records_that_fit<'a>(fixed: usize, records: impl Iterator<Item = &'a pb::FetchedRecord>) -> usize {
+    let mut total = fixed;
+    let mut fit = 0;
+    for r in records {
+        // `records` is field 1 of both answers.
+        total += prost::encoding::message::encoded_len(1, r);
+        if fit > 0 && total > MAX_RESPONSE_BYTES {
+            break;
+        }
+        fit += 1;
+    }
+    fit
+}
+
+/// Trims a fetch answer from the end to MAX_RESPONSE_BYTES encoded, and
+/// points `next_offset` at the first record dropped, so the consumer's next
+/// fetch reads on from there and gets every record exactly once.
+fn cap_fetch(answer: &mut pb::FetchResponse) {
+    let fixed = prost::Message::encoded_len(&pb::FetchResponse { records: Vec::new(), ..*answer });
+    let fit = records_that_fit(fixed, answer.records.iter());
+    if let Some(first_dropped) = answer.records.get(fit) {
+        // Smaller than the scan's next offset, so it takes no more bytes.
+        answer.next_offset = first_dropped.offset;
+        answer.records.truncate(fit);
+    }
+}
+
 /// The two waits of one fetch, both counted from the call's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FetchWaits {
@@ -544,9 +580,11 @@ impl Keel for ClientService {
         let req = req.into_inner();
         let tags = parse_tag_filter(&req.tag_filter)?;
         let tag_hashes: Vec<u32> = tags.iter().map(|t| state::tag_hash(t.as_bytes())).collect();
+        // The scan counts the records' sizes in the log, close to what they
+        // take in the answer; `cap_fetch` trims the answer to the cap exactly.
         let max_bytes = match req.max_bytes {
-            0 => DEFAULT_FETCH_BYTES,
-            n => n.min(MAX_FETCH_BYTES),
+            0 => DEFAULT_FETCH_BYTES as usize,
+            n => (n as usize).min(MAX_RESPONSE_BYTES),
         };
         let waits = FetchWaits::new(req.max_wait_ms, budget);
         // One clock for both waits: the time spent catching up with
@@ -579,7 +617,7 @@ impl Keel for ClientService {
                 let m = self.state();
                 let (entries, next) = m
                     .state
-                    .scan(&req.topic, req.partition, offset, u64::from(max_bytes), MAX_FETCH_RECORDS, &tag_hashes)
+                    .scan(&req.topic, req.partition, offset, max_bytes as u64, MAX_FETCH_RECORDS, &tag_hashes)
                     .map_err(|r| self.read_reject(r))?;
                 let p = m.state.partition(&req.topic, req.partition).map_err(|r| self.read_reject(r))?;
                 (entries, next, p.cq.start(), p.cq.end())
@@ -587,15 +625,17 @@ impl Keel for ClientService {
             let records = self.read_records(&entries, &tags)?;
             let done = !records.is_empty() || next < end || Instant::now() >= deadline;
             if done {
-                let bytes = records.iter().map(|r| r.value.len() + r.key.len()).sum::<usize>();
-                super::admin::metrics::fetched(records.len() as u64, bytes as u64);
-                return Ok(Response::new(pb::FetchResponse {
+                let mut answer = pb::FetchResponse {
                     records,
                     next_offset: next,
                     start_offset: start,
                     end_offset: end,
                     applied_index: *self.shared.applied.borrow(),
-                }));
+                };
+                cap_fetch(&mut answer);
+                let bytes = answer.records.iter().map(|r| r.value.len() + r.key.len()).sum::<usize>();
+                super::admin::metrics::fetched(answer.records.len() as u64, bytes as u64);
+                return Ok(Response::new(answer));
             }
             // Nothing (matching) yet: wait for the next apply, then read on from `next`.
             offset = next;
@@ -622,6 +662,9 @@ impl Keel for ClientService {
         if records.len() > limit {
             records.drain(..records.len() - limit);
         }
+        // Like `limit`, the cap keeps the newest records.
+        let fit = records_that_fit(0, records.iter().rev());
+        records.drain(..records.len() - fit);
         Ok(Response::new(pb::LookupByKeyResponse { records }))
     }
 
@@ -917,6 +960,49 @@ pub fn members_of(membership: &openraft::Membership<u64, BasicNode>) -> Vec<pb::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn records(offsets: std::ops::Range<u64>, value_bytes: usize) -> Vec<pb::FetchedRecord> {
+        let value = Bytes::from(vec![7u8; value_bytes]);
+        offsets.map(|offset| pb::FetchedRecord { offset, value: value.clone(), ..Default::default() }).collect()
+    }
+
+    fn answer(records: Vec<pb::FetchedRecord>, next_offset: u64) -> pb::FetchResponse {
+        pb::FetchResponse { records, next_offset, start_offset: 0, end_offset: 100, applied_index: 9 }
+    }
+
+    #[test]
+    fn a_fetch_answer_is_trimmed_from_the_end_to_the_cap_and_reads_on_from_the_first_dropped() {
+        use prost::Message as _;
+        // Phase: six records of 1 MiB: three fit under 4 MiB − 64 KiB, and
+        // the next fetch starts at the fourth.
+        let mut a = answer(records(10..16, 1 << 20), 16);
+        cap_fetch(&mut a);
+        assert_eq!(a.records.iter().map(|r| r.offset).collect::<Vec<_>>(), [10, 11, 12]);
+        assert_eq!(a.next_offset, 13);
+        assert!(a.encoded_len() <= MAX_RESPONSE_BYTES, "{} bytes", a.encoded_len());
+        // Phase: one record above the cap is still returned, alone.
+        let mut a = answer(records(10..12, 5 << 20), 12);
+        cap_fetch(&mut a);
+        assert_eq!((a.records.len(), a.next_offset), (1, 11));
+        // Phase: what fits is left alone, next_offset included (a tag
+        // filter may have skipped records past the last one returned).
+        let mut a = answer(records(10..13, 1000), 40);
+        cap_fetch(&mut a);
+        assert_eq!((a.records.len(), a.next_offset), (3, 40));
+        // Phase: an answer exactly at the cap keeps both of its records;
+        // one byte more drops the second.
+        let fixed = answer(Vec::new(), 1).encoded_len();
+        let first = records(0..1, 1000).remove(0);
+        let room = MAX_RESPONSE_BYTES - fixed - prost::encoding::message::encoded_len(1, &first);
+        let second = (room - 16..=room)
+            .rev()
+            .map(|v| records(1..2, v).remove(0))
+            .find(|r| prost::encoding::message::encoded_len(1, r) == room)
+            .expect("a value size that fills the cap exactly");
+        let both = [first, second];
+        assert_eq!(records_that_fit(fixed, both.iter()), 2);
+        assert_eq!(records_that_fit(fixed + 1, both.iter()), 1);
+    }
 
     #[test]
     fn grpc_timeouts_parse_in_every_unit_and_nonsense_is_none() {
