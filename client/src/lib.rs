@@ -20,7 +20,9 @@
 //!
 //! [`Producer`] makes produce idempotent: a random producer id and a sequence
 //! per partition, so a retry is recognised by the leader and answered with
-//! the first attempt's offsets instead of being stored twice.
+//! the first attempt's offsets instead of being stored twice. The leader
+//! refuses sequence gaps; how the producer gets past them is in its
+//! module's doc.
 //!
 //! Records, fetches and produce acks are domain types ([`Record`],
 //! [`Fetch`], [`FetchedRecord`], [`ProduceAck`]); topic, group and cluster
@@ -60,7 +62,7 @@ mod record;
 mod tls;
 
 pub use batcher::{BatchOptions, Batcher, RecordAck};
-pub use error::{ERROR_CODE_KEY, Error, LEADER_ADDR_KEY, LEADER_ID_KEY, Result};
+pub use error::{ERROR_CODE_KEY, EXPECTED_SEQUENCE_KEY, Error, LEADER_ADDR_KEY, LEADER_ID_KEY, Result};
 pub use partition::partition_for;
 pub use producer::Producer;
 pub use record::{Fetch, Fetched, FetchedRecord, Header, ProduceAck, Record};

@@ -2,10 +2,14 @@
 //! answer Produce from a script): it follows NOT_LEADER to the leader, moves
 //! on from nodes that cannot help, resends the same producer id and sequence
 //! on every retry, and reports a write whose fate it cannot know as
-//! `OutcomeUnknown`, never as a plain failure. A fetch whose node is behind
-//! its min_index is asked of another node.
+//! `OutcomeUnknown`, never as a plain failure. Against a fake that judges
+//! producer sequences as the leader does, the producer retries a batch that
+//! arrived ahead of one still in flight, takes a refused last range again,
+//! and moves a partition whose gap can no longer be filled onto a fresh
+//! producer id. A fetch whose node is behind its min_index is asked of
+//! another node.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +45,21 @@ enum Answer {
         delay: Duration,
         base_offset: u64,
     },
+    /// Judge the batch as the leader does: per producer id and partition
+    /// the next sequence it expects (any for an id it has not seen), else
+    /// OUT_OF_ORDER_SEQUENCE with `keel-expected-sequence`; stored at the
+    /// next offset (one counter for all partitions). A record valued `too-large` is refused
+    /// MESSAGE_TOO_LARGE; a batch whose first record is valued `late` is
+    /// judged 300 ms after it arrived.
+    Sequenced,
+}
+
+/// What a `Sequenced` fake leader has stored.
+#[derive(Default)]
+struct Log {
+    /// (producer id, topic, partition) → the sequence it must send next.
+    expected: HashMap<(u64, String, u32), u64>,
+    end_offset: u64,
 }
 
 /// What a fake node saw: (producer id, first sequence, record count) per Produce.
@@ -50,6 +69,7 @@ struct FakeNode {
     /// Answers in order; the last one repeats.
     script: Mutex<VecDeque<Answer>>,
     seen: Seen,
+    log: Mutex<Log>,
 }
 
 impl FakeNode {
@@ -57,6 +77,25 @@ impl FakeNode {
         let mut script = self.script.lock().expect("test lock");
         let answer = if script.len() > 1 { script.pop_front() } else { script.front().cloned() };
         answer.expect("every fake node has a script")
+    }
+
+    fn judge(&self, r: &ProduceRequest) -> Result<Response<ProduceResponse>, Status> {
+        if r.records.iter().any(|x| &x.value[..] == b"too-large") {
+            return Err(keel_status("MESSAGE_TOO_LARGE", None));
+        }
+        let mut log = self.log.lock().expect("test lock");
+        let key = (r.producer_id, r.topic.clone(), r.partition);
+        if let Some(&expected) = log.expected.get(&key)
+            && expected != r.first_sequence
+        {
+            let mut status = keel_status("OUT_OF_ORDER_SEQUENCE", None);
+            status.metadata_mut().insert("keel-expected-sequence", expected.to_string().parse().expect("digits"));
+            return Err(status);
+        }
+        log.expected.insert(key, r.first_sequence + r.records.len() as u64);
+        let base_offset = log.end_offset;
+        log.end_offset += r.records.len() as u64;
+        ok(base_offset, r.records.len(), false)
     }
 }
 
@@ -93,6 +132,12 @@ impl Keel for FakeNode {
                 tokio::time::sleep(delay).await;
                 ok(base_offset, r.records.len(), false)
             }
+            Answer::Sequenced => {
+                if r.records.first().is_some_and(|x| &x.value[..] == b"late") {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                self.judge(&r)
+            }
         }
     }
 
@@ -104,7 +149,7 @@ impl Keel for FakeNode {
                 Ok(Response::new(FetchResponse { next_offset: base_offset, ..FetchResponse::default() }))
             }
             Answer::Err { code, leader } => Err(keel_status(code, leader)),
-            Answer::Slow { .. } => Err(Status::unimplemented("fake")),
+            Answer::Slow { .. } | Answer::Sequenced => Err(Status::unimplemented("fake")),
         }
     }
     async fn lookup_by_key(&self, _: Request<LookupByKeyRequest>) -> Result<Response<LookupByKeyResponse>, Status> {
@@ -157,7 +202,7 @@ async fn bind() -> (tokio::net::TcpListener, String) {
 
 fn serve(listener: tokio::net::TcpListener, script: Vec<Answer>) -> Seen {
     let seen = Seen::default();
-    let node = FakeNode { script: Mutex::new(script.into()), seen: Arc::clone(&seen) };
+    let node = FakeNode { script: Mutex::new(script.into()), seen: Arc::clone(&seen), log: Mutex::default() };
     tokio::spawn(async move {
         let served =
             Server::builder().add_service(KeelServer::new(node)).serve_with_incoming(TcpIncoming::from(listener));
@@ -309,6 +354,85 @@ async fn not_leader_without_an_address_and_dead_nodes_move_on_to_the_next_node()
     assert_eq!(ack.base_offset, 0);
     assert_eq!(seen(&seen_l).len(), 1);
     assert_eq!(client.leader().as_deref(), Some(leader.as_str()));
+}
+
+#[tokio::test]
+async fn a_definite_refusal_of_the_last_range_is_taken_again_by_the_next_batch() {
+    // Phase: a leader that judges sequences; one batch is stored, the next
+    // refused MESSAGE_TOO_LARGE (nothing stored, a hole at sequence 1).
+    let (l, addr) = bind().await;
+    let seen_l = serve(l, vec![Answer::Sequenced]);
+    let client = Client::connect(vec![addr]).expect("valid address");
+    let producer = client.producer();
+    producer.produce("t", 0, vec![Record::new("a")]).await.expect("first batch");
+    let err = producer.produce("t", 0, vec![Record::new("too-large")]).await.expect_err("refused");
+    assert_eq!(err.code(), Some(ErrorCode::MessageTooLarge), "{err}");
+    // Phase: the refused range was the last one reserved, so the next batch
+    // takes sequence 1 again and is stored, under the same producer id.
+    let ack = producer.produce("t", 0, vec![Record::new("b")]).await.expect("the next batch fills the hole");
+    assert_eq!(ack.base_offset, 1);
+    let id = producer.id();
+    assert_eq!(seen(&seen_l), vec![(id, 0, 1), (id, 1, 1), (id, 1, 1)]);
+}
+
+#[tokio::test]
+async fn a_batch_that_arrives_ahead_of_one_in_flight_is_retried_once_that_one_lands() {
+    // Phase: one batch stored; then two concurrent batches of one producer,
+    // the first (sequence 1) held 300 ms by the leader, so the second
+    // (sequence 2) reaches it first and is refused as a gap.
+    let (l, addr) = bind().await;
+    let seen_l = serve(l, vec![Answer::Sequenced]);
+    let client = Client::connect(vec![addr]).expect("valid address");
+    let producer = client.producer();
+    producer.produce("t", 0, vec![Record::new("a")]).await.expect("first batch");
+    let (late, second) = tokio::join!(
+        producer.produce("t", 0, vec![Record::new("late")]),
+        producer.produce("t", 0, vec![Record::new("b")])
+    );
+    // Phase: both are stored in sequence order, under the same producer id;
+    // the second was sent again after its gap refusal.
+    assert_eq!(late.expect("the held batch").base_offset, 1);
+    assert_eq!(second.expect("the batch that came early").base_offset, 2);
+    let s = seen(&seen_l);
+    let id = producer.id();
+    assert!(s.iter().all(|&(pid, _, _)| pid == id), "{s:?}");
+    assert!(s.iter().filter(|&&(_, seq, _)| seq == 2).count() >= 2, "the gap was not retried: {s:?}");
+}
+
+#[tokio::test]
+async fn a_gap_that_can_no_longer_be_filled_moves_the_partition_to_a_fresh_producer_id() {
+    // Phase: one batch stored; then two concurrent batches: the first
+    // (sequence 1) is refused MESSAGE_TOO_LARGE while the second (sequence
+    // 2) is reserved, so sequence 1 stays a hole the leader refuses to skip.
+    let (l, addr) = bind().await;
+    let seen_l = serve(l, vec![Answer::Sequenced]);
+    let client = Client::connect(vec![addr]).expect("valid address");
+    let producer = client.producer();
+    producer.produce("t", 0, vec![Record::new("a")]).await.expect("first batch");
+    let (refused, after) = tokio::join!(
+        producer.produce("t", 0, vec![Record::new("too-large")]),
+        producer.produce("t", 0, vec![Record::new("b")])
+    );
+    assert_eq!(refused.expect_err("too large").code(), Some(ErrorCode::MessageTooLarge));
+    // Phase: the second batch, refused as a gap with nothing left in flight
+    // to fill it, is sent again under a fresh producer id from sequence 0
+    // (it was not stored, so this cannot duplicate it) and stored; the next
+    // batch follows it on the new id.
+    assert_eq!(after.expect("moved to a fresh producer id").base_offset, 1);
+    let ack = producer.produce("t", 0, vec![Record::new("c")]).await.expect("the next batch");
+    assert_eq!(ack.base_offset, 2);
+    let s = seen(&seen_l);
+    let id = producer.id();
+    let fresh = s.last().expect("requests were seen").0;
+    assert!(fresh != id && fresh != 0, "{s:?}");
+    assert_eq!(&s[s.len() - 2..], [(fresh, 0, 1), (fresh, 1, 1)], "{s:?}");
+    // Phase: another partition keeps the producer's own id; sequences of
+    // that id can no longer be reserved for the moved one.
+    producer.produce("t", 1, vec![Record::new("d")]).await.expect("another partition");
+    assert_eq!(seen(&seen_l).last(), Some(&(id, 0, 1)));
+    let err = producer.reserve("t", 0, 1).expect_err("the moved partition's sequences are not the id's");
+    assert!(err.to_string().contains(&fresh.to_string()), "{err}");
+    assert_eq!(producer.reserve("t", 1, 1).ok(), Some(1));
 }
 
 #[tokio::test]

@@ -8,9 +8,9 @@
 //! bad configuration file stops a node before it starts. What a client
 //! written from keel.proto alone meets holds too: a fetch ahead of its node
 //! waits for `min_index` (then NOT_CAUGHT_UP, never OUT_OF_RANGE); a body
-//! that does not decode is INVALID_ARGUMENT with `keel-error`; no answer
-//! outgrows gRPC's default 4 MiB. Kills and restarts are
-//! `cluster_faults.rs`'s business; the one pause here only makes a
+//! that does not decode is INVALID_ARGUMENT with `keel-error`; a producer's
+//! sequence gap is refused; no answer outgrows gRPC's default 4 MiB. Kills
+//! and restarts are `cluster_faults.rs`'s business; the one pause here only makes a
 //! follower lag.
 //!
 //! The tests share nothing, so cargo runs them side by side; each one puts
@@ -1585,6 +1585,81 @@ async fn an_undecodable_request_body_is_invalid_argument_naming_the_problem() {
     let fetched = proto::FetchResponse::decode(answer).expect("a FetchResponse");
     assert_eq!(fetched.records.iter().map(|r| &r.value[..]).collect::<Vec<_>>(), [b"b0"]);
     assert_eq!(fetched.end_offset, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_sequence_gap_is_refused_naming_the_expected_sequence_and_stores_nothing() {
+    // Phase 1: a cluster with an empty topic, and a raw client to the leader.
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let client = cluster_client(&cluster);
+    client.create_topic("seq", keep_forever(1)).await.expect("create seq");
+    let mut raw = cluster.client(leader).await;
+    let batch = |producer_id: u64, first_sequence: u64, count: u64| proto::ProduceRequest {
+        topic: "seq".into(),
+        partition: 0,
+        records: (first_sequence..first_sequence + count)
+            .map(|s| proto::Record { value: format!("p{producer_id}/s{s}").into(), ..proto::Record::default() })
+            .collect(),
+        producer_id,
+        first_sequence,
+    };
+    let end_offset = |raw: &mut KeelClient<Channel>| {
+        let mut raw = raw.clone();
+        async move {
+            let info = raw.describe_topic(proto::DescribeTopicRequest { name: "seq".into() }).await;
+            info.expect("describe seq").into_inner().partition_info[0].end_offset
+        }
+    };
+
+    // Phase 2: producer 77 stores sequences 0..4; a batch at sequence 100
+    // is refused OUT_OF_ORDER_SEQUENCE naming the expected (5) and the
+    // received sequence, with `keel-expected-sequence: 5`, and stores
+    // nothing.
+    let stored = raw.produce(batch(77, 0, 5)).await.expect("sequences 0..4").into_inner();
+    assert_eq!((stored.base_offset, stored.count, stored.duplicate), (0, 5, false));
+    let status = refused_raw(raw.produce(batch(77, 100, 1)).await, ErrorCode::OutOfOrderSequence, &["5", "100"]);
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    let expected = status.metadata().get("keel-expected-sequence").and_then(|v| v.to_str().ok());
+    assert_eq!(expected, Some("5"), "the expected sequence of {status:?}");
+    assert_eq!(end_offset(&mut raw).await, 5, "the refused batch was stored");
+
+    // Phase 3: an exact retry of the stored batch is a duplicate with its
+    // offsets; an overlap (sequence 3) is refused; the expected sequence (5)
+    // is stored at offset 5.
+    let retry = raw.produce(batch(77, 0, 5)).await.expect("an exact retry").into_inner();
+    assert_eq!((retry.base_offset, retry.count, retry.duplicate), (0, 5, true));
+    refused_raw(raw.produce(batch(77, 3, 4)).await, ErrorCode::OutOfOrderSequence, &["5", "3"]);
+    let next = raw.produce(batch(77, 5, 1)).await.expect("the expected sequence").into_inner();
+    assert_eq!((next.base_offset, next.duplicate), (5, false));
+
+    // Phase 4: a producer id the cluster does not know may start at any
+    // sequence, and then goes on from there.
+    let fresh = raw.produce(batch(78, 1000, 1)).await.expect("a new producer at 1000").into_inner();
+    assert_eq!(fresh.base_offset, 6);
+    refused_raw(raw.produce(batch(78, 1002, 1)).await, ErrorCode::OutOfOrderSequence, &["1001", "1002"]);
+
+    // Phase 5: keel-client's Producer goes on after a definite refusal of
+    // its last batch: the refused range is taken again by the next batch,
+    // which is stored.
+    let producer = client.producer();
+    producer.produce("seq", 0, vec![Record::new("ok 1")]).await.expect("produce ok 1");
+    refused(
+        producer.produce("seq", 0, vec![Record::new(vec![0u8; (1 << 20) + 1])]).await,
+        ErrorCode::MessageTooLarge,
+        &["1048577"],
+    );
+    let ack = producer.produce("seq", 0, vec![Record::new("ok 2")]).await.expect("produce after a refusal");
+    assert_eq!(ack.base_offset, 8);
+
+    // Phase 6: every node holds exactly what was acknowledged, once.
+    let mut want: Vec<String> = (0..6).map(|s| format!("p77/s{s}")).collect();
+    want.extend(["p78/s1000".to_string(), "ok 1".into(), "ok 2".into()]);
+    for (id, node) in &node_clients(&cluster) {
+        let read = read_from(node, "seq", 0, 0, ack.log_index).await;
+        let values: Vec<String> = read.records.iter().map(|r| String::from_utf8_lossy(&r.value).into_owned()).collect();
+        assert_eq!(values, want, "node{id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -106,16 +106,25 @@ fn invalid(message: impl Into<String>) -> Status {
     error(ErrorCode::InvalidArgument, message)
 }
 
+/// Metadata key of an OUT_OF_ORDER_SEQUENCE status: the sequence the
+/// producer must send next (keel.proto), so a client tells a gap from an
+/// overlap without parsing the message.
+pub const EXPECTED_SEQUENCE_KEY: &str = "keel-expected-sequence";
+
 fn reject_status(r: Reject) -> Status {
     let code = match &r {
         Reject::UnknownTopic(_) => ErrorCode::UnknownTopic,
         Reject::UnknownPartition { .. } => ErrorCode::UnknownPartition,
         Reject::TopicExists(_) => ErrorCode::TopicExists,
         Reject::Invalid(_) => ErrorCode::InvalidArgument,
-        Reject::OutOfOrderSequence(_) => ErrorCode::OutOfOrderSequence,
+        Reject::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
         Reject::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
     };
-    error(code, r.to_string())
+    let mut status = error(code, r.to_string());
+    if let Reject::OutOfOrderSequence { expected, .. } = r {
+        status.metadata_mut().insert(EXPECTED_SEQUENCE_KEY, MetadataValue::from(expected));
+    }
+    status
 }
 
 fn not_leader(leader_id: Option<u64>, addr: Option<String>) -> Status {
