@@ -14,10 +14,14 @@
 //! keeps each partition going under that rule:
 //!
 //! - Clones share the sequences, so one partition may have several batches
-//!   in flight, and a later one can reach the leader first. Refused as a
-//!   gap while an earlier range of its partition is still in flight, it is
+//!   in flight, and a later one can reach the leader first (the leader puts
+//!   them back in order when they arrive close together). Refused as a gap
+//!   while an earlier range of its partition is still in flight, it is
 //!   sent again once one of those is answered (or after the usual backoff),
 //!   within the call's deadline.
+//! - Until a batch of the partition is stored under its producer id, the
+//!   leader may not know the id and would take whichever batch came first
+//!   as its start; so until then only the lowest range in flight is sent.
 //! - A batch refused for good (MESSAGE_TOO_LARGE, RESOURCE_EXHAUSTED,
 //!   UNKNOWN_TOPIC, ..., or no node reached) stored nothing. When its range
 //!   was the last one the partition gave out, the partition's next batch
@@ -25,10 +29,14 @@
 //! - Otherwise the hole stays: an earlier batch was refused after later ones
 //!   had taken their ranges, or its outcome stayed unknown and it was not
 //!   stored. Every later batch would be refused. So a batch refused as a gap
-//!   with nothing earlier in flight that could fill it is sent again under a
-//!   **fresh random producer id from sequence 0**, and the partition's later
-//!   batches follow it there. The gap refusal proves the batch was not
-//!   stored, so this cannot store it twice. Other partitions keep their ids.
+//!   with nothing earlier in flight that could fill it, or refused because
+//!   the leader expects a sequence past it (it forgot the id and took up a
+//!   later batch as its start), is sent again under a **fresh random
+//!   producer id from sequence 0**, and the partition's later batches
+//!   follow it there. Such a refusal of a range only this call sent, with no
+//!   attempt that may have stored it (that would end the call
+//!   OutcomeUnknown), proves the batch is not stored, so this cannot store
+//!   it twice. Other partitions keep their ids.
 //!
 //! [`Producer::produce_at`], with sequences the caller took with
 //! [`Producer::reserve`], does none of this: it returns the refusal.
@@ -78,11 +86,16 @@ struct Sequences {
     in_flight: BTreeSet<(u64, u64)>,
     /// Woken whenever a range leaves `in_flight`.
     answered: Arc<Notify>,
+    /// Whether a batch under `producer_id` was stored here. Until one is,
+    /// the leader may not know the id and would take whichever batch comes
+    /// first as its start, refusing the earlier ones; so until then only
+    /// the lowest range in flight is sent.
+    established: bool,
 }
 
 impl Sequences {
     fn new(producer_id: u64) -> Self {
-        Self { producer_id, next: 0, in_flight: BTreeSet::new(), answered: Arc::default() }
+        Self { producer_id, next: 0, in_flight: BTreeSet::new(), answered: Arc::default(), established: false }
     }
 
     fn take(&mut self, count: u64, topic: &str, partition: u32) -> Result<u64> {
@@ -122,6 +135,40 @@ impl Range<'_> {
         self.with(|s| Arc::clone(&s.answered))
     }
 
+    /// Whether this range may be sent now: its id is established on the
+    /// partition, or it is that id's lowest range in flight (or the
+    /// partition has moved on to another id, whose rules are not this
+    /// range's).
+    fn may_send(&self) -> bool {
+        let id = self.producer_id;
+        self.with(|s| s.producer_id != id || s.established) || !self.earlier_in_flight()
+    }
+
+    /// Waits (bounded by `deadline`) until [`Range::may_send`].
+    async fn wait_to_send(&self, deadline: Instant) {
+        // The bound only guards against a lost wake-up: each round waits
+        // for a range to leave, and at most every range in flight does.
+        for _ in 0..MAX_GAP_ROUNDS {
+            let answered = self.answered();
+            let notified = answered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.may_send() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The batch was stored: its id is known to the leader now.
+    fn stored(&self) {
+        let id = self.producer_id;
+        self.with(|s| {
+            if s.producer_id == id {
+                s.established = true;
+            }
+        });
+    }
+
     /// The batch stored nothing: if no range was given out after it, the
     /// partition's next batch takes it again (no hole is left).
     fn give_back(&self) {
@@ -142,6 +189,7 @@ impl Range<'_> {
             if s.producer_id == old_id {
                 s.producer_id = fresh_id(old_id);
                 s.next = 0;
+                s.established = false;
                 debug!(%topic, partition, from = old_id, to = s.producer_id, "unfillable sequence gap: fresh producer id");
             }
             s.in_flight.remove(&(old_id, old_first));
@@ -269,23 +317,40 @@ impl Producer {
         let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
         let mut range = self.take_range(topic, partition, records.len() as u64)?;
         for round in 1..=MAX_GAP_ROUNDS {
+            range.wait_to_send(deadline).await;
             let earlier_when_sent = range.earlier_in_flight();
             let left = deadline.saturating_duration_since(Instant::now());
             let (answer, expected) =
                 self.send(topic, partition, range.producer_id, range.first, records.clone(), left).await;
             let error = match answer {
-                Ok(ack) => return Ok(ack),
+                Ok(ack) => {
+                    range.stored();
+                    return Ok(ack);
+                }
                 Err(error) => error,
             };
-            let gap = error.code() == Some(ErrorCode::OutOfOrderSequence) && expected.is_some_and(|e| e < range.first);
-            if !gap || round == MAX_GAP_ROUNDS || Instant::now() >= deadline {
-                // A gap refusal stored nothing either.
-                if gap || stored_nothing(&error) {
+            // A refusal of a range this call alone sent, with no attempt
+            // that may have stored it (else the error would be
+            // OutcomeUnknown): the batch is not stored.
+            let refused_at = match (error.code(), expected) {
+                (Some(ErrorCode::OutOfOrderSequence), Some(e)) if e != range.first => Some(e),
+                _ => None,
+            };
+            if refused_at.is_none() || round == MAX_GAP_ROUNDS || Instant::now() >= deadline {
+                if refused_at.is_some() || stored_nothing(&error) {
                     range.give_back();
                 }
                 return Err(error);
             }
-            // Armed before looking, so an answer that lands in between still wakes us.
+            if refused_at.is_some_and(|e| e > range.first) {
+                // The leader expects a sequence past this range (it took a
+                // later batch as the id's start, or forgot the id and took a
+                // later one since): this range can never be stored here.
+                range.move_to_fresh_id(topic, partition)?;
+                continue;
+            }
+            // A gap. Armed before looking, so an answer that lands in
+            // between still wakes us.
             let answered = range.answered();
             let notified = answered.notified();
             tokio::pin!(notified);

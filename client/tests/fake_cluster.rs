@@ -5,9 +5,10 @@
 //! `OutcomeUnknown`, never as a plain failure. Against a fake that judges
 //! producer sequences as the leader does, the producer retries a batch that
 //! arrived ahead of one still in flight, takes a refused last range again,
-//! and moves a partition whose gap can no longer be filled onto a fresh
-//! producer id. A fetch whose node is behind its min_index is asked of
-//! another node.
+//! and moves a partition whose gap can no longer be filled (or whose
+//! leader expects a sequence past the batch) onto a fresh producer id; a
+//! new id sends its first batch of a partition alone. A fetch whose node is
+//! behind its min_index is asked of another node.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,8 @@ use keel_client::proto::{
     OffsetForTimestampResponse, ProduceRequest, ProduceResponse, RemoveNodeRequest, TopicInfo,
 };
 use keel_client::{
-    Client, ClientOptions, Durability, ERROR_CODE_KEY, Error, ErrorCode, LEADER_ADDR_KEY, LEADER_ID_KEY, Record,
+    Client, ClientOptions, Durability, ERROR_CODE_KEY, Error, ErrorCode, LEADER_ADDR_KEY, LEADER_ID_KEY, Producer,
+    Record,
 };
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -446,4 +448,46 @@ async fn a_fetch_whose_node_is_not_caught_up_is_asked_of_another_node() {
     let fetched =
         client.fetch(keel_client::Fetch::new("t", 0, 0).min_index(42)).await.expect("the second node answers");
     assert_eq!(fetched.next_offset, 9);
+}
+
+#[tokio::test]
+async fn a_new_producer_id_sends_its_first_batch_of_a_partition_alone() {
+    // Phase: two concurrent batches of a fresh producer; the leader holds
+    // the first 300 ms. Sent side by side, the second would reach it first
+    // and become the id's start there, and the first would be refused.
+    let (l, addr) = bind().await;
+    let seen_l = serve(l, vec![Answer::Sequenced]);
+    let client = Client::connect(vec![addr]).expect("valid address");
+    let producer = client.producer();
+    let (first, second) = tokio::join!(
+        producer.produce("t", 0, vec![Record::new("late")]),
+        producer.produce("t", 0, vec![Record::new("b")])
+    );
+    // Phase: the second waited for the first to be stored: both are, in
+    // sequence order, under the producer's id, each sent once.
+    assert_eq!(first.expect("the held batch").base_offset, 0);
+    assert_eq!(second.expect("the batch behind it").base_offset, 1);
+    let id = producer.id();
+    assert_eq!(seen(&seen_l), vec![(id, 0, 1), (id, 1, 1)]);
+}
+
+#[tokio::test]
+async fn a_batch_behind_the_expected_sequence_moves_to_a_fresh_producer_id() {
+    // Phase: the leader expects sequence 100 of producer 42 on t/0 (say the
+    // id was forgotten and taken up again by a later batch); a producer
+    // with that id starts its own count at 0.
+    let (l, addr) = bind().await;
+    let seen_l = serve(l, vec![Answer::Sequenced]);
+    let client = Client::connect(vec![addr]).expect("valid address");
+    let other = Producer::with_id(client.clone(), 42).expect("a non-zero id");
+    other.produce_at("t", 0, 96, (0..4).map(|i| Record::new(format!("o{i}"))).collect()).await.expect("seed");
+    let producer = Producer::with_id(client, 42).expect("a non-zero id");
+    // Phase: refused behind 100, the batch (not stored) goes again under a
+    // fresh id from sequence 0, and is stored.
+    let ack = producer.produce("t", 0, vec![Record::new("x")]).await.expect("moved to a fresh producer id");
+    assert_eq!(ack.base_offset, 4);
+    let s = seen(&seen_l);
+    let fresh = s.last().expect("requests were seen").0;
+    assert!(fresh != 42 && fresh != 0, "{s:?}");
+    assert_eq!(s[1..], [(42, 0, 1), (fresh, 0, 1)], "{s:?}");
 }

@@ -1652,11 +1652,27 @@ async fn a_producer_sequence_gap_is_refused_naming_the_expected_sequence_and_sto
     let ack = producer.produce("seq", 0, vec![Record::new("ok 2")]).await.expect("produce after a refusal");
     assert_eq!(ack.base_offset, 8);
 
-    // Phase 6: every node holds exactly what was acknowledged, once.
+    // Phase 6: 64 batches of one producer sent side by side to the
+    // partition reach the leader in any order, yet all are stored, once,
+    // in the order they took their sequences (the leader stores no other).
+    let sends = (0..64).map(|i| {
+        let producer = producer.clone();
+        async move { producer.produce("seq", 0, vec![Record::new(format!("c{i}"))]).await }
+    });
+    let acks = futures::future::join_all(sends).await;
+    let mut last_index = ack.log_index;
+    for (i, ack) in acks.into_iter().enumerate() {
+        let ack = ack.unwrap_or_else(|e| panic!("concurrent batch {i}: {e}"));
+        assert_eq!((ack.base_offset, ack.duplicate), (9 + i as u64, false), "concurrent batch {i}");
+        last_index = last_index.max(ack.log_index);
+    }
+
+    // Phase 7: every node holds exactly what was acknowledged, once.
     let mut want: Vec<String> = (0..6).map(|s| format!("p77/s{s}")).collect();
     want.extend(["p78/s1000".to_string(), "ok 1".into(), "ok 2".into()]);
+    want.extend((0..64).map(|i| format!("c{i}")));
     for (id, node) in &node_clients(&cluster) {
-        let read = read_from(node, "seq", 0, 0, ack.log_index).await;
+        let read = read_from(node, "seq", 0, 0, last_index).await;
         let values: Vec<String> = read.records.iter().map(|r| String::from_utf8_lossy(&r.value).into_owned()).collect();
         assert_eq!(values, want, "node{id}");
     }

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use super::durable::DurableHandle;
 use super::entry::{self, Command, NewRecord};
-use super::proposer::{MAX_BATCH_BYTES, ProposerHandle};
+use super::proposer::{MAX_BATCH_BYTES, ProposerHandle, SequenceOrder};
 use super::raft_errors::{ProposeError, leader_addr, propose_error};
 use super::reserve::DiskReserve;
 use super::state::{self, BatchOutcome, CqEntry, Reject, State};
@@ -548,7 +548,15 @@ impl Keel for ClientService {
                 ),
             )
         };
-        let outcome = match tokio::time::timeout_at(deadline, self.proposer.propose(batch)).await {
+        let order = (req.producer_id != 0).then(|| SequenceOrder {
+            producer_id: req.producer_id,
+            topic: req.topic.clone(),
+            partition: req.partition,
+            first_sequence: req.first_sequence,
+            count: records.len() as u64,
+            applied_next: self.state().state.producer_next_sequence(req.producer_id, &req.topic, req.partition),
+        });
+        let outcome = match tokio::time::timeout_at(deadline, self.proposer.propose(batch, order)).await {
             Err(_) => return Err(unknown()),
             Ok(r) => r.map_err(propose_status)?,
         };

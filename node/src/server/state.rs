@@ -542,6 +542,12 @@ impl State {
         Ok(p.time.get(i).and_then(|&(_, o)| p.cq.get(o)))
     }
 
+    /// The sequence a producer id must send next on a partition, if the
+    /// state knows it there (see `apply_batch`).
+    pub fn producer_next_sequence(&self, producer_id: u64, topic: &str, partition: u32) -> Option<u64> {
+        self.producers.get(&(producer_id, topic.to_string(), partition)).map(ProducerState::next_sequence)
+    }
+
     pub fn group_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
         self.groups.get(&(group.to_string(), topic.to_string(), partition)).copied()
     }
