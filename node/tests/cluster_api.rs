@@ -1523,14 +1523,15 @@ async fn a_fetch_ahead_of_its_node_waits_for_min_index_then_answers_not_caught_u
 
     // Phase 5: the time spent waiting for min_index counts against
     // max_wait_ms: a fetch at the end of `reads`, one write ahead of its
-    // node with max_wait_ms 1500, whose min_index a write to `other`
-    // reaches 600 ms later, long-polls only for the rest of the 1500 ms.
+    // node with max_wait_ms 3000, whose min_index a write to `other`
+    // reaches 600 ms later, long-polls only for the rest of the 3000 ms
+    // (not 600 + 3000).
     let applied = applied_index(&cluster, follower, Instant::now() + SYNC_TIMEOUT).await;
     let fetch = proto::FetchRequest {
         topic: "reads".into(),
         partition: 0,
         offset: 2,
-        max_wait_ms: 1500,
+        max_wait_ms: 3000,
         min_index: applied + 1,
         ..proto::FetchRequest::default()
     };
@@ -1544,8 +1545,8 @@ async fn a_fetch_ahead_of_its_node_waits_for_min_index_then_answers_not_caught_u
     let fetched = fetched.expect("a long poll at the end of reads").into_inner();
     assert_eq!((fetched.records.len(), fetched.next_offset), (0, 2), "{fetched:?}");
     assert!(
-        took >= Duration::from_millis(1_300) && took < Duration::from_millis(2_000),
-        "the long poll took {took:?}: max_wait_ms 1500 must count the wait for min_index"
+        took >= Duration::from_millis(2_700) && took < Duration::from_millis(3_500),
+        "the long poll took {took:?}: max_wait_ms 3000 must count the wait for min_index"
     );
 }
 
