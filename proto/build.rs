@@ -7,6 +7,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // environment while this runs.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto");
-    tonic_prost_build::configure().bytes(".").compile_protos(&["proto/keel.proto", "proto/raft.proto"], &["proto"])?;
+    // The client API decodes with keel's codec (`src/codec.rs`: an
+    // undecodable request is INVALID_ARGUMENT with `keel-error`); the peer
+    // API keeps prost's. tonic-build takes one codec per run, hence two.
+    tonic_prost_build::configure()
+        .bytes(".")
+        .codec_path("crate::codec::KeelCodec")
+        .compile_protos(&["proto/keel.proto"], &["proto"])?;
+    tonic_prost_build::configure().bytes(".").compile_protos(&["proto/raft.proto"], &["proto"])?;
     Ok(())
 }

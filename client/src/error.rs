@@ -17,6 +17,10 @@ pub const ERROR_CODE_KEY: &str = "keel-error";
 pub const LEADER_ID_KEY: &str = "keel-leader-id";
 /// Metadata key of a NOT_LEADER status: the leader's client address (host:port).
 pub const LEADER_ADDR_KEY: &str = "keel-leader-addr";
+/// Metadata key of an OUT_OF_ORDER_SEQUENCE status: the sequence the
+/// producer id must send next on that partition (below the refused one: a
+/// gap).
+pub const EXPECTED_SEQUENCE_KEY: &str = "keel-expected-sequence";
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -101,6 +105,12 @@ pub(crate) fn error_code(status: &Status) -> Option<Result<ErrorCode, String>> {
     Some(ErrorCode::from_str_name(name).ok_or_else(|| name.to_string()))
 }
 
+/// The expected sequence an OUT_OF_ORDER_SEQUENCE status names, if it
+/// names one that parses.
+pub(crate) fn expected_sequence(status: &Status) -> Option<u64> {
+    status.metadata().get(EXPECTED_SEQUENCE_KEY)?.to_str().ok()?.trim().parse().ok()
+}
+
 fn leader_hint(status: &Status) -> Option<LeaderHint> {
     let addr = status.metadata().get(LEADER_ADDR_KEY)?.to_str().ok()?.trim();
     if addr.is_empty() {
@@ -145,6 +155,9 @@ fn classify_code(code: ErrorCode, status: &Status, why: String) -> Failure {
         ErrorCode::NotLeader => Failure::NotLeader { leader: leader_hint(status), why },
         // Refused before anything was proposed: an election is under way.
         ErrorCode::NoLeader => Failure::Retry { maybe_applied: false, same_node: false, why },
+        // A read whose node has not applied its min_index yet (only Fetch
+        // answers it): another node, the leader above all, may have.
+        ErrorCode::NotCaughtUp => Failure::Retry { maybe_applied: false, same_node: false, why },
         // The leader proposed it but could not see it durable in time: ask it
         // again (the same producer id and sequence make that safe).
         ErrorCode::OutcomeUnknown => Failure::Retry { maybe_applied: true, same_node: true, why },
@@ -160,9 +173,9 @@ fn classify_code(code: ErrorCode, status: &Status, why: String) -> Failure {
         | ErrorCode::InvalidArgument
         | ErrorCode::MessageTooLarge
         | ErrorCode::OffsetOutOfRange
-        // The leader remembers a window of each producer's recent batches:
-        // a sequence that overlaps one with another count, or is older than
-        // the window, can never become acceptable.
+        // Resending the same sequence cannot cure it: an overlap, a batch
+        // older than the leader's window, or a gap only another batch can
+        // fill (`Producer::produce` handles gaps itself, producer.rs).
         | ErrorCode::OutOfOrderSequence
         // The leader's volume is below its disk reserve: refused before
         // anything was proposed. Retrying cannot help until an operator or
@@ -219,8 +232,8 @@ mod tests {
     fn every_error_code_name_maps_back_to_its_code() {
         // Phase: the metadata carries the proto's enum names, and each one
         // parses to its own variant.
-        for n in 0..=14 {
-            let code = ErrorCode::try_from(n).expect("codes 0..=14 are defined");
+        for n in 0..=15 {
+            let code = ErrorCode::try_from(n).expect("codes 0..=15 are defined");
             let status = status_with(Code::Unknown, "x", &[(ERROR_CODE_KEY, code.as_str_name())]);
             assert_eq!(error_code(&status), Some(Ok(code)));
         }
@@ -276,6 +289,8 @@ mod tests {
             ("OUTCOME_UNKNOWN", Code::DeadlineExceeded, true, true),
             ("SHUTTING_DOWN", Code::Unavailable, true, false),
             ("STORAGE_FAILED", Code::Internal, true, false),
+            // A fetch's node is behind min_index: a read, never applied; try elsewhere.
+            ("NOT_CAUGHT_UP", Code::Unavailable, false, false),
         ];
         for (name, code, applied, same) in cases {
             let status = status_with(code, "x", &[(ERROR_CODE_KEY, name)]);
@@ -305,6 +320,16 @@ mod tests {
             classify(&Status::unimplemented("no such method")),
             Failure::Fatal(Error::Rpc { code: Code::Unimplemented, .. })
         ));
+    }
+
+    #[test]
+    fn the_expected_sequence_is_read_from_its_metadata_when_it_parses() {
+        let gap = status_with(Code::FailedPrecondition, "gap", &[(ERROR_CODE_KEY, "OUT_OF_ORDER_SEQUENCE")]);
+        assert_eq!(expected_sequence(&gap), None);
+        for (raw, want) in [("5", Some(5)), (" 18446744073709551615 ", Some(u64::MAX)), ("-1", None), ("x", None)] {
+            let status = status_with(Code::FailedPrecondition, "gap", &[(EXPECTED_SEQUENCE_KEY, raw)]);
+            assert_eq!(expected_sequence(&status), want, "{raw:?}");
+        }
     }
 
     #[test]

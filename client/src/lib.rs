@@ -9,6 +9,8 @@
 //!   the address if it is new); NO_LEADER, a transport failure or a
 //!   NOT_LEADER without an address moves on to the next node, pausing with
 //!   exponential backoff (10 ms → 500 ms);
+//! - a fetch whose node has not applied its `min_index` in time
+//!   (NOT_CAUGHT_UP) is asked of the next node the same way;
 //! - reads (fetch, lookups, describe, cluster info) go to any node, starting
 //!   with the one the last read went to;
 //! - every call has one deadline ([`ClientOptions::call_timeout`], 30 s);
@@ -18,7 +20,9 @@
 //!
 //! [`Producer`] makes produce idempotent: a random producer id and a sequence
 //! per partition, so a retry is recognised by the leader and answered with
-//! the first attempt's offsets instead of being stored twice.
+//! the first attempt's offsets instead of being stored twice. The leader
+//! refuses sequence gaps; how the producer gets past them is in its
+//! module's doc.
 //!
 //! Records, fetches and produce acks are domain types ([`Record`],
 //! [`Fetch`], [`FetchedRecord`], [`ProduceAck`]); topic, group and cluster
@@ -58,7 +62,7 @@ mod record;
 mod tls;
 
 pub use batcher::{BatchOptions, Batcher, RecordAck};
-pub use error::{ERROR_CODE_KEY, Error, LEADER_ADDR_KEY, LEADER_ID_KEY, Result};
+pub use error::{ERROR_CODE_KEY, EXPECTED_SEQUENCE_KEY, Error, LEADER_ADDR_KEY, LEADER_ID_KEY, Result};
 pub use partition::partition_for;
 pub use producer::Producer;
 pub use record::{Fetch, Fetched, FetchedRecord, Header, ProduceAck, Record};
@@ -85,9 +89,10 @@ pub struct ClientOptions {
     /// First pause between attempts; doubles up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    /// Largest gRPC message sent or accepted (tonic's default is 4 MiB; a
-    /// fetch returns at least one record even when it is larger than
-    /// `max_bytes`).
+    /// Largest gRPC message sent or accepted (tonic's default is 4 MiB).
+    /// Nodes keep fetch and lookup answers under 4 MiB − 64 KiB, except
+    /// that a fetch returns at least one record even when it alone is
+    /// larger (a topic whose `max_message_bytes` is above that limit).
     pub max_message_bytes: usize,
     /// `Some`: every node is dialled over TLS and verified against this CA
     /// (see [`TlsOptions`]); `None`: plaintext.

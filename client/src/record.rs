@@ -112,14 +112,18 @@ pub struct Fetch {
     pub topic: String,
     pub partition: u32,
     pub offset: u64,
-    /// 0: the node's default (1 MiB). At least one record comes back if any is there.
+    /// 0: the node's default (1 MiB); the node answers at most 4 MiB − 64
+    /// KiB whatever is asked. At least one record comes back if any is there.
     pub max_bytes: u32,
-    /// Long-poll: how long the node waits for a record at `offset`.
+    /// Long-poll: how long the node waits for a record at `offset`, counted
+    /// with the wait for `min_index`.
     pub max_wait: Duration,
     /// `""` (all) or `"TagA || TagB"`.
     pub tag_filter: String,
     /// The node waits until it has applied this log index (read your writes
-    /// from any node: pass the `durable_index` or `log_index` of an ack).
+    /// from any node: pass the `durable_index` or `log_index` of an ack),
+    /// at most `max_wait`, else the call's deadline, else 5 s; then it
+    /// answers NOT_CAUGHT_UP and the client asks the next node.
     pub min_index: u64,
 }
 

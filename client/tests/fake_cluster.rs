@@ -2,9 +2,15 @@
 //! answer Produce from a script): it follows NOT_LEADER to the leader, moves
 //! on from nodes that cannot help, resends the same producer id and sequence
 //! on every retry, and reports a write whose fate it cannot know as
-//! `OutcomeUnknown`, never as a plain failure.
+//! `OutcomeUnknown`, never as a plain failure. Against a fake that judges
+//! producer sequences as the leader does, the producer retries a batch that
+//! arrived ahead of one still in flight, takes a refused last range again,
+//! and moves a partition whose gap can no longer be filled (or whose
+//! leader expects a sequence past the batch) onto a fresh producer id; a
+//! new id sends its first batch of a partition alone. A fetch whose node is
+//! behind its min_index is asked of another node.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +23,8 @@ use keel_client::proto::{
     OffsetForTimestampResponse, ProduceRequest, ProduceResponse, RemoveNodeRequest, TopicInfo,
 };
 use keel_client::{
-    Client, ClientOptions, Durability, ERROR_CODE_KEY, Error, ErrorCode, LEADER_ADDR_KEY, LEADER_ID_KEY, Record,
+    Client, ClientOptions, Durability, ERROR_CODE_KEY, Error, ErrorCode, LEADER_ADDR_KEY, LEADER_ID_KEY, Producer,
+    Record,
 };
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -40,6 +47,21 @@ enum Answer {
         delay: Duration,
         base_offset: u64,
     },
+    /// Judge the batch as the leader does: per producer id and partition
+    /// the next sequence it expects (any for an id it has not seen), else
+    /// OUT_OF_ORDER_SEQUENCE with `keel-expected-sequence`; stored at the
+    /// next offset (one counter for all partitions). A record valued `too-large` is refused
+    /// MESSAGE_TOO_LARGE; a batch whose first record is valued `late` is
+    /// judged 300 ms after it arrived.
+    Sequenced,
+}
+
+/// What a `Sequenced` fake leader has stored.
+#[derive(Default)]
+struct Log {
+    /// (producer id, topic, partition) → the sequence it must send next.
+    expected: HashMap<(u64, String, u32), u64>,
+    end_offset: u64,
 }
 
 /// What a fake node saw: (producer id, first sequence, record count) per Produce.
@@ -49,6 +71,34 @@ struct FakeNode {
     /// Answers in order; the last one repeats.
     script: Mutex<VecDeque<Answer>>,
     seen: Seen,
+    log: Mutex<Log>,
+}
+
+impl FakeNode {
+    fn next_answer(&self) -> Answer {
+        let mut script = self.script.lock().expect("test lock");
+        let answer = if script.len() > 1 { script.pop_front() } else { script.front().cloned() };
+        answer.expect("every fake node has a script")
+    }
+
+    fn judge(&self, r: &ProduceRequest) -> Result<Response<ProduceResponse>, Status> {
+        if r.records.iter().any(|x| &x.value[..] == b"too-large") {
+            return Err(keel_status("MESSAGE_TOO_LARGE", None));
+        }
+        let mut log = self.log.lock().expect("test lock");
+        let key = (r.producer_id, r.topic.clone(), r.partition);
+        if let Some(&expected) = log.expected.get(&key)
+            && expected != r.first_sequence
+        {
+            let mut status = keel_status("OUT_OF_ORDER_SEQUENCE", None);
+            status.metadata_mut().insert("keel-expected-sequence", expected.to_string().parse().expect("digits"));
+            return Err(status);
+        }
+        log.expected.insert(key, r.first_sequence + r.records.len() as u64);
+        let base_offset = log.end_offset;
+        log.end_offset += r.records.len() as u64;
+        ok(base_offset, r.records.len(), false)
+    }
 }
 
 fn keel_status(code: &'static str, leader: Option<(u64, String)>) -> Status {
@@ -77,22 +127,32 @@ impl Keel for FakeNode {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         let r = request.into_inner();
         self.seen.lock().expect("test lock").push((r.producer_id, r.first_sequence, r.records.len()));
-        let answer = {
-            let mut script = self.script.lock().expect("test lock");
-            if script.len() > 1 { script.pop_front() } else { script.front().cloned() }
-        };
-        match answer.expect("every fake node has a script") {
+        match self.next_answer() {
             Answer::Ok { base_offset, duplicate } => ok(base_offset, r.records.len(), duplicate),
             Answer::Err { code, leader } => Err(keel_status(code, leader)),
             Answer::Slow { delay, base_offset } => {
                 tokio::time::sleep(delay).await;
                 ok(base_offset, r.records.len(), false)
             }
+            Answer::Sequenced => {
+                if r.records.first().is_some_and(|x| &x.value[..] == b"late") {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                self.judge(&r)
+            }
         }
     }
 
+    /// Answers from the same script: `Ok` is an empty answer whose
+    /// `next_offset` is `base_offset`.
     async fn fetch(&self, _: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
-        Err(Status::unimplemented("fake"))
+        match self.next_answer() {
+            Answer::Ok { base_offset, .. } => {
+                Ok(Response::new(FetchResponse { next_offset: base_offset, ..FetchResponse::default() }))
+            }
+            Answer::Err { code, leader } => Err(keel_status(code, leader)),
+            Answer::Slow { .. } | Answer::Sequenced => Err(Status::unimplemented("fake")),
+        }
     }
     async fn lookup_by_key(&self, _: Request<LookupByKeyRequest>) -> Result<Response<LookupByKeyResponse>, Status> {
         Err(Status::unimplemented("fake"))
@@ -144,7 +204,7 @@ async fn bind() -> (tokio::net::TcpListener, String) {
 
 fn serve(listener: tokio::net::TcpListener, script: Vec<Answer>) -> Seen {
     let seen = Seen::default();
-    let node = FakeNode { script: Mutex::new(script.into()), seen: Arc::clone(&seen) };
+    let node = FakeNode { script: Mutex::new(script.into()), seen: Arc::clone(&seen), log: Mutex::default() };
     tokio::spawn(async move {
         let served =
             Server::builder().add_service(KeelServer::new(node)).serve_with_incoming(TcpIncoming::from(listener));
@@ -296,4 +356,138 @@ async fn not_leader_without_an_address_and_dead_nodes_move_on_to_the_next_node()
     assert_eq!(ack.base_offset, 0);
     assert_eq!(seen(&seen_l).len(), 1);
     assert_eq!(client.leader().as_deref(), Some(leader.as_str()));
+}
+
+#[tokio::test]
+async fn a_definite_refusal_of_the_last_range_is_taken_again_by_the_next_batch() {
+    // Phase: a leader that judges sequences; one batch is stored, the next
+    // refused MESSAGE_TOO_LARGE (nothing stored, a hole at sequence 1).
+    let (l, addr) = bind().await;
+    let seen_l = serve(l, vec![Answer::Sequenced]);
+    let client = Client::connect(vec![addr]).expect("valid address");
+    let producer = client.producer();
+    producer.produce("t", 0, vec![Record::new("a")]).await.expect("first batch");
+    let err = producer.produce("t", 0, vec![Record::new("too-large")]).await.expect_err("refused");
+    assert_eq!(err.code(), Some(ErrorCode::MessageTooLarge), "{err}");
+    // Phase: the refused range was the last one reserved, so the next batch
+    // takes sequence 1 again and is stored, under the same producer id.
+    let ack = producer.produce("t", 0, vec![Record::new("b")]).await.expect("the next batch fills the hole");
+    assert_eq!(ack.base_offset, 1);
+    let id = producer.id();
+    assert_eq!(seen(&seen_l), vec![(id, 0, 1), (id, 1, 1), (id, 1, 1)]);
+}
+
+#[tokio::test]
+async fn a_batch_that_arrives_ahead_of_one_in_flight_is_retried_once_that_one_lands() {
+    // Phase: one batch stored; then two concurrent batches of one producer,
+    // the first (sequence 1) held 300 ms by the leader, so the second
+    // (sequence 2) reaches it first and is refused as a gap.
+    let (l, addr) = bind().await;
+    let seen_l = serve(l, vec![Answer::Sequenced]);
+    let client = Client::connect(vec![addr]).expect("valid address");
+    let producer = client.producer();
+    producer.produce("t", 0, vec![Record::new("a")]).await.expect("first batch");
+    let (late, second) = tokio::join!(
+        producer.produce("t", 0, vec![Record::new("late")]),
+        producer.produce("t", 0, vec![Record::new("b")])
+    );
+    // Phase: both are stored in sequence order, under the same producer id;
+    // the second was sent again after its gap refusal.
+    assert_eq!(late.expect("the held batch").base_offset, 1);
+    assert_eq!(second.expect("the batch that came early").base_offset, 2);
+    let s = seen(&seen_l);
+    let id = producer.id();
+    assert!(s.iter().all(|&(pid, _, _)| pid == id), "{s:?}");
+    assert!(s.iter().filter(|&&(_, seq, _)| seq == 2).count() >= 2, "the gap was not retried: {s:?}");
+}
+
+#[tokio::test]
+async fn a_gap_that_can_no_longer_be_filled_moves_the_partition_to_a_fresh_producer_id() {
+    // Phase: one batch stored; then two concurrent batches: the first
+    // (sequence 1) is refused MESSAGE_TOO_LARGE while the second (sequence
+    // 2) is reserved, so sequence 1 stays a hole the leader refuses to skip.
+    let (l, addr) = bind().await;
+    let seen_l = serve(l, vec![Answer::Sequenced]);
+    let client = Client::connect(vec![addr]).expect("valid address");
+    let producer = client.producer();
+    producer.produce("t", 0, vec![Record::new("a")]).await.expect("first batch");
+    let (refused, after) = tokio::join!(
+        producer.produce("t", 0, vec![Record::new("too-large")]),
+        producer.produce("t", 0, vec![Record::new("b")])
+    );
+    assert_eq!(refused.expect_err("too large").code(), Some(ErrorCode::MessageTooLarge));
+    // Phase: the second batch, refused as a gap with nothing left in flight
+    // to fill it, is sent again under a fresh producer id from sequence 0
+    // (it was not stored, so this cannot duplicate it) and stored; the next
+    // batch follows it on the new id.
+    assert_eq!(after.expect("moved to a fresh producer id").base_offset, 1);
+    let ack = producer.produce("t", 0, vec![Record::new("c")]).await.expect("the next batch");
+    assert_eq!(ack.base_offset, 2);
+    let s = seen(&seen_l);
+    let id = producer.id();
+    let fresh = s.last().expect("requests were seen").0;
+    assert!(fresh != id && fresh != 0, "{s:?}");
+    assert_eq!(&s[s.len() - 2..], [(fresh, 0, 1), (fresh, 1, 1)], "{s:?}");
+    // Phase: another partition keeps the producer's own id; sequences of
+    // that id can no longer be reserved for the moved one.
+    producer.produce("t", 1, vec![Record::new("d")]).await.expect("another partition");
+    assert_eq!(seen(&seen_l).last(), Some(&(id, 0, 1)));
+    let err = producer.reserve("t", 0, 1).expect_err("the moved partition's sequences are not the id's");
+    assert!(err.to_string().contains(&fresh.to_string()), "{err}");
+    assert_eq!(producer.reserve("t", 1, 1).ok(), Some(1));
+}
+
+#[tokio::test]
+async fn a_fetch_whose_node_is_not_caught_up_is_asked_of_another_node() {
+    // Phase: the first node is behind the fetch's min_index; the second answers.
+    let (la, a) = bind().await;
+    let (lb, b) = bind().await;
+    serve(la, vec![Answer::Err { code: "NOT_CAUGHT_UP", leader: None }]);
+    serve(lb, vec![Answer::Ok { base_offset: 9, duplicate: false }]);
+    let client = Client::with_options(vec![a, b], quick(5_000)).expect("valid");
+    let fetched =
+        client.fetch(keel_client::Fetch::new("t", 0, 0).min_index(42)).await.expect("the second node answers");
+    assert_eq!(fetched.next_offset, 9);
+}
+
+#[tokio::test]
+async fn a_new_producer_id_sends_its_first_batch_of_a_partition_alone() {
+    // Phase: two concurrent batches of a fresh producer; the leader holds
+    // the first 300 ms. Sent side by side, the second would reach it first
+    // and become the id's start there, and the first would be refused.
+    let (l, addr) = bind().await;
+    let seen_l = serve(l, vec![Answer::Sequenced]);
+    let client = Client::connect(vec![addr]).expect("valid address");
+    let producer = client.producer();
+    let (first, second) = tokio::join!(
+        producer.produce("t", 0, vec![Record::new("late")]),
+        producer.produce("t", 0, vec![Record::new("b")])
+    );
+    // Phase: the second waited for the first to be stored: both are, in
+    // sequence order, under the producer's id, each sent once.
+    assert_eq!(first.expect("the held batch").base_offset, 0);
+    assert_eq!(second.expect("the batch behind it").base_offset, 1);
+    let id = producer.id();
+    assert_eq!(seen(&seen_l), vec![(id, 0, 1), (id, 1, 1)]);
+}
+
+#[tokio::test]
+async fn a_batch_behind_the_expected_sequence_moves_to_a_fresh_producer_id() {
+    // Phase: the leader expects sequence 100 of producer 42 on t/0 (say the
+    // id was forgotten and taken up again by a later batch); a producer
+    // with that id starts its own count at 0.
+    let (l, addr) = bind().await;
+    let seen_l = serve(l, vec![Answer::Sequenced]);
+    let client = Client::connect(vec![addr]).expect("valid address");
+    let other = Producer::with_id(client.clone(), 42).expect("a non-zero id");
+    other.produce_at("t", 0, 96, (0..4).map(|i| Record::new(format!("o{i}"))).collect()).await.expect("seed");
+    let producer = Producer::with_id(client, 42).expect("a non-zero id");
+    // Phase: refused behind 100, the batch (not stored) goes again under a
+    // fresh id from sequence 0, and is stored.
+    let ack = producer.produce("t", 0, vec![Record::new("x")]).await.expect("moved to a fresh producer id");
+    assert_eq!(ack.base_offset, 4);
+    let s = seen(&seen_l);
+    let fresh = s.last().expect("requests were seen").0;
+    assert!(fresh != 42 && fresh != 0, "{s:?}");
+    assert_eq!(s[1..], [(42, 0, 1), (fresh, 0, 1)], "{s:?}");
 }

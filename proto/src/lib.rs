@@ -4,8 +4,10 @@
 //! types in `From` impls (one file per family, in `keel-node`'s `wire`
 //! module). Domain types never derive prost.
 
+pub mod codec;
+
 /// The client API: produce, fetch, lookups, topics, consumer groups,
-/// cluster membership.
+/// cluster membership. Its service uses [`codec::KeelCodec`].
 pub mod client {
     tonic::include_proto!("keel.client.v1");
 }

@@ -38,7 +38,7 @@ pub struct ConsumeArgs {
     /// Stop after this many records [default: the whole topic as it was at start]
     #[arg(long, value_name = "N")]
     count: Option<u64>,
-    /// Bytes asked for per fetch
+    /// Bytes asked for per fetch (a node answers at most 4 MiB − 64 KiB)
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = parse_count::<MAX_FETCH_BYTES>)]
     max_bytes: usize,
     /// Also print the results as one JSON object, the last line of stdout

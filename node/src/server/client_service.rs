@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use super::durable::DurableHandle;
 use super::entry::{self, Command, NewRecord};
-use super::proposer::{MAX_BATCH_BYTES, ProposerHandle};
+use super::proposer::{MAX_BATCH_BYTES, ProposerHandle, SequenceOrder};
 use super::raft_errors::{ProposeError, leader_addr, propose_error};
 use super::reserve::DiskReserve;
 use super::state::{self, BatchOutcome, CqEntry, Reject, State};
@@ -28,9 +28,26 @@ use super::state_machine::Shared;
 use super::types::{Raft, Request as RaftRequest, now_ms};
 
 const DEFAULT_FETCH_BYTES: u32 = 1 << 20;
-const MAX_FETCH_BYTES: u32 = 64 << 20;
+/// Largest encoded Fetch or LookupByKey answer (keel.proto, next to
+/// `max_bytes`): under gRPC's default 4 MiB message limit, which a client
+/// built from keel.proto alone keeps, with 64 KiB to spare. A record larger
+/// than this alone is still returned, alone.
+pub const MAX_RESPONSE_BYTES: usize = (4 << 20) - (64 << 10);
+const _: () = assert!(MAX_RESPONSE_BYTES < 4 << 20);
+const _: () = assert!((DEFAULT_FETCH_BYTES as usize) < MAX_RESPONSE_BYTES);
 const MAX_FETCH_RECORDS: usize = 100_000;
 const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How long a fetch waits for this node to apply its `min_index` when
+/// neither `max_wait_ms` nor the call's deadline bounds it (keel.proto).
+pub const DEFAULT_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+/// Kept back from the caller's deadline (`grpc-timeout`): a tenth of it,
+/// within these bounds, so that NOT_CAUGHT_UP, or what a long-poll found,
+/// reaches the caller before it gives up (and before tonic's own timeout
+/// answers for the handler with a bare CANCELLED).
+const DEADLINE_MARGIN_MIN: Duration = Duration::from_millis(10);
+const DEADLINE_MARGIN_MAX: Duration = Duration::from_millis(250);
+const _: () = assert!(DEADLINE_MARGIN_MIN.as_nanos() < DEADLINE_MARGIN_MAX.as_nanos());
+const _: () = assert!(DEFAULT_CATCH_UP_WAIT.as_nanos() <= MAX_WAIT.as_nanos());
 const MAX_BATCH_RECORDS: usize = 100_000;
 const DEFAULT_LOOKUP_LIMIT: u32 = 100;
 const MAX_TAG_BYTES: usize = 255;
@@ -72,7 +89,7 @@ pub struct ClientService {
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
     let grpc = match code {
         ErrorCode::NotLeader | ErrorCode::OutOfOrderSequence => tonic::Code::FailedPrecondition,
-        ErrorCode::NoLeader | ErrorCode::ShuttingDown => tonic::Code::Unavailable,
+        ErrorCode::NoLeader | ErrorCode::ShuttingDown | ErrorCode::NotCaughtUp => tonic::Code::Unavailable,
         ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => tonic::Code::NotFound,
         ErrorCode::TopicExists => tonic::Code::AlreadyExists,
         ErrorCode::InvalidArgument | ErrorCode::MessageTooLarge => tonic::Code::InvalidArgument,
@@ -91,16 +108,25 @@ fn invalid(message: impl Into<String>) -> Status {
     error(ErrorCode::InvalidArgument, message)
 }
 
+/// Metadata key of an OUT_OF_ORDER_SEQUENCE status: the sequence the
+/// producer must send next (keel.proto), so a client tells a gap from an
+/// overlap without parsing the message.
+pub const EXPECTED_SEQUENCE_KEY: &str = "keel-expected-sequence";
+
 fn reject_status(r: Reject) -> Status {
     let code = match &r {
         Reject::UnknownTopic(_) => ErrorCode::UnknownTopic,
         Reject::UnknownPartition { .. } => ErrorCode::UnknownPartition,
         Reject::TopicExists(_) => ErrorCode::TopicExists,
         Reject::Invalid(_) => ErrorCode::InvalidArgument,
-        Reject::OutOfOrderSequence(_) => ErrorCode::OutOfOrderSequence,
+        Reject::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
         Reject::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
     };
-    error(code, r.to_string())
+    let mut status = error(code, r.to_string());
+    if let Reject::OutOfOrderSequence { expected, .. } = r {
+        status.metadata_mut().insert(EXPECTED_SEQUENCE_KEY, MetadataValue::from(expected));
+    }
+    status
 }
 
 fn not_leader(leader_id: Option<u64>, addr: Option<String>) -> Status {
@@ -321,6 +347,98 @@ pub fn topic_info(s: &State, name: &str) -> Result<pb::TopicInfo, Status> {
     })
 }
 
+/// How many of `records`, taken in the order given, an answer whose other
+/// fields encode to `fixed` bytes holds within MAX_RESPONSE_BYTES; at least
+/// one, however large, so a record larger than the cap can still be read.
+fn records_that_fit<'a>(fixed: usize, records: impl Iterator<Item = &'a pb::FetchedRecord>) -> usize {
+    let mut total = fixed;
+    let mut fit = 0;
+    for r in records {
+        // `records` is field 1 of both answers.
+        total += prost::encoding::message::encoded_len(1, r);
+        if fit > 0 && total > MAX_RESPONSE_BYTES {
+            break;
+        }
+        fit += 1;
+    }
+    fit
+}
+
+/// Trims a fetch answer from the end to MAX_RESPONSE_BYTES encoded, and
+/// points `next_offset` at the first record dropped, so the consumer's next
+/// fetch reads on from there and gets every record exactly once.
+fn cap_fetch(answer: &mut pb::FetchResponse) {
+    let fixed = prost::Message::encoded_len(&pb::FetchResponse { records: Vec::new(), ..*answer });
+    let fit = records_that_fit(fixed, answer.records.iter());
+    if let Some(first_dropped) = answer.records.get(fit) {
+        // Smaller than the scan's next offset, so it takes no more bytes.
+        answer.next_offset = first_dropped.offset;
+        answer.records.truncate(fit);
+    }
+}
+
+/// The two waits of one fetch, both counted from the call's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FetchWaits {
+    /// Until this node has applied `min_index`; past it, NOT_CAUGHT_UP.
+    catch_up: Duration,
+    /// What bounds `catch_up`, for the error message.
+    catch_up_bound: &'static str,
+    /// The long-poll for a record at the offset.
+    poll: Duration,
+}
+
+impl FetchWaits {
+    /// `max_wait_ms` bounds both waits when set; the caller's deadline
+    /// (`budget`, already less its margin) bounds both always; with neither,
+    /// catching up takes at most DEFAULT_CATCH_UP_WAIT and there is no
+    /// long-poll.
+    fn new(max_wait_ms: u32, budget: Option<Duration>) -> Self {
+        let max_wait = Duration::from_millis(u64::from(max_wait_ms)).min(MAX_WAIT);
+        let within_budget = |d: Duration| budget.map_or(d, |b| d.min(b));
+        let (catch_up, catch_up_bound) = match (max_wait_ms, budget) {
+            (0, None) => (DEFAULT_CATCH_UP_WAIT, "the default bound, as neither max_wait_ms nor a deadline was set"),
+            (0, Some(b)) => (b.min(MAX_WAIT), "the call's deadline less a margin"),
+            (_, Some(b)) if b < max_wait => (b, "the call's deadline less a margin"),
+            _ => (max_wait, "max_wait_ms"),
+        };
+        Self { catch_up, catch_up_bound, poll: within_budget(max_wait) }
+    }
+}
+
+/// What the caller's deadline leaves for the handler: its `grpc-timeout`
+/// less a margin (see DEADLINE_MARGIN_MIN); `None` without one, or with
+/// one that does not parse (tonic then enforces none either).
+fn call_budget(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let timeout = parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)?;
+    let margin = (timeout / 10).clamp(DEADLINE_MARGIN_MIN, DEADLINE_MARGIN_MAX);
+    Some(timeout.saturating_sub(margin))
+}
+
+/// A `grpc-timeout` value as the gRPC HTTP/2 protocol writes it: at most
+/// eight digits and a unit (H, M, S, m, u, n). tonic parses it too, but
+/// only for its own timeout layer.
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if !value.is_ascii() || value.len() < 2 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Eight digits: no unit below overflows.
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Parse `TagA || TagB` into tag names.
 pub fn parse_tag_filter(filter: &str) -> Result<Vec<String>, Status> {
     let f = filter.trim();
@@ -432,7 +550,15 @@ impl Keel for ClientService {
                 ),
             )
         };
-        let outcome = match tokio::time::timeout_at(deadline, self.proposer.propose(batch)).await {
+        let order = (req.producer_id != 0).then(|| SequenceOrder {
+            producer_id: req.producer_id,
+            topic: req.topic.clone(),
+            partition: req.partition,
+            first_sequence: req.first_sequence,
+            count: records.len() as u64,
+            applied_next: self.state().state.producer_next_sequence(req.producer_id, &req.topic, req.partition),
+        });
+        let outcome = match tokio::time::timeout_at(deadline, self.proposer.propose(batch, order)).await {
             Err(_) => return Err(unknown()),
             Ok(r) => r.map_err(propose_status)?,
         };
@@ -462,22 +588,35 @@ impl Keel for ClientService {
     }
 
     async fn fetch(&self, req: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        let started = Instant::now();
+        let budget = call_budget(req.metadata());
         let req = req.into_inner();
         let tags = parse_tag_filter(&req.tag_filter)?;
         let tag_hashes: Vec<u32> = tags.iter().map(|t| state::tag_hash(t.as_bytes())).collect();
+        // The scan counts the records' sizes in the log, close to what they
+        // take in the answer; `cap_fetch` trims the answer to the cap exactly.
         let max_bytes = match req.max_bytes {
-            0 => DEFAULT_FETCH_BYTES,
-            n => n.min(MAX_FETCH_BYTES),
+            0 => DEFAULT_FETCH_BYTES as usize,
+            n => (n as usize).min(MAX_RESPONSE_BYTES),
         };
-        let wait = Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
-        let deadline = Instant::now() + wait;
-        if req.min_index > *self.shared.applied.borrow() && !self.wait_applied(req.min_index, deadline).await {
+        let waits = FetchWaits::new(req.max_wait_ms, budget);
+        // One clock for both waits: the time spent catching up with
+        // min_index counts against max_wait_ms.
+        let deadline = started + waits.poll;
+        if req.min_index > *self.shared.applied.borrow()
+            && !self.wait_applied(req.min_index, started + waits.catch_up).await
+        {
+            // Not OFFSET_OUT_OF_RANGE: on that a consumer resets its
+            // position, while this node (or another) will get there.
             return Err(error(
-                ErrorCode::OffsetOutOfRange,
+                ErrorCode::NotCaughtUp,
                 format!(
-                    "this node has applied up to log index {} and min_index {} was not reached within max_wait_ms",
+                    "this node has applied up to log index {}; min_index {} was not reached within {} ms ({}); \
+                     retry, on another node or the leader",
                     *self.shared.applied.borrow(),
-                    req.min_index
+                    req.min_index,
+                    waits.catch_up.as_millis(),
+                    waits.catch_up_bound
                 ),
             ));
         }
@@ -491,7 +630,7 @@ impl Keel for ClientService {
                 let m = self.state();
                 let (entries, next) = m
                     .state
-                    .scan(&req.topic, req.partition, offset, u64::from(max_bytes), MAX_FETCH_RECORDS, &tag_hashes)
+                    .scan(&req.topic, req.partition, offset, max_bytes as u64, MAX_FETCH_RECORDS, &tag_hashes)
                     .map_err(|r| self.read_reject(r))?;
                 let p = m.state.partition(&req.topic, req.partition).map_err(|r| self.read_reject(r))?;
                 (entries, next, p.cq.start(), p.cq.end())
@@ -499,15 +638,17 @@ impl Keel for ClientService {
             let records = self.read_records(&entries, &tags)?;
             let done = !records.is_empty() || next < end || Instant::now() >= deadline;
             if done {
-                let bytes = records.iter().map(|r| r.value.len() + r.key.len()).sum::<usize>();
-                super::admin::metrics::fetched(records.len() as u64, bytes as u64);
-                return Ok(Response::new(pb::FetchResponse {
+                let mut answer = pb::FetchResponse {
                     records,
                     next_offset: next,
                     start_offset: start,
                     end_offset: end,
                     applied_index: *self.shared.applied.borrow(),
-                }));
+                };
+                cap_fetch(&mut answer);
+                let bytes = answer.records.iter().map(|r| r.value.len() + r.key.len()).sum::<usize>();
+                super::admin::metrics::fetched(answer.records.len() as u64, bytes as u64);
+                return Ok(Response::new(answer));
             }
             // Nothing (matching) yet: wait for the next apply, then read on from `next`.
             offset = next;
@@ -534,6 +675,9 @@ impl Keel for ClientService {
         if records.len() > limit {
             records.drain(..records.len() - limit);
         }
+        // Like `limit`, the cap keeps the newest records.
+        let fit = records_that_fit(0, records.iter().rev());
+        records.drain(..records.len() - fit);
         Ok(Response::new(pb::LookupByKeyResponse { records }))
     }
 
@@ -833,4 +977,111 @@ impl ClientService {
 pub fn members_of(membership: &openraft::Membership<u64, BasicNode>) -> Vec<pb::Member> {
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     membership.nodes().map(|(id, n)| pb::Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(offsets: std::ops::Range<u64>, value_bytes: usize) -> Vec<pb::FetchedRecord> {
+        let value = Bytes::from(vec![7u8; value_bytes]);
+        offsets.map(|offset| pb::FetchedRecord { offset, value: value.clone(), ..Default::default() }).collect()
+    }
+
+    fn answer(records: Vec<pb::FetchedRecord>, next_offset: u64) -> pb::FetchResponse {
+        pb::FetchResponse { records, next_offset, start_offset: 0, end_offset: 100, applied_index: 9 }
+    }
+
+    #[test]
+    fn a_fetch_answer_is_trimmed_from_the_end_to_the_cap_and_reads_on_from_the_first_dropped() {
+        use prost::Message as _;
+        // Phase: six records of 1 MiB: three fit under 4 MiB − 64 KiB, and
+        // the next fetch starts at the fourth.
+        let mut a = answer(records(10..16, 1 << 20), 16);
+        cap_fetch(&mut a);
+        assert_eq!(a.records.iter().map(|r| r.offset).collect::<Vec<_>>(), [10, 11, 12]);
+        assert_eq!(a.next_offset, 13);
+        assert!(a.encoded_len() <= MAX_RESPONSE_BYTES, "{} bytes", a.encoded_len());
+        // Phase: one record above the cap is still returned, alone.
+        let mut a = answer(records(10..12, 5 << 20), 12);
+        cap_fetch(&mut a);
+        assert_eq!((a.records.len(), a.next_offset), (1, 11));
+        // Phase: what fits is left alone, next_offset included (a tag
+        // filter may have skipped records past the last one returned).
+        let mut a = answer(records(10..13, 1000), 40);
+        cap_fetch(&mut a);
+        assert_eq!((a.records.len(), a.next_offset), (3, 40));
+        // Phase: an answer exactly at the cap keeps both of its records;
+        // one byte more drops the second.
+        let fixed = answer(Vec::new(), 1).encoded_len();
+        let first = records(0..1, 1000).remove(0);
+        let room = MAX_RESPONSE_BYTES - fixed - prost::encoding::message::encoded_len(1, &first);
+        let second = (room - 16..=room)
+            .rev()
+            .map(|v| records(1..2, v).remove(0))
+            .find(|r| prost::encoding::message::encoded_len(1, r) == room)
+            .expect("a value size that fills the cap exactly");
+        let both = [first, second];
+        assert_eq!(records_that_fit(fixed, both.iter()), 2);
+        assert_eq!(records_that_fit(fixed + 1, both.iter()), 1);
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_nonsense_is_none() {
+        // Phase: each unit the gRPC protocol names.
+        let cases = [
+            ("1H", Duration::from_secs(3600)),
+            ("2M", Duration::from_secs(120)),
+            ("3S", Duration::from_secs(3)),
+            ("1500m", Duration::from_millis(1500)),
+            ("250u", Duration::from_micros(250)),
+            ("99999999n", Duration::from_nanos(99_999_999)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_grpc_timeout(text), Some(want), "{text}");
+        }
+        // Phase: no unit, an unknown unit, nine digits, a sign, nothing: no deadline.
+        for text in ["", "5", "5x", "123456789S", "-5S", "S", "1.5S", "\u{e9}S"] {
+            assert_eq!(parse_grpc_timeout(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_deadline_keeps_back_a_margin_so_the_answer_beats_the_caller() {
+        let budget = |value: &'static str| {
+            let mut m = tonic::metadata::MetadataMap::new();
+            m.insert("grpc-timeout", tonic::metadata::MetadataValue::from_static(value));
+            call_budget(&m)
+        };
+        // Phase: a tenth of the deadline, at least 10 ms and at most 250 ms.
+        assert_eq!(budget("1S"), Some(Duration::from_millis(900)));
+        assert_eq!(budget("50m"), Some(Duration::from_millis(40)));
+        assert_eq!(budget("30S"), Some(Duration::from_millis(29_750)));
+        // Phase: a deadline shorter than the margin leaves nothing; none leaves no bound.
+        assert_eq!(budget("5m"), Some(Duration::ZERO));
+        assert_eq!(call_budget(&tonic::metadata::MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn catching_up_is_bounded_by_max_wait_else_the_deadline_else_five_seconds() {
+        let ms = Duration::from_millis;
+        // Phase: neither set: 5 s to catch up, no long-poll.
+        let w = FetchWaits::new(0, None);
+        assert_eq!((w.catch_up, w.poll), (DEFAULT_CATCH_UP_WAIT, Duration::ZERO));
+        assert!(w.catch_up_bound.contains("default"), "{}", w.catch_up_bound);
+        // Phase: the deadline alone bounds catching up, and there is still no long-poll.
+        let w = FetchWaits::new(0, Some(ms(900)));
+        assert_eq!((w.catch_up, w.poll), (ms(900), Duration::ZERO));
+        // Phase: max_wait_ms bounds both, and the deadline when it is shorter.
+        let w = FetchWaits::new(300, None);
+        assert_eq!((w.catch_up, w.poll, w.catch_up_bound), (ms(300), ms(300), "max_wait_ms"));
+        let w = FetchWaits::new(300, Some(ms(5000)));
+        assert_eq!((w.catch_up, w.poll), (ms(300), ms(300)));
+        let w = FetchWaits::new(3000, Some(ms(900)));
+        assert_eq!((w.catch_up, w.poll), (ms(900), ms(900)));
+        assert!(w.catch_up_bound.contains("deadline"), "{}", w.catch_up_bound);
+        // Phase: nothing waits past MAX_WAIT.
+        let w = FetchWaits::new(u32::MAX, Some(Duration::from_secs(3600)));
+        assert_eq!((w.catch_up, w.poll), (MAX_WAIT, MAX_WAIT));
+    }
 }

@@ -30,6 +30,15 @@ pub fn propose_error(raft: &Raft, e: RaftError<u64, ClientWriteError<u64, openra
     }
 }
 
+/// What a write whose answer Raft dropped means: Raft stopped, on request
+/// (shutting down) or on a fatal error (named).
+pub fn stopped_error(raft: &Raft) -> ProposeError {
+    match raft.metrics().borrow().running_state.clone() {
+        Ok(()) | Err(openraft::error::Fatal::Stopped) => ProposeError::ShuttingDown,
+        Err(other) => ProposeError::Internal(format!("raft stopped: {other}")),
+    }
+}
+
 pub fn leader_addr(raft: &Raft, leader: Option<u64>) -> Option<String> {
     let m = raft.metrics().borrow().clone();
     let id = leader.or(m.current_leader)?;

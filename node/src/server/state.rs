@@ -34,8 +34,8 @@ use super::entry::{Command, Decoded, StoredBatch};
 
 pub const CQ_ENTRY_BYTES: usize = 28;
 /// How many recent batches of each (producer, partition) are remembered to
-/// answer retries with their original offsets. Bounds the reordering of one
-/// producer's concurrent requests that is told apart from a duplicate.
+/// answer retries with their original offsets; a retry of an older batch
+/// is refused, since whether it was stored can no longer be told.
 pub const PRODUCER_WINDOW: usize = 256;
 pub const MAX_PARTITIONS: u32 = 1024;
 pub const MAX_NAME_BYTES: usize = 249;
@@ -52,8 +52,11 @@ pub enum Reject {
     TopicExists(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("{0}")]
-    OutOfOrderSequence(String),
+    /// A batch of a known producer whose first sequence is not the next
+    /// one it must send (`expected`): a gap, an overlap, or one older than
+    /// the window of remembered batches.
+    #[error("{message}")]
+    OutOfOrderSequence { expected: u64, message: String },
     #[error("offset {offset} is out of range for {topic}/{partition}: retained offsets are {start}..{end}")]
     OffsetOutOfRange { topic: String, partition: u32, offset: u64, start: u64, end: u64 },
 }
@@ -269,8 +272,19 @@ struct RememberedBatch {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ProducerState {
+    /// Oldest first. Never empty: the state is made with its first batch.
     recent: VecDeque<RememberedBatch>,
     last_seen_ms: u64,
+}
+
+impl ProducerState {
+    /// The sequence the producer's next batch must start at: one past the
+    /// highest one stored. (Kept nowhere else, so checkpoints keep their
+    /// layout; a checkpoint from before gaps were refused may hold
+    /// batches out of order, hence the maximum rather than the last.)
+    fn next_sequence(&self) -> u64 {
+        self.recent.iter().map(|r| r.first_sequence.saturating_add(u64::from(r.count))).max().unwrap_or(0)
+    }
 }
 
 /// Result of one produce batch.
@@ -343,7 +357,14 @@ impl State {
         if b.producer_id != 0
             && let Some(p) = self.producers.get_mut(&producer_key)
         {
+            // A producer id the state does not know (new, or forgotten
+            // after producer.id.expiry.ms) starts at any sequence; a known
+            // one must go on exactly where it stopped, as in Kafka: a gap
+            // means a batch before it was lost, and storing past it would
+            // break the producer's order.
             p.last_seen_ms = p.last_seen_ms.max(timestamp_ms);
+            let expected = p.next_sequence();
+            let who = format!("producer {} on {}/{}", b.producer_id, b.topic, b.partition);
             if let Some(r) = p.recent.iter().find(|r| r.first_sequence == b.first_sequence) {
                 if r.count == count {
                     return BatchOutcome::Stored {
@@ -353,33 +374,34 @@ impl State {
                         log_index: r.log_index,
                     };
                 }
-                return BatchOutcome::Rejected(Reject::OutOfOrderSequence(format!(
-                    "producer {} sent sequence {} for {}/{} with {count} records; it was stored with {}",
-                    b.producer_id, b.first_sequence, b.topic, b.partition, r.count
-                )));
+                return BatchOutcome::Rejected(Reject::OutOfOrderSequence {
+                    expected,
+                    message: format!(
+                        "{who} sent sequence {} with {count} records; it was stored with {} \
+                         (expected sequence {expected} next)",
+                        b.first_sequence, r.count
+                    ),
+                });
             }
-            let last = b.first_sequence.saturating_add(u64::from(count) - 1);
-            if let Some(r) = p.recent.iter().find(|r| {
-                let r_last = r.first_sequence.saturating_add(u64::from(r.count) - 1);
-                b.first_sequence <= r_last && r.first_sequence <= last
-            }) {
-                return BatchOutcome::Rejected(Reject::OutOfOrderSequence(format!(
-                    "producer {} sequences {}..={last} for {}/{} overlap the stored batch {}..={}",
-                    b.producer_id,
-                    b.first_sequence,
-                    b.topic,
-                    b.partition,
-                    r.first_sequence,
-                    r.first_sequence.saturating_add(u64::from(r.count) - 1)
-                )));
-            }
-            let oldest = p.recent.iter().map(|r| r.first_sequence).min().expect("remembered batches are never empty");
-            if p.recent.len() == PRODUCER_WINDOW && b.first_sequence < oldest {
-                return BatchOutcome::Rejected(Reject::OutOfOrderSequence(format!(
-                    "producer {} sequence {} for {}/{} is older than the last {PRODUCER_WINDOW} batches; \
-                     whether it was stored can no longer be told",
-                    b.producer_id, b.first_sequence, b.topic, b.partition
-                )));
+            if b.first_sequence != expected {
+                let why = if b.first_sequence > expected {
+                    format!("sequences {expected}..{} are missing (a gap)", b.first_sequence)
+                } else if p.recent.iter().all(|r| b.first_sequence < r.first_sequence) {
+                    format!(
+                        "it is older than the {} batches remembered (at most {PRODUCER_WINDOW}), so whether it \
+                         was stored can no longer be told",
+                        p.recent.len()
+                    )
+                } else {
+                    "it overlaps sequences already stored".to_string()
+                };
+                return BatchOutcome::Rejected(Reject::OutOfOrderSequence {
+                    expected,
+                    message: format!(
+                        "{who} sent sequence {}, but expected sequence {expected}: {why}",
+                        b.first_sequence
+                    ),
+                });
             }
         }
         let mut base_offset = None;
@@ -520,6 +542,12 @@ impl State {
         Ok(p.time.get(i).and_then(|&(_, o)| p.cq.get(o)))
     }
 
+    /// The sequence a producer id must send next on a partition, if the
+    /// state knows it there (see `apply_batch`).
+    pub fn producer_next_sequence(&self, producer_id: u64, topic: &str, partition: u32) -> Option<u64> {
+        self.producers.get(&(producer_id, topic.to_string(), partition)).map(ProducerState::next_sequence)
+    }
+
     pub fn group_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
         self.groups.get(&(group.to_string(), topic.to_string(), partition)).copied()
     }
@@ -619,7 +647,7 @@ mod tests {
         assert_ne!(first, retry);
         assert_eq!(s.partition("t", 0).expect("partition").cq.end(), 3, "the retry stored records");
         let overlap = produce(&mut s, 5, batch("t", 1, 7, 1, vec![record("", "", 1), record("", "", 1)]));
-        assert!(matches!(overlap, BatchOutcome::Rejected(Reject::OutOfOrderSequence(_))), "{overlap:?}");
+        assert!(matches!(overlap, BatchOutcome::Rejected(Reject::OutOfOrderSequence { .. })), "{overlap:?}");
         // Producers that are forgotten start afresh.
         assert_eq!(
             s.apply(6, 5000, Decoded::Command(Command::ExpireProducers { idle_before_ms: 2000 })),
@@ -627,6 +655,78 @@ mod tests {
         );
         let again = produce(&mut s, 7, batch("t", 1, 7, 0, vec![record("", "", 1), record("", "", 1)]));
         assert_eq!(again, BatchOutcome::Stored { base_offset: 3, count: 2, duplicate: false, log_index: 7 });
+    }
+
+    /// The message of an OUT_OF_ORDER_SEQUENCE refusal; panics on any other outcome.
+    #[track_caller]
+    fn out_of_order(outcome: BatchOutcome) -> String {
+        match outcome {
+            BatchOutcome::Rejected(r @ Reject::OutOfOrderSequence { .. }) => r.to_string(),
+            other => panic!("expected OUT_OF_ORDER_SEQUENCE, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sequence_gap_is_refused_naming_the_expected_and_the_received_sequence() {
+        // Phase: producer 7 stores sequences 0..=4 in one batch.
+        let mut s = State::default();
+        create(&mut s, 1, "t", 1);
+        let five = || (0..5).map(|_| record("", "", 1)).collect::<Vec<_>>();
+        let first = produce(&mut s, 2, batch("t", 1, 7, 0, five()));
+        assert_eq!(first, BatchOutcome::Stored { base_offset: 0, count: 5, duplicate: false, log_index: 2 });
+        // Phase: a batch at sequence 100 is a gap: refused naming 5 and 100, nothing stored.
+        let gap = produce(&mut s, 3, batch("t", 1, 7, 100, vec![record("", "", 1)]));
+        assert!(matches!(&gap, BatchOutcome::Rejected(Reject::OutOfOrderSequence { expected: 5, .. })), "{gap:?}");
+        let m = out_of_order(gap);
+        assert!(m.contains("expected sequence 5") && m.contains("sent sequence 100"), "{m}");
+        assert_eq!(s.partition("t", 0).expect("partition").cq.end(), 5, "the gap was stored");
+        // Phase: the expected sequence is stored; an exact retry of either
+        // remembered batch is a duplicate answered with its offsets.
+        let next = produce(&mut s, 4, batch("t", 1, 7, 5, vec![record("", "", 1)]));
+        assert_eq!(next, BatchOutcome::Stored { base_offset: 5, count: 1, duplicate: false, log_index: 4 });
+        let retry = produce(&mut s, 5, batch("t", 1, 7, 0, five()));
+        assert_eq!(retry, BatchOutcome::Stored { base_offset: 0, count: 5, duplicate: true, log_index: 2 });
+        let retry = produce(&mut s, 6, batch("t", 1, 7, 5, vec![record("", "", 1)]));
+        assert_eq!(retry, BatchOutcome::Stored { base_offset: 5, count: 1, duplicate: true, log_index: 4 });
+        // Phase: an overlap, and a remembered first sequence with another
+        // count, are refused naming the expected sequence; nothing stored.
+        let m = out_of_order(produce(&mut s, 7, batch("t", 1, 7, 3, five())));
+        assert!(m.contains("expected sequence 6") && m.contains("sequence 3"), "{m}");
+        let m = out_of_order(produce(&mut s, 8, batch("t", 1, 7, 0, vec![record("", "", 1)])));
+        assert!(m.contains("expected sequence 6") && m.contains("stored with 5"), "{m}");
+        assert_eq!(s.partition("t", 0).expect("partition").cq.end(), 6);
+    }
+
+    #[test]
+    fn a_producer_the_state_does_not_know_starts_at_any_sequence() {
+        // Phase: a new producer id starts at 1000, and then must go on at 1001.
+        let mut s = State::default();
+        create(&mut s, 1, "t", 1);
+        let one = || vec![record("", "", 1)];
+        assert!(matches!(produce(&mut s, 2, batch("t", 1, 9, 1000, one())), BatchOutcome::Stored { .. }));
+        let m = out_of_order(produce(&mut s, 3, batch("t", 1, 9, 1002, one())));
+        assert!(m.contains("expected sequence 1001") && m.contains("1002"), "{m}");
+        assert!(matches!(produce(&mut s, 4, batch("t", 1, 9, 1001, one())), BatchOutcome::Stored { .. }));
+        // Phase: forgotten after producer.id.expiry.ms, it may start anywhere again.
+        let expire = Decoded::Command(Command::ExpireProducers { idle_before_ms: 2000 });
+        assert_eq!(s.apply(5, 5000, expire), Applied::Command(Ok(())));
+        let again = produce(&mut s, 6, batch("t", 1, 9, 0, one()));
+        assert_eq!(again, BatchOutcome::Stored { base_offset: 2, count: 1, duplicate: false, log_index: 6 });
+    }
+
+    #[test]
+    fn a_batch_older_than_the_window_is_refused_and_not_stored_again() {
+        // Phase: one more batch than the window remembers.
+        let mut s = State::default();
+        create(&mut s, 1, "t", 1);
+        for seq in 0..=PRODUCER_WINDOW as u64 {
+            let stored = produce(&mut s, 2 + seq, batch("t", 1, 7, seq, vec![record("", "", 1)]));
+            assert!(matches!(stored, BatchOutcome::Stored { duplicate: false, .. }), "{seq}: {stored:?}");
+        }
+        // Phase: a retry of the forgotten first batch is refused, naming the window.
+        let m = out_of_order(produce(&mut s, 1000, batch("t", 1, 7, 0, vec![record("", "", 1)])));
+        assert!(m.contains("older than the 256 batches remembered") && m.contains("expected sequence 257"), "{m}");
+        assert_eq!(s.partition("t", 0).expect("partition").cq.end(), PRODUCER_WINDOW as u64 + 1);
     }
 
     #[test]
