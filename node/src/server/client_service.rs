@@ -857,8 +857,9 @@ impl Change {
     async fn commit(&self, change: ChangeMembers<u64, BasicNode>) -> Result<u64, Status> {
         let what = format!("{change:?}");
         let bound = 2 * membership::CHANGE_TIMEOUT;
-        match tokio::time::timeout(bound, self.raft.change_membership(change, false)).await {
+        match tokio::time::timeout(bound, self.raft.change_membership(change.clone(), false)).await {
             Ok(Ok(r)) => Ok(r.log_id.index),
+            Ok(Err(e)) if lost_lead(&self.raft, &e) => self.settle(&change).await,
             Ok(Err(e)) => Err(membership_status(&self.raft, e)),
             Err(_) => Err(error(
                 ErrorCode::OutcomeUnknown,
@@ -869,6 +870,43 @@ impl Change {
                 ),
             )),
         }
+    }
+
+    /// The change's fate after this node lost the lead with it in flight
+    /// (openraft then drops its reply, which reads as a stopped Raft): once
+    /// a leader is known and this node has applied its latest membership
+    /// entry, that entry says whether the change was committed. If not, it
+    /// was lost with the lead, and the client is sent to the new leader to
+    /// ask again; only if nothing settles is the outcome unknown. Without
+    /// this a retry finds the change made ("node 3 is not a member") and the
+    /// client cannot tell that its own attempt made it.
+    async fn settle(&self, change: &ChangeMembers<u64, BasicNode>) -> Result<u64, Status> {
+        let mut metrics = self.raft.metrics();
+        let settled = tokio::time::timeout(
+            membership::CHANGE_TIMEOUT,
+            metrics.wait_for(|m| {
+                let applied = m.last_applied.map(|l| l.index);
+                m.current_leader.is_some() && m.membership_config.log_id().map(|l| l.index) <= applied
+            }),
+        )
+        .await;
+        let Ok(Ok(m)) = settled.map(|r| r.map(|m| m.clone())) else {
+            return Err(error(
+                ErrorCode::OutcomeUnknown,
+                format!(
+                    "this node lost the lead while the membership change {change:?} was in flight, and no leader \
+                     settled it within {} s; it may still apply: look at the members before retrying",
+                    membership::CHANGE_TIMEOUT.as_secs()
+                ),
+            ));
+        };
+        if membership::made(change, m.membership_config.membership()) {
+            return Ok(m.membership_config.log_id().map_or(0, |l| l.index));
+        }
+        let status = not_leader(m.current_leader, leader_addr(&self.raft, m.current_leader));
+        let message =
+            format!("this node lost the lead and the membership change with it; ask again: {}", status.message());
+        Err(Status::with_metadata(status.code(), message, status.metadata().clone()))
     }
 
     async fn add(self, id: u64, addr: String, promote: bool) -> Result<pb::MembershipResponse, Status> {
@@ -970,6 +1008,13 @@ impl Change {
         let log_index = self.commit(change).await?;
         Ok(pb::MembershipResponse { members: self.members(), log_index })
     }
+}
+
+/// Whether `e` means this node stopped leading with the change in flight
+/// (a reply dropped with its leader state, or a forward), not that Raft stopped.
+fn lost_lead(raft: &Raft, e: &RaftError<u64, ClientWriteError<u64, BasicNode>>) -> bool {
+    let running = raft.metrics().borrow().running_state.is_ok();
+    running && matches!(e, RaftError::Fatal(_) | RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
 }
 
 /// A refused or failed membership change: openraft's refusals of the change

@@ -18,6 +18,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use openraft::{BasicNode, ChangeMembers, Membership};
+
 use super::super::types::Raft;
 
 /// How long the leader waits for a new node to hold the log up to the
@@ -142,6 +144,18 @@ pub(super) fn check_removal(voters: &BTreeSet<u64>, id: u64, force: bool) -> Res
     Ok(())
 }
 
+/// Whether `membership` shows `change` made: the ids it promotes are voters,
+/// the ids it removes are gone. (Only the changes `Change` makes.)
+pub(super) fn made(change: &ChangeMembers<u64, BasicNode>, membership: &Membership<u64, BasicNode>) -> bool {
+    match change {
+        ChangeMembers::AddVoterIds(ids) => ids.iter().all(|id| membership.voter_ids().any(|v| v == *id)),
+        ChangeMembers::RemoveVoters(ids) | ChangeMembers::RemoveNodes(ids) => {
+            ids.iter().all(|id| membership.get_node(id).is_none())
+        }
+        _ => false,
+    }
+}
+
 /// Whether a TCP connection to `sockets` opens within `CONNECT_TIMEOUT`:
 /// where nothing listens there is no point in adding a node and waiting
 /// for it to catch up.
@@ -234,6 +248,17 @@ mod tests {
         assert!(e.contains("leave 1 voter (node 2)") && e.contains("fewer machines"), "{e}");
         let e = check_removal(&BTreeSet::from([1]), 1, true).expect_err("the last");
         assert!(e.contains("last voter"), "{e}");
+    }
+
+    #[test]
+    fn a_change_is_made_when_the_membership_shows_it() {
+        let nodes: std::collections::BTreeMap<u64, BasicNode> =
+            [1, 2, 3].into_iter().map(|id| (id, BasicNode { addr: format!("n{id}:1") })).collect();
+        let m = Membership::new(vec![BTreeSet::from([1, 2])], nodes);
+        assert!(made(&ChangeMembers::AddVoterIds(BTreeSet::from([2])), &m));
+        assert!(!made(&ChangeMembers::AddVoterIds(BTreeSet::from([3])), &m), "3 is a learner");
+        assert!(made(&ChangeMembers::RemoveVoters(BTreeSet::from([4])), &m));
+        assert!(!made(&ChangeMembers::RemoveNodes(BTreeSet::from([3])), &m), "3 is still a member");
     }
 
     #[test]
