@@ -443,23 +443,48 @@ impl Client {
     }
 
     /// Adds a node as a learner, and with `promote` makes it a voter once it
-    /// has caught up.
+    /// has caught up. The node refuses an id that is already a member, an
+    /// address another member has, and an address that does not resolve or
+    /// where nothing listens; a node that does not catch up within the
+    /// leader's bound (30 s) is removed again. The call waits long enough
+    /// for that bound ([`MEMBERSHIP_CHANGE_WAIT`] beyond `request_timeout`),
+    /// whatever `call_timeout` says.
     pub async fn add_node(&self, id: u64, addr: &str, promote: bool) -> Result<MembershipResponse> {
         if id == 0 {
             return Err(Error::InvalidArgument("node id 0 is reserved (it means \"no node\")".into()));
         }
         let addr = nodes::normalize(addr)?;
         let request = proto::AddNodeRequest { id, addr, promote };
-        let spec = self.spec(Route::Leader, true);
+        let spec = self.membership_spec();
         self.call(spec, request, |mut c, r| async move { c.add_node(r).await }).await
     }
 
-    pub async fn remove_node(&self, id: u64) -> Result<MembershipResponse> {
-        let request = RemoveNodeRequest { id };
-        let spec = self.spec(Route::Leader, true);
+    /// Removes a node. Without `force` the leader refuses to remove a voter
+    /// when fewer than three voters would remain (acknowledgements would
+    /// rest on fewer machines); removing a learner never needs it.
+    pub async fn remove_node(&self, id: u64, force: bool) -> Result<MembershipResponse> {
+        let request = RemoveNodeRequest { id, force };
+        let spec = self.membership_spec();
         self.call(spec, request, |mut c, r| async move { c.remove_node(r).await }).await
     }
+
+    /// A membership change may wait at the leader for its turn and for a
+    /// new node to catch up: each attempt gets [`MEMBERSHIP_CHANGE_WAIT`]
+    /// more than `request_timeout`, and the call at least one such attempt.
+    fn membership_spec(&self) -> call::CallSpec {
+        let mut spec = self.spec(Route::Leader, true);
+        spec.extra_wait = MEMBERSHIP_CHANGE_WAIT;
+        spec.timeout = spec.timeout.max(self.inner.options.request_timeout.saturating_add(MEMBERSHIP_CHANGE_WAIT));
+        spec
+    }
 }
+
+/// How much longer than `request_timeout` an attempt of a membership change
+/// may take. At the leader each step is bounded: the wait for its turn,
+/// resolving addresses, a new node's catch-up (30 s) and removing one that
+/// did not catch up; `node/src/server/client_service.rs` asserts that the
+/// sum of its bounds fits. A change that goes well takes far less.
+pub const MEMBERSHIP_CHANGE_WAIT: Duration = Duration::from_secs(90);
 
 fn check_topic(name: &str) -> Result<()> {
     if name.is_empty() {

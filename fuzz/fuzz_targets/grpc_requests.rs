@@ -104,6 +104,7 @@ enum Call {
     ClusterInfo,
     RemoveNode {
         id: u64,
+        force: bool,
     },
 }
 
@@ -225,8 +226,8 @@ async fn call(node: &InProcess, c: Call) {
             let r = s.cluster_info(Request::new(pb::ClusterInfoRequest {})).await.expect("cluster info always answers");
             assert_eq!(r.get_ref().leader_id, 1, "the one node leads");
         }
-        Call::RemoveNode { id } => {
-            let _ = s.remove_node(Request::new(pb::RemoveNodeRequest { id })).await;
+        Call::RemoveNode { id, force } => {
+            let _ = s.remove_node(Request::new(pb::RemoveNodeRequest { id, force })).await;
         }
     }
 }

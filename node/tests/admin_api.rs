@@ -18,6 +18,9 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "s3cret-admin";
 const SETTLE: Duration = Duration::from_secs(30);
+/// Above the longest a membership change may take at the leader
+/// (`keel_client::MEMBERSHIP_CHANGE_WAIT`).
+const MUTATION: Duration = Duration::from_secs(120);
 const RECORDS: u64 = 300;
 
 /// Wait until every node's admin server answers (the harness waits for the
@@ -51,7 +54,7 @@ fn send(cluster: &Cluster, node: u64, method: &str, path: &str, token: Option<&s
     if let Some(a) = &auth {
         headers.push(("Authorization", a.as_str()));
     }
-    http::request_with_timeout(&cluster.admin(node), method, path, &headers, Some(body.as_bytes()), SETTLE)
+    http::request_with_timeout(&cluster.admin(node), method, path, &headers, Some(body.as_bytes()), MUTATION)
         .unwrap_or_else(|e| panic!("node {node}: {e}"))
 }
 
@@ -461,10 +464,10 @@ async fn mutations_need_the_token_refuse_bad_input_and_change_membership() {
     assert!(snap >= committed, "snapshot at {snap}, applied was {committed}");
     assert_eq!(u(&get_json(&cluster, victim, "/api/v1/status")["log"]["snapshot"]), snap);
 
-    // Remove a follower (asked of the other follower: it finds the leader),
-    // then add it back as a voter.
+    // Remove a follower (asked of the other follower: it finds the leader;
+    // two voters remain, so with force), then add it back as a voter.
     let asker = cluster.ids().find(|&n| n != leader && n != victim).expect("the other follower");
-    let r = send(&cluster, asker, "DELETE", &format!("/api/v1/members/{victim}"), t, "");
+    let r = send(&cluster, asker, "DELETE", &format!("/api/v1/members/{victim}?force=true"), t, "");
     assert_eq!(r.status, 200, "{r:?}");
     let ids: Vec<u64> = r.json()["members"].as_array().expect("members").iter().map(|m| u(&m["id"])).collect();
     assert!(!ids.contains(&victim), "{ids:?}");
@@ -496,4 +499,109 @@ async fn mutations_need_the_token_refuse_bad_input_and_change_membership() {
     }
     let info = client.describe_topic("kept").await.expect("describe");
     assert_eq!(info.partition_info.iter().map(|p| p.end_offset).sum::<u64>(), 60);
+}
+
+/// Every node's view, which must be one cluster: the same members, the same
+/// one leader (which itself says it leads), and equal digests over `digest_path`.
+fn assert_one_cluster(cluster: &Cluster, members: &Value, digest_path: &str, digest: &Value) {
+    let statuses: Vec<Value> = cluster.ids().map(|n| get_json(cluster, n, "/api/v1/status")).collect();
+    let leaders: Vec<u64> =
+        statuses.iter().filter(|s| s["role"] == json!("leader")).map(|s| u(&s["node_id"])).collect();
+    assert_eq!(leaders.len(), 1, "leaders {leaders:?}; statuses: {statuses:#?}");
+    for s in &statuses {
+        let node = u(&s["node_id"]);
+        assert_eq!(&s["members"], members, "node {node}'s members changed");
+        assert_eq!(u(&s["leader_id"]), leaders[0], "node {node} names another leader");
+        assert_eq!(&get_json(cluster, node, digest_path), digest, "node {node}'s log differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn membership_changes_that_double_count_a_node_or_shrink_the_quorum_are_refused() {
+    // As `keel dev` runs it: no admin.token.
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    wait_serving(&cluster);
+    let client = Client::connect(cluster.addrs()).expect("addresses");
+    client.create_topic("kept", TopicConfig { partitions: 3, ..TopicConfig::default() }).await.expect("create");
+    produce(&cluster, "kept", 60).await;
+    let committed = settled(&cluster, leader).await;
+    let digest_path = format!("/api/v1/storage/digest?from=1&upto={committed}");
+    let digest = get_json(&cluster, leader, &digest_path);
+    let members = get_json(&cluster, leader, "/api/v1/status")["members"].clone();
+    let follower = cluster.ids().find(|&n| n != leader).expect("a follower");
+    let other = cluster.ids().find(|&n| n != leader && n != follower).expect("the other follower");
+    let port = cluster.grpc(follower).rsplit_once(':').map(|(_, p)| p.to_string()).expect("host:port");
+    let add = |id: u64, addr: &str| {
+        send(&cluster, other, "POST", "/api/v1/members", None, &format!(r#"{{"id": {id}, "addr": "{addr}"}}"#))
+    };
+
+    // Phase 1: the issue's reproduction, id 4 at a member's address, is
+    // refused naming both nodes, as written and as another name for it.
+    let same = cluster.grpc(follower);
+    for addr in [same.clone(), format!("localhost:{port}")] {
+        let r = add(4, &addr);
+        assert_refused(&r, 400, &format!("node {follower}"));
+        assert_refused(&r, 400, "node 4");
+        assert_refused(&r, 400, &addr);
+    }
+
+    // Phase 2: an id that is already a member is refused with its address,
+    // not silently re-added (also id 1 at another member's address).
+    let r = add(follower, &same);
+    assert_refused(&r, 400, "already");
+    assert_refused(&r, 400, &same);
+    let r = add(leader, &same);
+    assert_refused(&r, 400, &format!("node {leader}"));
+    assert_refused(&r, 400, &cluster.grpc(leader));
+
+    // Phase 3: an address that does not resolve is refused naming it; one
+    // where nothing listens is refused within the catch-up bound and leaves
+    // no learner behind.
+    assert_refused(&add(4, "no-such-host.invalid:9092"), 400, "no-such-host.invalid:9092");
+    let nobody = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("address").to_string()
+    };
+    let started = Instant::now();
+    assert_refused(&add(4, &nobody), 400, &nobody);
+    assert!(started.elapsed() < Duration::from_secs(35), "took {:?}", started.elapsed());
+
+    // Phase 4: removing a voter of three (a follower, or the leader) needs
+    // force, and the refusal says how many voters would remain.
+    for victim in [follower, leader] {
+        let r = send(&cluster, other, "DELETE", &format!("/api/v1/members/{victim}"), None, "");
+        assert_refused(&r, 400, "2 voters");
+        assert_refused(&r, 400, "force");
+    }
+    for (query, needle) in [("force=yes", "force=\"yes\""), ("forc=true", "\"forc\"")] {
+        let r = send(&cluster, other, "DELETE", &format!("/api/v1/members/{follower}?{query}"), None, "");
+        assert_refused(&r, 400, needle);
+    }
+
+    // Phase 5: after all of that, nothing changed: same members, one
+    // leader, equal logs.
+    assert_one_cluster(&cluster, &members, &digest_path, &digest);
+
+    // Phase 6: with force the follower goes; added back at its own address
+    // (two voters growing to three needs no force) the cluster is whole.
+    let r = send(&cluster, other, "DELETE", &format!("/api/v1/members/{follower}?force=true"), None, "");
+    assert_eq!(r.status, 200, "{r:?}");
+    let voters = r.json()["members"].as_array().expect("members").iter().filter(|m| m["voter"] == json!(true)).count();
+    assert_eq!(voters, 2, "{r:?}");
+    let r = add(follower, &same);
+    assert_eq!(r.status, 200, "{r:?}");
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let leader = cluster.leader().await;
+        let statuses: Vec<Value> = cluster.ids().map(|n| get_json(&cluster, n, "/api/v1/status")).collect();
+        if statuses.iter().all(|s| s["members"] == members && u(&s["leader_id"]) == leader) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not come back to {members}: {statuses:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leader = cluster.leader().await;
+    settled(&cluster, leader).await;
+    assert_one_cluster(&cluster, &members, &digest_path, &digest);
 }

@@ -46,7 +46,7 @@ async fn a_removed_node_comes_back_as_a_learner_then_a_voter() {
 
     // Phase 1: removing a follower leaves two voters that keep serving.
     let gone = cluster.ids().find(|&id| id != leader).expect("a follower");
-    client.remove_node(gone).await.expect("remove node");
+    client.remove_node(gone, true).await.expect("remove node");
     let (voters, learners) = member_ids(&client).await;
     assert!(!voters.contains(&gone) && !learners.contains(&gone), "node{gone} still a member: {voters:?} {learners:?}");
     let after: Vec<Vec<u8>> = (0..50).map(|i| format!("after-{i}").into_bytes()).collect();
@@ -82,7 +82,7 @@ async fn a_removed_node_comes_back_as_a_learner_then_a_voter() {
     assert_eq!(read_all(&cluster, gone, "m", ack.log_index).await, expected);
 
     // Phase 4: bad membership requests are refused with a reason.
-    let err = client.remove_node(42).await.expect_err("removed a node that is not a member");
+    let err = client.remove_node(42, true).await.expect_err("removed a node that is not a member");
     assert!(err.to_string().contains("node 42 is not a member"), "{err}");
     let err = client.add_node(0, "127.0.0.1:1", true).await.expect_err("added node 0");
     assert!(err.to_string().contains("id"), "{err}");

@@ -195,11 +195,24 @@ async fn a_tls_cluster_serves_tls_clients_and_refuses_plaintext_other_cas_and_st
         assert!(std::time::Instant::now() < deadline, "not every node reachable over TLS: {c:#}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let r = http::request(&cluster.admin(follower), "DELETE", &format!("/api/v1/members/{follower}"), &[], None)
-        .expect("DELETE a member");
+    let path = format!("/api/v1/members/{follower}?force=true");
+    let r = http::request(&cluster.admin(follower), "DELETE", &path, &[], None).expect("DELETE a member");
     assert_eq!(r.status, 200, "{r:?}");
     let info = client.cluster_info().await.expect("cluster info");
     assert!(info.members.iter().all(|m| m.id != follower), "{:?}", info.members);
+    // Added back over HTTP: the admin node asks the address who it is
+    // (ClusterInfo over TLS) before the leader adds it.
+    let body = format!(r#"{{"id": {follower}, "addr": "{}"}}"#, cluster.grpc(follower));
+    let r = http::request_with_timeout(
+        &cluster.admin(leader),
+        "POST",
+        "/api/v1/members",
+        &[("Content-Type", "application/json")],
+        Some(body.as_bytes()),
+        Duration::from_secs(120),
+    )
+    .expect("POST a member");
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -225,11 +238,11 @@ async fn with_a_token_grpc_topic_and_membership_changes_need_it_and_data_calls_d
 
     // Phase: membership changes without the token are refused (a follower
     // refuses before redirecting to the leader) and the members stay.
-    assert_unauthenticated(anon.remove_node(follower).await, "RemoveNode");
+    assert_unauthenticated(anon.remove_node(follower, true).await, "RemoveNode");
     assert_unauthenticated(anon.add_node(9, "127.0.0.1:1", false).await, "AddNode");
-    assert_unauthenticated(wrong.remove_node(follower).await, "does not match admin.token");
+    assert_unauthenticated(wrong.remove_node(follower, true).await, "does not match admin.token");
     let at_follower = Client::connect(vec![cluster.grpc(follower)]).expect("client");
-    assert_unauthenticated(at_follower.remove_node(leader).await, "RemoveNode");
+    assert_unauthenticated(at_follower.remove_node(leader, true).await, "RemoveNode");
     assert_unauthenticated(at_follower.init_cluster(Vec::new()).await, "InitCluster");
     let info = admin.cluster_info().await.expect("cluster info");
     assert_eq!(info.members.len(), 3, "a refused change altered the members: {:?}", info.members);
@@ -259,7 +272,7 @@ async fn with_a_token_grpc_topic_and_membership_changes_need_it_and_data_calls_d
     admin.create_topic("made", config()).await.expect("create with token");
     admin.delete_topic("kept").await.expect("delete with token");
     assert_eq!(topic_names(&anon).await, ["made"]);
-    let info = admin.remove_node(follower).await.expect("remove a node with token");
+    let info = admin.remove_node(follower, true).await.expect("remove a node with token");
     assert!(info.members.iter().all(|m| m.id != follower), "{:?}", info.members);
     let mut left: Vec<u64> = cluster.ids().filter(|&id| id != follower).collect();
     left.sort_unstable();

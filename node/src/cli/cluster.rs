@@ -38,7 +38,11 @@ enum ClusterCommand {
         #[arg(long = "member", value_name = "ID@HOST:PORT", value_parser = parse_member)]
         members: Vec<Member>,
     },
-    /// Add a node: as a learner, then promoted to voter once it caught up
+    /// Add a node: as a learner, then promoted to voter once it caught up.
+    /// Refused: an id that is already a member (except a learner at the same
+    /// address, which is promoted), an address another member has (as
+    /// written or resolved), one that does not resolve or where nothing
+    /// listens. A node that has not caught up within 30 s is removed again
     AddNode {
         /// Node id (not 0)
         id: u64,
@@ -48,10 +52,17 @@ enum ClusterCommand {
         #[arg(long)]
         learner: bool,
     },
-    /// Remove a node from the cluster
+    /// Remove a node from the cluster. Removing a voter that would leave
+    /// fewer than three voters (any voter of a three-voter cluster, the
+    /// leader included) needs --force: acknowledgements would then rest on
+    /// fewer machines (two voters: the loss of either stops writes; one: a
+    /// single disk holds every write). The last voter is never removed
     RemoveNode {
         /// Node id
         id: u64,
+        /// Remove the voter even if fewer than three voters remain
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -85,8 +96,8 @@ pub async fn cluster(args: ClusterArgs) -> Result<()> {
             print_members(&r);
             Ok(())
         }
-        ClusterCommand::RemoveNode { id } => {
-            let r = client.remove_node(id).await.with_context(|| format!("remove node {id}"))?;
+        ClusterCommand::RemoveNode { id, force } => {
+            let r = client.remove_node(id, force).await.with_context(|| format!("remove node {id}"))?;
             println!("node {id} removed (log index {})", r.log_index);
             print_members(&r);
             Ok(())

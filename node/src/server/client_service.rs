@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_proto::client::{self as pb, ErrorCode, keel_server::Keel};
 use keel_raft_log::{FlushPolicy, Store};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
@@ -26,6 +27,8 @@ use super::reserve::DiskReserve;
 use super::state::{self, BatchOutcome, CqEntry, Reject, State};
 use super::state_machine::Shared;
 use super::types::{Raft, Request as RaftRequest, now_ms};
+
+mod membership;
 
 const DEFAULT_FETCH_BYTES: u32 = 1 << 20;
 /// Largest encoded Fetch or LookupByKey answer (keel.proto, next to
@@ -54,6 +57,20 @@ const MAX_TAG_BYTES: usize = 255;
 /// How long a membership change waits for the current membership to be
 /// durable before it gives up (SYNC_FLUSH; see `membership_turn`).
 const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
+// A client waits `MEMBERSHIP_CHANGE_WAIT` for a membership change: longer
+// than the leader's longest path through `Change::add` (its turn, two
+// resolutions, a connection, the learner's entry, the catch-up, and the
+// two-part removal again), so that the client hears why a change failed
+// instead of timing out on a change whose outcome it then cannot know.
+const _: () = assert!(
+    keel_client::MEMBERSHIP_CHANGE_WAIT.as_secs()
+        > MEMBERSHIP_WAIT.as_secs()
+            + 2 * membership::RESOLVE_TIMEOUT.as_secs()
+            + membership::CONNECT_TIMEOUT.as_secs()
+            + membership::CHANGE_TIMEOUT.as_secs()
+            + membership::CATCH_UP_TIMEOUT.as_secs()
+            + 2 * membership::CHANGE_TIMEOUT.as_secs()
+);
 
 /// Node-wide defaults and limits the service applies.
 #[derive(Debug, Clone)]
@@ -853,13 +870,18 @@ impl Keel for ClientService {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         self.admin_only(&req, "InitCluster")?;
         let req = req.into_inner();
-        let mut members = BTreeMap::new();
+        let mut listed = Vec::with_capacity(req.members.len());
         for m in &req.members {
-            if m.id == 0 || m.addr.is_empty() {
-                return Err(invalid(format!("member {}@{:?}: ids start at 1 and need an address", m.id, m.addr)));
+            if m.id == 0 {
+                return Err(invalid(format!("member {}@{:?}: node ids start at 1", m.id, m.addr)));
             }
-            members.insert(m.id, BasicNode { addr: m.addr.clone() });
+            membership::check_host_port(&m.addr).map_err(|e| invalid(format!("member {}: {e}", m.id)))?;
+            let sockets = membership::resolve(&m.addr).await.map_err(|e| invalid(format!("member {}: {e}", m.id)))?;
+            listed.push(membership::Addressed { id: m.id, addr: m.addr.clone(), sockets: Some(sockets) });
         }
+        membership::check_distinct(&listed).map_err(invalid)?;
+        let mut members: BTreeMap<u64, BasicNode> =
+            listed.into_iter().map(|m| (m.id, BasicNode { addr: m.addr })).collect();
         if members.is_empty() {
             members.insert(self.node_id, BasicNode { addr: self.limits.advertised.clone() });
         }
@@ -887,26 +909,21 @@ impl Keel for ClientService {
     async fn add_node(&self, req: Request<pb::AddNodeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
         self.admin_only(&req, "AddNode")?;
         let req = req.into_inner();
-        if req.id == 0 || req.addr.is_empty() {
-            return Err(invalid("add-node needs an id ≥ 1 and an address host:port"));
+        if req.id == 0 {
+            return Err(invalid("add-node needs a node id ≥ 1"));
         }
+        membership::check_host_port(&req.addr).map_err(|e| invalid(format!("add-node: {e}")))?;
         self.leader_check()?;
-        let _turn = self.membership_turn().await?;
-        let r = self
-            .raft
-            .add_learner(req.id, BasicNode { addr: req.addr.clone() }, true)
+        let turn = self.membership_turn().await?;
+        // The rest runs as its own task: openraft drives the second half of
+        // a joint change from the caller's future, and a learner that does
+        // not catch up must be removed again, so neither may stop halfway
+        // because the client gave up and tonic dropped this handler.
+        let change = Change { raft: self.raft.clone(), node_id: self.node_id, _turn: turn };
+        let answer = tokio::spawn(change.add(req.id, req.addr, req.promote))
             .await
-            .map_err(|e| propose_status(propose_error(&self.raft, e)))?;
-        let mut log_index = r.log_id.index;
-        if req.promote {
-            let r = self
-                .raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false)
-                .await
-                .map_err(|e| propose_status(propose_error(&self.raft, e)))?;
-            log_index = r.log_id.index;
-        }
-        Ok(Response::new(pb::MembershipResponse { members: self.members(), log_index }))
+            .map_err(|e| error(ErrorCode::Unspecified, format!("the membership change task failed: {e}")))??;
+        Ok(Response::new(answer))
     }
 
     async fn remove_node(
@@ -916,27 +933,12 @@ impl Keel for ClientService {
         self.admin_only(&req, "RemoveNode")?;
         let req = req.into_inner();
         self.leader_check()?;
-        let _turn = self.membership_turn().await?;
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        if membership.get_node(&req.id).is_none() {
-            return Err(invalid(format!("node {} is not a member", req.id)));
-        }
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let change = if voters.contains(&req.id) {
-            if voters.len() == 1 {
-                return Err(invalid("cannot remove the last voter"));
-            }
-            ChangeMembers::RemoveVoters(BTreeSet::from([req.id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([req.id]))
-        };
-        let r = self
-            .raft
-            .change_membership(change, false)
+        let turn = self.membership_turn().await?;
+        let change = Change { raft: self.raft.clone(), node_id: self.node_id, _turn: turn };
+        let answer = tokio::spawn(change.remove(req.id, req.force))
             .await
-            .map_err(|e| propose_status(propose_error(&self.raft, e)))?;
-        Ok(Response::new(pb::MembershipResponse { members: self.members(), log_index: r.log_id.index }))
+            .map_err(|e| error(ErrorCode::Unspecified, format!("the membership change task failed: {e}")))??;
+        Ok(Response::new(answer))
     }
 }
 
@@ -949,8 +951,8 @@ impl ClientService {
     /// then, the old and the new voters could each elect a leader. Each
     /// change returns only once applied, so durable; the lock keeps two
     /// concurrent calls from chaining on a change not yet durable.
-    async fn membership_turn(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, Status> {
-        let turn = self.membership.lock().await;
+    async fn membership_turn(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, Status> {
+        let turn = self.membership.clone().lock_owned().await;
         if !super::durable::waits_for_fsync(self.limits.policy) {
             return Ok(turn);
         }
@@ -967,9 +969,212 @@ impl ClientService {
             )),
         }
     }
+}
 
+/// One membership change, run to its end by its own task while it holds
+/// the membership turn.
+struct Change {
+    raft: Raft,
+    /// This node, the leader when the change began.
+    node_id: u64,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Change {
     fn members(&self) -> Vec<pb::Member> {
         members_of(self.raft.metrics().borrow().membership_config.membership())
+    }
+
+    /// Every member with its address resolved (`None` where it does not
+    /// resolve: see `membership.rs`).
+    async fn addressed_members(&self) -> Vec<membership::Addressed> {
+        let members = self.members();
+        let resolved = futures::future::join_all(members.iter().map(|m| membership::resolve(&m.addr))).await;
+        members
+            .into_iter()
+            .zip(resolved)
+            .map(|(m, r)| {
+                if let Err(e) = &r {
+                    tracing::warn!(node = m.id, error = %e, "a member's address does not resolve; compared as written only");
+                }
+                membership::Addressed { id: m.id, addr: m.addr, sockets: r.ok() }
+            })
+            .collect()
+    }
+
+    /// One membership change (both halves of a joint one), bounded.
+    async fn commit(&self, change: ChangeMembers<u64, BasicNode>) -> Result<u64, Status> {
+        let what = format!("{change:?}");
+        let bound = 2 * membership::CHANGE_TIMEOUT;
+        match tokio::time::timeout(bound, self.raft.change_membership(change.clone(), false)).await {
+            Ok(Ok(r)) => Ok(r.log_id.index),
+            Ok(Err(e)) if lost_lead(&self.raft, &e) => self.settle(&change).await,
+            Ok(Err(e)) => Err(membership_status(&self.raft, e)),
+            Err(_) => Err(error(
+                ErrorCode::OutcomeUnknown,
+                format!(
+                    "the membership change {what} was not committed within {} s (has the cluster lost its quorum?); \
+                     it may still apply: look at the members before retrying",
+                    bound.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// The change's fate after this node lost the lead with it in flight
+    /// (openraft then drops its reply, which reads as a stopped Raft): once
+    /// a leader is known and this node has applied its latest membership
+    /// entry, that entry says whether the change was committed. If not, it
+    /// was lost with the lead, and the client is sent to the new leader to
+    /// ask again; only if nothing settles is the outcome unknown. Without
+    /// this a retry finds the change made ("node 3 is not a member") and the
+    /// client cannot tell that its own attempt made it.
+    async fn settle(&self, change: &ChangeMembers<u64, BasicNode>) -> Result<u64, Status> {
+        let mut metrics = self.raft.metrics();
+        let settled = tokio::time::timeout(
+            membership::CHANGE_TIMEOUT,
+            metrics.wait_for(|m| {
+                let applied = m.last_applied.map(|l| l.index);
+                m.current_leader.is_some() && m.membership_config.log_id().map(|l| l.index) <= applied
+            }),
+        )
+        .await;
+        let Ok(Ok(m)) = settled.map(|r| r.map(|m| m.clone())) else {
+            return Err(error(
+                ErrorCode::OutcomeUnknown,
+                format!(
+                    "this node lost the lead while the membership change {change:?} was in flight, and no leader \
+                     settled it within {} s; it may still apply: look at the members before retrying",
+                    membership::CHANGE_TIMEOUT.as_secs()
+                ),
+            ));
+        };
+        if membership::made(change, m.membership_config.membership()) {
+            return Ok(m.membership_config.log_id().map_or(0, |l| l.index));
+        }
+        let status = not_leader(m.current_leader, leader_addr(&self.raft, m.current_leader));
+        let message =
+            format!("this node lost the lead and the membership change with it; ask again: {}", status.message());
+        Err(Status::with_metadata(status.code(), message, status.metadata().clone()))
+    }
+
+    async fn add(self, id: u64, addr: String, promote: bool) -> Result<pb::MembershipResponse, Status> {
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        let voter = membership.voter_ids().any(|v| v == id);
+        let existing = membership.get_node(&id).map(|n| n.addr.clone());
+        if let Some(existing) = &existing {
+            // Only one re-add means something: promoting a learner at the
+            // address it already has. Anything else would silently do
+            // nothing or move a node, and a node moves by removal and a new add.
+            let refusal = match (voter, *existing == addr, promote) {
+                (true, _, _) => Some(("a voter", "remove it first to add it anew")),
+                (false, false, _) => Some(("a learner", "remove it first to give it another address")),
+                (false, true, false) => Some(("a learner", "add it with promote to make it a voter")),
+                (false, true, true) => None,
+            };
+            if let Some((role, why)) = refusal {
+                return Err(invalid(format!("node {id} is already a member, {role} at {existing}; {why}")));
+            }
+        }
+        let members = self.addressed_members().await;
+        let sockets = membership::resolve(&addr).await.map_err(|e| invalid(format!("node {id}: {e}")))?;
+        let new = membership::Addressed { id, addr: addr.clone(), sockets: Some(sockets.clone()) };
+        membership::check_clash(&new, &members).map_err(invalid)?;
+        if existing.is_some() {
+            let index = self.raft.metrics().borrow().membership_config.log_id().map_or(0, |l| l.index);
+            if let Err(e) = membership::wait_caught_up(&self.raft, self.node_id, id, index).await {
+                return Err(self.not_caught_up(id, &addr, e, "it stays a learner"));
+            }
+            let log_index = self.commit(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+            return Ok(pb::MembershipResponse { members: self.members(), log_index });
+        }
+        membership::check_listening(&addr, &sockets).await.map_err(|e| invalid(format!("node {id}: {e}")))?;
+        let learner = BasicNode { addr: addr.clone() };
+        let added =
+            match tokio::time::timeout(membership::CHANGE_TIMEOUT, self.raft.add_learner(id, learner, false)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(membership_status(&self.raft, e)),
+                Err(_) => {
+                    return Err(error(
+                        ErrorCode::OutcomeUnknown,
+                        format!(
+                            "adding node {id} as a learner was not committed within {} s; it may still apply",
+                            membership::CHANGE_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
+            };
+        let mut log_index = added.log_id.index;
+        if let Err(e) = membership::wait_caught_up(&self.raft, self.node_id, id, log_index).await {
+            // Never leave behind, let alone promote, a node that has not
+            // caught up: the leader would replicate to it forever.
+            let removed = match self.commit(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await {
+                Ok(_) => "it was removed again".to_string(),
+                Err(r) => format!(
+                    "removing it again failed ({}); remove it with `keel cluster remove-node {id}`",
+                    r.message()
+                ),
+            };
+            return Err(self.not_caught_up(id, &addr, e, &removed));
+        }
+        if promote {
+            log_index = self.commit(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+        }
+        Ok(pb::MembershipResponse { members: self.members(), log_index })
+    }
+
+    fn not_caught_up(&self, id: u64, addr: &str, e: membership::NotCaughtUp, then: &str) -> Status {
+        match e {
+            membership::NotCaughtUp::Behind(matched) => invalid(format!(
+                "node {id} did not catch up from {addr} within {} s (it holds the log up to {}, not yet the entry \
+                 that added it); is node {id} the one listening there, and reachable from the leader? {then}",
+                membership::CATCH_UP_TIMEOUT.as_secs(),
+                matched.map_or_else(|| "no entry".to_string(), |i| format!("index {i}")),
+            )),
+            membership::NotCaughtUp::LostLead => {
+                let leader = self.raft.metrics().borrow().current_leader;
+                let status = not_leader(leader, leader_addr(&self.raft, leader));
+                let message =
+                    format!("this node stopped leading while node {id} caught up ({then}): {}", status.message());
+                Status::with_metadata(status.code(), message, status.metadata().clone())
+            }
+            membership::NotCaughtUp::Stopped => error(ErrorCode::ShuttingDown, "the node is shutting down"),
+        }
+    }
+
+    async fn remove(self, id: u64, force: bool) -> Result<pb::MembershipResponse, Status> {
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        if membership.get_node(&id).is_none() {
+            return Err(invalid(format!("node {id} is not a member")));
+        }
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership::check_removal(&voters, id, force).map_err(invalid)?;
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        let log_index = self.commit(change).await?;
+        Ok(pb::MembershipResponse { members: self.members(), log_index })
+    }
+}
+
+/// Whether `e` means this node stopped leading with the change in flight
+/// (a reply dropped with its leader state, or a forward), not that Raft stopped.
+fn lost_lead(raft: &Raft, e: &RaftError<u64, ClientWriteError<u64, BasicNode>>) -> bool {
+    let running = raft.metrics().borrow().running_state.is_ok();
+    running && matches!(e, RaftError::Fatal(_) | RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
+}
+
+/// A refused or failed membership change: openraft's refusals of the change
+/// itself (another in progress, a learner not found, an empty membership)
+/// are the caller's to fix, not storage failures.
+fn membership_status(raft: &Raft, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            invalid(format!("the membership cannot be changed now: {c}"))
+        }
+        other => propose_status(propose_error(raft, other)),
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -36,8 +36,11 @@ use super::types::Raft;
 
 /// How long `/api/v1/cluster` waits for each peer.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a membership change or a snapshot may take before the answer is 504.
+/// How long a snapshot may take before the answer is 504; a membership
+/// change may take longer (`keel_client::MEMBERSHIP_CHANGE_WAIT`).
 const MUTATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the node at a new member's address has to say who it is.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(3);
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// A leader without a quorum's acknowledgement for this long (twice the
 /// longest election timeout) is not ready.
@@ -436,8 +439,43 @@ fn client_error(e: keel_client::Error) -> ApiError {
 async fn add_member(State(admin): Shared_, headers: HeaderMap, body: Bytes) -> Api<axum::Json<Value>> {
     authorize(&admin, &headers)?;
     let req = AddMember::parse(&body)?;
+    // An id or address that is already a member's is the leader's to
+    // refuse: its answer names the member and its address.
+    let members = status::members_of(admin.raft.metrics().borrow().membership_config.membership());
+    if !members.iter().any(|m| m.id == req.id || m.addr.eq_ignore_ascii_case(&req.addr)) {
+        check_identity(&admin, req.id, &req.addr).await?;
+    }
     let r = cluster_client(&admin)?.add_node(req.id, &req.addr, req.promote).await.map_err(client_error)?;
     Ok(axum::Json(membership_json(&r)))
+}
+
+/// The node that answers at `addr` must be node `id`. The leader refuses an
+/// address another member has, but not one where a node that is no member
+/// (say, one removed earlier) listens: that node would answer the
+/// AppendEntries meant for `id`, look caught up, and be counted as `id`.
+/// Asked over the client API (ClusterInfo names the node), from this node,
+/// which sees the network as the leader does.
+async fn check_identity(admin: &Admin, id: u64, addr: &str) -> Api<()> {
+    let options = keel_client::ClientOptions {
+        call_timeout: IDENTITY_TIMEOUT,
+        request_timeout: IDENTITY_TIMEOUT,
+        tls: admin.client_tls.clone(),
+        token: admin.token.clone(),
+        ..Default::default()
+    };
+    let client = keel_client::Client::with_options(vec![addr.to_string()], options)
+        .map_err(|e| ApiError::bad_request(format!("addr: {e}")))?;
+    match client.cluster_info().await {
+        Ok(info) if info.node_id == id => Ok(()),
+        Ok(info) => Err(ApiError::bad_request(format!(
+            "the node at {addr} is node {}, not node {id} (its node.id); node {id} must be added at its own address",
+            info.node_id
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "no keel node answers at {addr} within {} s ({e}); start node {id} there first",
+            IDENTITY_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 fn validate_addr(addr: &str) -> Api<()> {
@@ -446,15 +484,37 @@ fn validate_addr(addr: &str) -> Api<()> {
     if ok { Ok(()) } else { Err(ApiError::bad_request(format!("addr: {addr:?} is not host:port"))) }
 }
 
-async fn remove_member(State(admin): Shared_, headers: HeaderMap, Path(id): Path<String>) -> Api<axum::Json<Value>> {
+async fn remove_member(
+    State(admin): Shared_,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Api<axum::Json<Value>> {
     authorize(&admin, &headers)?;
+    // axum's own rejection (say, a percent-escape that is not UTF-8) is
+    // plain text; every error of this API is JSON.
+    let Path(id) = id.map_err(|e| ApiError::bad_request(format!("id: {}", e.body_text())))?;
     let id: u64 = id
         .parse()
         .ok()
         .filter(|&id| id > 0)
         .ok_or_else(|| ApiError::bad_request(format!("id: {id:?} is not a node id (a whole number ≥ 1)")))?;
-    let r = cluster_client(&admin)?.remove_node(id).await.map_err(client_error)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let force = force_param(&q)?;
+    let r = cluster_client(&admin)?.remove_node(id, force).await.map_err(client_error)?;
     Ok(axum::Json(membership_json(&r)))
+}
+
+/// `?force=true|false`, the only query parameter of a removal (absent: false).
+fn force_param(q: &HashMap<String, String>) -> Api<bool> {
+    if let Some(k) = q.keys().find(|k| k.as_str() != "force") {
+        return Err(ApiError::bad_request(format!("unknown query parameter {k:?}; this endpoint takes force")));
+    }
+    match q.get("force").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(ApiError::bad_request(format!("force={v:?} is not true or false"))),
+    }
 }
 
 fn membership_json(r: &keel_proto::client::MembershipResponse) -> Value {
@@ -589,6 +649,18 @@ mod tests {
         assert!(e.message.starts_with("from="), "{}", e.message);
         let e = index_params(&q(&[("frm", "1")]), &["from", "upto"]).expect_err("typo");
         assert!(e.message.contains("\"frm\""), "{}", e.message);
+    }
+
+    #[test]
+    fn force_is_the_only_removal_parameter_and_is_true_or_false() {
+        let q = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(force_param(&q(&[])).ok(), Some(false));
+        assert_eq!(force_param(&q(&[("force", "true")])).ok(), Some(true));
+        assert_eq!(force_param(&q(&[("force", "false")])).ok(), Some(false));
+        let e = force_param(&q(&[("force", "1")])).expect_err("not a boolean");
+        assert!(e.message.contains("force=\"1\""), "{}", e.message);
+        let e = force_param(&q(&[("forc", "true")])).expect_err("a typo");
+        assert!(e.message.contains("\"forc\""), "{}", e.message);
     }
 
     #[test]
