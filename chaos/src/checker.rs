@@ -29,6 +29,8 @@ use serde::Serialize;
 pub enum Outcome {
     Acked {
         offset: u64,
+        /// The log index of the entry that holds it (from the ack).
+        log_index: u64,
     },
     /// Timeout or lost connection after the request may have been applied.
     Unknown,
@@ -100,7 +102,7 @@ pub fn unseen(ops: &[Op], read: &ReadLog) -> Vec<String> {
         .collect();
     ops.iter()
         .filter_map(|op| match op.outcome {
-            Outcome::Acked { offset } if at.get(&(op.partition, offset)) != Some(&op.payload.as_str()) => {
+            Outcome::Acked { offset, .. } if at.get(&(op.partition, offset)) != Some(&op.payload.as_str()) => {
                 Some(op.payload.clone())
             }
             _ => None,
@@ -149,7 +151,7 @@ pub fn check(ops: &[Op], read: &ReadLog, digests: &[(u64, String)]) -> Verdict {
             v.example(format!("{} is stored {copies} times: {:?}", op.payload, found[op.payload.as_str()]));
         }
         match op.outcome {
-            Outcome::Acked { offset } => {
+            Outcome::Acked { offset, .. } => {
                 v.acked += 1;
                 if at.get(&(op.partition, offset)) != Some(&op.payload.as_str()) {
                     v.lost += 1;
@@ -190,7 +192,7 @@ pub fn check(ops: &[Op], read: &ReadLog, digests: &[(u64, String)]) -> Verdict {
         let mut last_acked: Option<u64> = None;
         let mut last_stored: Option<u64> = None;
         for op in list {
-            if let Outcome::Acked { offset } = op.outcome {
+            if let Outcome::Acked { offset, .. } = op.outcome {
                 if last_acked.is_some_and(|l| offset <= l) {
                     v.reordered += 1;
                     v.example(format!(
@@ -241,7 +243,7 @@ mod tests {
         let mut log = Vec::new();
         for i in 0..30u64 {
             let (session, seq) = (i % 3, i / 3);
-            ops.push(op(session, seq, Outcome::Acked { offset: i }));
+            ops.push(op(session, seq, Outcome::Acked { offset: i, log_index: i + 1 }));
             log.push((i, format!("s{session}-{seq}")));
         }
         ops.push(op(7, 0, Outcome::Unknown));
@@ -326,7 +328,7 @@ mod tests {
         assert!(!v.passed(true));
         // Acknowledged out of order, stored in order.
         let (mut ops, read) = history();
-        ops[3].outcome = Outcome::Acked { offset: 0 };
+        ops[3].outcome = Outcome::Acked { offset: 0, log_index: 1 };
         let v = check(&ops, &read, &[]);
         assert!(v.reordered >= 1, "{v:#?}");
     }

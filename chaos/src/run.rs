@@ -244,11 +244,25 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
             let read = read_all(&client, o.partitions).await?;
             let missing = checker::unseen(&ops, &read);
             if !missing.is_empty() {
+                let first = ops.iter().find(|op| op.payload == missing[0]).map(|op| op.outcome.clone());
+                let ends: Vec<String> = (0..o.partitions)
+                    .map(|p| format!("{p}: {}", read.get(&p).map_or(0, Vec::len)))
+                    .collect();
                 println!(
                     "cycle {cycle}: {} acknowledged messages not readable right after the restart, before any new \
-                     write (e.g. {}); the nodes say: {}",
+                     write (e.g. {}, {first:?}); records read per partition {}; the nodes say: {}",
                     missing.len(),
                     missing[0],
+                    ends.join(", "),
+                    log_summary(&*backend)
+                );
+                // Still nothing written: is it a moment's lag or does it stay?
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let again = checker::unseen(&ops, &read_all(&client, o.partitions).await?);
+                println!(
+                    "cycle {cycle}: 3 s later, still before any write: {} of them still not readable; the nodes say: \
+                     {}",
+                    again.len(),
                     log_summary(&*backend)
                 );
             }

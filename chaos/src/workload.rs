@@ -75,7 +75,7 @@ impl Workload {
                     let outcome = match producer.produce(TOPIC, partition, vec![record]).await {
                         Ok(ack) => {
                             acked.fetch_add(1, Ordering::Relaxed);
-                            Outcome::Acked { offset: ack.base_offset }
+                            Outcome::Acked { offset: ack.base_offset, log_index: ack.log_index }
                         }
                         Err(e) if e.is_outcome_unknown() => Outcome::Unknown,
                         Err(e) => Outcome::Refused(e.to_string()),
