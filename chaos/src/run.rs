@@ -116,8 +116,13 @@ fn log_summary(backend: &dyn Backend) -> String {
         .map(|&n| match crate::http::get_json(&backend.admin_addr(n), "/api/v1/status") {
             Ok(s) => format!(
                 "node {n} {} term {} last {} committed {} applied {} durable {} fsynced {}",
-                s["role"], s["term"], s["log"]["last_index"], s["log"]["committed"], s["log"]["applied"],
-                s["log"]["durable"], s["log"]["fsynced"]
+                s["role"],
+                s["term"],
+                s["log"]["last_index"],
+                s["log"]["committed"],
+                s["log"]["applied"],
+                s["log"]["durable"],
+                s["log"]["fsynced"]
             ),
             Err(e) => format!("node {n}: {e:#}"),
         })
@@ -245,9 +250,8 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
             let missing = checker::unseen(&ops, &read);
             if !missing.is_empty() {
                 let first = ops.iter().find(|op| op.payload == missing[0]).map(|op| op.outcome.clone());
-                let ends: Vec<String> = (0..o.partitions)
-                    .map(|p| format!("{p}: {}", read.get(&p).map_or(0, Vec::len)))
-                    .collect();
+                let ends: Vec<String> =
+                    (0..o.partitions).map(|p| format!("{p}: {}", read.get(&p).map_or(0, Vec::len))).collect();
                 println!(
                     "cycle {cycle}: {} acknowledged messages not readable right after the restart, before any new \
                      write (e.g. {}, {first:?}); records read per partition {}; the nodes say: {}",

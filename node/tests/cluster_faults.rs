@@ -762,3 +762,56 @@ async fn a_node_refuses_data_recorded_for_another_node_or_a_configuration_withou
     assert_eq!(read.records.len(), 1);
     assert_eq!(&read.records[0].value[..], b"kept");
 }
+
+/// Issue 16, item 1: right after every node restarts, before anything new
+/// is written, every node serves every acknowledged record. The committed
+/// id a node keeps on disk lags (it is written about once a second), and a
+/// new leader commits the entries of earlier terms only with its first own
+/// entry; a node used to answer reads in between from the state it had
+/// re-applied up to the stale committed id, so a consumer reading to the
+/// end stopped short of acknowledged records (until the next write, as the
+/// testers saw). Reads now wait until the node has applied an entry of the
+/// current leader's term.
+#[tokio::test(flavor = "multi_thread")]
+async fn right_after_every_node_restarts_every_node_serves_every_acknowledged_record() {
+    let cluster = Cluster::start(3, &[]).await;
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let client = cluster_client(&cluster);
+    client.create_topic("restart", topic_config(1, -1)).await.expect("create topic");
+    let producer = client.producer();
+    // Phase 1: a pause (the committed id on disk catches up), then a burst
+    // of acknowledged records within a second, then every node is killed:
+    // the committed id on disk names the burst's first entry at best.
+    producer.produce("restart", 0, vec![Record::new("r0")]).await.expect("produce");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut acked = 1u64;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(600) {
+        producer.produce("restart", 0, vec![Record::new(format!("r{acked}"))]).await.expect("produce");
+        acked += 1;
+    }
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    // Phase 2: all back; read from each node as soon as it answers, before
+    // any write: the end is past every acknowledged record, and they are all there.
+    for id in cluster.ids() {
+        cluster.restart_in_background(id);
+    }
+    for id in cluster.ids() {
+        cluster.wait_until_answering(id, Duration::from_secs(30)).await;
+    }
+    for id in cluster.ids() {
+        let first = node_client(&cluster, id).fetch(Fetch::new("restart", 0, 0)).await;
+        let first = first.unwrap_or_else(|e| panic!("node{id}: fetch right after the restart: {e}"));
+        assert!(
+            first.end_offset >= acked,
+            "node{id} right after the restart: end offset {} while {acked} records were acknowledged",
+            first.end_offset
+        );
+        let records = read_partition(&cluster, id, "restart", 0, 0, 0).await;
+        let values: Vec<Vec<u8>> = records.iter().map(|r| r.value.to_vec()).collect();
+        let want: Vec<Vec<u8>> = (0..acked).map(|n| format!("r{n}").into_bytes()).collect();
+        assert_eq!(&values[..acked as usize], &want[..], "node{id}: acknowledged records");
+    }
+}

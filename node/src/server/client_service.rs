@@ -275,6 +275,48 @@ impl ClientService {
         }
     }
 
+    /// Wait (until `deadline`) for this node's state to be current: it has
+    /// applied an entry of the current leader's term. After a restart or an
+    /// election, what a node has applied can end before entries the
+    /// cluster acknowledged under an earlier term (the committed id on disk
+    /// lags, and a new leader commits earlier terms' entries only with its
+    /// first own entry); once it has applied an entry of the current term,
+    /// it has applied everything acknowledged before. Reads wait for that,
+    /// so a consumer never takes a stale end for the end (issue 16, item 1).
+    /// Err: NOT_CAUGHT_UP (retryable) past the deadline.
+    async fn wait_current(&self, deadline: Instant, bound: &str) -> Result<(), Status> {
+        let mut rx = self.raft.metrics();
+        if tokio::time::timeout_at(deadline, rx.wait_for(current)).await.is_ok_and(|r| r.is_ok()) {
+            return Ok(());
+        }
+        let m = rx.borrow().clone();
+        Err(error(
+            ErrorCode::NotCaughtUp,
+            format!(
+                "this node has not yet applied an entry of the current term {} (applied {}, leader {}): after a \
+                 restart or an election what it holds may end before what the cluster acknowledged; not reached \
+                 within {bound}; retry, here or on another node",
+                m.current_term,
+                m.last_applied
+                    .map_or("nothing".to_string(), |l| format!("index {} of term {}", l.index, l.leader_id.term)),
+                m.current_leader.map_or("unknown".to_string(), |l| format!("node {l}")),
+            ),
+        ))
+    }
+
+    /// [`Self::wait_current`] for a read without a wait of its own: bounded
+    /// by the call's deadline, else DEFAULT_CATCH_UP_WAIT.
+    async fn read_current(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        if current(&self.raft.metrics().borrow()) {
+            return Ok(());
+        }
+        let (wait, bound) = match call_budget(metadata) {
+            Some(b) => (b.min(DEFAULT_CATCH_UP_WAIT), "the call's deadline less a margin"),
+            None => (DEFAULT_CATCH_UP_WAIT, "the default bound"),
+        };
+        self.wait_current(Instant::now() + wait, bound).await
+    }
+
     /// Wait until this node has applied `index`, or `deadline`.
     async fn wait_applied(&self, index: u64, deadline: Instant) -> bool {
         let mut rx = self.shared.applied.subscribe();
@@ -421,6 +463,12 @@ impl FetchWaits {
         };
         Self { catch_up, catch_up_bound, poll: within_budget(max_wait) }
     }
+}
+
+/// Whether a node's applied state is current: it knows a leader and has
+/// applied an entry of that leader's term (see `ClientService::wait_current`).
+fn current(m: &openraft::RaftMetrics<u64, BasicNode>) -> bool {
+    m.current_leader.is_some() && m.last_applied.is_some_and(|a| a.leader_id.term == m.current_term)
 }
 
 /// What the caller's deadline leaves for the handler: its `grpc-timeout`
@@ -637,6 +685,9 @@ impl Keel for ClientService {
                 ),
             ));
         }
+        if !current(&self.raft.metrics().borrow()) {
+            self.wait_current(started + waits.catch_up, waits.catch_up_bound).await?;
+        }
         let mut applied_rx = self.shared.applied.subscribe();
         let mut offset = req.offset;
         loop {
@@ -680,6 +731,7 @@ impl Keel for ClientService {
         &self,
         req: Request<pb::LookupByKeyRequest>,
     ) -> Result<Response<pb::LookupByKeyResponse>, Status> {
+        self.read_current(req.metadata()).await?;
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(invalid("lookup needs a non-empty key"));
@@ -702,6 +754,7 @@ impl Keel for ClientService {
         &self,
         req: Request<pb::OffsetForTimestampRequest>,
     ) -> Result<Response<pb::OffsetForTimestampResponse>, Status> {
+        self.read_current(req.metadata()).await?;
         let req = req.into_inner();
         let m = self.state();
         let found = m
@@ -776,14 +829,16 @@ impl Keel for ClientService {
 
     async fn list_topics(
         &self,
-        _req: Request<pb::ListTopicsRequest>,
+        req: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        self.read_current(req.metadata()).await?;
         let m = self.state();
         let topics = m.state.topics.keys().map(|name| topic_info(&m.state, name)).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 
     async fn describe_topic(&self, req: Request<pb::DescribeTopicRequest>) -> Result<Response<pb::TopicInfo>, Status> {
+        self.read_current(req.metadata()).await?;
         let req = req.into_inner();
         let m = self.state();
         m.state.topic(&req.name).map_err(|r| self.read_reject(r))?;

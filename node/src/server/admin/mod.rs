@@ -584,6 +584,15 @@ async fn readyz(State(admin): Shared_) -> Response {
     {
         not_ready.push(format!("this leader has not heard from a quorum for {ms} ms"));
     }
+    // After a restart or an election the node's state may end before what
+    // was acknowledged under an earlier term until it applies an entry of
+    // the current one (`client_service::current`): reads wait for it too.
+    if m.current_leader.is_some() && m.last_applied.is_none_or(|a| a.leader_id.term != m.current_term) {
+        not_ready.push(format!(
+            "no entry of the current term {} applied yet (an election or restart is settling)",
+            m.current_term
+        ));
+    }
     let mut committed = admin.store.read_committed().map_or(0, |c| c.index);
     if super::durable::waits_for_fsync(admin.store.config().flush.policy) {
         // A leader applies only what is durable, up to one fdatasync behind
