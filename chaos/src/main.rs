@@ -128,9 +128,25 @@ fn real_main() -> Result<bool> {
                     let volume = (scenario == Scenario::DiskFull).then_some(DISK_FULL_VOLUME_BYTES);
                     // partition: each node in a network namespace of its own.
                     let netns = scenario == Scenario::Partition;
-                    // bitflip: small segments, so that many are sealed early.
-                    let small = volume.is_some() || scenario == Scenario::Bitflip;
-                    Arc::new(backend::process::Process::start_cluster(&keel, &a.flush, a.keep, volume, netns, small)?)
+                    // disk-full: 256 KiB segments, a roll (which needs new
+                    // space) about every second; bitflip: 1 MiB ones, so that
+                    // segments are sealed early and the active one lives long
+                    // enough to hold records its meta file says committed.
+                    let segment_bytes = if volume.is_some() {
+                        Some(256 << 10)
+                    } else if scenario == Scenario::Bitflip {
+                        Some(1 << 20)
+                    } else {
+                        None
+                    };
+                    Arc::new(backend::process::Process::start_cluster(
+                        &keel,
+                        &a.flush,
+                        a.keep,
+                        volume,
+                        netns,
+                        segment_bytes,
+                    )?)
                 }
                 "docker" => Arc::new(backend::docker::Docker::start_cluster(&a.compose_file, &a.flush, a.keep)?),
                 other => bail!("--backend {other:?}: expected process or docker"),

@@ -203,7 +203,7 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
     let mut nemesis: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut throughput: Vec<Value> = Vec::new();
     let mut cycles_done = 0;
-    let (mut flipped, mut repaired) = (0u64, 0u64);
+    let (mut flipped, mut zeroed, mut repaired) = (0u64, 0u64, 0u64);
     let mut last = (Instant::now(), 0u64);
     // Acknowledged messages a read-back right after a restart did not find,
     // and how many read-backs there were.
@@ -233,10 +233,12 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
         for f in &faults {
             *nemesis.entry(f.kind).or_default() += 1;
             flipped += f.flipped;
+            zeroed += f.zeroed;
             repaired += f.repaired;
             let mut event = json!({ "t_ms": t, "cycle": cycle, "fault": f.kind, "node": f.node });
             if f.flipped > 0 {
                 event["flipped"] = f.flipped.into();
+                event["zeroed"] = f.zeroed.into();
                 event["repaired"] = f.repaired.into();
             }
             timeline.push(event);
@@ -295,7 +297,10 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
             .iter()
             .map(|f| match f.flipped {
                 0 => format!("{} node {}", f.kind, f.node),
-                n => format!("{} node {} ({n} records flipped, {} ranges repaired)", f.kind, f.node, f.repaired),
+                n => format!(
+                    "{} node {} ({n} places damaged, {} active-segment records zeroed, {} ranges repaired)",
+                    f.kind, f.node, f.zeroed, f.repaired
+                ),
             })
             .collect();
         println!(
@@ -353,7 +358,10 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
         verdict.refused_present,
     );
     if o.scenario == Scenario::Bitflip {
-        println!("bitflip: {flipped} records flipped, {repaired} damaged ranges repaired from a peer");
+        println!(
+            "bitflip: {flipped} places damaged ({zeroed} active-segment records zeroed), {repaired} damaged ranges \
+             repaired from a peer"
+        );
     }
     if allow_loss && verdict.lost > 0 {
         println!(
@@ -384,6 +392,7 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
         "refused_present": verdict.refused_present,
         "phantom": verdict.phantom,
         "flipped": flipped,
+        "zeroed": zeroed,
         "repaired": repaired,
         "read": read_count,
         "nemesis": nemesis,

@@ -69,13 +69,15 @@ pub struct Fault {
     pub node: u64,
     /// Records damaged (bitflip).
     pub flipped: u64,
+    /// Of those, records of the active segment under a zeroed header or sector (bitflip).
+    pub zeroed: u64,
     /// Damaged log ranges the node repaired from a peer after it (bitflip).
     pub repaired: u64,
 }
 
 impl Fault {
     fn new(kind: &'static str, node: u64) -> Self {
-        Self { kind, node, flipped: 0, repaired: 0 }
+        Self { kind, node, flipped: 0, zeroed: 0, repaired: 0 }
     }
 }
 
@@ -283,7 +285,7 @@ impl Scenario {
                 let (node, who) = Self::victim(backend, rng, target).await?;
                 let dir = backend.data_dir(node)?;
                 let count = rng.random_range(1..=3);
-                // The load seals a 256 KiB segment about every second.
+                // The load seals a 1 MiB segment every few seconds.
                 let deadline = std::time::Instant::now() + SEALED_TIMEOUT;
                 let flips = loop {
                     let flips = crate::bitflip::flip_sealed(&dir, rng, count)?;
@@ -301,7 +303,9 @@ impl Scenario {
                 // records the meta file holds committed (fsynced here, and on
                 // a majority), which recovery must never cut as a torn tail.
                 let mut damaged = flips;
+                let mut zeroed = 0;
                 if let Some(d) = crate::bitflip::damage_active(&dir, rng)? {
+                    zeroed = d.last - d.index + 1;
                     damaged.push(d);
                 }
                 backend.start(node)?;
@@ -309,7 +313,7 @@ impl Scenario {
                 let status = wait_for_status(backend, node, REPAIR_TIMEOUT).await?;
                 let repaired = crate::bitflip::check_repaired(&status, &damaged)?;
                 let kind = if who == "leader" { "bitflip_leader" } else { "bitflip_random" };
-                vec![Fault { kind, node, flipped: damaged.len() as u64, repaired }]
+                vec![Fault { kind, node, flipped: damaged.len() as u64, zeroed, repaired }]
             }
             Scenario::RollingRestart => {
                 let mut out = Vec::new();

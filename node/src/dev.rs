@@ -619,9 +619,11 @@ async fn announce_leader(nodes: Vec<(u64, String)>) {
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // The leader's own word: right after a restart followers still name
+        // the leader their saved vote names, before any election.
         for (id, addr) in &nodes {
             if let Some(info) = cluster_info(addr).await
-                && info.leader_id != 0
+                && info.leader_id == *id
             {
                 println!("cluster ready: leader node{} ({}), as node{id} reports", info.leader_id, info.leader_addr);
                 return;

@@ -70,6 +70,9 @@ struct State {
     meta: Meta,
     /// When the committed log id was last written to the meta file.
     committed_saved_at: Option<Instant>,
+    /// The committed id the meta file on disk holds (capped, see
+    /// `committed_on_disk`).
+    committed_written: Option<LogPos>,
 }
 
 impl State {
@@ -707,10 +710,32 @@ impl Store {
             .map_err(|e| self.inner.sync.fail(format!("write meta file: {e}")))?;
         let mut s = self.state();
         s.meta = meta;
+        s.committed_written = on_disk.committed;
         if meta.committed.is_some() {
             s.committed_saved_at = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// Write the committed id to the meta file if the file holds an older
+    /// one: [`Store::save_committed`] writes at most once a second, so the
+    /// last commits of a burst would otherwise stay in memory until the next
+    /// commit, and a write capped by a durable index that has risen since
+    /// would stay capped. A node calls this about once a second, so the id
+    /// on disk lags by about a second at most: what a restart re-applies
+    /// before the cluster tells it more.
+    pub async fn flush_committed(&self) -> Result<()> {
+        let _writer = self.inner.writer.lock().await;
+        self.check_failed()?;
+        let (meta, written) = {
+            let s = self.state();
+            (s.meta, s.committed_written)
+        };
+        let want = self.committed_on_disk(meta.committed);
+        if want.map(|c| c.index) <= written.map(|c| c.index) {
+            return Ok(());
+        }
+        self.write_meta(meta).await
     }
 
     /// Persist the vote; returns only once it is durable.
@@ -1233,7 +1258,8 @@ fn recover(fs: &dyn FileSystem, config: &StoreConfig) -> Result<State> {
         crate::io::write_file_durably(fs, dir, "meta", &meta.encode())
             .map_err(|e| Error::io("clear the truncation mark in the meta file", e))?;
     }
-    Ok(State { segments, meta, committed_saved_at: None })
+    let committed_written = meta.committed;
+    Ok(State { segments, meta, committed_saved_at: None, committed_written })
 }
 
 /// The meta file of the store in `dir`, read without opening the store (a

@@ -63,14 +63,14 @@ impl Process {
     /// size (mounted here; needs root), so one node's disk can be filled.
     /// With `netns`, each node runs in a network namespace of its own behind
     /// a bridge (needs root), so one node can be cut off from its peers.
-    /// With `small_segments`, segments of 256 KiB roll about every second.
+    /// With `segment_bytes`, segments of that size (small ones roll often).
     pub fn start_cluster(
         keel: &Path,
         flush: &str,
         keep: bool,
         volume_bytes: Option<u64>,
         netns: bool,
-        small_segments: bool,
+        segment_bytes: Option<u64>,
     ) -> Result<Self> {
         if !keel.is_file() {
             bail!("no keel binary at {} (build it, or pass --keel-bin)", keel.display());
@@ -94,9 +94,8 @@ impl Process {
             if let Some(bytes) = volume_bytes {
                 mount_tmpfs(&dir.join("vol"), bytes)?;
             }
-            if small_segments {
-                // A roll (which needs new space) every second or so.
-                extra.push_str("segment.bytes=262144\nmax.message.bytes=65536\n");
+            if let Some(bytes) = segment_bytes {
+                extra.push_str(&format!("segment.bytes={bytes}\nmax.message.bytes=65536\n"));
             }
             let grpc = format!("{}:{}", host(i as usize), grpc_port(i as usize));
             let admin = format!("{}:{}", host(i as usize), admin_port(i as usize));

@@ -251,7 +251,14 @@ impl Durable {
                     }
                 }
                 _ = self.poke.notified() => {}
-                _ = tick.tick() => report_now = true,
+                _ = tick.tick() => {
+                    report_now = true;
+                    // The committed id on disk lags by about a second at
+                    // most (`Store::flush_committed`): a restart re-applies
+                    // up to it. A failure here is the store's fail-stop,
+                    // which stops the node.
+                    let _ = self.store.flush_committed().await;
+                }
             }
             // One snapshot of the metrics serves both steps of this round.
             let m = metrics.borrow_and_update().clone();

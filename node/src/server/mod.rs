@@ -27,7 +27,7 @@ pub mod client_service;
 mod codec;
 mod durable;
 pub mod entry;
-mod identity;
+pub(crate) mod identity;
 mod network;
 mod peer;
 mod proposer;
@@ -117,6 +117,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         sampler: admin::status::Sampler::default(),
         repairs,
         reserve,
+        identity: identity.clone(),
     });
     let peer_service = peer::PeerService {
         raft: raft.clone(),

@@ -724,3 +724,42 @@ async fn committed_entries_missing_from_the_end_of_the_log_are_corruption_anchor
     }
     assert_eq!(store.read_committed().map(|p| p.index), Some(20), "the committed id is kept");
 }
+
+/// The committed id is written at most once a second by `save_committed`;
+/// `flush_committed` (which a node calls about once a second) writes the
+/// last one of a burst, so a restart re-applies up to an id at most about
+/// a second old (issue 16, item 1: the id on disk had stayed many
+/// restarts behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_committed_id_of_a_burst_reaches_the_meta_file_on_the_next_flush() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), 1 << 16, FlushPolicy::SyncFlush);
+    let store = Store::open(c.clone()).await.expect("open");
+    for i in 1..=10 {
+        append_flushed(&store, vec![record(1, i, LEN)]).await.expect("append");
+    }
+    store.note_durable(9);
+    let on_disk = || {
+        let m = crate::read_meta(dir.path()).expect("read meta").expect("meta");
+        m.committed.map(|p| p.index)
+    };
+    // Phase: the first id is written, the burst after it within the second is not.
+    store.save_committed(Some(LogPos::new(1, 1, 3))).await.expect("save");
+    for i in 4..=9 {
+        store.save_committed(Some(LogPos::new(1, 1, i))).await.expect("save");
+    }
+    assert_eq!(on_disk(), Some(3));
+    // Phase: a flush writes the last one; a second flush has nothing to do.
+    store.flush_committed().await.expect("flush");
+    assert_eq!(on_disk(), Some(9));
+    store.flush_committed().await.expect("flush again");
+    // Phase: an id past the durable index is held to it, and caught up by
+    // the next flush once the durable index rises.
+    store.save_committed(Some(LogPos::new(1, 1, 10))).await.expect("save");
+    store.flush_committed().await.expect("flush");
+    assert_eq!(on_disk(), Some(9), "held to the durable index");
+    store.note_durable(10);
+    store.flush_committed().await.expect("flush");
+    assert_eq!(on_disk(), Some(10));
+    store.close().await.expect("close");
+}

@@ -70,6 +70,8 @@ pub struct Admin {
     pub sampler: status::Sampler,
     /// Damaged log ranges repaired from a peer at start-up.
     pub repairs: Vec<super::repair::Repaired>,
+    /// Which cluster this node belongs to.
+    pub identity: super::identity::Identity,
 }
 
 /// An error answer: `{"error": message}` with `status`.

@@ -26,6 +26,8 @@ pub const HISTORY_POINTS: usize = 120;
 #[derive(Debug, Serialize)]
 pub struct NodeStatus {
     pub node_id: u64,
+    /// 16 hex digits; `None` while the node has no cluster id.
+    pub cluster_id: Option<String>,
     pub role: &'static str,
     pub term: u64,
     pub leader_id: Option<u64>,
@@ -379,6 +381,10 @@ impl Admin {
 
         NodeStatus {
             node_id: self.node_id,
+            cluster_id: match self.identity.cluster_id() {
+                0 => None,
+                id => Some(crate::server::identity::cluster_hex(id)),
+            },
             role: role(m.state),
             term: m.current_term,
             leader_id: m.current_leader,
