@@ -324,10 +324,12 @@ fn write_properties(node: &Node, peers: &str, settings: &[Setting]) -> Result<()
 
 /// Write `path`, which must not exist yet, so that a power cut leaves either
 /// no file or the whole file: write a temp file beside it, fdatasync it,
-/// hard-link it to its name (which, unlike a rename, never replaces a file
-/// that appeared since we looked), remove the temp name, fsync the
-/// directory. A node whose file a power cut emptied came back on the
-/// defaults, as another node or a new one (found by power-loss testing).
+/// rename it to its name, fsync the directory. A node whose file a power cut
+/// emptied came back on the defaults, as another node or a new one (found by
+/// power-loss testing). The rename would replace a file that appeared since
+/// `prepare_nodes` looked; `dev.lock` keeps a second `keel dev` out of the
+/// directory meanwhile, and a hard link (which never replaces) is refused by
+/// some filesystems (FUSE ones among them).
 fn write_new_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     let shown = path.display();
     let dir = path.parent().context("a properties file has a directory")?;
@@ -338,9 +340,11 @@ fn write_new_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     file.write_all(bytes).with_context(|| format!("write {shown}"))?;
     file.sync_data().with_context(|| format!("fdatasync {shown}"))?;
     drop(file);
-    let linked = std::fs::hard_link(&tmp, path).with_context(|| format!("create {shown}"));
-    let _ = std::fs::remove_file(&tmp);
-    linked?;
+    if path.exists() {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("{shown} appeared while keel dev was writing it; leaving it as it is");
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {shown}", tmp.display()))?;
     File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync the directory {}", dir.display()))
 }
 
