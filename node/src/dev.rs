@@ -825,11 +825,13 @@ mod tests {
         assert!(leftovers.is_empty(), "temp files left behind: {leftovers:?}");
         // Phase: the file is empty (what the power cut left): refused, named.
         std::fs::write(&nodes[1].properties, "").expect("empty node2's file");
-        let err = prepare_nodes(&root, &args).err().expect("an empty file was accepted").to_string();
+        let Err(err) = prepare_nodes(&root, &args) else { panic!("an empty file was accepted") };
+        let err = err.to_string();
         assert!(err.contains("node2") && err.contains("names no node.id"), "{err}");
         // Phase: another node's file in node2's place: refused too.
         std::fs::copy(&nodes[2].properties, &nodes[1].properties).expect("copy node3's file");
-        let err = prepare_nodes(&root, &args).err().expect("node3's file accepted for node2").to_string();
+        let Err(err) = prepare_nodes(&root, &args) else { panic!("node3's file accepted for node2") };
+        let err = err.to_string();
         assert!(err.contains("node.id=3"), "{err}");
     }
 
