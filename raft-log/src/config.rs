@@ -8,7 +8,7 @@
 //! | `segment.preheat` | `false` | read each new segment once so its pages are cached (预热) |
 //! | `segment.cached.sealed` | 2 | how many of the newest sealed segments keep their pages in the page cache; older ones give theirs back after each roll (reads then come from disk); -1 leaves it to the kernel |
 //! | `flush.disk.type` | `SYNC_FLUSH` | `SYNC_FLUSH`, `BATCH_FLUSH` or `ASYNC_FLUSH` |
-//! | `flush.batch.size` | 100 | BATCH_FLUSH: fsync after this many unsynced entries |
+//! | `flush.batch.size` | 100 | BATCH_FLUSH: fsync after this many unsynced messages |
 //! | `flush.interval.ms` | 100 | BATCH_FLUSH / ASYNC_FLUSH: fsync at least this often |
 //! | `flush.commitlog.interval` | 1000 | ASYNC_FLUSH: fsync after this many unsynced entries |
 //! | `flush.commitlog.timeout` | 5000 | ms a producer waits for durability before "outcome unknown" |
@@ -26,9 +26,10 @@ pub enum FlushPolicy {
     /// entry; concurrent appends share one fdatasync (group commit).
     #[default]
     SyncFlush,
-    /// The callback fires once the entry is written; the flusher syncs every
-    /// `flush.batch.size` entries or `flush.interval.ms`, whichever first, and
-    /// publishes the fsynced index so acks can wait for it.
+    /// The callback fires after the batch's fdatasync: the flusher syncs
+    /// once `flush.batch.size` messages are unsynced or `flush.interval.ms`
+    /// has passed since the oldest, whichever first. An ack still means
+    /// fsynced on a majority; the batch trades latency for fewer syncs.
     BatchFlush,
     /// The callback fires once the entry is written; the flusher syncs every
     /// `flush.interval.ms` or `flush.commitlog.interval` entries. A power cut
@@ -106,7 +107,8 @@ impl FlushConfig {
         Duration::from_millis(self.commitlog_timeout_ms)
     }
 
-    /// Unsynced entries that trigger a sync under this policy.
+    /// Unsynced messages (BATCH_FLUSH) or entries (otherwise) that trigger a
+    /// sync under this policy.
     pub fn sync_every_entries(&self) -> u64 {
         match self.policy {
             FlushPolicy::SyncFlush => 1,

@@ -17,9 +17,12 @@
 //! oneshots and openraft's callbacks.
 //!
 //! Under SYNC_FLUSH the flusher syncs as soon as anything is waiting: with an
-//! idle disk it adds no wait of its own. Under BATCH_FLUSH and ASYNC_FLUSH
-//! callbacks fire at write time (in the store) and the flusher syncs when the
-//! unsynced entries reach the policy's count or its interval elapses.
+//! idle disk it adds no wait of its own, and appends that queue while a sync
+//! runs share the next one. Under BATCH_FLUSH callbacks wait for the batch's
+//! sync, which comes when the unsynced messages reach `flush.batch.size` or
+//! `flush.interval.ms` elapses; under ASYNC_FLUSH callbacks fire at write
+//! time (in the store) and the flusher syncs on `flush.commitlog.interval`
+//! entries or the interval.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +54,8 @@ struct Dirty {
     /// one must not publish an index that no longer means the same entries.
     epoch: u64,
     entries: u64,
+    /// Messages in the unsynced entries: what BATCH_FLUSH's batch counts.
+    messages: u64,
     bytes: u64,
     since: Option<Instant>,
 }
@@ -137,6 +142,11 @@ impl SyncState {
         self.counters.entries_written.fetch_add(entries, Ordering::Relaxed);
     }
 
+    /// The entries just written carry `messages` messages.
+    pub fn add_messages(&self, messages: u64) {
+        self.dirty().messages += messages;
+    }
+
     /// A file must be synced before the next published index (a new segment's header).
     pub fn file_dirty(&self, file: &Arc<dyn FileIo>) {
         self.dirty().add_file(file);
@@ -154,6 +164,7 @@ impl SyncState {
         d.epoch += 1;
         d.written = last;
         d.entries = 0;
+        d.messages = 0;
         d.bytes = 0;
         d.since = None;
         self.synced.send_replace(last);
@@ -206,9 +217,12 @@ impl SyncState {
         }
     }
 
-    fn unsynced(&self) -> (u64, Option<Instant>) {
+    /// What the policy's count measures of the unsynced backlog (messages
+    /// under BATCH_FLUSH, entries otherwise), and since when it is waiting.
+    fn unsynced(&self, policy: FlushPolicy) -> (u64, Option<Instant>) {
         let d = self.dirty();
-        (d.entries, d.since)
+        let count = if policy == FlushPolicy::BatchFlush { d.messages } else { d.entries };
+        (count, d.since)
     }
 
     /// Sync everything written so far; blocking. Returns the fsynced index.
@@ -219,6 +233,7 @@ impl SyncState {
         let (files, dir, upto, epoch) = {
             let mut d = self.dirty();
             d.entries = 0;
+            d.messages = 0;
             d.bytes = 0;
             d.since = None;
             (std::mem::take(&mut d.files), std::mem::take(&mut d.dir), d.written, d.epoch)
@@ -259,7 +274,7 @@ impl SyncState {
 }
 
 enum Request {
-    /// Entries up to `index` were written; `done` (SYNC_FLUSH) fires once durable.
+    /// Entries up to `index` were written; `done` fires once durable.
     Written { index: u64, done: Option<Completion> },
     /// Sync now and answer with the fsynced index.
     Sync { reply: oneshot::Sender<Result<Option<u64>>> },
@@ -351,7 +366,7 @@ impl Flusher {
         let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
         let interval = Duration::from_millis(self.config.interval_ms);
         loop {
-            let (unsynced, since) = self.state.unsynced();
+            let (unsynced, since) = self.state.unsynced(self.config.policy);
             let deadline =
                 (self.config.policy != FlushPolicy::SyncFlush).then_some(since).flatten().map(|t| t + interval);
             let first = match self.next(&waker, deadline) {
@@ -376,9 +391,11 @@ impl Flusher {
                 }
                 next = self.rx.try_recv().ok();
             }
-            let (unsynced_now, _) = self.state.unsynced();
+            let (unsynced_now, _) = self.state.unsynced(self.config.policy);
+            // SYNC_FLUSH syncs for anyone waiting; BATCH_FLUSH's waiters wait
+            // for the batch's count or interval.
             let due = !replies.is_empty()
-                || !self.waiting.is_empty()
+                || (self.config.policy == FlushPolicy::SyncFlush && !self.waiting.is_empty())
                 || unsynced_now.max(unsynced) >= self.config.sync_every_entries();
             if due {
                 self.sync(replies);

@@ -1,32 +1,88 @@
-//! openraft 0.9's `RaftLogStorage` and `RaftLogReader` over [`Store`].
+//! openraft 0.10's `RaftLogStorage` and `RaftLogReader` over [`Store`].
 //!
 //! Entries become records: blank and membership entries carry kind and (for
 //! membership) a bincode-encoded [`openraft::Membership`]; normal entries
 //! carry the application's own bytes, encoded by [`EntryData`], so the node
 //! can read them back as raw [`Record`]s without going through openraft.
+//!
+//! `append` returns once the records are written (readable: openraft's
+//! replication reads them at once) and completes openraft's [`IOFlushed`]
+//! when the flush policy says they are flushed: after the covering
+//! fdatasync under SYNC_FLUSH and BATCH_FLUSH, on leader and followers
+//! alike, so openraft counts a node toward commit only once its copy is
+//! fsynced ([`Store::append`]). Several appends may be in flight at once;
+//! the flusher syncs whatever is queued in one group.
 
 use std::fmt::Debug;
+use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 
 use bytes::Bytes;
-use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{
-    AnyError, CommittedLeaderId, Entry, EntryPayload, LeaderId, LogId, OptionalSend, RaftTypeConfig, StorageError,
-    StorageIOError, Vote,
-};
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{BasicNode, Entry, EntryPayload, OptionalSend, RaftTypeConfig};
 
 use crate::codec;
 use crate::error::Error;
 use crate::format::{LogPos, MetaVote, Record, RecordKind, RecordMeta};
 use crate::store::{NewRecord, Store};
 
+/// keel's leader id: (term, node id), openraft's "advanced" leader id, as
+/// openraft 0.9 had it without `single-term-leader`. The log stores both.
+pub type LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, u64>;
+/// openraft's log id over [`LeaderId`].
+pub type LogId = openraft::LogId<LeaderId>;
+/// openraft's vote over [`LeaderId`].
+pub type Vote = openraft::impls::Vote<LeaderId>;
+/// Cluster membership as stored in membership records.
+pub type Membership = openraft::Membership<u64, BasicNode>;
+/// The entry type keel's type configurations use.
+pub type KeelEntry<D> = Entry<LeaderId, EntryPayload<D, u64, BasicNode>>;
+
+/// The type configurations [`LogStore`] serves: keel's ids, votes, nodes
+/// and entries, with any [`EntryData`]. Implemented for every config whose
+/// types match.
+pub trait KeelTypes:
+    RaftTypeConfig<
+        NodeId = u64,
+        Term = u64,
+        LeaderId = LeaderId,
+        Vote = Vote,
+        Node = BasicNode,
+        Payload = EntryPayload<<Self as RaftTypeConfig>::D, u64, BasicNode>,
+        Entry = KeelEntry<<Self as RaftTypeConfig>::D>,
+    >
+where
+    <Self as RaftTypeConfig>::D: EntryData,
+{
+}
+
+impl<C> KeelTypes for C
+where
+    C: RaftTypeConfig<
+            NodeId = u64,
+            Term = u64,
+            LeaderId = LeaderId,
+            Vote = Vote,
+            Node = BasicNode,
+            Payload = EntryPayload<<C as RaftTypeConfig>::D, u64, BasicNode>,
+            Entry = KeelEntry<<C as RaftTypeConfig>::D>,
+        >,
+    C::D: EntryData,
+{
+}
+
 /// How the application's entry type (`C::D`) is stored. The payload is
 /// opaque to the store; `timestamp_ms` goes into the record header so the
 /// time index can answer lookups by time.
-pub trait EntryData: Sized {
+pub trait EntryData: openraft::AppData + Sized {
     /// The leader-assigned time of the entry, or 0 if it has none.
     fn timestamp_ms(&self) -> u64;
+    /// How many messages the entry carries: what BATCH_FLUSH's
+    /// `flush.batch.size` counts.
+    fn messages(&self) -> u64 {
+        1
+    }
     fn encode(&self, out: &mut Vec<u8>);
     /// Decode from the record's payload (a slice of the segment's map: keep
     /// it to stay zero-copy) and the header's timestamp.
@@ -36,14 +92,12 @@ pub trait EntryData: Sized {
 /// openraft's view of a [`Store`]. Clones share the store.
 pub struct LogStore<C> {
     store: Store,
-    /// Set by [`LogStore::leader_acks_on_write`]: this node's id.
-    leader_ahead: Option<u64>,
     _c: PhantomData<fn() -> C>,
 }
 
 impl<C> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        Self { store: self.store.clone(), leader_ahead: self.leader_ahead, _c: PhantomData }
+        Self { store: self.store.clone(), _c: PhantomData }
     }
 }
 
@@ -55,40 +109,7 @@ impl<C> Debug for LogStore<C> {
 
 impl<C> LogStore<C> {
     pub fn new(store: Store) -> Self {
-        Self { store, leader_ahead: None, _c: PhantomData }
-    }
-
-    /// Tell openraft that the leader's own entries are flushed once written
-    /// (their fdatasync runs on: at once as a group commit under
-    /// SYNC_FLUSH, on the batch's count or interval under BATCH_FLUSH), so
-    /// openraft 0.9's core, which waits for each append's flush, is not
-    /// held by the leader's sync. A follower's appends complete only after
-    /// their fsync, under BATCH_FLUSH too ([`Store::append_synced`]), so a
-    /// follower's answer to AppendEntries always means "fsynced". The
-    /// commit index then means "on a majority, fsynced on every member of it
-    /// but perhaps the leader"; an index is fsynced on a majority once it is
-    /// committed **and** fsynced on a majority counting the leader's own
-    /// fsynced index, and the node must wait for both before it
-    /// acknowledges or applies (ARCHITECTURE.md, "The durability rule").
-    /// `node_id` is this node's id.
-    pub fn leader_acks_on_write(mut self, node_id: u64) -> Self {
-        self.leader_ahead = Some(node_id);
-        self
-    }
-
-    /// Whether `records` are this node's own entries of the leadership it
-    /// holds now (its saved vote is a committed vote for itself in their
-    /// term). openraft 0.9 saves the vote before it appends, and a leader
-    /// never receives AppendEntries of its own term, so entries a follower
-    /// takes from another leader never match, not even entries this node
-    /// wrote in an earlier term and lost.
-    fn own_leader_entries(&self, records: &[NewRecord]) -> bool {
-        let (Some(me), Some(last)) = (self.leader_ahead, records.last()) else {
-            return false;
-        };
-        self.store.read_vote().is_some_and(|v| {
-            v.committed && v.voted_for == Some(me) && last.meta.leader == me && last.meta.term == v.term
-        })
+        Self { store, _c: PhantomData }
     }
 
     /// The record-level store underneath (fetch path, monitoring, retention).
@@ -103,28 +124,21 @@ impl<C> LogStore<C> {
 }
 
 /// openraft's log id for a [`LogPos`].
-pub fn log_id(p: LogPos) -> LogId<u64> {
-    LogId::new(CommittedLeaderId::new(p.term, p.leader), p.index)
+pub fn log_id(p: LogPos) -> LogId {
+    LogId::new(LeaderId { term: p.term, node_id: p.leader }, p.index)
 }
 
-fn log_pos(id: &LogId<u64>) -> LogPos {
+/// The [`LogPos`] of openraft's log id.
+pub fn log_pos(id: &LogId) -> LogPos {
     LogPos::new(id.leader_id.term, id.leader_id.node_id, id.index)
 }
 
-fn read_err(e: Error) -> StorageError<u64> {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
-}
-
-fn write_err(e: Error) -> StorageError<u64> {
-    StorageIOError::write_logs(AnyError::new(&e)).into()
+fn io_err(e: Error) -> io::Error {
+    e.to_io()
 }
 
 /// Encode one openraft entry as a record.
-pub fn entry_to_record<C>(entry: &Entry<C>) -> Result<NewRecord, Error>
-where
-    C: RaftTypeConfig<NodeId = u64>,
-    C::D: EntryData,
-{
+pub fn entry_to_record<D: EntryData>(entry: &KeelEntry<D>) -> Result<NewRecord, Error> {
     let mut payload = Vec::new();
     let (kind, timestamp_ms) = match &entry.payload {
         EntryPayload::Blank => (RecordKind::Blank, 0),
@@ -145,15 +159,11 @@ where
 }
 
 /// Decode a record back into an openraft entry.
-pub fn record_to_entry<C>(r: Record) -> Result<Entry<C>, Error>
-where
-    C: RaftTypeConfig<NodeId = u64>,
-    C::D: EntryData,
-{
+pub fn record_to_entry<D: EntryData>(r: Record) -> Result<KeelEntry<D>, Error> {
     let payload = match r.kind {
         RecordKind::Blank => EntryPayload::Blank,
         RecordKind::Normal => EntryPayload::Normal(
-            C::D::decode(r.payload, r.timestamp_ms).map_err(|reason| Error::Decode { index: r.index, reason })?,
+            D::decode(r.payload, r.timestamp_ms).map_err(|reason| Error::Decode { index: r.index, reason })?,
         ),
         RecordKind::Membership => EntryPayload::Membership(
             codec::decode(&r.payload).map_err(|e| Error::Decode { index: r.index, reason: e.to_string() })?,
@@ -164,13 +174,13 @@ where
 
 impl<C> RaftLogReader<C> for LogStore<C>
 where
-    C: RaftTypeConfig<NodeId = u64, Entry = Entry<C>>,
+    C: KeelTypes,
     C::D: EntryData,
 {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<C::Entry>, StorageError<u64>> {
+    ) -> Result<Vec<C::Entry>, io::Error> {
         let (purged, _) = self.store.log_state();
         // Purged entries may still be on disk, but openraft must not see them.
         let floor = purged.map_or(0, |p| p.index + 1);
@@ -185,19 +195,27 @@ where
             Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
-        let records = self.store.read_range(start, end, usize::MAX).map_err(read_err)?;
-        records.into_iter().map(record_to_entry::<C>).collect::<Result<_, _>>().map_err(read_err)
+        let records = self.store.read_range(start, end, usize::MAX).map_err(io_err)?;
+        records.into_iter().map(record_to_entry::<C::D>).collect::<Result<_, _>>().map_err(io_err)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        // keel's votes always name a node (the advanced leader id).
+        Ok(self.store.read_vote().map(|v| Vote {
+            leader_id: LeaderId { term: v.term, node_id: v.voted_for.unwrap_or_default() },
+            committed: v.committed,
+        }))
     }
 }
 
 impl<C> RaftLogStorage<C> for LogStore<C>
 where
-    C: RaftTypeConfig<NodeId = u64, Entry = Entry<C>>,
+    C: KeelTypes,
     C::D: EntryData,
 {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<u64>> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let (purged, last) = self.store.log_state();
         let purged = purged.map(log_id);
         let last = match (last, purged) {
@@ -211,57 +229,44 @@ where
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        if self.leader_ahead.is_some() {
-            // Entries this node wrote as leader may be unsynced; once the
-            // vote moves on it may answer AppendEntries of another leader,
-            // whose matches must mean "fsynced".
-            self.store.sync().await.map_err(write_err)?;
-        }
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let v =
             MetaVote { term: vote.leader_id.term, voted_for: Some(vote.leader_id.node_id), committed: vote.committed };
-        self.store.save_vote(v).await.map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+        self.store.save_vote(v).await.map_err(io_err)
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        // openraft 0.9 (without `single-term-leader`) always names a node.
-        Ok(self.store.read_vote().map(|v| Vote {
-            leader_id: LeaderId::new(v.term, v.voted_for.unwrap_or_default()),
-            committed: v.committed,
-        }))
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.store.save_committed(committed.as_ref().map(log_pos)).await.map_err(io_err)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {
-        self.store.save_committed(committed.as_ref().map(log_pos)).await.map_err(write_err)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         Ok(self.store.read_committed().map(log_id))
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError<u64>>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let records: Vec<NewRecord> =
-            entries.into_iter().map(|e| entry_to_record(&e)).collect::<Result<_, _>>().map_err(write_err)?;
-        let done = Box::new(move |r: Result<(), Error>| callback.log_io_completed(r.map_err(|e| e.to_io())));
-        if self.own_leader_entries(&records) {
-            self.store.append_written(records, done).await.map_err(write_err)
-        } else if self.leader_ahead.is_some() {
-            self.store.append_synced(records, done).await.map_err(write_err)
-        } else {
-            self.store.append(records, done).await.map_err(write_err)
+        let mut messages = 0;
+        let mut records = Vec::new();
+        for e in entries {
+            if let EntryPayload::Normal(d) = &e.payload {
+                messages += d.messages();
+            }
+            records.push(entry_to_record(&e).map_err(io_err)?);
         }
+        let done = Box::new(move |r: Result<(), Error>| callback.io_completed(r.map_err(|e| e.to_io())));
+        self.store.append_messages(records, messages, done).await.map_err(io_err)
     }
 
-    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        self.store.truncate(log_id.index).await.map_err(write_err)
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |id| id.index + 1);
+        self.store.truncate(from).await.map_err(io_err)
     }
 
-    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        self.store.purge(log_pos(&log_id)).await.map_err(write_err)
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.store.purge(log_pos(&log_id)).await.map_err(io_err)
     }
 }
 
@@ -269,13 +274,18 @@ where
 /// crate's tests and by `keel bench storage`.
 pub mod raw {
     use super::*;
-    use std::io::Cursor;
 
     /// Opaque bytes with a leader-assigned timestamp.
     #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
     pub struct RawData {
         pub timestamp_ms: u64,
         pub bytes: Vec<u8>,
+    }
+
+    impl std::fmt::Display for RawData {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "RawData({} bytes @{})", self.bytes.len(), self.timestamp_ms)
+        }
     }
 
     impl EntryData for RawData {
@@ -296,41 +306,4 @@ pub mod raw {
         /// Type config with [`RawData`] entries and unit responses.
         pub RawConfig: D = RawData, R = ()
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::raw::RawConfig;
-    use super::*;
-    use crate::FlushPolicy;
-    use crate::tests::{config, record};
-
-    fn with_leader(mut r: NewRecord, term: u64, leader: u64) -> NewRecord {
-        r.meta.term = term;
-        r.meta.leader = leader;
-        r
-    }
-
-    #[tokio::test]
-    async fn only_the_current_leaders_own_entries_complete_once_written() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(config(dir.path(), 1 << 20, FlushPolicy::SyncFlush)).await.expect("open");
-        let plain = LogStore::<RawConfig>::new(store.clone());
-        let ahead = LogStore::<RawConfig>::new(store.clone()).leader_acks_on_write(2);
-        let own = |term| vec![with_leader(record(term, 1, 8), term, 2)];
-        // No vote yet, then a vote for itself not yet granted by a majority.
-        assert!(!ahead.own_leader_entries(&own(3)));
-        store.save_vote(MetaVote { term: 3, voted_for: Some(2), committed: false }).await.expect("vote");
-        assert!(!ahead.own_leader_entries(&own(3)), "a candidate is not a leader");
-        store.save_vote(MetaVote { term: 3, voted_for: Some(2), committed: true }).await.expect("vote");
-        assert!(ahead.own_leader_entries(&own(3)));
-        assert!(!plain.own_leader_entries(&own(3)), "off unless asked for");
-        assert!(!ahead.own_leader_entries(&own(2)), "its entries of an earlier term come back as a follower's");
-        assert!(!ahead.own_leader_entries(&[with_leader(record(3, 1, 8), 3, 1)]), "another leader's entries");
-        assert!(!ahead.own_leader_entries(&[]));
-        // Another node leads term 4: nothing this node appends is its own.
-        store.save_vote(MetaVote { term: 4, voted_for: Some(1), committed: true }).await.expect("vote");
-        assert!(!ahead.own_leader_entries(&own(3)));
-        assert!(!ahead.own_leader_entries(&own(4)));
-    }
 }

@@ -39,9 +39,12 @@ use crate::segment::{self, Scan, ScanStop, Segment};
 /// When an append's completion fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Done {
-    /// Once the records are in the page cache.
+    /// Once the records are in the page cache (ASYNC_FLUSH, and installs,
+    /// which sync themselves).
     Written,
-    /// Once an fsync covers them (the flusher syncs at once).
+    /// Once an fsync covers them: at once under SYNC_FLUSH, with the batch
+    /// (`flush.batch.size` messages or `flush.interval.ms`) under
+    /// BATCH_FLUSH.
     Synced,
 }
 
@@ -274,38 +277,32 @@ impl Store {
 
     /// Append records, which must continue the log (index = last + 1). When
     /// this returns they are readable; `done` fires when they are flushed as
-    /// the policy defines (SYNC_FLUSH: after the covering fdatasync). When
-    /// this returns an error, that error is the answer and `done` may not
-    /// fire. Records at or below the purge point are skipped (already gone
-    /// for Raft).
+    /// the policy defines: after the covering fdatasync under SYNC_FLUSH (the
+    /// flusher syncs at once, grouping whatever is queued) and BATCH_FLUSH
+    /// (the batch's fsync), once written under ASYNC_FLUSH. Several appends
+    /// may be in flight: each returns once written, and one fsync completes
+    /// every append it covers. When this returns an error, that error is the
+    /// answer and `done` may not fire. Records at or below the purge point
+    /// are skipped (already gone for Raft). Each normal record counts as one
+    /// message toward BATCH_FLUSH's batch; see [`Store::append_messages`].
     pub async fn append(&self, records: Vec<NewRecord>, done: Completion) -> Result<()> {
+        let messages = records.iter().filter(|r| r.meta.kind == crate::format::RecordKind::Normal).count() as u64;
+        self.append_messages(records, messages, done).await
+    }
+
+    /// [`Store::append`], where the records carry `messages` messages in
+    /// all: BATCH_FLUSH's `flush.batch.size` counts messages, and one Raft
+    /// entry may carry many.
+    pub async fn append_messages(&self, records: Vec<NewRecord>, messages: u64, done: Completion) -> Result<()> {
         let _writer = self.inner.writer.lock().await;
         let when = match self.inner.config.flush.policy {
-            crate::FlushPolicy::SyncFlush => Done::Synced,
-            _ => Done::Written,
+            crate::FlushPolicy::AsyncFlush => Done::Written,
+            crate::FlushPolicy::SyncFlush | crate::FlushPolicy::BatchFlush => Done::Synced,
         };
-        self.append_locked(records, done, when).await
+        self.append_locked(records, messages, done, when).await
     }
 
-    /// Append as [`Store::append`], but `done` fires once the records are
-    /// written, whatever the policy; under SYNC_FLUSH the flusher still
-    /// syncs them at once (group commit), and [`Store::subscribe_synced`]
-    /// tells when. The node uses it for the leader's own entries.
-    pub async fn append_written(&self, records: Vec<NewRecord>, done: Completion) -> Result<()> {
-        let _writer = self.inner.writer.lock().await;
-        self.append_locked(records, done, Done::Written).await
-    }
-
-    /// Append as [`Store::append`], but `done` fires only once an fsync
-    /// covers the records, whatever the policy, and the flusher syncs at
-    /// once (group commit). The node uses it for a follower's entries under
-    /// BATCH_FLUSH too, so that its answer to AppendEntries means fsynced.
-    pub async fn append_synced(&self, records: Vec<NewRecord>, done: Completion) -> Result<()> {
-        let _writer = self.inner.writer.lock().await;
-        self.append_locked(records, done, Done::Synced).await
-    }
-
-    async fn append_locked(&self, records: Vec<NewRecord>, done: Completion, when: Done) -> Result<()> {
+    async fn append_locked(&self, records: Vec<NewRecord>, messages: u64, done: Completion, when: Done) -> Result<()> {
         if let Err(e) = self.check_failed() {
             done(Err(e.clone()));
             return Err(e);
@@ -378,14 +375,9 @@ impl Store {
             format::encode_record(&mut buf, &r.meta, synced_before, salt, &r.payload);
         }
         self.write_batch(&mut buf, &mut metas)?;
+        self.inner.sync.add_messages(messages);
         match when {
             Done::Synced => self.inner.flusher.written(last_index, Some(done)).await,
-            Done::Written if self.inner.config.flush.policy == crate::FlushPolicy::SyncFlush => {
-                done(Ok(()));
-                // Something waits, so the flusher syncs now; a failed sync
-                // fails the store, which is how the caller learns of it.
-                self.inner.flusher.written(last_index, Some(Box::new(|_| {}))).await
-            }
             Done::Written => {
                 done(Ok(()));
                 self.inner.flusher.written(last_index, None).await
@@ -689,7 +681,7 @@ impl Store {
                 })
                 .collect();
             // Durability comes from the sync below, whatever the policy.
-            self.append_locked(new, Box::new(|_| ()), Done::Written).await?;
+            self.append_locked(new, 0, Box::new(|_| ()), Done::Written).await?;
         }
         self.inner.flusher.sync().await?;
         if purged_later.is_some() {

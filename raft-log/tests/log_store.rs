@@ -5,15 +5,17 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use keel_raft_log::raw::{RawConfig, RawData};
-use keel_raft_log::{LogStore, Store, StoreConfig};
+use keel_raft_log::{KeelEntry, LeaderId, LogId, LogStore, Membership, Store, StoreConfig};
+use openraft::EntryPayload;
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
 
-fn log_id(term: u64, leader: u64, index: u64) -> LogId<u64> {
-    LogId::new(CommittedLeaderId::new(term, leader), index)
+type Entry = KeelEntry<RawData>;
+
+fn log_id(term: u64, leader: u64, index: u64) -> LogId {
+    LogId::new(LeaderId { term, node_id: leader }, index)
 }
 
-fn normal(term: u64, index: u64, len: usize) -> Entry<RawConfig> {
+fn normal(term: u64, index: u64, len: usize) -> Entry {
     let bytes = (0..len).map(|k| (index as usize * 7 + k) as u8).collect();
     Entry {
         log_id: log_id(term, 2, index),
@@ -30,7 +32,7 @@ async fn entries_of_every_kind_round_trip_through_openraft_traits() {
     let members: BTreeSet<u64> = [1, 2, 3].into();
     let written = vec![
         Entry { log_id: log_id(1, 1, 0), payload: EntryPayload::Blank },
-        Entry { log_id: log_id(1, 1, 1), payload: EntryPayload::Membership(Membership::new(vec![members], None)) },
+        Entry { log_id: log_id(1, 1, 1), payload: EntryPayload::Membership(Membership::new_with_defaults(vec![members], [])) },
         normal(2, 2, 0),
         normal(2, 3, 1500),
         normal(3, 4, 40),
@@ -88,7 +90,7 @@ async fn readers_beside_the_writer_see_only_whole_records() {
     for i in 1..=200u64 {
         store.blocking_append([normal(1, i, 300)]).await.expect("append");
     }
-    store.truncate(log_id(1, 2, 150)).await.expect("truncate");
+    store.truncate_after(Some(log_id(1, 2, 149))).await.expect("truncate");
     for i in 150..=220u64 {
         store.blocking_append([normal(2, i, 300)]).await.expect("append after truncate");
     }

@@ -57,12 +57,15 @@ async fn power_loss_run(policy: FlushPolicy, seed: u64) -> (u64, u64) {
 }
 
 /// The highest index the test may count on after the cut: under SYNC_FLUSH
-/// the last successful callback; under the others the store's published
-/// fsynced index is checked separately (see below), so here only the acks.
+/// and BATCH_FLUSH the last successful callback (both complete after the
+/// covering fsync); under ASYNC_FLUSH the store's published fsynced index
+/// is checked separately (see below), so here nothing.
 fn fs_synced_watermark(acked: &[(u64, bool)], policy: FlushPolicy) -> u64 {
     match policy {
-        FlushPolicy::SyncFlush => acked.iter().filter(|(_, ok)| *ok).map(|(i, _)| *i).max().unwrap_or(0),
-        _ => 0,
+        FlushPolicy::SyncFlush | FlushPolicy::BatchFlush => {
+            acked.iter().filter(|(_, ok)| *ok).map(|(i, _)| *i).max().unwrap_or(0)
+        }
+        FlushPolicy::AsyncFlush => 0,
     }
 }
 
@@ -71,6 +74,16 @@ async fn power_loss_under_sync_flush_keeps_every_acknowledged_entry() {
     for seed in seeds(&[1, 2, 3, 4, 5, 6, 7, 8]) {
         let (kept, lost) = power_loss_run(FlushPolicy::SyncFlush, seed).await;
         eprintln!("SYNC_FLUSH seed {seed}: {kept} entries survived, {lost} unacknowledged entries lost");
+    }
+}
+
+/// BATCH_FLUSH completes an append only after the batch's fsync: every
+/// completed append survives the cut, as under SYNC_FLUSH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_under_batch_flush_keeps_every_acknowledged_entry() {
+    for seed in seeds(&[11, 12, 13, 14, 15, 16]) {
+        let (kept, lost) = power_loss_run(FlushPolicy::BatchFlush, seed).await;
+        eprintln!("BATCH_FLUSH seed {seed}: {kept} entries survived, {lost} unacknowledged entries lost");
     }
 }
 
@@ -269,23 +282,6 @@ async fn no_space_for_a_new_segment_is_a_distinct_error_and_writes_resume() {
     assert_eq!(store.log_state().1, before, "part of a refused batch was appended");
     fs.fail_preallocate_with_enospc(false);
     append_flushed(&store, (next..next + 30).map(|i| record(1, i, LEN)).collect()).await.expect("writes resume again");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_flush_acks_at_write_and_syncs_every_batch_size_entries() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = config(dir.path(), 1 << 20, FlushPolicy::BatchFlush);
-    c.flush.batch_size = 10;
-    c.flush.interval_ms = 3_600_000;
-    let store = Store::open(c).await.expect("open");
-    // Nine entries: acknowledged as written, not yet synced.
-    append_flushed(&store, (1..=9).map(|i| record(1, i, 10)).collect()).await.expect("append");
-    assert_eq!(store.flush_stats().unsynced_entries, 9);
-    assert_eq!(store.synced_index(), None);
-    // The tenth completes the batch: the flusher syncs on its own.
-    append_flushed(&store, vec![record(1, 10, 10)]).await.expect("append");
-    assert!(store.wait_synced(10).await.expect("wait"), "batch of 10 never synced");
-    assert_eq!(store.flush_stats().unsynced_entries, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,85 +529,61 @@ async fn only_the_durable_part_of_the_committed_id_is_written() {
     }
 }
 
-/// The leader's own appends under SYNC_FLUSH (`LogStore::leader_acks_on_write`):
-/// complete once written, synced at once by the flusher without anyone
-/// asking, and a failed sync still fail-stops the store.
+/// BATCH_FLUSH completes an append only with the batch's fsync, on every
+/// node (openraft's commit then means fsynced on a majority, issue 16 item
+/// 4 and issue 17), and the batch counts messages, not entries: one Raft
+/// entry may carry a whole client batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn append_written_completes_before_its_sync_and_the_flusher_syncs_it_at_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fs = FaultFs::new();
-    let store = open_fault(&fs, config(dir.path(), 4096, FlushPolicy::SyncFlush)).await.expect("open");
-    append_flushed(&store, (1..=3).map(|i| record(1, i, LEN)).collect()).await.expect("append");
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let track = |last: u64| {
-        let acked = acked.clone();
-        Box::new(move |r: Result<(), Error>| acked.lock().expect("lock").push((last, r.is_ok())))
-    };
-    store.append_written(vec![record(1, 4, LEN)], track(4)).await.expect("append_written");
-    let mut synced = store.subscribe_synced();
-    tokio::time::timeout(Duration::from_secs(10), synced.wait_for(|s| *s >= Some(4)))
-        .await
-        .expect("the flusher did not sync the written entry on its own")
-        .expect("store closed");
-    // Now a sync that fails: the callback has already said "written", and
-    // the store stops; the fsynced index never covers the entry.
-    fs.fail_sync_with_eio(0);
-    store.append_written(vec![record(1, 5, LEN)], track(5)).await.expect("the write itself succeeds");
-    assert_eq!(acked.lock().expect("lock").as_slice(), &[(4, true), (5, true)], "fired once written");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while store.failure().is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "the flusher never tried to sync entry 5");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(store.synced_index(), Some(4));
-    let err = append_flushed(&store, vec![record(1, 6, LEN)]).await.expect_err("append after EIO");
-    assert!(err.is_fatal(), "{err}");
-}
-
-/// A follower's appends under BATCH_FLUSH (`LogStore::leader_acks_on_write`,
-/// issue 16 item 4): `append_synced` completes only once an fsync covers
-/// the entries, and the flusher syncs at once rather than at the batch's
-/// count or interval, so a follower's answer to AppendEntries means
-/// fsynced under BATCH_FLUSH too. A plain `append` there still completes
-/// once written and waits for the batch.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn append_synced_under_batch_flush_completes_only_after_its_fsync_and_syncs_at_once() {
+async fn batch_flush_completes_appends_with_the_batchs_fsync_and_counts_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fs = FaultFs::new();
     let mut c = config(dir.path(), 1 << 16, FlushPolicy::BatchFlush);
-    // A batch that never fills and an interval no test waits for.
-    c.flush.batch_size = 1_000_000;
+    // A batch of 10 messages and an interval no test waits for.
+    c.flush.batch_size = 10;
     c.flush.interval_ms = 3_600_000;
-    let store = open_fault(&fs, c).await.expect("open");
+    let store = open_fault(&fs, c.clone()).await.expect("open");
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let track = |last: u64| {
-        let acked = acked.clone();
-        Box::new(move |r: Result<(), Error>| acked.lock().expect("lock").push((last, r.is_ok())))
-    };
-    // Phase: a plain append completes at once and stays unsynced.
-    store.append(vec![record(1, 1, LEN)], track(1)).await.expect("append");
-    assert_eq!(acked.lock().expect("lock").as_slice(), &[(1, true)]);
+    // Phase: four entries of one message each: written, readable, not acked.
+    for i in 1..=4 {
+        append_tracked(&store, vec![record(1, i, LEN)], &acked).await.expect("append");
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(store.synced_index(), None, "BATCH_FLUSH synced before its count or interval");
-    // Phase: append_synced completes once fsynced, and that comes at once.
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    assert!(acked.lock().expect("lock").is_empty(), "completed before the batch's fsync");
+    assert_entry(&store, 1, 4, LEN);
+    // Phase: one entry carrying six messages fills the batch of ten.
+    let five = acked.clone();
     store
-        .append_synced(
-            vec![record(1, 2, LEN)],
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        )
+        .append_messages(vec![record(1, 5, LEN)], 6, Box::new(move |r| five.lock().expect("lock").push((5, r.is_ok()))))
         .await
-        .expect("append_synced");
-    tokio::time::timeout(Duration::from_secs(10), rx)
+        .expect("append");
+    assert!(store.wait_synced(5).await.expect("wait"), "a full batch of messages never synced");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while acked.lock().expect("lock").len() < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "callbacks covered by the sync never fired");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(acked.lock().expect("lock").iter().all(|(_, ok)| *ok));
+    assert_eq!(store.flush_stats().unsynced_entries, 0);
+    // Phase: the power goes now; every completed append survives.
+    let store = crash_and_reopen(&fs, store, c).await.expect("reopen");
+    for i in 1..=5 {
+        assert_entry(&store, 1, i, LEN);
+    }
+}
+
+/// A batch that never fills is synced, and its appends completed, once
+/// `flush.interval.ms` has passed since the oldest unsynced one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_flush_syncs_a_batch_that_never_fills_on_its_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = config(dir.path(), 1 << 20, FlushPolicy::BatchFlush);
+    c.flush.batch_size = 1_000_000;
+    c.flush.interval_ms = 20;
+    let store = Store::open(c).await.expect("open");
+    tokio::time::timeout(Duration::from_secs(10), append_flushed(&store, vec![record(1, 1, 10)]))
         .await
-        .expect("append_synced waited for the batch interval")
-        .expect("callback")
-        .expect("synced");
-    assert_eq!(store.synced_index(), Some(2), "completed before its fsync");
-    // Phase: the power goes now; both entries were synced by then.
-    let store =
-        crash_and_reopen(&fs, store, config(dir.path(), 1 << 16, FlushPolicy::BatchFlush)).await.expect("reopen");
-    assert_entry(&store, 1, 2, LEN);
+        .expect("the interval never synced the batch")
+        .expect("append");
+    assert_eq!(store.synced_index(), Some(1), "completed before its fsync");
 }
