@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use keel_fuzz::{ArchivedFile, KIND_INDEX, KIND_TIME_INDEX, archive_dir, build_store, runtime, write_archive};
 use keel_node::server::entry::{self, Command, GroupEncoder, NewRecord};
-use keel_node::server::types::{Request, TypeConfig};
+use keel_node::server::types::{Entry, Request};
 use keel_raft_log::format::{self, LogPos, Meta, MetaVote, RecordKind, RecordMeta};
-use keel_raft_log::{Store, StoreConfig, entry_to_record};
-use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
+use keel_raft_log::{LeaderId, LogId, Membership, Store, StoreConfig, entry_to_record};
+use openraft::{BasicNode, EntryPayload};
 
 fn out(target: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
@@ -129,11 +129,12 @@ fn record_seeds() {
     for (k, c) in commands().iter().enumerate() {
         write(&dir, &format!("3-command-{k}"), &[&[3u8][..], &entry::encode_command(c)].concat());
     }
-    let log_id = LogId::new(CommittedLeaderId::new(3, 1), 9);
+    let log_id = LogId::new(LeaderId { term: 3, node_id: 1 }, 9);
     let nodes = [(1u64, BasicNode { addr: "127.0.0.1:9091".into() }), (2, BasicNode { addr: "node-2:9091".into() })];
     let membership =
-        Membership::new(vec![[1u64, 2].into()], nodes.into_iter().collect::<std::collections::BTreeMap<_, _>>());
-    let entries: Vec<Entry<TypeConfig>> = vec![
+        Membership::new(vec![[1u64, 2].into()], nodes.into_iter().collect::<std::collections::BTreeMap<_, _>>())
+            .expect("a valid membership");
+    let entries: Vec<Entry> = vec![
         Entry { log_id, payload: EntryPayload::Membership(membership) },
         Entry { log_id, payload: EntryPayload::Normal(Request { timestamp_ms: 5, payload: produce_group().into() }) },
     ];

@@ -14,7 +14,7 @@
 
 use bytes::Bytes;
 use keel_node::server::entry::{self, Decoded, GroupEncoder, NewRecord};
-use keel_node::server::types::TypeConfig;
+use keel_node::server::types::Request;
 use keel_raft_log::format::{self, Meta, RECORD_HEADER_BYTES, RecordMeta, SegmentHeader};
 use keel_raft_log::{Record, RecordKind, entry_to_record, record_to_entry};
 use libfuzzer_sys::fuzz_target;
@@ -107,7 +107,7 @@ fn node_entry(b: &[u8]) {
 fn raft_entry(b: &[u8]) {
     for kind in [RecordKind::Blank, RecordKind::Normal, RecordKind::Membership] {
         let r = Record { term: 3, leader: 1, index: 9, timestamp_ms: 5, kind, payload: Bytes::copy_from_slice(b) };
-        let Ok(e) = record_to_entry::<TypeConfig>(r) else { continue };
+        let Ok(e) = record_to_entry::<Request>(r) else { continue };
         let back = entry_to_record(&e).expect("a decoded entry encodes");
         let r2 = Record {
             term: back.meta.term,
@@ -117,7 +117,7 @@ fn raft_entry(b: &[u8]) {
             kind: back.meta.kind,
             payload: back.payload.into(),
         };
-        let e2 = record_to_entry::<TypeConfig>(r2).expect("a re-encoded entry decodes");
+        let e2 = record_to_entry::<Request>(r2).expect("a re-encoded entry decodes");
         assert_eq!(format!("{e:?}"), format!("{e2:?}"), "entry did not round-trip");
     }
 }

@@ -17,11 +17,20 @@ async fn three_nodes_elect_a_leader_lose_it_and_take_it_back() {
     let cluster = Cluster::start(3, &[("segment.bytes", "8388608")]).await;
     let first = cluster.wait_for_leader(ELECTION).await;
     for id in cluster.ids() {
-        let info = cluster.client(id).await.cluster_info(ClusterInfoRequest {}).await.expect("cluster info");
-        let info = info.into_inner();
-        assert_eq!(info.node_id, id);
-        let mut members: Vec<u64> = info.members.iter().map(|m| m.id).collect();
-        members.sort_unstable();
+        // A follower may hear of the leader (a heartbeat) a moment before
+        // the membership entry reaches it over the replication stream.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let members = loop {
+            let info = cluster.client(id).await.cluster_info(ClusterInfoRequest {}).await.expect("cluster info");
+            let info = info.into_inner();
+            assert_eq!(info.node_id, id);
+            let mut members: Vec<u64> = info.members.iter().map(|m| m.id).collect();
+            members.sort_unstable();
+            if members == [1, 2, 3] || tokio::time::Instant::now() >= deadline {
+                break members;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_eq!(members, [1, 2, 3], "node{id}'s view of the membership");
     }
 

@@ -67,6 +67,7 @@ fn rogue_vote(term: u64) -> pb::VoteRequest {
     pb::VoteRequest {
         vote: Some(pb::Vote { term: term + 1000, node_id: 99, committed: false }),
         last_log_id: Some(pb::LogId { term: term + 1000, leader: 99, index: 1_000_000 }),
+        leadership_transfer: false,
     }
 }
 

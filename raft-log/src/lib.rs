@@ -36,8 +36,8 @@ pub use format::{Identity, LogPos, Record, RecordKind, RecordMeta};
 pub use io::{FileIo, FileSystem, Preallocate, RealFs};
 pub use latency::{LatencySummary, SyncLatency};
 pub use raft::{
-    EntryData, KeelEntry, KeelTypes, LeaderId, LogId, LogStore, Membership, Vote, entry_to_record, log_id, log_pos, raw,
-    record_to_entry,
+    EntryData, KeelEntry, KeelTypes, LeaderId, LogId, LogStore, Membership, Vote, entry_to_record, log_id, log_pos,
+    raw, record_to_entry,
 };
 pub use store::{NewRecord, SegmentInfo, Store, read_meta};
 

@@ -32,7 +32,10 @@ async fn entries_of_every_kind_round_trip_through_openraft_traits() {
     let members: BTreeSet<u64> = [1, 2, 3].into();
     let written = vec![
         Entry { log_id: log_id(1, 1, 0), payload: EntryPayload::Blank },
-        Entry { log_id: log_id(1, 1, 1), payload: EntryPayload::Membership(Membership::new_with_defaults(vec![members], [])) },
+        Entry {
+            log_id: log_id(1, 1, 1),
+            payload: EntryPayload::Membership(Membership::new_with_defaults(vec![members], [])),
+        },
         normal(2, 2, 0),
         normal(2, 3, 1500),
         normal(3, 4, 40),

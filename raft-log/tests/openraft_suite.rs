@@ -36,7 +36,9 @@ fn io_other(e: impl std::fmt::Display) -> io::Error {
 impl RaftSnapshotBuilder<RawConfig> for MemStateMachine {
     type SnapshotData = Vec<u8>;
 
-    async fn build_snapshot(&mut self) -> Result<Snapshot<keel_raft_log::LeaderId, u64, BasicNode, Vec<u8>>, io::Error> {
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<Snapshot<keel_raft_log::LeaderId, u64, BasicNode, Vec<u8>>, io::Error> {
         let mut s = self.inner.lock().expect("lock");
         let meta = Meta { last_log_id: s.applied, last_membership: s.membership.clone() };
         let data = serde_json::to_vec(&(s.applied, &s.membership)).map_err(io_other)?;

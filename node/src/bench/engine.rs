@@ -1,12 +1,14 @@
-//! The log store under load, driven the way openraft 0.9 drives it.
+//! The log store under load, driven the way openraft 0.10 drives it.
 //!
 //! W writer tasks each keep one entry in flight: submit it to a shared
 //! queue, wait to be told it is flushed, repeat. One driver task plays
-//! openraft's core: it takes everything queued, appends it as one batch of
-//! consecutive entries with `RaftLogStorageExt::blocking_append` (which
-//! awaits the flush callback, as the core does before it acks), then tells
-//! each writer. Concurrent writers therefore share an append, and under
-//! SYNC_FLUSH one `fdatasync`: the group commit the engine is built for.
+//! openraft's core: it takes everything queued and appends it as one batch
+//! of consecutive entries, and goes on as soon as the append returns
+//! (written), without waiting for its flush: several appends are in flight
+//! while the flusher syncs. A completion task waits for each append's
+//! flush callback in order and then tells its writers. Appends that queue
+//! while a sync runs share the next `fdatasync`: the group commit the
+//! engine is built for.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,8 +18,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use keel_raft_log::raw::{RawConfig, RawData};
 use keel_raft_log::{FlushConfig, FlushPolicy, FlushStats, LogStore, Preallocate, RecordKind, Store, StoreConfig};
+use openraft::EntryPayload;
 use openraft::storage::RaftLogStorageExt;
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Latency, micros, new_histogram};
@@ -136,9 +138,9 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn entry(index: u64, timestamp_ms: u64, bytes: Vec<u8>) -> Entry<RawConfig> {
-    Entry {
-        log_id: LogId::new(CommittedLeaderId::new(TERM, LEADER), index),
+fn entry(index: u64, timestamp_ms: u64, bytes: Vec<u8>) -> keel_raft_log::KeelEntry<RawData> {
+    keel_raft_log::KeelEntry {
+        log_id: keel_raft_log::LogId::new(keel_raft_log::LeaderId { term: TERM, node_id: LEADER }, index),
         payload: EntryPayload::Normal(RawData { timestamp_ms, bytes }),
     }
 }
@@ -263,20 +265,61 @@ async fn write_loop(tx: mpsc::Sender<Submit>, payload: Arc<Vec<u8>>, end: Instan
     Ok(true)
 }
 
-/// openraft's core, reduced to the log path: batch what is queued, append it,
-/// wait for the flush, complete. Ends when every writer has dropped its sender.
+/// An append in flight: its writers and when its flush callback fired.
+struct InFlight {
+    writers: Vec<Submit>,
+    last: u64,
+    flushed: oneshot::Receiver<keel_raft_log::Result<()>>,
+}
+
+/// What the completion task measured.
+struct Completed {
+    hist: Histogram<u64>,
+    counted: u64,
+    last_completion: Option<Instant>,
+}
+
+/// openraft's core, reduced to the log path: batch what is queued, append it
+/// (returns once written), hand its flush to the completion task, go on.
+/// Ends when every writer has dropped its sender.
 async fn drive(
-    mut log_store: LogStore<RawConfig>,
+    log_store: LogStore<RawConfig>,
     mut rx: mpsc::Receiver<Submit>,
     mut next_index: u64,
     window: Window,
     max_batch: usize,
 ) -> Result<Driven> {
     let deadline = tokio::time::Instant::from_std(window.end + STOP_GRACE);
-    let mut hist = new_histogram();
-    let mut counted = 0u64;
-    let mut last_completion = None;
-    let (mut stats_start, mut stats_end) = (None, None);
+    let (stats_start, stats_end) = (&mut None, &mut None);
+    // Bounded like openraft's log I/O queue: at most this many appends wait
+    // for their flush before the driver waits too.
+    let (flights, mut flights_rx) = mpsc::channel::<InFlight>(1024);
+    let completions = tokio::spawn(async move {
+        let mut done = Completed { hist: new_histogram(), counted: 0, last_completion: None };
+        while let Some(f) = flights_rx.recv().await {
+            match tokio::time::timeout_at(deadline, f.flushed).await {
+                Ok(Ok(r)) => r.with_context(|| format!("flush of entries up to {}", f.last))?,
+                Ok(Err(_)) => bail!("the flush callback of entries up to {} was dropped", f.last),
+                Err(_) => {
+                    bail!("the append of entries up to {} never completed (its flush callback did not fire)", f.last)
+                }
+            }
+            let done_at = Instant::now();
+            done.last_completion = Some(done_at);
+            let in_window = done_at >= window.start && done_at < window.end;
+            for s in f.writers {
+                if in_window {
+                    done.hist.saturating_record(micros(done_at - s.submitted));
+                    done.counted += 1;
+                }
+                // A writer waits on every entry it submits; if it is gone, the
+                // phase is failing already and its error is reported.
+                let _ = s.done.send(());
+            }
+        }
+        Ok::<_, anyhow::Error>(done)
+    });
+    let store = log_store.store().clone();
     let mut batch: Vec<Submit> = Vec::with_capacity(max_batch);
     loop {
         let first = match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -287,10 +330,10 @@ async fn drive(
         // Snapshots between appends, so syncs and entries stay consistent.
         let now = Instant::now();
         if stats_start.is_none() && now >= window.start {
-            stats_start = Some(log_store.store().flush_stats());
+            *stats_start = Some(store.flush_stats());
         }
         if stats_end.is_none() && now >= window.end {
-            stats_end = Some(log_store.store().flush_stats());
+            *stats_end = Some(store.flush_stats());
         }
         batch.push(first);
         while batch.len() < max_batch {
@@ -301,33 +344,35 @@ async fn drive(
         }
         let n = batch.len() as u64;
         let timestamp_ms = now_ms();
-        let entries: Vec<Entry<RawConfig>> = batch
+        let records = batch
             .iter_mut()
             .zip(next_index..)
-            .map(|(s, index)| entry(index, timestamp_ms, std::mem::take(&mut s.bytes)))
-            .collect();
+            .map(|(s, index)| keel_raft_log::entry_to_record(&entry(index, timestamp_ms, std::mem::take(&mut s.bytes))))
+            .collect::<keel_raft_log::Result<Vec<_>>>()
+            .context("encode entries")?;
         let last = next_index + n - 1;
-        match tokio::time::timeout_at(deadline, log_store.blocking_append(entries)).await {
-            Ok(appended) => appended.with_context(|| format!("append entries {next_index}..={last}"))?,
-            Err(_) => {
-                bail!("the append of entries {next_index}..={last} never completed (its flush callback did not fire)")
-            }
-        }
+        let (tx, flushed) = oneshot::channel();
+        store
+            .append(records, Box::new(move |r| drop(tx.send(r))))
+            .await
+            .with_context(|| format!("append entries {next_index}..={last}"))?;
         next_index = last + 1;
-        let done_at = Instant::now();
-        last_completion = Some(done_at);
-        let in_window = done_at >= window.start && done_at < window.end;
-        for s in batch.drain(..) {
-            if in_window {
-                hist.saturating_record(micros(done_at - s.submitted));
-                counted += 1;
-            }
-            // A writer waits on every entry it submits; if it is gone, the
-            // phase is failing already and its error is reported.
-            let _ = s.done.send(());
+        let writers = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+        if flights.send(InFlight { writers, last, flushed }).await.is_err() {
+            break;
         }
     }
-    Ok(Driven { log_store, next_index, hist, counted, last_completion, stats_start, stats_end })
+    drop(flights);
+    let Completed { hist, counted, last_completion } = completions.await.context("the completion task failed")??;
+    Ok(Driven {
+        log_store,
+        next_index,
+        hist,
+        counted,
+        last_completion,
+        stats_start: *stats_start,
+        stats_end: *stats_end,
+    })
 }
 
 /// Read entries `FIRST_INDEX..=last` back through `Store::read_range` (the

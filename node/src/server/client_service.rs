@@ -6,6 +6,7 @@
 //! Requests are checked here before anything is proposed; the state
 //! machine checks again when it applies (a topic may go away meanwhile).
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,7 +185,7 @@ impl ClientService {
         if let Some(e) = self.store.failure() {
             return Err(error(ErrorCode::StorageFailed, format!("this node stopped on a storage error: {e}")));
         }
-        let leader = self.raft.metrics().borrow().current_leader;
+        let leader = self.raft.metrics().borrow_watched().current_leader;
         if leader == Some(self.node_id) {
             return Ok(());
         }
@@ -202,7 +203,7 @@ impl ClientService {
     /// it sends the client to the leader, whose answer is authoritative.
     fn read_reject(&self, r: Reject) -> Status {
         if matches!(r, Reject::UnknownTopic(_) | Reject::UnknownPartition { .. }) {
-            let leader = self.raft.metrics().borrow().current_leader;
+            let leader = self.raft.metrics().borrow_watched().current_leader;
             if leader != Some(self.node_id) {
                 // Without a known leader (a node just restarted, an election)
                 // the topic may well exist: NO_LEADER, which clients retry.
@@ -226,12 +227,16 @@ impl ClientService {
     /// A read-index round: a quorum confirms this node still leads, and it
     /// has applied everything committed before the call.
     async fn read_index(&self) -> Result<(), Status> {
-        let linearizable = tokio::time::timeout(self.limits.commitlog_timeout, self.raft.ensure_linearizable()).await;
+        let linearizable = tokio::time::timeout(
+            self.limits.commitlog_timeout,
+            self.raft.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex),
+        )
+        .await;
         match linearizable {
             Err(_) => Err(error(ErrorCode::NoLeader, "leadership could not be confirmed in time; retry")),
-            Ok(Err(openraft::error::RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(not_leader(f.leader_id, f.leader_node.map(|n| n.addr)))
-            }
+            Ok(Err(openraft::error::RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(
+                f,
+            )))) => Err(not_leader(f.leader_id, f.leader_node.map(|n| n.addr))),
             Ok(Err(e)) => Err(error(ErrorCode::NoLeader, format!("leadership could not be confirmed: {e}"))),
             Ok(Ok(_)) => Ok(()),
         }
@@ -286,10 +291,13 @@ impl ClientService {
     /// Err: NOT_CAUGHT_UP (retryable) past the deadline.
     async fn wait_current(&self, deadline: Instant, bound: &str) -> Result<(), Status> {
         let mut rx = self.raft.metrics();
-        if tokio::time::timeout_at(deadline, rx.wait_for(current)).await.is_ok_and(|r| r.is_ok()) {
+        if tokio::time::timeout_at(deadline, super::types::wait_metrics(&mut rx, current))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
             return Ok(());
         }
-        let m = rx.borrow().clone();
+        let m = rx.borrow_watched().clone();
         Err(error(
             ErrorCode::NotCaughtUp,
             format!(
@@ -307,7 +315,7 @@ impl ClientService {
     /// [`Self::wait_current`] for a read without a wait of its own: bounded
     /// by the call's deadline, else DEFAULT_CATCH_UP_WAIT.
     async fn read_current(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        if current(&self.raft.metrics().borrow()) {
+        if current(&self.raft.metrics().borrow_watched()) {
             return Ok(());
         }
         let (wait, bound) = match call_budget(metadata) {
@@ -467,7 +475,7 @@ impl FetchWaits {
 
 /// Whether a node's applied state is current: it knows a leader and has
 /// applied an entry of that leader's term (see `ClientService::wait_current`).
-fn current(m: &openraft::RaftMetrics<u64, BasicNode>) -> bool {
+fn current(m: &super::types::Metrics) -> bool {
     m.current_leader.is_some() && m.last_applied.is_some_and(|a| a.leader_id.term == m.current_term)
 }
 
@@ -685,7 +693,7 @@ impl Keel for ClientService {
                 ),
             ));
         }
-        if !current(&self.raft.metrics().borrow()) {
+        if !current(&self.raft.metrics().borrow_watched()) {
             self.wait_current(started + waits.catch_up, waits.catch_up_bound).await?;
         }
         let mut applied_rx = self.shared.applied.subscribe();
@@ -899,7 +907,7 @@ impl Keel for ClientService {
         &self,
         _req: Request<pb::ClusterInfoRequest>,
     ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let members = members_of(membership);
         let leader_id = m.current_leader.unwrap_or(0);
@@ -1011,7 +1019,7 @@ impl ClientService {
         if !super::durable::waits_for_fsync(self.limits.policy) {
             return Ok(turn);
         }
-        let index = self.raft.metrics().borrow().membership_config.log_id().map_or(0, |l| l.index);
+        let index = self.raft.metrics().borrow_watched().membership_config.log_id().map_or(0, |l| l.index);
         let mut durable = self.durable.subscribe();
         match tokio::time::timeout(MEMBERSHIP_WAIT, durable.wait_for(|&d| d >= index)).await {
             Ok(Ok(_)) => Ok(turn),
@@ -1037,7 +1045,7 @@ struct Change {
 
 impl Change {
     fn members(&self) -> Vec<pb::Member> {
-        members_of(self.raft.metrics().borrow().membership_config.membership())
+        members_of(self.raft.metrics().borrow_watched().membership_config.membership())
     }
 
     /// Every member with its address resolved (`None` where it does not
@@ -1088,13 +1096,13 @@ impl Change {
         let mut metrics = self.raft.metrics();
         let settled = tokio::time::timeout(
             membership::CHANGE_TIMEOUT,
-            metrics.wait_for(|m| {
+            super::types::wait_metrics(&mut metrics, |m| {
                 let applied = m.last_applied.map(|l| l.index);
                 m.current_leader.is_some() && m.membership_config.log_id().map(|l| l.index) <= applied
             }),
         )
         .await;
-        let Ok(Ok(m)) = settled.map(|r| r.map(|m| m.clone())) else {
+        let Ok(Ok(m)) = settled else {
             return Err(error(
                 ErrorCode::OutcomeUnknown,
                 format!(
@@ -1114,7 +1122,7 @@ impl Change {
     }
 
     async fn add(self, id: u64, addr: String, promote: bool) -> Result<pb::MembershipResponse, Status> {
-        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        let membership = self.raft.metrics().borrow_watched().membership_config.membership().clone();
         let voter = membership.voter_ids().any(|v| v == id);
         let existing = membership.get_node(&id).map(|n| n.addr.clone());
         if let Some(existing) = &existing {
@@ -1136,7 +1144,7 @@ impl Change {
         let new = membership::Addressed { id, addr: addr.clone(), sockets: Some(sockets.clone()) };
         membership::check_clash(&new, &members).map_err(invalid)?;
         if existing.is_some() {
-            let index = self.raft.metrics().borrow().membership_config.log_id().map_or(0, |l| l.index);
+            let index = self.raft.metrics().borrow_watched().membership_config.log_id().map_or(0, |l| l.index);
             if let Err(e) = membership::wait_caught_up(&self.raft, self.node_id, id, index).await {
                 return Err(self.not_caught_up(id, &addr, e, "it stays a learner"));
             }
@@ -1187,7 +1195,7 @@ impl Change {
                 matched.map_or_else(|| "no entry".to_string(), |i| format!("index {i}")),
             )),
             membership::NotCaughtUp::LostLead => {
-                let leader = self.raft.metrics().borrow().current_leader;
+                let leader = self.raft.metrics().borrow_watched().current_leader;
                 let status = not_leader(leader, leader_addr(&self.raft, leader));
                 let message =
                     format!("this node stopped leading while node {id} caught up ({then}): {}", status.message());
@@ -1198,7 +1206,7 @@ impl Change {
     }
 
     async fn remove(self, id: u64, force: bool) -> Result<pb::MembershipResponse, Status> {
-        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        let membership = self.raft.metrics().borrow_watched().membership_config.membership().clone();
         if membership.get_node(&id).is_none() {
             return Err(invalid(format!("node {id} is not a member")));
         }
@@ -1216,15 +1224,15 @@ impl Change {
 
 /// Whether `e` means this node stopped leading with the change in flight
 /// (a reply dropped with its leader state, or a forward), not that Raft stopped.
-fn lost_lead(raft: &Raft, e: &RaftError<u64, ClientWriteError<u64, BasicNode>>) -> bool {
-    let running = raft.metrics().borrow().running_state.is_ok();
+fn lost_lead(raft: &Raft, e: &super::raft_errors::WriteError) -> bool {
+    let running = raft.metrics().borrow_watched().running_state.is_ok();
     running && matches!(e, RaftError::Fatal(_) | RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
 }
 
 /// A refused or failed membership change: openraft's refusals of the change
 /// itself (another in progress, a learner not found, an empty membership)
 /// are the caller's to fix, not storage failures.
-fn membership_status(raft: &Raft, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
+fn membership_status(raft: &Raft, e: super::raft_errors::WriteError) -> Status {
     match e {
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             invalid(format!("the membership cannot be changed now: {c}"))
@@ -1234,7 +1242,7 @@ fn membership_status(raft: &Raft, e: RaftError<u64, ClientWriteError<u64, BasicN
 }
 
 /// Every member, voters marked (ClusterInfo, membership answers and the admin status).
-pub fn members_of(membership: &openraft::Membership<u64, BasicNode>) -> Vec<pb::Member> {
+pub fn members_of(membership: &keel_raft_log::Membership) -> Vec<pb::Member> {
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     membership.nodes().map(|(id, n)| pb::Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) }).collect()
 }

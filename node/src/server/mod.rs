@@ -41,6 +41,7 @@ mod tls;
 pub mod types;
 mod wire;
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +75,17 @@ fn raft_config() -> Result<openraft::Config> {
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: u64::MAX,
         snapshot_max_chunk_size: 4 << 20,
+        // Replication reads an entry as soon as the leader's append of it
+        // returns (written, not yet fsynced): the leader's fsync runs beside
+        // the followers' (Raft thesis §10.2.1); it counts toward a commit
+        // only once its own append completed, after its fsync.
+        broadcast_submitted_on_append: Some(true),
+        // A follower's log may go back after a power cut under ASYNC_FLUSH
+        // (unsynced entries lost), and repair may rewrite a damaged range:
+        // the leader then replicates from where the follower really is.
+        allow_log_reversion: Some(true),
+        // A restarted leader must win an election (see `start`).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     c.validate().context("raft configuration")
@@ -100,7 +112,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         config.tls.as_ref().map(tls::peer_client_config),
         auth::PeerCredentials::new(config.admin_token.as_deref(), identity.clone())?,
     );
-    let Started { raft, store, shared, durable, reserve, repairs, client_service } =
+    let Started { raft, sm, store, shared, durable, reserve, repairs, client_service } =
         start(&config, &peers, &identity).await?;
     let admin = Arc::new(admin::Admin {
         node_id,
@@ -121,6 +133,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     });
     let peer_service = peer::PeerService {
         raft: raft.clone(),
+        sm,
         store: store.clone(),
         durable,
         admin: admin.clone(),
@@ -212,7 +225,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 if r.is_err() {
                     break Some("raft stopped".to_string());
                 }
-                if let Err(e) = &metrics.borrow().running_state {
+                if let Err(e) = &metrics.borrow_watched().running_state {
                     break Some(format!("raft stopped: {e}"));
                 }
             }
@@ -250,6 +263,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 /// a caller in this process.
 struct Started {
     raft: types::Raft,
+    sm: state_machine::StateMachine,
     store: Store,
     shared: Arc<state_machine::Shared>,
     durable: durable::DurableHandle,
@@ -270,46 +284,42 @@ async fn start(config: &NodeConfig, peers: &network::Peers, identity: &identity:
     let store =
         open_store(config).await.with_context(|| format!("open the log store in {}", config.store.dir.display()))?;
     identity.record(&store).await.context("record this node's id in the log store")?;
-    // A node that was the leader would restart as the leader of the same
-    // term (openraft 0.9's `Engine::startup` restores a committed vote for
-    // itself). Its log may have lost entries it had written but not fsynced
-    // (the leader replicates before its own fsync) that followers hold
-    // durably under the same log ids: staying leader of that term, it would
-    // issue those log ids again for other entries, and Raft, which tells
-    // entries apart by log id, would never repair the divergence. Found by
-    // keel-chaos power-loss under BATCH_FLUSH (an acknowledged message lost,
-    // replicas diverged). So it starts as a follower and must win an election
-    // in a higher term, which only a node holding every majority-fsynced
-    // entry can.
+    // Every node restarts without a leader it trusts: its saved vote, if
+    // committed, is saved again as merely cast (still a vote for the same
+    // node in the same term, so it cannot vote twice in that term).
+    // - A node that was the leader would otherwise lead the same term again.
+    //   Its log may have lost entries it had written but not fsynced (the
+    //   leader replicates before its own fsync) that followers hold durably
+    //   under the same log ids: staying leader of that term, it would issue
+    //   those log ids again for other entries, and Raft, which tells entries
+    //   apart by log id, would never repair the divergence. Found by
+    //   keel-chaos power-loss under BATCH_FLUSH (an acknowledged message
+    //   lost, replicas diverged). So it must win an election in a higher
+    //   term, which only a node holding every majority-fsynced entry can.
+    // - A follower would otherwise report its old leader as current at once
+    //   (openraft 0.10 restores a committed vote's leader), and reads would
+    //   take its state, re-applied only up to the committed id on disk, for
+    //   current (issue 16, item 1): it waits to hear from a leader instead.
     if let Some(v) = store.read_vote()
         && v.committed
-        && v.voted_for == Some(node_id)
     {
         store
             .save_vote(keel_raft_log::format::MetaVote { committed: false, ..v })
             .await
-            .context("step down from the leadership held before the restart")?;
+            .context("forget the leadership known before the restart")?;
     }
-    let (mut sm, shared) = state_machine::StateMachine::open(store.clone()).await.context("open the state machine")?;
+    let (sm, shared) = state_machine::StateMachine::open(store.clone()).await.context("open the state machine")?;
     // Under SYNC_FLUSH and BATCH_FLUSH the committed id on disk is one the
     // cluster had fsynced on a majority (`Store::committed_on_disk`).
     let fsync_rule = durable::waits_for_fsync(config.store.flush.policy);
-    let seed = durable::Seed::new(if fsync_rule { store.read_committed().map_or(0, |c| c.index) } else { 0 });
-    let mut log_store = types::LogStore::new(store.clone());
-    let mut network = network::Network { peers: peers.clone(), durable: None, durable_sent: seed.sent() };
-    if fsync_rule {
-        // The durability rule (`durable.rs`): followers answer once
-        // fsynced; openraft 0.9 waits for each append's flush before it
-        // does anything else, and the leader's own sync need not hold it:
-        // applies, acks and followers' commits wait for the durable index.
-        log_store = log_store.leader_acks_on_write(node_id);
-        sm = sm.with_gate(seed.gate());
-        network.durable = Some((store.clone(), seed.watch()));
-    }
-    let raft =
-        types::Raft::new(node_id, Arc::new(raft_config()?), network, log_store, sm).await.context("start raft")?;
+    let known_durable = if fsync_rule { store.read_committed().map_or(0, |c| c.index) } else { 0 };
+    let log_store = types::LogStore::new(store.clone());
+    let network = network::Network { peers: peers.clone() };
+    let raft = types::Raft::new(node_id, Arc::new(raft_config()?), network, log_store, sm.clone())
+        .await
+        .context("start raft")?;
 
-    let durable = durable::DurableHandle::start(node_id, raft.clone(), store.clone(), peers.clone(), seed);
+    let durable = durable::DurableHandle::start(node_id, raft.clone(), store.clone(), peers.clone(), known_durable);
     // The store writes to disk only the committed id the cluster has fsynced
     // on a majority.
     {
@@ -349,7 +359,7 @@ async fn start(config: &NodeConfig, peers: &network::Peers, identity: &identity:
         membership: Arc::default(),
         identity: identity.clone(),
     };
-    Ok(Started { raft, store, shared, durable, reserve, repairs, client_service })
+    Ok(Started { raft, sm, store, shared, durable, reserve, repairs, client_service })
 }
 
 /// A single-node cluster in `dir`, running in this process and off the

@@ -270,7 +270,8 @@ impl Proposer {
             debug_assert_eq!(group.encoded_bytes(), bytes);
             let request = Request { timestamp_ms: now_ms(), payload: group.finish().into() };
             // Submitted here, in packing order; only the wait is spawned.
-            let submitted = self.raft.client_write_ff(request).await;
+            let (responder, answer) = openraft::impls::ProgressResponder::complete_only();
+            let submitted = self.raft.client_write_ff(request, Some(responder)).await.map(|()| answer);
             let raft = self.raft.clone();
             let timeout = self.timeout;
             let gate = Arc::clone(&self.gate);

@@ -14,6 +14,7 @@
 //!    below X, and deletes the segments wholly below X (under the
 //!    transfer lock, so a snapshot being sent keeps its records).
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -54,7 +55,7 @@ impl Retention {
             if *self.shutdown.borrow() {
                 return;
             }
-            let leader = self.raft.metrics().borrow().current_leader == Some(self.node_id);
+            let leader = self.raft.metrics().borrow_watched().current_leader == Some(self.node_id);
             if leader {
                 self.propose_trims().await;
                 if last_sweep.elapsed() >= PRODUCER_SWEEP_EVERY {

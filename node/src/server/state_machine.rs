@@ -48,20 +48,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
 use keel_raft_log::{LogPos, Record, RecordKind, Store};
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
-use openraft::{
-    AnyError, BasicNode, EntryPayload, LogId, OptionalSend, RaftLogId, StorageError, StorageIOError, StoredMembership,
-};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::codec;
 use super::entry;
 use super::state::{Applied, State};
-use super::types::TypeConfig;
+use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
-type Membership = StoredMembership<u64, BasicNode>;
+type Membership = StoredMembership;
 
 const CHECKPOINT_MAGIC: &[u8; 4] = b"KCKP";
 const TRANSFER_MAGIC: &[u8; 4] = b"KSNT";
@@ -76,7 +75,7 @@ const TRANSFER_READ_BATCH: u64 = 1024;
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Machine {
     pub state: State,
-    pub last_applied: Option<LogId<u64>>,
+    pub last_applied: Option<LogId>,
     pub membership: Membership,
 }
 
@@ -87,6 +86,7 @@ struct Checkpoint {
     log_start: u64,
     /// Log id of the record before `log_start`.
     prev: (u64, u64, u64),
+    /// Kept for the format (openraft 0.9 named snapshots); not read.
     snapshot_id: String,
 }
 
@@ -124,16 +124,14 @@ pub struct StateMachine {
     shared: Arc<Shared>,
     store: Store,
     dir: PathBuf,
-    /// Under SYNC_FLUSH: entries are applied only once fsynced on a majority.
-    gate: Option<super::durable::Gate>,
 }
 
-fn io_err(e: impl std::fmt::Display) -> StorageError<u64> {
-    StorageIOError::write_state_machine(AnyError::error(e.to_string())).into()
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("state machine: {e}"))
 }
 
-fn snap_err(e: impl std::fmt::Display) -> StorageError<u64> {
-    StorageIOError::read_snapshot(None, AnyError::error(e.to_string())).into()
+fn snap_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("snapshot: {e}"))
 }
 
 fn checkpoint_name(last: u64) -> String {
@@ -141,12 +139,14 @@ fn checkpoint_name(last: u64) -> String {
 }
 
 impl StateMachine {
-    /// Apply entries only once `gate` says they are fsynced on a majority
-    /// (SYNC_FLUSH, where openraft's commit index may count the leader's
-    /// not yet fsynced copy: `LogStore::leader_acks_on_write`).
-    pub fn with_gate(mut self, gate: super::durable::Gate) -> Self {
-        self.gate = Some(gate);
-        self
+    /// A fresh file to receive a snapshot into (the peer service writes a
+    /// leader's snapshot there, then hands it to openraft to install).
+    pub async fn begin_receiving_snapshot(&self) -> std::io::Result<tokio::fs::File> {
+        let path = self.dir.join(format!("incoming-{:016x}", rand::random::<u64>()));
+        let f = tokio::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).await?;
+        // The open handle keeps the data; the name would only be a leftover after a crash.
+        std::fs::remove_file(&path)?;
+        Ok(f)
     }
 
     /// Open the state machine under `<store dir>/sm`, loading the newest
@@ -178,7 +178,6 @@ impl StateMachine {
             }),
             store,
             dir,
-            gate: None,
         };
         // A snapshot install a crash interrupted: finish it (repeatable).
         if let Some(path) = pending_install {
@@ -330,7 +329,9 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, String> {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+    type SnapshotData = tokio::fs::File;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         let shared = Arc::clone(&self.shared);
         let _one_at_a_time = shared.snapshot_lock.lock().await;
         let (body, meta, log_start, last) = {
@@ -359,7 +360,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 snapshot_id: snapshot_id.clone(),
             };
             let body = codec::encode(&cp);
-            let meta = SnapshotMeta { last_log_id: m.last_applied, last_membership: m.membership.clone(), snapshot_id };
+            let meta = SnapshotMeta { last_log_id: m.last_applied, last_membership: m.membership.clone() };
             (body, meta, log_start, last)
         };
         let bytes = encode_checkpoint_bytes(&body);
@@ -369,7 +370,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // openraft only keeps the meta of a built snapshot; sending opens it
         // again through `get_current_snapshot`.
         let f = tokio::fs::File::open(self.dir.join(checkpoint_name(last))).await.map_err(snap_err)?;
-        Ok(Snapshot { meta, snapshot: Box::new(f) })
+        Ok(Snapshot { meta, snapshot: f })
     }
 }
 
@@ -384,21 +385,20 @@ struct CheckpointRef<'a> {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = tokio::fs::File;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId<u64>>, Membership), StorageError<u64>> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), std::io::Error> {
         let m = self.shared.read();
         Ok((m.last_applied, m.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<u64>>
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> + Unpin + OptionalSend,
     {
-        let entries: Vec<_> = entries.into_iter().collect();
-        if let (Some(gate), Some(last)) = (self.gate.as_mut(), entries.last()) {
-            gate.wait(last.log_id.index).await.map_err(io_err)?;
+        let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+        if let Some((last, _)) = entries.last() {
             // openraft read these entries when they were committed; a
             // committed entry is never replaced, so if the log now holds
             // another one there, something broke Raft's guarantee: stop
@@ -419,12 +419,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(entries.len());
         let last = {
             let mut m = self.shared.write();
-            for e in entries {
-                let index = e.get_log_id().index;
-                m.last_applied = Some(*e.get_log_id());
+            for (e, responder) in entries {
+                let index = e.log_id.index;
+                m.last_applied = Some(e.log_id);
                 let r = match e.payload {
                     EntryPayload::Blank => Applied::Nothing,
                     EntryPayload::Membership(mem) => {
@@ -439,35 +439,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                     },
                 };
-                out.push(r);
+                out.push((responder, r));
             }
             m.last_applied.map_or(0, |l| l.index)
         };
         self.shared.applied.send_replace(last);
-        Ok(out)
+        // Answer the proposers once the lock is released.
+        for (responder, r) in out {
+            if let Some(responder) = responder {
+                responder.send(r);
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
-        let path = self.dir.join(format!("incoming-{:016x}", rand::random::<u64>()));
-        let f =
-            tokio::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).await.map_err(io_err)?;
-        // The open handle keeps the data; the name would only be a leftover after a crash.
-        std::fs::remove_file(&path).map_err(io_err)?;
-        Ok(Box::new(f))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError<u64>> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: tokio::fs::File) -> Result<(), std::io::Error> {
         let shared = Arc::clone(&self.shared);
         let _one_at_a_time = shared.snapshot_lock.lock().await;
         let mut f = snapshot.into_std().await;
+        // The receiver wrote it from the start; read it from there.
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0)).map_err(io_err)?;
         let (cp, cp_bytes, records, raw) = tokio::task::spawn_blocking(move || read_transfer(&mut f))
             .await
             .map_err(io_err)?
@@ -488,16 +483,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
         let _transfer = self.shared.transfer_lock.lock().await;
         let Some(path) = self.newest_checkpoint().map_err(snap_err)? else { return Ok(None) };
         let cp_bytes = std::fs::read(&path).map_err(snap_err)?;
         let cp = decode_checkpoint(&cp_bytes).map_err(snap_err)?;
-        let meta = SnapshotMeta {
-            last_log_id: cp.machine.last_applied,
-            last_membership: cp.machine.membership.clone(),
-            snapshot_id: cp.snapshot_id.clone(),
-        };
+        let meta =
+            SnapshotMeta { last_log_id: cp.machine.last_applied, last_membership: cp.machine.membership.clone() };
         let last = cp.machine.last_applied.map_or(0, |l| l.index);
         let tpath = self.dir.join(format!("transfer-{:016x}", rand::random::<u64>()));
         let store = self.store.clone();
@@ -509,7 +501,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(snap_err)?;
         let f = tokio::fs::File::open(&tpath).await.map_err(snap_err)?;
         let _ = std::fs::remove_file(&tpath);
-        Ok(Some(Snapshot { meta, snapshot: Box::new(f) }))
+        Ok(Some(Snapshot { meta, snapshot: f }))
     }
 }
 
@@ -605,10 +597,7 @@ fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Reco
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use keel_raft_log::{NewRecord, RecordKind, RecordMeta, StoreConfig};
-    use openraft::{CommittedLeaderId, LogId};
+    use keel_raft_log::{LeaderId, NewRecord, RecordKind, RecordMeta, StoreConfig};
 
     use super::*;
     use crate::server::entry::{Command, Decoded};
@@ -629,37 +618,27 @@ mod tests {
         store
     }
 
+    fn stream(
+        entries: Vec<crate::server::types::Entry>,
+    ) -> impl Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> + Unpin + Send {
+        futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))))
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_gated_state_machine_waits_for_durability_and_refuses_an_entry_the_log_no_longer_holds() {
+    async fn the_state_machine_applies_committed_entries_and_refuses_one_the_log_no_longer_holds() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store_with(dir.path(), 6).await;
-        let blank = |term, index| openraft::Entry::<TypeConfig> {
-            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+        let blank = |term, index| crate::server::types::Entry {
+            log_id: LogId::new(LeaderId { term, node_id: 1 }, index),
             payload: EntryPayload::Blank,
         };
-        let seed = crate::server::durable::Seed::new(3);
-        let (sm, shared) = StateMachine::open(store.clone()).await.expect("open");
-        let mut sm = sm.with_gate(seed.gate());
-        sm.apply(vec![blank(1, 0), blank(1, 1), blank(1, 2), blank(1, 3)]).await.expect("durable: applied");
+        let (mut sm, shared) = StateMachine::open(store.clone()).await.expect("open");
+        sm.apply(stream(vec![blank(1, 0), blank(1, 1), blank(1, 2), blank(1, 3)])).await.expect("applied");
         assert_eq!(*shared.applied.borrow(), 3);
-        // Index 4 is not durable yet: the state machine waits.
-        let waiting = tokio::spawn(async move {
-            let r = sm.apply(vec![blank(1, 4)]).await.map(|_| ());
-            (sm, r)
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished(), "applied an entry that is not durable");
-        assert_eq!(*shared.applied.borrow(), 3);
-        seed.learned(6);
-        let (mut sm, r) =
-            tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("still waiting").expect("join");
-        r.expect("applied once durable");
-        assert_eq!(*shared.applied.borrow(), 4);
-        // The log holds index 5 of term 1; an entry of term 2 there is not it.
-        let err = sm.apply(vec![blank(2, 5)]).await.expect_err("applied an entry the log does not hold");
+        // The log holds index 4 of term 1; an entry of term 2 there is not it.
+        let err = sm.apply(stream(vec![blank(2, 4)])).await.expect_err("applied an entry the log does not hold");
         assert!(err.to_string().contains("refusing to apply"), "{err}");
-        assert_eq!(*shared.applied.borrow(), 4, "nothing applied");
-        drop(seed);
+        assert_eq!(*shared.applied.borrow(), 3, "nothing applied");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -695,7 +674,7 @@ mod tests {
             max_message_bytes: 100,
         };
         machine.state.apply(3, 0, Decoded::Command(create));
-        machine.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), 20));
+        machine.last_applied = Some(LogId::new(LeaderId { term: 1, node_id: 1 }, 20));
         let cp = Checkpoint { machine, log_start: 5, prev: (1, 1, 4), snapshot_id: "s".into() };
         let cp_bytes = encode_checkpoint_bytes(&codec::encode(&cp));
         let transfer = leader_dir.path().join("transfer");

@@ -36,20 +36,44 @@ impl EntryData for Request {
 
 openraft::declare_raft_types!(
     /// keel's Raft types: entries are [`Request`]s, responses [`Applied`],
-    /// snapshots are files (state checkpoint + the retained log range).
+    /// ids, votes and nodes as `keel_raft_log` stores them (the state
+    /// machine's snapshots are files: state checkpoint + the retained log
+    /// range).
     pub TypeConfig:
         D = Request,
         R = Applied,
-        NodeId = u64,
-        Node = openraft::BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
 );
 
-pub type Raft = openraft::Raft<TypeConfig>;
+pub use keel_raft_log::{LeaderId, LogId, Membership, Vote};
+
+pub type Raft = openraft::Raft<TypeConfig, super::state_machine::StateMachine>;
 pub type LogStore = keel_raft_log::LogStore<TypeConfig>;
+pub type Entry = keel_raft_log::KeelEntry<Request>;
+pub type StoredMembership = openraft::StoredMembership<LeaderId, u64, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<LeaderId, u64, openraft::BasicNode>;
+/// A snapshot as the state machine builds and installs it: an open file.
+pub type Snapshot = openraft::storage::Snapshot<LeaderId, u64, openraft::BasicNode, tokio::fs::File>;
+pub type Metrics = openraft::RaftMetrics<TypeConfig>;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// openraft's metrics watch.
+pub type MetricsRx = openraft::alias::WatchReceiverOf<TypeConfig, Metrics>;
+
+/// Wait until the metrics satisfy `f`, as tokio's `watch::Receiver::wait_for`
+/// (openraft's runtime-neutral watch has no such call); the metrics that
+/// did. Err: Raft stopped.
+pub async fn wait_metrics(rx: &mut MetricsRx, mut f: impl FnMut(&Metrics) -> bool) -> Result<Metrics, ()> {
+    use openraft::async_runtime::WatchReceiver;
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            if f(&m) {
+                return Ok(m.clone());
+            }
+        }
+        rx.changed().await.map_err(|_| ())?;
+    }
 }

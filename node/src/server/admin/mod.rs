@@ -11,6 +11,7 @@ mod digest;
 pub mod metrics;
 pub mod status;
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -214,7 +215,7 @@ async fn get_status(State(admin): Shared_) -> axum::Json<status::NodeStatus> {
 }
 
 async fn get_cluster(State(admin): Shared_) -> axum::Json<Value> {
-    let m = admin.raft.metrics().borrow().clone();
+    let m = admin.raft.metrics().borrow_watched().clone();
     let members = status::members_of(m.membership_config.membership());
     let asks = members.iter().map(|member| {
         let admin = admin.clone();
@@ -407,7 +408,7 @@ impl AddMember {
 
 /// A client to the cluster this node knows, which follows the leader.
 fn cluster_client(admin: &Admin) -> Api<keel_client::Client> {
-    let members = status::members_of(admin.raft.metrics().borrow().membership_config.membership());
+    let members = status::members_of(admin.raft.metrics().borrow_watched().membership_config.membership());
     let mut addrs: Vec<String> = members.into_iter().map(|m| m.addr).collect();
     if addrs.is_empty() {
         addrs.push(admin.advertised.clone());
@@ -443,7 +444,7 @@ async fn add_member(State(admin): Shared_, headers: HeaderMap, body: Bytes) -> A
     let req = AddMember::parse(&body)?;
     // An id or address that is already a member's is the leader's to
     // refuse: its answer names the member and its address.
-    let members = status::members_of(admin.raft.metrics().borrow().membership_config.membership());
+    let members = status::members_of(admin.raft.metrics().borrow_watched().membership_config.membership());
     if !members.iter().any(|m| m.id == req.id || m.addr.eq_ignore_ascii_case(&req.addr)) {
         check_identity(&admin, req.id, &req.addr).await?;
     }
@@ -530,7 +531,7 @@ fn membership_json(r: &keel_proto::client::MembershipResponse) -> Value {
 async fn snapshot(State(admin): Shared_, headers: HeaderMap, body: Bytes) -> Api<axum::Json<Value>> {
     authorize(&admin, &headers)?;
     only_fields(&json_object(&body, true)?, &[])?;
-    let applied = admin.raft.metrics().borrow().last_applied.map(|l| l.index);
+    let applied = admin.raft.metrics().borrow_watched().last_applied.map(|l| l.index);
     let Some(applied) = applied else {
         return Err(ApiError::new(StatusCode::CONFLICT, "nothing is applied yet, so there is nothing to snapshot"));
     };
@@ -541,9 +542,11 @@ async fn snapshot(State(admin): Shared_, headers: HeaderMap, body: Bytes) -> Api
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot trigger a snapshot: {e}")))?;
     let mut metrics = admin.raft.metrics();
-    let built =
-        tokio::time::timeout(MUTATION_TIMEOUT, metrics.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= applied)))
-            .await;
+    let built = tokio::time::timeout(
+        MUTATION_TIMEOUT,
+        super::types::wait_metrics(&mut metrics, |m| m.snapshot.is_some_and(|s| s.index >= applied)),
+    )
+    .await;
     match built {
         Ok(Ok(m)) => Ok(axum::Json(json!({ "snapshot_index": m.snapshot.map(|s| s.index) }))),
         Ok(Err(_)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "raft stopped while building the snapshot")),
@@ -560,7 +563,7 @@ async fn get_metrics(State(admin): Shared_) -> Response {
 }
 
 async fn healthz(State(admin): Shared_) -> Response {
-    let raft_failure = admin.raft.metrics().borrow().running_state.as_ref().err().map(|e| e.to_string());
+    let raft_failure = admin.raft.metrics().borrow_watched().running_state.as_ref().err().map(|e| e.to_string());
     let failure = admin.store.failure().map(|e| format!("log store failed: {e}")).or(raft_failure);
     match failure {
         None => (StatusCode::OK, axum::Json(json!({ "status": "ok", "node_id": admin.node_id }))).into_response(),
@@ -571,7 +574,7 @@ async fn healthz(State(admin): Shared_) -> Response {
 }
 
 async fn readyz(State(admin): Shared_) -> Response {
-    let m = admin.raft.metrics().borrow().clone();
+    let m = admin.raft.metrics().borrow_watched().clone();
     let mut not_ready = Vec::new();
     if m.membership_config.membership().get_node(&admin.node_id).is_none() {
         not_ready.push(format!("node {} is not a member of the cluster (yet)", admin.node_id));
@@ -582,7 +585,11 @@ async fn readyz(State(admin): Shared_) -> Response {
     // A leader cut off from its peers still calls itself leader until it
     // hears of a newer term; it is not fit to serve.
     if m.current_leader == Some(admin.node_id)
-        && let Some(ms) = m.millis_since_quorum_ack.filter(|&ms| ms > STALE_LEADER_MS)
+        && let Some(ms) = m
+            .last_quorum_acked
+            .as_ref()
+            .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64)
+            .filter(|&ms| ms > STALE_LEADER_MS)
     {
         not_ready.push(format!("this leader has not heard from a quorum for {ms} ms"));
     }

@@ -1,6 +1,7 @@
 //! `GET /api/v1/status`: what one node knows of itself, the document
 //! `docs/admin-api.md` describes field by field.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Mutex;
@@ -313,7 +314,7 @@ fn role(state: ServerState) -> &'static str {
     }
 }
 
-pub fn members_of(membership: &openraft::Membership<u64, openraft::BasicNode>) -> Vec<Member> {
+pub fn members_of(membership: &keel_raft_log::Membership) -> Vec<Member> {
     crate::server::client_service::members_of(membership)
         .into_iter()
         .map(|m| Member { id: m.id, addr: m.addr, voter: m.voter })
@@ -322,7 +323,7 @@ pub fn members_of(membership: &openraft::Membership<u64, openraft::BasicNode>) -
 
 impl Admin {
     pub fn status(&self) -> NodeStatus {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let members = members_of(membership);
         let addr_of = |id: u64| membership.get_node(&id).map(|n| n.addr.clone());

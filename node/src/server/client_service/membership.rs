@@ -14,6 +14,7 @@
 //! leaves fewer needs `force` (acknowledgements would rest on fewer
 //! machines). Adding never needs it, so a one-node cluster grows to three.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -183,17 +184,19 @@ pub(super) enum NotCaughtUp {
 /// `add_learner(.., blocking)` waits with no bound and counts a node within
 /// its lag threshold (5000 entries) as caught up, even one that holds nothing.
 pub(super) async fn wait_caught_up(raft: &Raft, leader: u64, id: u64, index: u64) -> Result<(), NotCaughtUp> {
-    let matched = |m: &openraft::RaftMetrics<u64, openraft::BasicNode>| {
+    let matched = |m: &crate::server::types::Metrics| {
         m.replication.as_ref().and_then(|r| r.get(&id)).and_then(|l| l.as_ref()).map(|l| l.index)
     };
     let mut metrics = raft.metrics();
     let waited = tokio::time::timeout(
         CATCH_UP_TIMEOUT,
-        metrics.wait_for(|m| m.current_leader != Some(leader) || matched(m).is_some_and(|i| i >= index)),
+        crate::server::types::wait_metrics(&mut metrics, |m| {
+            m.current_leader != Some(leader) || matched(m).is_some_and(|i| i >= index)
+        }),
     )
     .await;
     match waited {
-        Err(_) => Err(NotCaughtUp::Behind(matched(&raft.metrics().borrow()))),
+        Err(_) => Err(NotCaughtUp::Behind(matched(&raft.metrics().borrow_watched()))),
         Ok(Err(_)) => Err(NotCaughtUp::Stopped),
         Ok(Ok(m)) if m.current_leader != Some(leader) => Err(NotCaughtUp::LostLead),
         Ok(Ok(_)) => Ok(()),
@@ -254,7 +257,7 @@ mod tests {
     fn a_change_is_made_when_the_membership_shows_it() {
         let nodes: std::collections::BTreeMap<u64, BasicNode> =
             [1, 2, 3].into_iter().map(|id| (id, BasicNode { addr: format!("n{id}:1") })).collect();
-        let m = Membership::new(vec![BTreeSet::from([1, 2])], nodes);
+        let m = Membership::new(vec![BTreeSet::from([1, 2])], nodes).expect("a valid membership");
         assert!(made(&ChangeMembers::AddVoterIds(BTreeSet::from([2])), &m));
         assert!(!made(&ChangeMembers::AddVoterIds(BTreeSet::from([3])), &m), "3 is a learner");
         assert!(made(&ChangeMembers::RemoveVoters(BTreeSet::from([4])), &m));
