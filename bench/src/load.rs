@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use keel_client::{Batcher, Durability, Record};
+use keel_client::{Batcher, Durability, Producer, Record};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Confirmation};
 use tokio::task::JoinSet;
@@ -39,6 +39,10 @@ pub enum Target {
     /// keel-client's batching producer: one record per send, batched by
     /// the client while a request is in flight (as Kafka's producer does).
     Keel { batcher: Batcher, topic: Arc<str>, expect: Durability },
+    /// keel-client's idempotent producer, one record per Produce request:
+    /// each worker gets a producer (id) of its own ([`Target::for_worker`]),
+    /// so no worker's request waits on another's sequence.
+    KeelProduce { producer: Producer, topic: Arc<str>, expect: Durability },
     /// A put per message, connected to the leader.
     Etcd { kv: etcd_client::KvClient },
     /// JetStream publish, then await the publish ack.
@@ -47,19 +51,37 @@ pub enum Target {
     Rabbit { channel: lapin::Channel, queue: Arc<str> },
 }
 
+/// keel's ack must state the durability its flush policy promises.
+fn check_durability(acked: Durability, expect: Durability) -> Result<(), String> {
+    if acked != expect {
+        return Err(format!("ack says {} where {} was configured", acked.as_str_name(), expect.as_str_name()));
+    }
+    Ok(())
+}
+
 impl Target {
+    /// The target one worker drives: a clone, except that a
+    /// [`Target::KeelProduce`] worker gets a fresh producer id, since clones
+    /// of a `Producer` share one id and its sequences.
+    fn for_worker(&self) -> Target {
+        match self {
+            Target::KeelProduce { producer, topic, expect } => {
+                Target::KeelProduce { producer: producer.client().producer(), topic: topic.clone(), expect: *expect }
+            }
+            other => other.clone(),
+        }
+    }
+
     async fn send(&mut self, worker: usize, seq: u64, payload: &Bytes) -> Result<(), String> {
         match self {
             Target::Keel { batcher, topic, expect } => {
                 let ack = batcher.send(topic, 0, Record::new(payload.clone())).await.map_err(|e| e.to_string())?;
-                if ack.durability != *expect {
-                    return Err(format!(
-                        "ack says {} where {} was configured",
-                        ack.durability.as_str_name(),
-                        expect.as_str_name()
-                    ));
-                }
-                Ok(())
+                check_durability(ack.durability, *expect)
+            }
+            Target::KeelProduce { producer, topic, expect } => {
+                let ack =
+                    producer.produce(topic, 0, vec![Record::new(payload.clone())]).await.map_err(|e| e.to_string())?;
+                check_durability(ack.durability, *expect)
             }
             Target::Etcd { kv } => {
                 let key = format!("bench/{worker}/{}", seq % ETCD_KEYS_PER_WORKER);
@@ -140,7 +162,7 @@ pub async fn run_point(target: &Target, point: Point) -> Measured {
     let end = start + point.duration;
     let mut workers = JoinSet::new();
     for worker in 0..point.inflight {
-        let mut target = target.clone();
+        let mut target = target.for_worker();
         let payload = payload.clone();
         workers.spawn(async move {
             let mut result = WorkerResult { histogram: new_histogram(), errors: 0, first_error: None };

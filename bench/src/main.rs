@@ -9,9 +9,10 @@
 //! 2. for each system, starts a three-node cluster on loopback with data in
 //!    the scratch directory (`cluster/`), configured so that an ack means
 //!    "fsynced on a majority", drives every load point through it
-//!    (`load.rs`) and stops it;
-//! 3. runs keel again under BATCH_FLUSH and ASYNC_FLUSH (labelled with their
-//!    guarantees, reported apart);
+//!    (`load.rs`) and stops it; keel twice, as two series: one record per
+//!    Produce request, and keel-client's batching `Batcher`;
+//! 3. runs both keel series again under BATCH_FLUSH and ASYNC_FLUSH
+//!    (labelled with their guarantees, reported apart);
 //! 4. writes `results/<date>.md`, `results/latest.json`, `results/latest.svg`
 //!    (`report.rs`, `plot.rs`).
 //!
@@ -72,8 +73,9 @@ pub struct CompareArgs {
     /// Shorter points and fewer of them (see bench/README.md)
     #[arg(long)]
     quick: bool,
-    /// Only these systems (comma-separated: keel, etcd, nats, rabbitmq), for
-    /// trying one out; the results then say which were left out
+    /// Only these systems (comma-separated: keel, etcd, nats, rabbitmq; keel
+    /// means both its series), for trying one out; the results then say
+    /// which were left out
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     only: Vec<String>,
     /// Skip fio and `keel bench storage` (for trying a system out)

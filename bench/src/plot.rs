@@ -1,44 +1,52 @@
 //! The plot: messages/s and p99 ack latency against messages in flight, for
-//! the 1 KiB points of every system. Solid lines: acked after fsync on a
-//! majority; dashed: keel under its weaker policies. Both axes logarithmic.
+//! the 1 KiB points of every series (keel's two, and one per peer). Solid
+//! lines: acked after fsync on a majority; dashed: keel under its weaker
+//! policies. Both axes logarithmic.
 
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
-use crate::cluster::keel::SYNC_FLUSH;
-use crate::report::{Report, Row, SYSTEMS};
+use crate::cluster::keel::{Producing, SYNC_FLUSH};
+use crate::report::{Report, Row, all_series};
 
 const WIDTH: u32 = 1200;
 const HEIGHT: u32 = 520;
 const SIZE: usize = 1024;
 
-fn color(system: &str, flush: &str) -> RGBColor {
-    match (system, flush) {
-        ("keel", SYNC_FLUSH) => RGBColor(0xd6, 0x27, 0x28),
-        ("keel", "BATCH_FLUSH") => RGBColor(0x94, 0x67, 0xbd),
-        ("keel", _) => RGBColor(0x8c, 0x56, 0x4b),
+/// keel's Batcher series in a policy's full colour, its one record per
+/// request series in the paler shade of the same hue, so a policy's pair
+/// reads as one family.
+fn color(row: &Row, flush: &str) -> RGBColor {
+    let batcher = row.series == Producing::Batcher.series();
+    match (row.system.as_str(), flush) {
+        ("keel", SYNC_FLUSH) if batcher => RGBColor(0xd6, 0x27, 0x28),
+        ("keel", SYNC_FLUSH) => RGBColor(0xff, 0x98, 0x96),
+        ("keel", "BATCH_FLUSH") if batcher => RGBColor(0x94, 0x67, 0xbd),
+        ("keel", "BATCH_FLUSH") => RGBColor(0xc5, 0xb0, 0xd5),
+        ("keel", _) if batcher => RGBColor(0x8c, 0x56, 0x4b),
+        ("keel", _) => RGBColor(0xc4, 0x9c, 0x94),
         ("etcd", _) => RGBColor(0x1f, 0x77, 0xb4),
         ("nats", _) => RGBColor(0x2c, 0xa0, 0x2c),
         _ => RGBColor(0xff, 0x7f, 0x0e),
     }
 }
 
-/// Each (system, flush) with its 1 KiB points, sorted by in flight.
+/// Each (series, flush) with its 1 KiB points, sorted by in flight.
 fn series(report: &Report) -> Vec<Series<'_>> {
     let mut out = Vec::new();
     let flushes: [&'static str; 3] = [SYNC_FLUSH, "BATCH_FLUSH", "ASYNC_FLUSH"];
     for flush in flushes {
-        for system in SYSTEMS {
+        for series in all_series() {
             let mut rows: Vec<&Row> = report
                 .results
                 .iter()
-                .filter(|r| r.system == system && r.flush == flush && r.size == SIZE && r.msgs_per_s > 0.0)
+                .filter(|r| r.series == series && r.flush == flush && r.size == SIZE && r.msgs_per_s > 0.0)
                 .collect();
             if rows.is_empty() {
                 continue;
             }
             rows.sort_by_key(|r| r.inflight);
-            let label = if flush == SYNC_FLUSH { system.to_string() } else { format!("{system} {flush} (weaker)") };
+            let label = if flush == SYNC_FLUSH { series.to_string() } else { format!("{series} {flush} (weaker)") };
             out.push((label, flush, rows));
         }
     }
@@ -142,7 +150,7 @@ type Chart<'a, 'b> = ChartContext<
 >;
 
 fn draw(chart: &mut Chart<'_, '_>, label: &str, flush: &str, rows: &[&Row], y: impl Fn(&Row) -> f64) -> Result<()> {
-    let color = color(rows[0].system.as_str(), flush);
+    let color = color(rows[0], flush);
     let points: Vec<(f64, f64)> = rows.iter().map(|r| (r.inflight as f64, y(r))).collect();
     let style = color.stroke_width(2);
     if flush == SYNC_FLUSH {
@@ -158,66 +166,47 @@ fn draw(chart: &mut Chart<'_, '_>, label: &str, flush: &str, rows: &[&Row], y: i
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-
-    fn row(system: &str, flush: &str, inflight: usize, msgs_per_s: f64, p99_us: u64) -> Row {
-        Row {
-            system: system.into(),
-            version: "1".into(),
-            flush: flush.into(),
-            size: SIZE,
-            inflight,
-            duration_s: 1.0,
-            msgs_per_s,
-            mib_per_s: msgs_per_s / 1024.0,
-            p50_us: p99_us / 2,
-            p99_us,
-            p999_us: p99_us * 2,
-            errors: 0,
-            first_error: None,
-        }
-    }
+    use crate::cluster::keel::BATCH_FLUSH;
+    use crate::report::fixtures::{report, row};
 
     #[test]
     fn both_panels_draw_every_series_and_the_legend_names_each_once() {
-        let report = Report {
-            schema: 1,
-            date: "2026-11-26".into(),
-            quick: false,
-            machine: crate::machine::Machine {
-                cpu_model: String::new(),
-                cores: 2,
-                ram_gib: 1.0,
-                disk: String::new(),
-                filesystem: String::new(),
-                kernel: String::new(),
-                os: String::new(),
-                loadavg_start: String::new(),
-                loadavg_end: String::new(),
-                versions: BTreeMap::new(),
-            },
-            disk: None,
-            results: vec![
-                row("keel", SYNC_FLUSH, 1, 170.0, 14_900),
-                row("keel", SYNC_FLUSH, 64, 14_207.0, 15_400),
-                row("nats", SYNC_FLUSH, 1, 534.0, 10_600),
-                row("nats", SYNC_FLUSH, 64, 7_892.0, 43_000),
-                row("keel", "BATCH_FLUSH", 64, 604.0, 110_000),
-            ],
-            not_measured: Vec::new(),
-            wall_s: 0.0,
-            warmup_s: 0.0,
-        };
+        let single = Producing::OneRecordPerRequest.series();
+        let batcher = Producing::Batcher.series();
+        let report = report(vec![
+            row(single, SYNC_FLUSH, SIZE, 1, 160.0, 15_200),
+            row(single, SYNC_FLUSH, SIZE, 64, 3_900.0, 30_100),
+            row(batcher, SYNC_FLUSH, SIZE, 1, 170.0, 14_900),
+            row(batcher, SYNC_FLUSH, SIZE, 64, 14_207.0, 15_400),
+            row("nats", SYNC_FLUSH, SIZE, 1, 534.0, 10_600),
+            row("nats", SYNC_FLUSH, SIZE, 64, 7_892.0, 43_000),
+            row(single, BATCH_FLUSH, SIZE, 64, 590.0, 112_000),
+            row(batcher, BATCH_FLUSH, SIZE, 64, 604.0, 110_000),
+        ]);
         let svg = render(&report).expect("render");
         assert!(svg.contains("throughput (messages/s, higher is better)"), "left caption");
         assert!(svg.contains("p99 ack latency (ms, lower is better)"), "right caption");
-        for label in ["keel", "nats", "keel BATCH_FLUSH (weaker)"] {
+        for label in [
+            "keel (1 record/request)",
+            "keel (Batcher)",
+            "nats",
+            "keel (1 record/request) BATCH_FLUSH (weaker)",
+            "keel (Batcher) BATCH_FLUSH (weaker)",
+        ] {
             let text = format!("\n{label}\n</text>");
             assert_eq!(svg.matches(&text).count(), 1, "legend entry {label}, on the left panel only");
         }
-        // Every point is marked in both panels: five points, ten circles.
-        assert_eq!(svg.matches("<circle").count(), 10);
+        // Every point is marked in both panels: eight points, sixteen circles.
+        assert_eq!(svg.matches("<circle").count(), 16);
+    }
+
+    #[test]
+    fn the_two_keel_series_of_a_policy_differ_in_colour() {
+        let single = row(Producing::OneRecordPerRequest.series(), SYNC_FLUSH, SIZE, 1, 1.0, 1);
+        let batcher = row(Producing::Batcher.series(), SYNC_FLUSH, SIZE, 1, 1.0, 1);
+        for flush in [SYNC_FLUSH, BATCH_FLUSH, "ASYNC_FLUSH"] {
+            assert_ne!(color(&single, flush), color(&batcher, flush), "{flush}");
+        }
     }
 }

@@ -8,13 +8,21 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cluster::Cluster;
-use crate::cluster::keel::{ASYNC_FLUSH, BATCH_FLUSH, SYNC_FLUSH};
+use crate::cluster::keel::{ASYNC_FLUSH, BATCH_FLUSH, Producing, SYNC_FLUSH};
 use crate::disk::Disk;
 use crate::load::Measured;
 use crate::machine::Machine;
 use crate::plot;
 
-pub const SYSTEMS: [&str; 4] = ["keel", "etcd", "nats", "rabbitmq"];
+/// keel's series, in the order of the tables' columns and the plot's legend.
+pub const KEEL_SERIES: [&str; 2] = [Producing::OneRecordPerRequest.series(), Producing::Batcher.series()];
+/// The peers, each one series named after its system.
+pub const PEERS: [&str; 3] = ["etcd", "nats", "rabbitmq"];
+
+/// Every series, keel's first.
+pub fn all_series() -> impl Iterator<Item = &'static str> {
+    KEEL_SERIES.into_iter().chain(PEERS)
+}
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -38,6 +46,8 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub system: String,
+    /// The system, or for keel which of its series (`KEEL_SERIES`).
+    pub series: String,
     pub version: String,
     pub flush: String,
     pub size: usize,
@@ -57,6 +67,7 @@ impl Row {
     pub fn new(cluster: &Cluster, size: usize, inflight: usize, m: &Measured) -> Self {
         Row {
             system: cluster.system.to_string(),
+            series: cluster.series.to_string(),
             version: cluster.version.clone(),
             flush: cluster.flush.to_string(),
             size,
@@ -76,6 +87,7 @@ impl Row {
 #[derive(Debug, Clone, Serialize)]
 pub struct Skipped {
     pub system: String,
+    pub series: String,
     pub flush: String,
     pub reason: String,
 }
@@ -140,8 +152,8 @@ pub fn write(dir: &Path, report: &Report) -> Result<()> {
     Ok(())
 }
 
-fn find<'a>(rows: &'a [Row], system: &str, flush: &str, size: usize, inflight: usize) -> Option<&'a Row> {
-    rows.iter().find(|r| r.system == system && r.flush == flush && r.size == size && r.inflight == inflight)
+fn find<'a>(rows: &'a [Row], series: &str, flush: &str, size: usize, inflight: usize) -> Option<&'a Row> {
+    rows.iter().find(|r| r.series == series && r.flush == flush && r.size == size && r.inflight == inflight)
 }
 
 /// The (size, in flight) points of the SYNC_FLUSH rows, in run order.
@@ -155,14 +167,17 @@ fn sync_points(rows: &[Row]) -> Vec<(usize, usize)> {
     points
 }
 
-/// The markdown tables of the SYNC_FLUSH results alone (for the README too).
+/// The markdown tables of the SYNC_FLUSH results alone (for the README too):
+/// a column per series, then each keel series ÷ the best peer at that point.
 pub fn sync_tables(report: &Report) -> String {
     let rows = &report.results;
     let mut md = String::new();
     let present: Vec<&str> =
-        SYSTEMS.iter().copied().filter(|s| rows.iter().any(|r| r.system == *s && r.flush == SYNC_FLUSH)).collect();
-    let _ = writeln!(md, "| messages/s (p99 ack latency) | {} | keel ÷ best peer |", present.join(" | "));
-    let _ = writeln!(md, "|---|{}---:|", "---:|".repeat(present.len()));
+        all_series().filter(|s| rows.iter().any(|r| r.series == *s && r.flush == SYNC_FLUSH)).collect();
+    let keels: Vec<&str> = present.iter().copied().filter(|s| KEEL_SERIES.contains(s)).collect();
+    let ratios: Vec<String> = keels.iter().map(|k| format!(" {k} ÷ best peer |")).collect();
+    let _ = writeln!(md, "| messages/s (p99 ack latency) | {} |{}", present.join(" | "), ratios.concat());
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(present.len() + keels.len()));
     for (size, inflight) in sync_points(rows) {
         let mut line = format!("| {} × {inflight} in flight |", size_label(size));
         for s in &present {
@@ -173,16 +188,17 @@ pub fn sync_tables(report: &Report) -> String {
                 None => line.push_str(" — |"),
             }
         }
-        let keel = find(rows, "keel", SYNC_FLUSH, size, inflight).map(|r| r.msgs_per_s);
-        let best_peer = SYSTEMS[1..]
+        let best_peer = PEERS
             .iter()
             .filter_map(|s| find(rows, s, SYNC_FLUSH, size, inflight))
             .max_by(|a, b| a.msgs_per_s.total_cmp(&b.msgs_per_s));
-        match (keel, best_peer) {
-            (Some(k), Some(p)) if p.msgs_per_s > 0.0 => {
-                let _ = write!(line, " {:.2}× ({}) |", k / p.msgs_per_s, p.system);
+        for keel in &keels {
+            match (find(rows, keel, SYNC_FLUSH, size, inflight), best_peer) {
+                (Some(k), Some(p)) if p.msgs_per_s > 0.0 => {
+                    let _ = write!(line, " {:.2}× ({}) |", k.msgs_per_s / p.msgs_per_s, p.series);
+                }
+                _ => line.push_str(" — |"),
             }
-            _ => line.push_str(" — |"),
         }
         let _ = writeln!(md, "{line}");
     }
@@ -196,7 +212,7 @@ fn detail_table(md: &mut String, rows: &[&Row]) {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} |",
-            r.system,
+            r.series,
             r.flush,
             size_label(r.size),
             r.inflight,
@@ -232,8 +248,9 @@ fn markdown(report: &Report) -> String {
     let _ = writeln!(md, "## Acknowledged after fsync on a majority\n");
     let _ = writeln!(
         md,
-        "keel under SYNC_FLUSH; etcd (WAL fsync before commit); NATS JetStream R3 file stream with \
-         `sync_interval: always`; RabbitMQ quorum queue with publisher confirms.\n"
+        "keel under SYNC_FLUSH, one record per Produce request and through keel-client's `Batcher`; etcd (WAL \
+         fsync before commit); NATS JetStream R3 file stream with `sync_interval: always`; RabbitMQ quorum queue \
+         with publisher confirms.\n"
     );
     md.push_str(&sync_tables(report));
     let _ = writeln!(md, "\n![throughput and p99 against messages in flight, 1 KiB messages]({}.svg)\n", report.date);
@@ -256,13 +273,13 @@ fn markdown(report: &Report) -> String {
         let _ = writeln!(md, "\n## What did not work\n");
         for s in &report.not_measured {
             let _ =
-                writeln!(md, "- **{} ({})** not (fully) measured: {}", s.system, s.flush, s.reason.replace('\n', " "));
+                writeln!(md, "- **{} ({})** not (fully) measured: {}", s.series, s.flush, s.reason.replace('\n', " "));
         }
         for r in report.results.iter().filter(|r| r.errors > 0) {
             let _ = writeln!(
                 md,
                 "- {} {} {} × {}: {} errors; first: {}",
-                r.system,
+                r.series,
                 r.flush,
                 size_label(r.size),
                 r.inflight,
@@ -331,15 +348,69 @@ fn markdown(report: &Report) -> String {
     }
     let _ = writeln!(
         md,
-        "| load generator | keel-bench: keel-client (Batcher), etcd-client 0.21, async-nats 0.51, lapin 4; tokio, \
+        "| load generator | keel-bench: keel-client (`Producer::produce` of one record; `Batcher`), etcd-client 0.21, async-nats 0.51, lapin 4; tokio, \
          {} cores shared with the servers |",
         m.cores
     );
     md
 }
 
+/// Rows and reports for the tests of this module and `plot.rs`.
+#[cfg(test)]
+pub mod fixtures {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    pub fn row(series: &str, flush: &str, size: usize, inflight: usize, msgs_per_s: f64, p99_us: u64) -> Row {
+        let system = if KEEL_SERIES.contains(&series) { "keel" } else { series };
+        Row {
+            system: system.into(),
+            series: series.into(),
+            version: "1".into(),
+            flush: flush.into(),
+            size,
+            inflight,
+            duration_s: 1.0,
+            msgs_per_s,
+            mib_per_s: msgs_per_s * size as f64 / (1024.0 * 1024.0),
+            p50_us: p99_us / 2,
+            p99_us,
+            p999_us: p99_us * 2,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    pub fn report(results: Vec<Row>) -> Report {
+        Report {
+            schema: 2,
+            date: "2026-11-26".into(),
+            quick: false,
+            machine: Machine {
+                cpu_model: String::new(),
+                cores: 2,
+                ram_gib: 1.0,
+                disk: String::new(),
+                filesystem: String::new(),
+                kernel: String::new(),
+                os: String::new(),
+                loadavg_start: String::new(),
+                loadavg_end: String::new(),
+                versions: BTreeMap::new(),
+            },
+            disk: None,
+            results,
+            not_measured: Vec::new(),
+            wall_s: 0.0,
+            warmup_s: 0.0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fixtures::{report, row};
     use super::*;
 
     #[test]
@@ -353,5 +424,62 @@ mod tests {
         assert_eq!(human_us(1_200_000), "1.20 s");
         assert_eq!(thousands(41_230.4), "41,230");
         assert_eq!(thousands(999.0), "999");
+    }
+
+    #[test]
+    fn the_sync_table_shows_both_keel_series_each_against_the_best_peer() {
+        let [single, batcher] = KEEL_SERIES;
+        let report = report(vec![
+            row(single, SYNC_FLUSH, 1024, 1, 300.0, 9_000),
+            row(single, SYNC_FLUSH, 1024, 64, 4_000.0, 30_000),
+            row(batcher, SYNC_FLUSH, 1024, 1, 150.0, 15_000),
+            row(batcher, SYNC_FLUSH, 1024, 64, 16_000.0, 15_000),
+            row("etcd", SYNC_FLUSH, 1024, 1, 600.0, 9_000),
+            row("etcd", SYNC_FLUSH, 1024, 64, 3_000.0, 40_000),
+            row("nats", SYNC_FLUSH, 1024, 1, 500.0, 10_000),
+            row("nats", SYNC_FLUSH, 1024, 64, 8_000.0, 43_000),
+            row(batcher, ASYNC_FLUSH, 1024, 64, 23_000.0, 11_000),
+        ]);
+        let table = sync_tables(&report);
+        let lines: Vec<&str> = table.lines().collect();
+
+        // Phase: a column per series present (keel's first), then a ratio per keel series.
+        assert_eq!(
+            lines[0],
+            "| messages/s (p99 ack latency) | keel (1 record/request) | keel (Batcher) | etcd | nats | \
+             keel (1 record/request) ÷ best peer | keel (Batcher) ÷ best peer |"
+        );
+        assert_eq!(lines[1], "|---|---:|---:|---:|---:|---:|---:|");
+
+        // Phase: each keel series divided by the same best peer of its point.
+        assert_eq!(
+            lines[2],
+            "| 1 KiB × 1 in flight | 300 (9.0 ms) | 150 (15.0 ms) | 600 (9.0 ms) | 500 (10.0 ms) | 0.50× (etcd) | \
+             0.25× (etcd) |"
+        );
+        assert_eq!(
+            lines[3],
+            "| 1 KiB × 64 in flight | 4,000 (30.0 ms) | 16,000 (15.0 ms) | 3,000 (40.0 ms) | 8,000 (43.0 ms) | \
+             0.50× (nats) | 2.00× (nats) |"
+        );
+        assert_eq!(lines.len(), 4, "weaker policies stay out of this table");
+    }
+
+    #[test]
+    fn the_markdown_lists_both_keel_series_under_every_weaker_policy() {
+        let [single, batcher] = KEEL_SERIES;
+        let mut rows = Vec::new();
+        for flush in [SYNC_FLUSH, BATCH_FLUSH, ASYNC_FLUSH] {
+            for series in KEEL_SERIES {
+                rows.push(row(series, flush, 1024, 64, 1_000.0, 10_000));
+            }
+        }
+        let md = markdown(&report(rows));
+        let weak = &md[md.find("## keel under weaker flush policies").expect("the weaker policies' section")..];
+        for flush in [BATCH_FLUSH, ASYNC_FLUSH] {
+            for series in [single, batcher] {
+                assert!(weak.contains(&format!("| {series} | {flush} | 1 KiB | 64 |")), "{series} {flush}");
+            }
+        }
     }
 }

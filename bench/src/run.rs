@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::CompareArgs;
+use crate::cluster::keel::Producing;
 use crate::cluster::{self, Cluster, Started};
 use crate::disk::{self, DiskTimes};
 use crate::load::{self, Point};
@@ -22,8 +23,8 @@ const MIB: usize = 1024 * 1024;
 
 /// The measured points: (size, in flight).
 const SYNC_POINTS: [(usize, usize); 6] = [(KIB, 1), (KIB, 16), (KIB, 64), (KIB, 256), (64 * KIB, 16), (MIB, 4)];
-/// keel under its weaker policies: the headline point, and the latency of a
-/// lone producer (skipped by --quick).
+/// keel under its weaker policies (both series): the headline point, and
+/// the latency of a lone producer (skipped by --quick).
 const WEAK_POINTS: [(usize, usize); 2] = [(KIB, 64), (KIB, 1)];
 const WEAK_POINTS_QUICK: usize = 1;
 
@@ -57,7 +58,8 @@ impl Plan {
 /// One cluster to start and the points to drive through it.
 #[derive(Clone, Copy)]
 enum System {
-    Keel(&'static str),
+    /// keel under a flush policy, produced to one way (one series each).
+    Keel(&'static str, Producing),
     Etcd,
     Nats,
     Rabbit,
@@ -66,16 +68,24 @@ enum System {
 impl System {
     fn name(self) -> &'static str {
         match self {
-            System::Keel(_) => "keel",
+            System::Keel(..) => "keel",
             System::Etcd => "etcd",
             System::Nats => "nats",
             System::Rabbit => "rabbitmq",
         }
     }
 
+    /// The name of its results: the system, or which keel series.
+    fn series(self) -> &'static str {
+        match self {
+            System::Keel(_, producing) => producing.series(),
+            other => other.name(),
+        }
+    }
+
     fn flush(self) -> &'static str {
         match self {
-            System::Keel(f) => f,
+            System::Keel(f, _) => f,
             _ => cluster::keel::SYNC_FLUSH,
         }
     }
@@ -107,14 +117,14 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
         }
     }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|s| s == name);
+    let keel = |flush| Producing::ALL.map(|p| System::Keel(flush, p));
     let systems: Vec<System> = [
-        System::Keel(cluster::keel::SYNC_FLUSH),
-        System::Etcd,
-        System::Nats,
-        System::Rabbit,
-        System::Keel(cluster::keel::BATCH_FLUSH),
-        System::Keel(cluster::keel::ASYNC_FLUSH),
+        &keel(cluster::keel::SYNC_FLUSH)[..],
+        &[System::Etcd, System::Nats, System::Rabbit],
+        &keel(cluster::keel::BATCH_FLUSH),
+        &keel(cluster::keel::ASYNC_FLUSH),
     ]
+    .concat()
     .into_iter()
     .filter(|s| wanted(s.name()))
     .collect();
@@ -169,7 +179,7 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
     let mut done = 0;
     for system in systems {
         let points = points_of(system);
-        eprintln!("{}: starting a three-node cluster ({})", system.name(), system.flush());
+        eprintln!("{}: starting a three-node cluster ({})", system.series(), system.flush());
         let t0 = Instant::now();
         let mut procs = Procs::new(&args.scratch);
         let started = tokio::select! {
@@ -184,13 +194,18 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
                     bail!("interrupted");
                 }
                 let reason = format!("{e:#}");
-                eprintln!("{}: NOT MEASURED: could not start the cluster: {reason}", system.name());
-                skipped.push(Skipped { system: system.name().into(), flush: system.flush().into(), reason });
+                eprintln!("{}: NOT MEASURED: could not start the cluster: {reason}", system.series());
+                skipped.push(Skipped {
+                    system: system.name().into(),
+                    series: system.series().into(),
+                    flush: system.flush().into(),
+                    reason,
+                });
                 done += points.len();
                 continue;
             }
         };
-        eprintln!("{}: ready in {:.1} s ({})", system.name(), t0.elapsed().as_secs_f64(), cluster.version);
+        eprintln!("{}: ready in {:.1} s ({})", system.series(), t0.elapsed().as_secs_f64(), cluster.version);
         let driven = tokio::select! {
             r = drive(&mut cluster, &points, &plan, total, &mut done, &mut rows) => r,
             _ = interrupted(stop_rx.clone()) => Err(anyhow::anyhow!("interrupted")),
@@ -201,14 +216,19 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
         }
         if let Err(e) = driven {
             let reason = format!("{e:#}");
-            eprintln!("{}: stopped early: {reason}", system.name());
-            skipped.push(Skipped { system: system.name().into(), flush: system.flush().into(), reason });
+            eprintln!("{}: stopped early: {reason}", system.series());
+            skipped.push(Skipped {
+                system: system.name().into(),
+                series: system.series().into(),
+                flush: system.flush().into(),
+                reason,
+            });
         }
     }
     machine.loadavg_end = machine::loadavg();
 
     let report = Report {
-        schema: 1,
+        schema: 2,
         date: args.date.clone(),
         quick: args.quick,
         machine,
@@ -225,8 +245,8 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
 
 async fn start_cluster(system: System, args: &CompareArgs, procs: &mut Procs) -> Result<Started> {
     match system {
-        System::Keel(flush) => {
-            cluster::keel::start(procs, &args.keel_bin, &args.keel_version, &args.scratch, flush).await
+        System::Keel(flush, producing) => {
+            cluster::keel::start(procs, &args.keel_bin, &args.keel_version, &args.scratch, flush, producing).await
         }
         System::Etcd => cluster::etcd::start(procs, &args.scratch).await,
         System::Nats => cluster::nats::start(procs, &args.nats_bin, &args.scratch).await,
@@ -246,9 +266,9 @@ async fn drive(
         *done += 1;
         let point = Point { size, inflight, warmup: plan.warmup, duration: plan.duration };
         let m = load::run_point(&cluster.target, point).await;
-        let label = format!("{} {} {} x {}", cluster.system, cluster.flush, report::size_label(size), inflight);
+        let label = format!("{} {} {} x {}", cluster.series, cluster.flush, report::size_label(size), inflight);
         eprintln!(
-            "[{done:>2}/{total}] {label:<32} {:>9.0} msg/s {:>7.1} MiB/s  p50 {:>8}  p99 {:>8}  p999 {:>8}  errors {}{}",
+            "[{done:>2}/{total}] {label:<48} {:>9.0} msg/s {:>7.1} MiB/s  p50 {:>8}  p99 {:>8}  p999 {:>8}  errors {}{}",
             m.msgs_per_s,
             m.mib_per_s,
             report::human_us(m.p50_us),

@@ -101,6 +101,7 @@ pub async fn start(procs: &mut Procs, scratch: &Path) -> Result<Started> {
     let kv = client.kv_client();
     Ok(Started {
         system: "etcd",
+        series: "etcd",
         version,
         flush: super::keel::SYNC_FLUSH,
         target: Target::Etcd { kv: kv.clone() },

@@ -3,6 +3,10 @@
 //! acknowledged once its entry is fdatasynced on a majority (the ack says
 //! QUORUM_FSYNCED, which the load generator checks on every message).
 //!
+//! keel is measured as two series, each on a cluster of its own
+//! ([`Producing`]): one record per Produce request, as every peer sends one
+//! message per request, and keel-client's batching `Batcher`.
+//!
 //! Ports: gRPC 19091–19093, admin HTTP 19191–19193 (`--base-port 19091`).
 
 use std::path::Path;
@@ -10,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use keel_client::proto::TopicConfig;
-use keel_client::{BatchOptions, Batcher, Client, Durability, Error, ErrorCode};
+use keel_client::{BatchOptions, Batcher, Client, Durability, Error, ErrorCode, Producer};
 use tokio::process::Command;
 
 use super::{Fatal, Reset, Started, fresh_dir, wait_ready};
@@ -31,12 +35,45 @@ pub const SYNC_FLUSH: &str = "SYNC_FLUSH";
 pub const BATCH_FLUSH: &str = "BATCH_FLUSH";
 pub const ASYNC_FLUSH: &str = "ASYNC_FLUSH";
 
+/// How the load generator produces to keel: one series of results each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Producing {
+    /// `Producer::produce` of a single record, awaited before the worker
+    /// sends the next: one message per request, like every peer's client.
+    OneRecordPerRequest,
+    /// keel-client's `Batcher`: records queued while a request is in flight
+    /// go together in the next one (as Kafka's producer batches).
+    Batcher,
+}
+
+impl Producing {
+    /// In the order they run and appear in the results.
+    pub const ALL: [Producing; 2] = [Producing::OneRecordPerRequest, Producing::Batcher];
+
+    /// The series' name in the results.
+    pub const fn series(self) -> &'static str {
+        match self {
+            Producing::OneRecordPerRequest => "keel (1 record/request)",
+            Producing::Batcher => "keel (Batcher)",
+        }
+    }
+
+    /// Tells apart the data directories and logs of the two series.
+    fn tag(self) -> &'static str {
+        match self {
+            Producing::OneRecordPerRequest => "single",
+            Producing::Batcher => "batcher",
+        }
+    }
+}
+
 pub async fn start(
     procs: &mut Procs,
     keel_bin: &Path,
     version: &str,
     scratch: &Path,
     flush: &'static str,
+    producing: Producing,
 ) -> Result<Started> {
     let ports: Vec<(u16, String)> = (0..NODES)
         .flat_map(|i| {
@@ -47,7 +84,8 @@ pub async fn start(
         })
         .collect();
     check_ports("keel", &ports).await?;
-    let data_dir = scratch.join(format!("keel-{}", flush.to_lowercase()));
+    let name = format!("keel-{}-{}", flush.to_lowercase(), producing.tag());
+    let data_dir = scratch.join(&name);
     fresh_dir(&data_dir)?;
     let mut command = Command::new(keel_bin);
     command
@@ -65,7 +103,7 @@ pub async fn start(
     // KEEL_* variables override a node's file; the policy under test must
     // be the one named here.
     clear_env_prefix(&mut command, "KEEL_");
-    procs.spawn("keel dev", command, &scratch.join(format!("keel-{}.log", flush.to_lowercase())))?;
+    procs.spawn("keel dev", command, &scratch.join(format!("{name}.log")))?;
 
     let addrs: Vec<String> = (0..NODES).map(|i| format!("127.0.0.1:{}", BASE_PORT + i)).collect();
     let client = Client::connect(addrs).context("keel client")?;
@@ -85,12 +123,19 @@ pub async fn start(
     })
     .await?;
     let expect = if flush == ASYNC_FLUSH { Durability::QuorumWritten } else { Durability::QuorumFsynced };
-    let batcher = Batcher::new(client.producer(), BatchOptions::default());
+    let topic = Arc::from(TOPIC);
+    let target = match producing {
+        Producing::OneRecordPerRequest => Target::KeelProduce { producer: Producer::new(client), topic, expect },
+        Producing::Batcher => {
+            Target::Keel { batcher: Batcher::new(client.producer(), BatchOptions::default()), topic, expect }
+        }
+    };
     Ok(Started {
         system: "keel",
+        series: producing.series(),
         version: version.to_string(),
         flush,
-        target: Target::Keel { batcher, topic: Arc::from(TOPIC), expect },
+        target,
         reset: Reset::Nothing,
         data_dir,
     })

@@ -48,6 +48,8 @@ pub enum Reset {
 /// whether `start` succeeded, failed or was interrupted.
 pub struct Started {
     pub system: &'static str,
+    /// The system, or for keel which of its series ([`keel::Producing`]).
+    pub series: &'static str,
     pub version: String,
     pub flush: &'static str,
     pub target: Target,
@@ -58,6 +60,7 @@ pub struct Started {
 /// A running cluster, ready for load.
 pub struct Cluster {
     pub system: &'static str,
+    pub series: &'static str,
     pub version: String,
     /// `SYNC_FLUSH` for every configuration that acks after fsync on a
     /// majority; keel's own policy name otherwise.
@@ -70,8 +73,8 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(started: Started, procs: Procs) -> Self {
-        let Started { system, version, flush, target, reset, data_dir } = started;
-        Cluster { system, version, flush, target, procs, reset, data_dir }
+        let Started { system, series, version, flush, target, reset, data_dir } = started;
+        Cluster { system, series, version, flush, target, procs, reset, data_dir }
     }
 
     /// Fails if one of the cluster's processes has died.

@@ -114,6 +114,7 @@ pub async fn start(procs: &mut Procs, bin: &Path, scratch: &Path) -> Result<Star
     let stream = js.get_stream(STREAM).await.context("nats: look up the stream")?;
     Ok(Started {
         system: "nats",
+        series: "nats",
         version,
         flush: super::keel::SYNC_FLUSH,
         target: Target::Nats { js, subject: Arc::from(SUBJECT) },

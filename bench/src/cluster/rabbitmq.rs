@@ -192,6 +192,7 @@ pub async fn start(procs: &mut Procs, scratch: &Path) -> Result<Started> {
     }
     Ok(Started {
         system: "rabbitmq",
+        series: "rabbitmq",
         version,
         flush: super::keel::SYNC_FLUSH,
         target: Target::Rabbit { channel: channel.clone(), queue: Arc::from(QUEUE) },
