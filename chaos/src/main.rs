@@ -83,6 +83,13 @@ struct RunArgs {
     /// message must already be readable then (0: only the last cycle).
     #[arg(long, default_value_t = 2)]
     read_back_every: u32,
+    /// `flush.interval.ms` of the nodes (process backend) [default: keel's,
+    /// 100]. Under BATCH_FLUSH an ack waits for its batch's fsync, at most
+    /// this long after the oldest unsynced message, so producers sending
+    /// one message at a time send about 1000/N a second each: bitflip needs
+    /// a few sealed segments per cycle, and a small N gives them.
+    #[arg(long, value_name = "N")]
+    flush_interval_ms: Option<u64>,
 }
 
 /// The size of each node's volume in the disk-full scenario.
@@ -113,6 +120,9 @@ fn real_main() -> Result<bool> {
             let target = scenario::Target::parse(&a.target)?;
             if !["SYNC_FLUSH", "BATCH_FLUSH", "ASYNC_FLUSH"].contains(&a.flush.as_str()) {
                 bail!("--flush {:?}: expected SYNC_FLUSH, BATCH_FLUSH or ASYNC_FLUSH", a.flush);
+            }
+            if a.flush_interval_ms == Some(0) {
+                bail!("--flush-interval-ms must be at least 1");
             }
             if a.cycles == 0 || a.producers == 0 || a.partitions == 0 {
                 bail!("--cycles, --producers and --partitions must be at least 1");
@@ -146,7 +156,13 @@ fn real_main() -> Result<bool> {
                         volume,
                         netns,
                         segment_bytes,
+                        a.flush_interval_ms,
                     )?)
+                }
+                "docker" if a.flush_interval_ms.is_some() => {
+                    bail!(
+                        "--flush-interval-ms is for the process backend (the compose file sets the docker nodes' keys)"
+                    )
                 }
                 "docker" => Arc::new(backend::docker::Docker::start_cluster(&a.compose_file, &a.flush, a.keep)?),
                 other => bail!("--backend {other:?}: expected process or docker"),

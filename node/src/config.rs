@@ -13,7 +13,7 @@
 //! | `store.reserve.bytes` | max(2 × `segment.bytes`, 64 MiB) | free space the volume holding the log must keep: below it the leader refuses produce and topic creation (RESOURCE_EXHAUSTED) until space is freed, so ENOSPC never strikes a segment roll or a meta, index or checkpoint write; 0 turns the check off |
 //! | `segment.cached.sealed` | 2 | how many of the newest sealed segments keep their pages in the page cache; older ones give theirs back after each roll (reads then come from disk); -1 leaves it to the kernel |
 //! | `flush.disk.type` | `SYNC_FLUSH` | `SYNC_FLUSH`, `BATCH_FLUSH` or `ASYNC_FLUSH` |
-//! | `flush.batch.size` | 100 | BATCH_FLUSH: the leader fsyncs its own entries after this many unsynced ones (followers fsync before they answer AppendEntries) |
+//! | `flush.batch.size` | 100 | BATCH_FLUSH: every node fsyncs once this many messages are unsynced (or `flush.interval.ms` after the oldest); an append, and so an ack, waits for its batch's fsync |
 //! | `flush.interval.ms` | 100 | BATCH_FLUSH / ASYNC_FLUSH: fsync at least this often |
 //! | `flush.commitlog.interval` | 1000 | ASYNC_FLUSH: fsync after this many unsynced entries |
 //! | `flush.commitlog.timeout` | 5000 | ms a producer waits for durability before "outcome unknown" |
@@ -258,7 +258,7 @@ pub struct KeyFlags {
     /// `flush.disk.type`: SYNC_FLUSH, BATCH_FLUSH or ASYNC_FLUSH [default: SYNC_FLUSH]
     #[arg(long, value_name = "TYPE")]
     pub flush_disk_type: Option<String>,
-    /// `flush.batch.size`: under BATCH_FLUSH the leader syncs its own entries after this many [default: 100]
+    /// `flush.batch.size`: under BATCH_FLUSH, fsync once this many messages are unsynced [default: 100]
     #[arg(long, value_name = "ENTRIES")]
     pub flush_batch_size: Option<String>,
     /// `flush.interval.ms`: BATCH/ASYNC_FLUSH sync at least this often [default: 100]

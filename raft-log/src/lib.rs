@@ -4,7 +4,7 @@
 //! files, each preallocated and read back through mmap, with a position
 //! index and a sparse time index beside every sealed segment. [`Store`] is
 //! the record-level API (append, truncate, purge, physical deletion, range
-//! install, reads); [`LogStore`] adapts it to openraft 0.9's
+//! install, reads); [`LogStore`] adapts it to openraft 0.10's
 //! `RaftLogStorage`. Durability is owned by the flusher actor, which groups
 //! concurrent appends into one `fdatasync` and fires openraft's callbacks
 //! only after the sync that covers them (under SYNC_FLUSH).

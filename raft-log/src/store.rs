@@ -794,8 +794,8 @@ impl Store {
     /// must not take entries for committed that a new leader, elected
     /// without them, will replace (found by keel-chaos power-loss under
     /// BATCH_FLUSH: the replicas' committed logs diverged). Under SYNC_FLUSH
-    /// too, as the leader's own entries count as flushed once written
-    /// ([`crate::LogStore::leader_acks_on_write`]).
+    /// and BATCH_FLUSH the node's durable index is its commit index, so the
+    /// cap only bites under ASYNC_FLUSH.
     ///
     /// Nor past this node's own fsynced index: recovery treats any damage
     /// at or below the committed id on disk as corruption to repair, never

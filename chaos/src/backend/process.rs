@@ -64,6 +64,7 @@ impl Process {
     /// With `netns`, each node runs in a network namespace of its own behind
     /// a bridge (needs root), so one node can be cut off from its peers.
     /// With `segment_bytes`, segments of that size (small ones roll often).
+    /// With `flush_interval_ms`, that `flush.interval.ms`.
     pub fn start_cluster(
         keel: &Path,
         flush: &str,
@@ -71,6 +72,7 @@ impl Process {
         volume_bytes: Option<u64>,
         netns: bool,
         segment_bytes: Option<u64>,
+        flush_interval_ms: Option<u64>,
     ) -> Result<Self> {
         if !keel.is_file() {
             bail!("no keel binary at {} (build it, or pass --keel-bin)", keel.display());
@@ -96,6 +98,9 @@ impl Process {
             }
             if let Some(bytes) = segment_bytes {
                 extra.push_str(&format!("segment.bytes={bytes}\nmax.message.bytes=65536\n"));
+            }
+            if let Some(ms) = flush_interval_ms {
+                extra.push_str(&format!("flush.interval.ms={ms}\n"));
             }
             let grpc = format!("{}:{}", host(i as usize), grpc_port(i as usize));
             let admin = format!("{}:{}", host(i as usize), admin_port(i as usize));

@@ -5,9 +5,9 @@
 //! ```text
 //! byte 0      kind: 1 = produce group, 2 = command
 //! produce group (kind 1): one or more produce batches, each for one
-//! (topic, partition). openraft 0.9 appends (and fsyncs) every client write
-//! on its own, so the proposer packs the batches that arrive while one
-//! append is in flight into one entry.
+//! (topic, partition). The proposer packs the batches that arrive while
+//! its entries are in flight into one entry, so concurrent produce requests
+//! do not each take a Raft round (and an entry of its own).
 //!   u32 LE    batch count (>= 1)
 //!   per batch:
 //!     u16 LE  topic name length, then the UTF-8 name
@@ -372,6 +372,32 @@ pub fn record_at(payload: &Bytes, slot: u32) -> Result<StoredRecord, Malformed> 
     Err(Malformed { at: r.at, what: "slot past the last record" })
 }
 
+/// How many messages (records) an entry payload carries: the sum of its
+/// batches' record counts, read from the batch headers (records are skipped
+/// by their length prefixes); 1 for a command or a payload that does not
+/// parse (BATCH_FLUSH's `flush.batch.size` counts messages).
+pub fn message_count(payload: &Bytes) -> u64 {
+    fn count(payload: &Bytes) -> Result<u64, Malformed> {
+        let mut r = Reader { buf: payload.clone(), at: 0 };
+        if r.take(1, "kind")?[0] != KIND_PRODUCE {
+            return Ok(1);
+        }
+        let mut total = 0u64;
+        for _ in 0..r.u32("batch count")? {
+            let topic_len = r.u16("topic length")? as usize;
+            r.take(topic_len + 8 + 4 + 8 + 8, "batch header")?;
+            let records = r.u32("record count")?;
+            for _ in 0..records {
+                let len = r.u32("record length")? as usize;
+                r.take(len, "record")?;
+            }
+            total += u64::from(records);
+        }
+        Ok(total)
+    }
+    count(payload).unwrap_or(1).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +410,21 @@ mod tests {
             headers: vec![("h".to_string(), Bytes::from_static(b"v"))],
             value: Bytes::copy_from_slice(value.as_bytes()),
         }
+    }
+
+    #[test]
+    fn a_produce_group_counts_its_records_as_messages_and_a_command_as_one() {
+        let mut g = GroupEncoder::new();
+        let mut b = Vec::new();
+        encode_batch(&mut b, "orders", 7, 1, 99, 5, &[rec("k1", "v1", "A"), rec("", "v2", "")]);
+        g.push_encoded(&b);
+        b.clear();
+        encode_batch(&mut b, "audit", 9, 0, 0, 0, &[rec("k3", "v3", "B")]);
+        g.push_encoded(&b);
+        assert_eq!(message_count(&Bytes::from(g.finish())), 3);
+        let delete = Command::DeleteTopic { name: "t".into() };
+        assert_eq!(message_count(&Bytes::from(encode_command(&delete))), 1);
+        assert_eq!(message_count(&Bytes::from_static(&[KIND_PRODUCE, 9])), 1, "malformed: counted as one");
     }
 
     #[test]

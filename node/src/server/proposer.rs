@@ -1,11 +1,12 @@
 //! The proposer actor: packs concurrent produce batches into one Raft entry.
 //!
-//! openraft 0.9 appends every `client_write` on its own and waits for its
-//! flush before the next append, so one request per entry would cost one
-//! fsync per request. The proposer drains whatever batches are queued when
-//! a slot frees up (at most `MAX_GROUP_BYTES` / `MAX_GROUP_BATCHES`) and
-//! proposes them as one entry; with `MAX_IN_FLIGHT` entries in Raft at
-//! once, the batches that arrive while one entry is being replicated and
+//! One Raft entry per produce request would cost a Raft round (an
+//! AppendEntries, a state-machine apply, an answer) per request. The
+//! proposer drains whatever batches are queued when a slot frees up (at
+//! most `MAX_GROUP_BYTES` / `MAX_GROUP_BATCHES`) and proposes them as one
+//! entry; with `MAX_IN_FLIGHT` entries in Raft at once (openraft 0.10 keeps
+//! appends and replication pipelined, and the log's flusher groups their
+//! fsyncs), the batches that arrive while entries are being replicated and
 //! fsynced form the next.
 //!
 //! # Sequence order

@@ -4,7 +4,7 @@
 //!
 //! Appends write into preallocated segments and cannot run out of space;
 //! what can is the next segment's preallocation at a roll, a truncation's
-//! roll, and the meta, index and checkpoint files. openraft 0.9 treats any
+//! roll, and the meta, index and checkpoint files. openraft treats any
 //! failed append as fatal, so running out there stops the node. The leader
 //! therefore refuses writes that grow the log (produce, create topic) with
 //! RESOURCE_EXHAUSTED *before proposing* while free space is below the

@@ -25,6 +25,10 @@ impl EntryData for Request {
         self.timestamp_ms
     }
 
+    fn messages(&self) -> u64 {
+        super::entry::message_count(&self.payload)
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.payload);
     }

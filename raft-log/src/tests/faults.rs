@@ -508,9 +508,8 @@ async fn a_committed_id_past_what_survived_a_power_loss_is_cut_to_the_last_entry
 
 #[tokio::test]
 async fn only_the_durable_part_of_the_committed_id_is_written() {
-    // Under SYNC_FLUSH too: the leader's own entries count for openraft
-    // once written (`LogStore::leader_acks_on_write`), so a committed id
-    // may run ahead of what a majority fsynced.
+    // Whatever the policy, the store writes no committed id past the
+    // durable index the node gives it (`Store::note_durable`).
     for policy in [FlushPolicy::BatchFlush, FlushPolicy::SyncFlush] {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = config(dir.path(), 1 << 20, policy);

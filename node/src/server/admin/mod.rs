@@ -604,8 +604,8 @@ async fn readyz(State(admin): Shared_) -> Response {
     }
     let mut committed = admin.store.read_committed().map_or(0, |c| c.index);
     if super::durable::waits_for_fsync(admin.store.config().flush.policy) {
-        // A leader applies only what is durable, up to one fdatasync behind
-        // its commit index (`durable::Gate`).
+        // The durable index is the commit index here (`durable.rs`); the
+        // minimum only guards against a figure read between the two.
         committed = committed.min(admin.durable.durable_index());
     }
     let applied = m.last_applied.map_or(0, |l| l.index);
