@@ -34,7 +34,7 @@ enum Cmd {
     /// List the scenarios.
     List,
     /// Run one scenario.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args)]
