@@ -126,8 +126,8 @@ pub fn guarantee(flush: &str) -> &'static str {
     match flush {
         SYNC_FLUSH => "acked after fsync on a majority",
         BATCH_FLUSH => {
-            "acked after fsync on a majority, but fsyncs wait for `flush.batch.size` entries or \
-             `flush.interval.ms`; followers may lose written-but-unsynced entries (never acked)"
+            "acked after fsync on a majority, but every node's fsync waits for `flush.batch.size` \
+             messages or `flush.interval.ms`: with fewer messages in flight the interval paces the acks"
         }
         ASYNC_FLUSH => {
             "acked once in the page cache of a majority (fsync every `flush.interval.ms`): a power loss \
