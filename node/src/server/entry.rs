@@ -412,8 +412,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_produce_group_counts_its_records_as_messages_and_a_command_as_one() {
+    /// Two batches: "orders" partition 1 (two records), "audit" (one).
+    fn two_batch_group() -> Bytes {
         let mut g = GroupEncoder::new();
         let mut b = Vec::new();
         encode_batch(&mut b, "orders", 7, 1, 99, 5, &[rec("k1", "v1", "A"), rec("", "v2", "")]);
@@ -421,7 +421,12 @@ mod tests {
         b.clear();
         encode_batch(&mut b, "audit", 9, 0, 0, 0, &[rec("k3", "v3", "B")]);
         g.push_encoded(&b);
-        assert_eq!(message_count(&Bytes::from(g.finish())), 3);
+        Bytes::from(g.finish())
+    }
+
+    #[test]
+    fn a_produce_group_counts_its_records_as_messages_and_a_command_as_one() {
+        assert_eq!(message_count(&two_batch_group()), 3);
         let delete = Command::DeleteTopic { name: "t".into() };
         assert_eq!(message_count(&Bytes::from(encode_command(&delete))), 1);
         assert_eq!(message_count(&Bytes::from_static(&[KIND_PRODUCE, 9])), 1, "malformed: counted as one");
@@ -429,14 +434,7 @@ mod tests {
 
     #[test]
     fn produce_group_round_trips_and_slots_address_records() {
-        let mut g = GroupEncoder::new();
-        let mut b = Vec::new();
-        encode_batch(&mut b, "orders", 7, 1, 99, 5, &[rec("k1", "v1", "A"), rec("", "v2", "")]);
-        g.push_encoded(&b);
-        b.clear();
-        encode_batch(&mut b, "audit", 9, 0, 0, 0, &[rec("k3", "v3", "B")]);
-        g.push_encoded(&b);
-        let payload = Bytes::from(g.finish());
+        let payload = two_batch_group();
         let Decoded::Produce(batches) = decode(payload.clone()).expect("decodes") else { panic!("not produce") };
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[0].topic, "orders");
