@@ -290,7 +290,7 @@ async fn drive(
     max_batch: usize,
 ) -> Result<Driven> {
     let deadline = tokio::time::Instant::from_std(window.end + STOP_GRACE);
-    let (stats_start, stats_end) = (&mut None, &mut None);
+    let (mut stats_start, mut stats_end) = (None, None);
     // Bounded like openraft's log I/O queue: at most this many appends wait
     // for their flush before the driver waits too.
     let (flights, mut flights_rx) = mpsc::channel::<InFlight>(1024);
@@ -330,10 +330,10 @@ async fn drive(
         // Snapshots between appends, so syncs and entries stay consistent.
         let now = Instant::now();
         if stats_start.is_none() && now >= window.start {
-            *stats_start = Some(store.flush_stats());
+            stats_start = Some(store.flush_stats());
         }
         if stats_end.is_none() && now >= window.end {
-            *stats_end = Some(store.flush_stats());
+            stats_end = Some(store.flush_stats());
         }
         batch.push(first);
         while batch.len() < max_batch {
@@ -364,15 +364,7 @@ async fn drive(
     }
     drop(flights);
     let Completed { hist, counted, last_completion } = completions.await.context("the completion task failed")??;
-    Ok(Driven {
-        log_store,
-        next_index,
-        hist,
-        counted,
-        last_completion,
-        stats_start: *stats_start,
-        stats_end: *stats_end,
-    })
+    Ok(Driven { log_store, next_index, hist, counted, last_completion, stats_start, stats_end })
 }
 
 /// Read entries `FIRST_INDEX..=last` back through `Store::read_range` (the

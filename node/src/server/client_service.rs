@@ -6,7 +6,6 @@
 //! Requests are checked here before anything is proposed; the state
 //! machine checks again when it applies (a topic may go away meanwhile).
 
-use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_proto::client::{self as pb, ErrorCode, keel_server::Keel};
 use keel_raft_log::{FlushPolicy, Store};
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use tokio::time::Instant;

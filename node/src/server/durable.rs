@@ -24,13 +24,13 @@
 //! Either way the actor also writes the committed id to the meta file about
 //! once a second (`Store::flush_committed`): a restart re-applies up to it.
 
-use openraft::async_runtime::WatchReceiver;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_proto::raft as pb;
 use keel_raft_log::{FlushPolicy, LogPos, Store};
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{mpsc, watch};
 
 use super::network::Peers;
@@ -131,11 +131,14 @@ impl Durable {
                     Some(Msg::Report { node, synced }) => self.accept(node, synced),
                     None => return,
                 },
-                r = synced.changed() => {
+                // Only ASYNC_FLUSH reports its fsynced index; under the
+                // others the commit index (the metrics) is the durable index,
+                // and waking on every fsync would be work on the hot path.
+                r = synced.changed(), if !waits_for_fsync(self.policy) => {
                     if r.is_err() {
                         return;
                     }
-                    report_now = !waits_for_fsync(self.policy);
+                    report_now = true;
                 }
                 r = metrics.changed() => {
                     if r.is_err() {

@@ -41,7 +41,6 @@ mod tls;
 pub mod types;
 mod wire;
 
-use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +49,7 @@ use anyhow::{Context, Result};
 use keel_proto::client::keel_server::KeelServer;
 use keel_proto::raft::raft_peer_server::RaftPeerServer;
 use keel_raft_log::Store;
+use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, SnapshotPolicy};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;

@@ -14,12 +14,12 @@
 //!    below X, and deletes the segments wholly below X (under the
 //!    transfer lock, so a snapshot being sent keeps its records).
 
-use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keel_raft_log::Store;
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::watch;
 
 use super::entry::{self, Command};

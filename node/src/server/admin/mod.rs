@@ -11,7 +11,6 @@ mod digest;
 pub mod metrics;
 pub mod status;
 
-use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
 use keel_raft_log::Store;
+use openraft::async_runtime::WatchReceiver;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 

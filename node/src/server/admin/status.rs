@@ -1,7 +1,6 @@
 //! `GET /api/v1/status`: what one node knows of itself, the document
 //! `docs/admin-api.md` describes field by field.
 
-use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Mutex;
@@ -9,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use keel_raft_log::{LatencySummary, Store};
 use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
 use serde::Serialize;
 
 use super::Admin;

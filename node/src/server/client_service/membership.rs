@@ -14,11 +14,11 @@
 //! leaves fewer needs `force` (acknowledgements would rest on fewer
 //! machines). Adding never needs it, so a one-node cluster grows to three.
 
-use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, Membership};
 
 use super::super::types::Raft;
