@@ -26,6 +26,11 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+/// The load generator drives every system's client; mimalloc (as in the
+/// `keel` binary) keeps glibc's allocator out of all of them alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cluster;
 mod disk;
 mod load;

@@ -337,7 +337,7 @@ async fn start(config: &NodeConfig, peers: &network::Peers, identity: &identity:
         store.max_payload_bytes(),
         config.store.flush.commitlog_timeout(),
     );
-    let reserve = reserve::DiskReserve { dir: config.store.dir.clone(), reserve_bytes: config.reserve_bytes };
+    let reserve = reserve::DiskReserve::new(config.store.dir.clone(), config.reserve_bytes);
     let limits = client_service::Limits {
         retention_ms: config.retention_ms,
         retention_bytes: config.retention_bytes,

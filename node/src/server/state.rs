@@ -271,19 +271,53 @@ struct RememberedBatch {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "StoredProducerState")]
 struct ProducerState {
     /// Oldest first. Never empty: the state is made with its first batch.
     recent: VecDeque<RememberedBatch>,
     last_seen_ms: u64,
+    /// The sequence the producer's next batch must start at: one past the
+    /// highest one stored. Derived from `recent`, not stored, so
+    /// checkpoints keep their layout (the two fields above); kept here
+    /// because every produce request and every apply asks for it.
+    #[serde(skip_serializing)]
+    next: u64,
+}
+
+/// [`ProducerState`] as checkpoints hold it.
+#[derive(Deserialize)]
+struct StoredProducerState {
+    recent: VecDeque<RememberedBatch>,
+    last_seen_ms: u64,
+}
+
+impl From<StoredProducerState> for ProducerState {
+    fn from(s: StoredProducerState) -> Self {
+        // A checkpoint from before gaps were refused may hold batches out
+        // of order, hence the maximum rather than the last. Since then a
+        // batch is stored only at `next`, so the newest is the highest.
+        let next = s.recent.iter().map(RememberedBatch::end).max().unwrap_or(0);
+        ProducerState { recent: s.recent, last_seen_ms: s.last_seen_ms, next }
+    }
+}
+
+impl RememberedBatch {
+    fn end(&self) -> u64 {
+        self.first_sequence.saturating_add(u64::from(self.count))
+    }
 }
 
 impl ProducerState {
-    /// The sequence the producer's next batch must start at: one past the
-    /// highest one stored. (Kept nowhere else, so checkpoints keep their
-    /// layout; a checkpoint from before gaps were refused may hold
-    /// batches out of order, hence the maximum rather than the last.)
     fn next_sequence(&self) -> u64 {
-        self.recent.iter().map(|r| r.first_sequence.saturating_add(u64::from(r.count))).max().unwrap_or(0)
+        self.next
+    }
+
+    fn remember(&mut self, batch: RememberedBatch) {
+        if self.recent.len() == PRODUCER_WINDOW {
+            self.recent.pop_front();
+        }
+        self.next = self.next.max(batch.end());
+        self.recent.push_back(batch);
     }
 }
 
@@ -364,8 +398,15 @@ impl State {
             // break the producer's order.
             p.last_seen_ms = p.last_seen_ms.max(timestamp_ms);
             let expected = p.next_sequence();
-            let who = format!("producer {} on {}/{}", b.producer_id, b.topic, b.partition);
-            if let Some(r) = p.recent.iter().find(|r| r.first_sequence == b.first_sequence) {
+            let who = || format!("producer {} on {}/{}", b.producer_id, b.topic, b.partition);
+            // Every remembered batch starts below `expected`: only a resend
+            // (rare) searches the window.
+            let resent = if b.first_sequence < expected {
+                p.recent.iter().find(|r| r.first_sequence == b.first_sequence)
+            } else {
+                None
+            };
+            if let Some(r) = resent {
                 if r.count == count {
                     return BatchOutcome::Stored {
                         base_offset: r.base_offset,
@@ -377,9 +418,11 @@ impl State {
                 return BatchOutcome::Rejected(Reject::OutOfOrderSequence {
                     expected,
                     message: format!(
-                        "{who} sent sequence {} with {count} records; it was stored with {} \
+                        "{} sent sequence {} with {count} records; it was stored with {} \
                          (expected sequence {expected} next)",
-                        b.first_sequence, r.count
+                        who(),
+                        b.first_sequence,
+                        r.count
                     ),
                 });
             }
@@ -398,7 +441,8 @@ impl State {
                 return BatchOutcome::Rejected(Reject::OutOfOrderSequence {
                     expected,
                     message: format!(
-                        "{who} sent sequence {}, but expected sequence {expected}: {why}",
+                        "{} sent sequence {}, but expected sequence {expected}: {why}",
+                        who(),
                         b.first_sequence
                     ),
                 });
@@ -414,10 +458,7 @@ impl State {
         if b.producer_id != 0 {
             let p = self.producers.entry(producer_key).or_default();
             p.last_seen_ms = p.last_seen_ms.max(timestamp_ms);
-            if p.recent.len() == PRODUCER_WINDOW {
-                p.recent.pop_front();
-            }
-            p.recent.push_back(RememberedBatch { first_sequence: b.first_sequence, count, base_offset, log_index });
+            p.remember(RememberedBatch { first_sequence: b.first_sequence, count, base_offset, log_index });
         }
         BatchOutcome::Stored { base_offset, count, duplicate: false, log_index }
     }
@@ -729,6 +770,38 @@ mod tests {
         assert_eq!(s.partition("t", 0).expect("partition").cq.end(), PRODUCER_WINDOW as u64 + 1);
     }
 
+    #[test]
+    fn a_producer_window_checkpoints_as_before_and_its_next_sequence_survives_a_reload() {
+        // Phase: the checkpoint bytes of a producer are its window and
+        // last-seen time, nothing more (the layout of earlier builds).
+        let window: VecDeque<RememberedBatch> = [(0, 5), (5, 2)]
+            .into_iter()
+            .map(|(first_sequence, count)| RememberedBatch { first_sequence, count, base_offset: 0, log_index: 2 })
+            .collect();
+        let p = ProducerState { recent: window.clone(), last_seen_ms: 9, next: 7 };
+        let bytes = crate::server::codec::encode(&p);
+        assert_eq!(bytes, crate::server::codec::encode(&(window.clone(), 9u64)));
+        let back: ProducerState = crate::server::codec::decode(&bytes).expect("decodes");
+        assert_eq!((back.next_sequence(), back.last_seen_ms, back.recent), (7, 9, window));
+        // Phase: a window an older build stored out of order: the highest counts.
+        let unordered: VecDeque<RememberedBatch> = [(10, 5), (0, 2)]
+            .into_iter()
+            .map(|(first_sequence, count)| RememberedBatch { first_sequence, count, base_offset: 0, log_index: 2 })
+            .collect();
+        let back: ProducerState =
+            crate::server::codec::decode(&crate::server::codec::encode(&(unordered, 1u64))).expect("decodes");
+        assert_eq!(back.next_sequence(), 15);
+        // Phase: a whole state reloaded from its checkpoint bytes expects
+        // the same sequence as the state it was taken from.
+        let mut s = State::default();
+        create(&mut s, 1, "t", 1);
+        for seq in 0..3 {
+            produce(&mut s, 2 + seq, batch("t", 1, 7, seq * 4, vec![record("", "", 1); 4]));
+        }
+        let reloaded: State = crate::server::codec::decode(&crate::server::codec::encode(&s)).expect("decodes");
+        assert_eq!(s.producer_next_sequence(7, "t", 0), Some(12));
+        assert_eq!(reloaded.producer_next_sequence(7, "t", 0), Some(12));
+    }
     #[test]
     fn a_deleted_and_recreated_topic_refuses_batches_of_the_old_incarnation() {
         let mut s = State::default();

@@ -427,7 +427,7 @@ impl Admin {
                 segments,
                 disk,
             },
-            advice: advice(mean_flush, disk, self.reserve.reserve_bytes),
+            advice: advice(mean_flush, disk, self.reserve.reserve_bytes()),
             repairs: self.repairs.clone(),
         }
     }
