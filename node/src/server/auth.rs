@@ -70,7 +70,7 @@ pub fn unauthenticated(refusal: Refusal, what: &str) -> Status {
         }
         Refusal::Wrong => format!("{what}: the bearer token does not match admin.token"),
     };
-    super::client_service::error(ErrorCode::Unauthenticated, message)
+    super::grpc_status::error(ErrorCode::Unauthenticated, message)
 }
 
 /// Checks a gRPC call's metadata against `expected`.
@@ -98,7 +98,7 @@ impl Interceptor for PeerGuard {
             // a verified one.
             let presented = req.peer_certs().is_some_and(|certs| !certs.is_empty());
             if !presented {
-                return Err(super::client_service::error(
+                return Err(super::grpc_status::error(
                     ErrorCode::Unauthenticated,
                     "peer RPCs need a client certificate issued by this cluster's tls.ca (mutual TLS); none was \
                      presented",

@@ -17,17 +17,19 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use tokio::time::Instant;
-use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
+use super::describe::{members_of, topic_info};
 use super::durable::DurableHandle;
 use super::entry::{self, Command, NewRecord};
+use super::grpc_status::{error, not_leader, propose_status, reject_status};
 use super::proposer::{MAX_BATCH_BYTES, ProposerHandle, SequenceOrder};
-use super::raft_errors::{ProposeError, leader_addr, propose_error};
+use super::raft_errors::{leader_addr, propose_error};
 use super::reserve::DiskReserve;
-use super::state::{self, BatchOutcome, CqEntry, Reject, State};
+use super::state::{self, BatchOutcome, CqEntry, Reject};
+use super::state_machine::Raft;
 use super::state_machine::Shared;
-use super::types::{Raft, Request as RaftRequest, now_ms};
+use super::types::{Request as RaftRequest, now_ms};
 
 mod membership;
 
@@ -104,72 +106,8 @@ pub struct ClientService {
     pub(crate) identity: super::identity::Identity,
 }
 
-pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
-    let grpc = match code {
-        ErrorCode::NotLeader | ErrorCode::OutOfOrderSequence => tonic::Code::FailedPrecondition,
-        ErrorCode::NoLeader | ErrorCode::ShuttingDown | ErrorCode::NotCaughtUp => tonic::Code::Unavailable,
-        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => tonic::Code::NotFound,
-        ErrorCode::TopicExists => tonic::Code::AlreadyExists,
-        ErrorCode::InvalidArgument | ErrorCode::MessageTooLarge => tonic::Code::InvalidArgument,
-        ErrorCode::OffsetOutOfRange => tonic::Code::OutOfRange,
-        ErrorCode::OutcomeUnknown => tonic::Code::DeadlineExceeded,
-        ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
-        ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
-        ErrorCode::StorageFailed | ErrorCode::Unspecified => tonic::Code::Internal,
-    };
-    let mut s = Status::new(grpc, message);
-    s.metadata_mut().insert("keel-error", MetadataValue::from_static(code.as_str_name()));
-    s
-}
-
 fn invalid(message: impl Into<String>) -> Status {
     error(ErrorCode::InvalidArgument, message)
-}
-
-/// Metadata key of an OUT_OF_ORDER_SEQUENCE status: the sequence the
-/// producer must send next (keel.proto), so a client tells a gap from an
-/// overlap without parsing the message.
-pub const EXPECTED_SEQUENCE_KEY: &str = "keel-expected-sequence";
-
-fn reject_status(r: Reject) -> Status {
-    let code = match &r {
-        Reject::UnknownTopic(_) => ErrorCode::UnknownTopic,
-        Reject::UnknownPartition { .. } => ErrorCode::UnknownPartition,
-        Reject::TopicExists(_) => ErrorCode::TopicExists,
-        Reject::Invalid(_) => ErrorCode::InvalidArgument,
-        Reject::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
-        Reject::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-    };
-    let mut status = error(code, r.to_string());
-    if let Reject::OutOfOrderSequence { expected, .. } = r {
-        status.metadata_mut().insert(EXPECTED_SEQUENCE_KEY, MetadataValue::from(expected));
-    }
-    status
-}
-
-fn not_leader(leader_id: Option<u64>, addr: Option<String>) -> Status {
-    match (leader_id, addr) {
-        (Some(id), Some(addr)) => {
-            let mut s = error(ErrorCode::NotLeader, format!("not the leader; the leader is node {id} at {addr}"));
-            if let Ok(v) = MetadataValue::try_from(id.to_string()) {
-                s.metadata_mut().insert("keel-leader-id", v);
-            }
-            if let Ok(v) = MetadataValue::try_from(addr) {
-                s.metadata_mut().insert("keel-leader-addr", v);
-            }
-            s
-        }
-        _ => error(ErrorCode::NoLeader, "no leader is known yet (an election may be under way); retry shortly"),
-    }
-}
-
-fn propose_status(e: ProposeError) -> Status {
-    match e {
-        ProposeError::NotLeader { leader_id, leader_addr } => not_leader(leader_id, leader_addr),
-        ProposeError::ShuttingDown => error(ErrorCode::ShuttingDown, "the node is shutting down"),
-        ProposeError::OutcomeUnknown => error(ErrorCode::OutcomeUnknown, ProposeError::OutcomeUnknown.to_string()),
-        ProposeError::Internal(m) => error(ErrorCode::StorageFailed, m),
-    }
 }
 
 impl ClientService {
@@ -377,41 +315,6 @@ fn fetched(offset: u64, r: entry::StoredRecord) -> pb::FetchedRecord {
             .map(|(k, v)| pb::Header { key: String::from_utf8_lossy(&k).into_owned(), value: v })
             .collect(),
     }
-}
-
-/// A topic as DescribeTopic and the admin API show it.
-pub fn topic_info(s: &State, name: &str) -> Result<pb::TopicInfo, Status> {
-    let t = s.topic(name).map_err(reject_status)?;
-    let partition_info = t
-        .partitions
-        .iter()
-        .enumerate()
-        .map(|(i, p)| pb::PartitionInfo {
-            partition: i as u32,
-            start_offset: p.cq.start(),
-            end_offset: p.cq.end(),
-            bytes: p.bytes,
-        })
-        .collect();
-    let groups = s
-        .groups
-        .iter()
-        .filter(|((_, topic, _), _)| topic == name)
-        .map(|((group, _, partition), &committed)| {
-            let end = t.partitions.get(*partition as usize).map_or(0, |p| p.cq.end());
-            pb::GroupLag { group: group.clone(), partition: *partition, committed, lag: end.saturating_sub(committed) }
-        })
-        .collect();
-    Ok(pb::TopicInfo {
-        name: t.name.clone(),
-        incarnation: t.incarnation,
-        partitions: t.config.partitions,
-        retention_ms: t.config.retention_ms,
-        retention_bytes: t.config.retention_bytes,
-        max_message_bytes: t.config.max_message_bytes,
-        partition_info,
-        groups,
-    })
 }
 
 /// How many of `records`, taken in the order given, an answer whose other
@@ -648,7 +551,7 @@ impl Keel for ClientService {
             (pb::Durability::QuorumWritten, self.durable.durable_index())
         };
         if !duplicate {
-            super::admin::metrics::produced(u64::from(count));
+            super::metrics::produced(u64::from(count));
         }
         Ok(Response::new(pb::ProduceResponse {
             base_offset,
@@ -723,7 +626,7 @@ impl Keel for ClientService {
                 };
                 cap_fetch(&mut answer);
                 let bytes = answer.records.iter().map(|r| r.value.len() + r.key.len()).sum::<usize>();
-                super::admin::metrics::fetched(answer.records.len() as u64, bytes as u64);
+                super::metrics::fetched(answer.records.len() as u64, bytes as u64);
                 return Ok(Response::new(answer));
             }
             // Nothing (matching) yet: wait for the next apply, then read on from `next`.
@@ -1239,12 +1142,6 @@ fn membership_status(raft: &Raft, e: super::raft_errors::WriteError) -> Status {
         }
         other => propose_status(propose_error(raft, other)),
     }
-}
-
-/// Every member, voters marked (ClusterInfo, membership answers and the admin status).
-pub fn members_of(membership: &keel_raft_log::Membership) -> Vec<pb::Member> {
-    let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    membership.nodes().map(|(id, n)| pb::Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) }).collect()
 }
 
 #[cfg(test)]

@@ -34,7 +34,8 @@ use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{mpsc, watch};
 
 use super::network::Peers;
-use super::types::{Metrics, Raft};
+use super::state_machine::Raft;
+use super::types::Metrics;
 
 /// Whether `policy` acknowledges and applies only what a majority has
 /// fsynced (SYNC_FLUSH, BATCH_FLUSH), or what a majority has written

@@ -25,9 +25,15 @@ pub mod admin;
 mod auth;
 pub mod client_service;
 mod codec;
+mod describe;
+mod disk;
 mod durable;
 pub mod entry;
+mod grpc_status;
 pub(crate) mod identity;
+mod metrics;
+#[cfg(test)]
+mod module_graph;
 mod network;
 mod peer;
 mod proposer;
@@ -57,10 +63,6 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::config::NodeConfig;
 
-/// Largest gRPC message either side accepts (a Raft append of several
-/// produce groups, or a snapshot chunk).
-pub(crate) const MAX_GRPC_MESSAGE_BYTES: usize = 512 << 20;
-
 fn raft_config() -> Result<openraft::Config> {
     let c = openraft::Config {
         cluster_name: "keel".into(),
@@ -69,7 +71,7 @@ fn raft_config() -> Result<openraft::Config> {
         election_timeout_max: 1600,
         install_snapshot_timeout: 10_000,
         // Entries are produce groups of up to about 1 MiB plus one batch of
-        // at most 16 MiB: 16 of them stay below MAX_GRPC_MESSAGE_BYTES.
+        // at most 16 MiB: 16 of them stay below wire::MAX_GRPC_MESSAGE_BYTES.
         max_payload_entries: 16,
         // Retention decides when to snapshot and purge (DESIGN.md, openraft notes).
         snapshot_policy: SnapshotPolicy::Never,
@@ -100,7 +102,7 @@ fn init_tracing() {
 pub async fn run(config: NodeConfig) -> Result<()> {
     init_tracing();
     // Before the store opens, so its first fsyncs are counted too.
-    let _ = admin::metrics::handle();
+    let _ = metrics::handle();
     // Both ports first: one in use stops the node before it touches anything.
     let admin_listener = admin::bind(config.admin_listen)?;
     let node_id = config.node_id;
@@ -114,29 +116,37 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     );
     let Started { raft, sm, store, shared, durable, reserve, repairs, client_service } =
         start(&config, &peers, &identity).await?;
-    let admin = Arc::new(admin::Admin {
-        node_id,
-        raft: raft.clone(),
-        store: store.clone(),
-        shared: shared.clone(),
-        durable: durable.clone(),
-        peers: peers.clone(),
-        flush_config: crate::config::effective(&config).into_iter().filter(|(k, _)| k.starts_with("flush.")).collect(),
-        advertised: config.grpc_advertised.clone(),
-        token: config.admin_token.clone(),
-        client_tls: config.tls.as_ref().map(tls::client_options).transpose()?,
-        started: std::time::Instant::now(),
-        sampler: admin::status::Sampler::default(),
+    let admin = Arc::new(admin::Admin::new(
+        admin::NodeHandles {
+            node_id,
+            raft: raft.clone(),
+            store: store.clone(),
+            shared: shared.clone(),
+            durable: durable.clone(),
+            peers: peers.clone(),
+            reserve,
+            identity: identity.clone(),
+        },
+        admin::AdminSettings {
+            flush_config: crate::config::effective(&config)
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("flush."))
+                .collect(),
+            advertised: config.grpc_advertised.clone(),
+            token: config.admin_token.clone(),
+            client_tls: config.tls.as_ref().map(tls::client_options).transpose()?,
+        },
         repairs,
-        reserve,
-        identity: identity.clone(),
-    });
+    ));
     let peer_service = peer::PeerService {
         raft: raft.clone(),
         sm,
         store: store.clone(),
         durable,
-        admin: admin.clone(),
+        status: {
+            let admin = admin.clone();
+            Arc::new(move || serde_json::to_string(&admin.status()).map_err(|e| e.to_string()))
+        },
         identity: identity.clone(),
     };
 
@@ -158,13 +168,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         builder
             .add_service(
                 KeelServer::new(client_service)
-                    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+                    .max_decoding_message_size(wire::MAX_GRPC_MESSAGE_BYTES)
+                    .max_encoding_message_size(wire::MAX_GRPC_MESSAGE_BYTES),
             )
             .add_service(InterceptedService::new(
                 RaftPeerServer::new(peer_service)
-                    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+                    .max_decoding_message_size(wire::MAX_GRPC_MESSAGE_BYTES)
+                    .max_encoding_message_size(wire::MAX_GRPC_MESSAGE_BYTES),
                 peer_guard,
             ))
             .serve_with_incoming_shutdown(incoming, async move {
@@ -262,7 +272,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 /// network: [`run`] serves them, [`in_process`] hands the client service to
 /// a caller in this process.
 struct Started {
-    raft: types::Raft,
+    raft: state_machine::Raft,
     sm: state_machine::StateMachine,
     store: Store,
     shared: Arc<state_machine::Shared>,
@@ -315,7 +325,7 @@ async fn start(config: &NodeConfig, peers: &network::Peers, identity: &identity:
     let known_durable = if fsync_rule { store.read_committed().map_or(0, |c| c.index) } else { 0 };
     let log_store = types::LogStore::new(store.clone());
     let network = network::Network { peers: peers.clone() };
-    let raft = types::Raft::new(node_id, Arc::new(raft_config()?), network, log_store, sm.clone())
+    let raft = state_machine::Raft::new(node_id, Arc::new(raft_config()?), network, log_store, sm.clone())
         .await
         .context("start raft")?;
 
@@ -367,7 +377,7 @@ async fn start(config: &NodeConfig, peers: &network::Peers, identity: &identity:
 /// targets (`fuzz/`) drive its client service with arbitrary requests.
 pub struct InProcess {
     client: client_service::ClientService,
-    raft: types::Raft,
+    raft: state_machine::Raft,
     store: Store,
 }
 
@@ -448,7 +458,7 @@ fn base_fs() -> Arc<dyn keel_raft_log::FileSystem> {
 /// Initialise a fresh cluster from `peers` (only when this node's store has
 /// never seen a vote or an entry), under a new cluster id.
 async fn bootstrap(
-    raft: &types::Raft,
+    raft: &state_machine::Raft,
     config: &NodeConfig,
     store: &Store,
     identity: &identity::Identity,

@@ -48,7 +48,7 @@ const STREAM_INFLIGHT_MAX: usize = 64;
 /// stream is taken for broken (openraft then backs off and reopens it).
 const STREAM_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Room in a gRPC message for the vote and meta beside a chunk.
-const SNAPSHOT_CHUNK_MAX_BYTES: usize = super::MAX_GRPC_MESSAGE_BYTES / 2;
+const SNAPSHOT_CHUNK_MAX_BYTES: usize = wire::MAX_GRPC_MESSAGE_BYTES / 2;
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES <= SNAPSHOT_CHUNK_MAX_BYTES);
 /// A peer RPC client: every call carries this node's credentials.
 pub type PeerRpc = RaftPeerClient<InterceptedService<Channel, PeerCredentials>>;
@@ -110,8 +110,8 @@ impl Peers {
 
     fn rpc(&self, channel: Channel, target: u64) -> PeerRpc {
         RaftPeerClient::with_interceptor(channel, self.credentials.to(target))
-            .max_decoding_message_size(super::MAX_GRPC_MESSAGE_BYTES)
-            .max_encoding_message_size(super::MAX_GRPC_MESSAGE_BYTES)
+            .max_decoding_message_size(wire::MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(wire::MAX_GRPC_MESSAGE_BYTES)
     }
 
     fn failed(&self, addr: &str) {

@@ -21,18 +21,21 @@ use openraft::error::RaftError;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::admin::Admin;
 use super::durable::DurableHandle;
 use super::identity::Identity;
-use super::state_machine::StateMachine;
-use super::types::{Raft, Snapshot, TypeConfig};
+use super::state_machine::{Raft, StateMachine};
+use super::types::{Snapshot, TypeConfig};
 use super::wire;
+
+/// This node's admin status as JSON (what its `/api/v1/status` shows), for
+/// a peer's `/api/v1/cluster`; `Err` names why it could not be encoded.
+pub type StatusSource = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 pub struct PeerService {
     pub raft: Raft,
     pub store: Store,
     pub durable: DurableHandle,
-    pub admin: Arc<Admin>,
+    pub status: StatusSource,
     /// The peer guard checked that the call is meant for this node of this
     /// cluster; a new member adopts its leader's cluster id here.
     pub identity: Identity,
@@ -168,8 +171,7 @@ impl RaftPeer for PeerService {
         &self,
         _req: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
-        let json = serde_json::to_string(&self.admin.status())
-            .map_err(|e| Status::internal(format!("cannot encode the status: {e}")))?;
+        let json = (self.status)().map_err(|e| Status::internal(format!("cannot encode the status: {e}")))?;
         Ok(Response::new(pb::NodeStatusResponse { json }))
     }
 

@@ -40,7 +40,8 @@ use openraft::error::RaftError;
 use super::entry::GroupEncoder;
 use super::raft_errors::{ProposeError, propose_error, stopped_error};
 use super::state::{Applied, BatchOutcome};
-use super::types::{Raft, Request, now_ms};
+use super::state_machine::Raft;
+use super::types::{Request, now_ms};
 
 const MAILBOX: usize = 16_384;
 /// Stop adding batches to an entry past this size (one batch may be larger).

@@ -3,7 +3,8 @@
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 
-use super::types::{Raft, TypeConfig};
+use super::state_machine::Raft;
+use super::types::TypeConfig;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::admin::status::disk_usage;
+use super::disk::disk_usage;
 
 /// How old a free-space reading may be before a check reads `statvfs`
 /// again. Writes admitted meanwhile grow the log by what 10 ms of produce

@@ -23,8 +23,9 @@ use openraft::async_runtime::WatchReceiver;
 use tokio::sync::watch;
 
 use super::entry::{self, Command};
+use super::state_machine::Raft;
 use super::state_machine::Shared;
-use super::types::{Raft, Request, now_ms};
+use super::types::{Request, now_ms};
 
 pub const INTERVAL: Duration = Duration::from_secs(2);
 const PRODUCER_SWEEP_EVERY: Duration = Duration::from_secs(60);

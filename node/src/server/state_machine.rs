@@ -64,6 +64,9 @@ type Membership = StoredMembership;
 
 const CHECKPOINT_MAGIC: &[u8; 4] = b"KCKP";
 const TRANSFER_MAGIC: &[u8; 4] = b"KSNT";
+
+/// The node's openraft instance: keel's types over this state machine.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 /// A received snapshot kept until its install is complete.
 const INSTALL_PREFIX: &str = "install-";
 const VERSION: u8 = 1;

@@ -50,7 +50,6 @@ openraft::declare_raft_types!(
 
 pub use keel_raft_log::{LeaderId, LogId, Membership, Vote};
 
-pub type Raft = openraft::Raft<TypeConfig, super::state_machine::StateMachine>;
 pub type LogStore = keel_raft_log::LogStore<TypeConfig>;
 pub type Entry = keel_raft_log::KeelEntry<Request>;
 pub type StoredMembership = openraft::StoredMembership<LeaderId, u64, openraft::BasicNode>;

@@ -13,6 +13,10 @@ use tonic::Status;
 
 use super::types::{Entry, LeaderId, LogId, SnapshotMeta, TypeConfig, Vote};
 
+/// Largest gRPC message either side accepts (a Raft append of several
+/// produce groups, or a snapshot chunk).
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 512 << 20;
+
 pub fn log_id_to_pb(id: &LogId) -> pb::LogId {
     pb::LogId { term: id.leader_id.term, leader: id.leader_id.node_id, index: id.index }
 }

@@ -2,7 +2,7 @@
 //! cluster, topics, digest, membership, snapshots, `/metrics`, health and
 //! the web page), and a once-a-second sampler of the flush counters.
 //!
-//! Reads are open. Mutations need `Authorization: Bearer <admin.token>` when
+//! Reads are open. Mutations need `Authorization: Bearer <admin.settings.token>` when
 //! the token is set. Every error is JSON `{"error": "..."}` naming what was
 //! wrong. The API is described in `docs/admin-api.md` and, for machines, in
 //! `openapi.json` (served at `/api/v1/openapi.json`).
@@ -32,8 +32,8 @@ use tokio::sync::watch;
 use super::durable::DurableHandle;
 use super::network::Peers;
 use super::state::State as MachineState;
+use super::state_machine::Raft;
 use super::state_machine::Shared;
-use super::types::Raft;
 
 /// How long `/api/v1/cluster` waits for each peer.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -50,29 +50,48 @@ const STALE_LEADER_MS: u64 = 3_200;
 /// The machine-readable API description.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// What the admin handlers read and steer.
-pub struct Admin {
+/// The node's handles the admin API reads. It changes the node only
+/// through their own calls (a membership change through Raft, a snapshot
+/// through the state machine), never by reaching into them.
+pub struct NodeHandles {
     pub node_id: u64,
     pub raft: Raft,
     pub store: Store,
     pub shared: Arc<Shared>,
     pub durable: DurableHandle,
     pub peers: Peers,
+    /// `store.reserve.bytes`, for the advice.
+    pub reserve: crate::server::reserve::DiskReserve,
+    /// Which cluster this node belongs to.
+    pub identity: super::identity::Identity,
+}
+
+/// The node's configuration as the admin API shows and uses it.
+pub struct AdminSettings {
     /// The `flush.*` keys and their effective values.
     pub flush_config: BTreeMap<&'static str, String>,
     pub advertised: String,
     pub token: Option<String>,
-    /// `store.reserve.bytes`, for the advice.
-    pub reserve: crate::server::reserve::DiskReserve,
     /// `Some` when the gRPC port speaks TLS: the membership calls made
     /// through `keel-client` verify the leader against `tls.ca`.
     pub client_tls: Option<keel_client::TlsOptions>,
-    pub started: Instant,
-    pub sampler: status::Sampler,
+}
+
+/// What the admin handlers read and steer: a read-only view of the node's
+/// handles, its settings, and the admin API's own state.
+pub struct Admin {
+    node: NodeHandles,
+    settings: AdminSettings,
+    started: Instant,
+    sampler: status::Sampler,
     /// Damaged log ranges repaired from a peer at start-up.
-    pub repairs: Vec<super::repair::Repaired>,
-    /// Which cluster this node belongs to.
-    pub identity: super::identity::Identity,
+    repairs: Vec<super::repair::Repaired>,
+}
+
+impl Admin {
+    pub fn new(node: NodeHandles, settings: AdminSettings, repairs: Vec<super::repair::Repaired>) -> Self {
+        Admin { node, settings, started: Instant::now(), sampler: status::Sampler::default(), repairs }
+    }
 }
 
 /// An error answer: `{"error": message}` with `status`.
@@ -131,10 +150,10 @@ pub async fn serve(
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        admin.sampler.sample(&admin.store);
+                        admin.sampler.sample(&admin.node.store);
                         // Folds the histogram samples recorded since; without
                         // it they pile up until the next scrape.
-                        metrics::handle().run_upkeep();
+                        crate::server::metrics::handle().run_upkeep();
                     }
                     _ = shutdown.wait_for(|&s| s) => return,
                 }
@@ -215,16 +234,16 @@ async fn get_status(State(admin): Shared_) -> axum::Json<status::NodeStatus> {
 }
 
 async fn get_cluster(State(admin): Shared_) -> axum::Json<Value> {
-    let m = admin.raft.metrics().borrow_watched().clone();
+    let m = admin.node.raft.metrics().borrow_watched().clone();
     let members = status::members_of(m.membership_config.membership());
     let asks = members.iter().map(|member| {
         let admin = admin.clone();
         let member = member.clone();
         async move {
-            let (status, error) = if member.id == admin.node_id {
+            let (status, error) = if member.id == admin.node.node_id {
                 (serde_json::to_value(admin.status()).ok(), None)
             } else {
-                match admin.peers.node_status(&member.addr, member.id, PEER_STATUS_TIMEOUT).await {
+                match admin.node.peers.node_status(&member.addr, member.id, PEER_STATUS_TIMEOUT).await {
                     Ok(text) => match serde_json::from_str::<Value>(&text) {
                         Ok(v) => (Some(v), None),
                         Err(e) => (None, Some(format!("node {} answered a status that is not JSON: {e}", member.id))),
@@ -243,18 +262,18 @@ async fn get_cluster(State(admin): Shared_) -> axum::Json<Value> {
         }
     });
     let nodes = futures::future::join_all(asks).await;
-    axum::Json(json!({ "asked_by": admin.node_id, "leader_id": m.current_leader, "nodes": nodes }))
+    axum::Json(json!({ "asked_by": admin.node.node_id, "leader_id": m.current_leader, "nodes": nodes }))
 }
 
 async fn get_topics(State(admin): Shared_) -> axum::Json<Value> {
-    let machine = admin.shared.read();
+    let machine = admin.node.shared.read();
     let applied = machine.last_applied.map(|l| l.index);
     let topics: Vec<Value> = machine.state.topics.keys().filter_map(|name| topic_json(&machine.state, name)).collect();
-    axum::Json(json!({ "node_id": admin.node_id, "applied": applied, "topics": topics }))
+    axum::Json(json!({ "node_id": admin.node.node_id, "applied": applied, "topics": topics }))
 }
 
 fn topic_json(s: &MachineState, name: &str) -> Option<Value> {
-    let t = super::client_service::topic_info(s, name).ok()?;
+    let t = super::describe::topic_info(s, name).ok()?;
     Some(json!({
         "name": t.name,
         "incarnation": t.incarnation,
@@ -302,7 +321,7 @@ async fn get_digest(
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
     let p = index_params(&q, &["from", "upto"])?;
     let (from, upto) = (p.get("from").copied(), p.get("upto").copied());
-    let store = admin.store.clone();
+    let store = admin.node.store.clone();
     let d = tokio::task::spawn_blocking(move || digest::digest(&store, from, upto))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("digest task failed: {e}")))?
@@ -320,7 +339,7 @@ async fn get_digest(
 /// not this server is refused whatever the token.
 fn authorize(admin: &Admin, headers: &HeaderMap) -> Api<()> {
     check_origin(headers)?;
-    check_token(admin.token.as_deref(), headers)
+    check_token(admin.settings.token.as_deref(), headers)
 }
 
 fn check_origin(headers: &HeaderMap) -> Api<()> {
@@ -341,11 +360,12 @@ fn check_token(token: Option<&str>, headers: &HeaderMap) -> Api<()> {
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     super::auth::check_bearer(token, given).map_err(|refusal| match refusal {
         super::auth::Refusal::Wrong => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token does not match admin.token")
+            ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token does not match admin.settings.token")
         }
-        super::auth::Refusal::Missing => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "this change needs the header Authorization: Bearer <admin.token>")
-        }
+        super::auth::Refusal::Missing => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this change needs the header Authorization: Bearer <admin.settings.token>",
+        ),
     })
 }
 
@@ -408,16 +428,16 @@ impl AddMember {
 
 /// A client to the cluster this node knows, which follows the leader.
 fn cluster_client(admin: &Admin) -> Api<keel_client::Client> {
-    let members = status::members_of(admin.raft.metrics().borrow_watched().membership_config.membership());
+    let members = status::members_of(admin.node.raft.metrics().borrow_watched().membership_config.membership());
     let mut addrs: Vec<String> = members.into_iter().map(|m| m.addr).collect();
     if addrs.is_empty() {
-        addrs.push(admin.advertised.clone());
+        addrs.push(admin.settings.advertised.clone());
     }
     // The gRPC membership calls need the token as much as this endpoint did.
     let options = keel_client::ClientOptions {
         call_timeout: MUTATION_TIMEOUT,
-        tls: admin.client_tls.clone(),
-        token: admin.token.clone(),
+        tls: admin.settings.client_tls.clone(),
+        token: admin.settings.token.clone(),
         ..Default::default()
     };
     keel_client::Client::with_options(addrs, options)
@@ -444,7 +464,7 @@ async fn add_member(State(admin): Shared_, headers: HeaderMap, body: Bytes) -> A
     let req = AddMember::parse(&body)?;
     // An id or address that is already a member's is the leader's to
     // refuse: its answer names the member and its address.
-    let members = status::members_of(admin.raft.metrics().borrow_watched().membership_config.membership());
+    let members = status::members_of(admin.node.raft.metrics().borrow_watched().membership_config.membership());
     if !members.iter().any(|m| m.id == req.id || m.addr.eq_ignore_ascii_case(&req.addr)) {
         check_identity(&admin, req.id, &req.addr).await?;
     }
@@ -462,8 +482,8 @@ async fn check_identity(admin: &Admin, id: u64, addr: &str) -> Api<()> {
     let options = keel_client::ClientOptions {
         call_timeout: IDENTITY_TIMEOUT,
         request_timeout: IDENTITY_TIMEOUT,
-        tls: admin.client_tls.clone(),
-        token: admin.token.clone(),
+        tls: admin.settings.client_tls.clone(),
+        token: admin.settings.token.clone(),
         ..Default::default()
     };
     let client = keel_client::Client::with_options(vec![addr.to_string()], options)
@@ -531,17 +551,18 @@ fn membership_json(r: &keel_proto::client::MembershipResponse) -> Value {
 async fn snapshot(State(admin): Shared_, headers: HeaderMap, body: Bytes) -> Api<axum::Json<Value>> {
     authorize(&admin, &headers)?;
     only_fields(&json_object(&body, true)?, &[])?;
-    let applied = admin.raft.metrics().borrow_watched().last_applied.map(|l| l.index);
+    let applied = admin.node.raft.metrics().borrow_watched().last_applied.map(|l| l.index);
     let Some(applied) = applied else {
         return Err(ApiError::new(StatusCode::CONFLICT, "nothing is applied yet, so there is nothing to snapshot"));
     };
     admin
+        .node
         .raft
         .trigger()
         .snapshot()
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot trigger a snapshot: {e}")))?;
-    let mut metrics = admin.raft.metrics();
+    let mut metrics = admin.node.raft.metrics();
     let built = tokio::time::timeout(
         MUTATION_TIMEOUT,
         super::types::wait_metrics(&mut metrics, |m| m.snapshot.is_some_and(|s| s.index >= applied)),
@@ -563,10 +584,10 @@ async fn get_metrics(State(admin): Shared_) -> Response {
 }
 
 async fn healthz(State(admin): Shared_) -> Response {
-    let raft_failure = admin.raft.metrics().borrow_watched().running_state.as_ref().err().map(|e| e.to_string());
-    let failure = admin.store.failure().map(|e| format!("log store failed: {e}")).or(raft_failure);
+    let raft_failure = admin.node.raft.metrics().borrow_watched().running_state.as_ref().err().map(|e| e.to_string());
+    let failure = admin.node.store.failure().map(|e| format!("log store failed: {e}")).or(raft_failure);
     match failure {
-        None => (StatusCode::OK, axum::Json(json!({ "status": "ok", "node_id": admin.node_id }))).into_response(),
+        None => (StatusCode::OK, axum::Json(json!({ "status": "ok", "node_id": admin.node.node_id }))).into_response(),
         Some(f) => {
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "failed", "error": f }))).into_response()
         }
@@ -574,17 +595,17 @@ async fn healthz(State(admin): Shared_) -> Response {
 }
 
 async fn readyz(State(admin): Shared_) -> Response {
-    let m = admin.raft.metrics().borrow_watched().clone();
+    let m = admin.node.raft.metrics().borrow_watched().clone();
     let mut not_ready = Vec::new();
-    if m.membership_config.membership().get_node(&admin.node_id).is_none() {
-        not_ready.push(format!("node {} is not a member of the cluster (yet)", admin.node_id));
+    if m.membership_config.membership().get_node(&admin.node.node_id).is_none() {
+        not_ready.push(format!("node {} is not a member of the cluster (yet)", admin.node.node_id));
     }
     if m.current_leader.is_none() {
         not_ready.push("no leader is known".to_string());
     }
     // A leader cut off from its peers still calls itself leader until it
     // hears of a newer term; it is not fit to serve.
-    if m.current_leader == Some(admin.node_id)
+    if m.current_leader == Some(admin.node.node_id)
         && let Some(ms) = m
             .last_quorum_acked
             .as_ref()
@@ -602,17 +623,17 @@ async fn readyz(State(admin): Shared_) -> Response {
             m.current_term
         ));
     }
-    let mut committed = admin.store.read_committed().map_or(0, |c| c.index);
-    if super::durable::waits_for_fsync(admin.store.config().flush.policy) {
+    let mut committed = admin.node.store.read_committed().map_or(0, |c| c.index);
+    if super::durable::waits_for_fsync(admin.node.store.config().flush.policy) {
         // The durable index is the commit index here (`durable.rs`); the
         // minimum only guards against a figure read between the two.
-        committed = committed.min(admin.durable.durable_index());
+        committed = committed.min(admin.node.durable.durable_index());
     }
     let applied = m.last_applied.map_or(0, |l| l.index);
     if applied < committed {
         not_ready.push(format!("applied index {applied} is behind the commit index {committed}"));
     }
-    if let Some(e) = admin.store.failure() {
+    if let Some(e) = admin.node.store.failure() {
         not_ready.push(format!("log store failed: {e}"));
     }
     if not_ready.is_empty() {

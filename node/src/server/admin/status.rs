@@ -2,7 +2,6 @@
 //! `docs/admin-api.md` describes field by field.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use openraft::async_runtime::WatchReceiver;
 use serde::Serialize;
 
 use super::Admin;
+use crate::server::disk::{Disk, disk_usage};
 use crate::server::types::now_ms;
 
 /// The article's rule: a mean flush above this many milliseconds.
@@ -138,13 +138,6 @@ pub struct Segment {
     pub sealed: bool,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Disk {
-    pub total_bytes: u64,
-    pub free_bytes: u64,
-    pub used_ratio: f64,
-}
-
 #[derive(Debug, Serialize)]
 pub struct Advice {
     pub rule: &'static str,
@@ -152,27 +145,6 @@ pub struct Advice {
     pub measured: f64,
     pub threshold: f64,
     pub message: String,
-}
-
-/// The volume holding `dir`: `statvfs(3)`. Space reserved for root counts
-/// as used, as `df` shows it.
-pub fn disk_usage(dir: &Path) -> std::io::Result<Disk> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: `path` is NUL-terminated and `st` is a properly sized out-parameter.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let frsize = st.f_frsize as u64;
-    let total = st.f_blocks as u64 * frsize;
-    let free = st.f_bavail as u64 * frsize;
-    let used = total.saturating_sub(st.f_bfree as u64 * frsize);
-    // Of the space non-root users can have, the part in use (as `df`'s Use%).
-    let usable = used + free;
-    let used_ratio = if usable == 0 { 0.0 } else { used as f64 / usable as f64 };
-    Ok(Disk { total_bytes: total, free_bytes: free, used_ratio })
 }
 
 /// The article's advice, with the value measured. `mean_flush` is the mean
@@ -315,7 +287,7 @@ fn role(state: ServerState) -> &'static str {
 }
 
 pub fn members_of(membership: &keel_raft_log::Membership) -> Vec<Member> {
-    crate::server::client_service::members_of(membership)
+    crate::server::describe::members_of(membership)
         .into_iter()
         .map(|m| Member { id: m.id, addr: m.addr, voter: m.voter })
         .collect()
@@ -323,7 +295,7 @@ pub fn members_of(membership: &keel_raft_log::Membership) -> Vec<Member> {
 
 impl Admin {
     pub fn status(&self) -> NodeStatus {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let m = self.node.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let members = members_of(membership);
         let addr_of = |id: u64| membership.get_node(&id).map(|n| n.addr.clone());
@@ -336,7 +308,7 @@ impl Admin {
             .as_ref()
             .map(|r| {
                 r.iter()
-                    .filter(|(id, _)| **id != self.node_id)
+                    .filter(|(id, _)| **id != self.node.node_id)
                     .map(|(&id, matched)| {
                         let matched = matched.map(|l| l.index);
                         let lag_entries = match (last_index, matched) {
@@ -349,15 +321,15 @@ impl Admin {
                             addr: addr_of(id),
                             matched,
                             lag_entries,
-                            last_ack_ms_ago: self.peers.last_ack(id).map(|t| t.elapsed().as_millis() as u64),
+                            last_ack_ms_ago: self.node.peers.last_ack(id).map(|t| t.elapsed().as_millis() as u64),
                         }
                     })
                     .collect()
             })
             .unwrap_or_default();
 
-        let f = self.store.flush_stats();
-        let latency = self.store.sync_latency();
+        let f = self.node.store.flush_stats();
+        let latency = self.node.store.sync_latency();
         let mean_flush = if latency.last_minute.count > 0 {
             Some((latency.last_minute.mean_us / 1000.0, "over the last minute"))
         } else if latency.since_start.count > 0 {
@@ -365,8 +337,9 @@ impl Admin {
         } else {
             None
         };
-        let disk = disk_usage(&self.store.config().dir).ok();
+        let disk = disk_usage(&self.node.store.config().dir).ok();
         let segments: Vec<Segment> = self
+            .node
             .store
             .segments()
             .into_iter()
@@ -381,8 +354,8 @@ impl Admin {
             .collect();
 
         NodeStatus {
-            node_id: self.node_id,
-            cluster_id: match self.identity.cluster_id() {
+            node_id: self.node.node_id,
+            cluster_id: match self.node.identity.cluster_id() {
                 0 => None,
                 id => Some(crate::server::identity::cluster_hex(id)),
             },
@@ -390,17 +363,17 @@ impl Admin {
             term: m.current_term,
             leader_id: m.current_leader,
             leader_addr: m.current_leader.and_then(addr_of),
-            grpc_addr: self.advertised.clone(),
+            grpc_addr: self.settings.advertised.clone(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             members,
             voters,
             learners,
             log: LogStatus {
-                first_index: self.store.first_present_index(),
+                first_index: self.node.store.first_present_index(),
                 last_index,
-                committed: self.store.read_committed().map(|c| c.index),
+                committed: self.node.store.read_committed().map(|c| c.index),
                 applied: m.last_applied.map(|l| l.index),
-                durable: self.durable.durable_index(),
+                durable: self.node.durable.durable_index(),
                 fsynced: f.synced_index,
                 snapshot: m.snapshot.map(|l| l.index),
                 purged: m.purged.map(|l| l.index),
@@ -408,7 +381,7 @@ impl Admin {
             replication,
             flush: FlushStatus {
                 policy: f.policy.as_str(),
-                config: self.flush_config.clone(),
+                config: self.settings.flush_config.clone(),
                 pending_bytes: f.unsynced_bytes,
                 pending_entries: f.unsynced_entries,
                 fsyncs: f.syncs,
@@ -422,12 +395,12 @@ impl Admin {
                 history: self.sampler.history(),
             },
             storage: StorageStatus {
-                dir: self.store.config().dir.display().to_string(),
+                dir: self.node.store.config().dir.display().to_string(),
                 segment_bytes_total: segments.iter().map(|s| s.bytes).sum(),
                 segments,
                 disk,
             },
-            advice: advice(mean_flush, disk, self.reserve.reserve_bytes()),
+            advice: advice(mean_flush, disk, self.node.reserve.reserve_bytes()),
             repairs: self.repairs.clone(),
         }
     }
@@ -475,14 +448,5 @@ mod tests {
         for part in ["below the reserve of 2.0 GiB", "store.reserve.bytes", "RESOURCE_EXHAUSTED", "resume"] {
             assert!(r.message.contains(part), "{part}: {}", r.message);
         }
-    }
-
-    #[test]
-    fn disk_usage_reads_the_volume_and_refuses_a_missing_path() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = disk_usage(dir.path()).expect("statvfs");
-        assert!(d.total_bytes > 0 && d.free_bytes <= d.total_bytes, "{d:?}");
-        assert!((0.0..=1.0).contains(&d.used_ratio), "{d:?}");
-        assert!(disk_usage(&dir.path().join("missing")).is_err());
     }
 }

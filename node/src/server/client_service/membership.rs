@@ -21,7 +21,7 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, Membership};
 
-use super::super::types::Raft;
+use super::super::state_machine::Raft;
 
 /// How long the leader waits for a new node to hold the log up to the
 /// entry that added it. A node that has not by then is removed again: it
