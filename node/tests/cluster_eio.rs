@@ -16,9 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, Setup, http};
+use common::{Cluster, Setup, eventually, http};
 use keel_client::proto::TopicConfig;
 use keel_client::{Client, Fetch, FetchedRecord, Producer, Record};
 
@@ -28,7 +28,6 @@ const CATCH_UP: Duration = Duration::from_secs(60);
 const EXIT: Duration = Duration::from_secs(30);
 const FETCH_WAIT: Duration = Duration::from_secs(20);
 const MAX_FETCHES: usize = 10_000;
-const POLL: Duration = Duration::from_millis(100);
 const TOPIC: &str = "eio";
 /// Bounds of the load: each producer sends at most this many batches, and
 /// stops early when told to.
@@ -51,17 +50,6 @@ async fn cluster_with_failpoints(op: &'static str) -> Cluster {
         Setup { env: Some(&env), ..Setup::default() },
     )
     .await
-}
-
-async fn eventually(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 #[derive(Default)]

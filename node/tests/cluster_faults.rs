@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::Cluster;
+use common::{Cluster, eventually};
 use keel_client::proto::TopicConfig;
 use keel_client::{Client, ClientOptions, Error, ErrorCode, Fetch, FetchedRecord, Producer, Record};
 use keel_proto::client::ProduceRequest;
@@ -27,7 +27,6 @@ const CATCH_UP: Duration = Duration::from_secs(60);
 const FETCH_WAIT: Duration = Duration::from_secs(20);
 /// Fetches to read one partition; each returns at least one record.
 const MAX_FETCHES: usize = 10_000;
-const POLL: Duration = Duration::from_millis(100);
 
 // ---- helpers ----
 
@@ -44,18 +43,6 @@ fn node_client(cluster: &Cluster, id: u64) -> Client {
 fn topic_config(partitions: u32, retention_bytes: i64) -> TopicConfig {
     // retention.ms -1: records stamped now must never age out mid-test.
     TopicConfig { partitions, retention_ms: -1, retention_bytes, max_message_bytes: 0 }
-}
-
-/// Polls `check` until it holds; panics naming `what` after `timeout`.
-async fn eventually(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 async fn applied_index(cluster: &Cluster, id: u64) -> u64 {

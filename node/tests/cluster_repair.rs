@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Cluster;
 use common::http;
+use common::{Cluster, eventually};
 use keel_client::proto::TopicConfig;
 use keel_client::{Client, Fetch, Record};
 use keel_raft_log::format::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
@@ -18,7 +18,6 @@ use serde_json::Value;
 
 const ELECTION: Duration = Duration::from_secs(30);
 const CATCH_UP: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(100);
 const TOPIC: &str = "repair";
 /// 128 KiB segments: the writes below fill about a dozen.
 const SEGMENT_BYTES: &str = "131072";
@@ -58,14 +57,6 @@ fn digest(cluster: &Cluster, id: u64, upto: u64) -> Value {
     let r = http::get(&cluster.admin(id), &path).unwrap_or_else(|e| panic!("node{id} digest: {e}"));
     assert_eq!(r.status, 200, "node{id} digest: {r:?}");
     r.json()
-}
-
-async fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// Every record of the topic as node `id` serves it, values only.
@@ -125,7 +116,7 @@ async fn a_follower_with_damaged_sealed_segments_repairs_them_from_a_peer_and_se
     assert!(metrics.contains("keel_log_repaired_ranges_total 2"), "{}", http::excerpt(&metrics, 2000));
 
     // The repaired log is the leader's, entry for entry, and serves every record.
-    eventually(CATCH_UP, "the follower applies the last write", || {
+    eventually(CATCH_UP, "the follower applies the last write", async || {
         status(&cluster, follower)["log"]["applied"].as_u64().is_some_and(|a| a >= last_index)
     })
     .await;
@@ -142,7 +133,7 @@ async fn a_follower_with_damaged_sealed_segments_repairs_them_from_a_peer_and_se
     flip_first_payload(&segment_path(&cluster, follower, firsts[3]));
     let log_before = std::fs::metadata(cluster.log(follower)).map(|m| m.len()).unwrap_or(0);
     cluster.restart_in_background(follower);
-    eventually(CATCH_UP, "the follower says it waits for a peer", || {
+    eventually(CATCH_UP, "the follower says it waits for a peer", async || {
         let log = std::fs::read(cluster.log(follower)).unwrap_or_default();
         String::from_utf8_lossy(&log[log_before as usize..]).contains("no peer can supply the damaged range yet")
     })
@@ -229,7 +220,7 @@ async fn a_lost_header_in_the_active_segment_is_repaired_never_cut_even_where_a_
     let log_before = std::fs::metadata(cluster.log(a)).map(|m| m.len()).unwrap_or(0);
     cluster.restart_in_background(a);
     cluster.restart_in_background(c);
-    eventually(CATCH_UP, "A says it waits for a peer", || {
+    eventually(CATCH_UP, "A says it waits for a peer", async || {
         let log = std::fs::read(cluster.log(a)).unwrap_or_default();
         String::from_utf8_lossy(&log[log_before as usize..]).contains("no peer can supply the damaged range yet")
     })
@@ -252,7 +243,7 @@ async fn a_lost_header_in_the_active_segment_is_repaired_never_cut_even_where_a_
     for id in cluster.ids() {
         assert_eq!(read_all(&cluster, id, last_index).await, want, "node{id}");
     }
-    eventually(CATCH_UP, "every node applies the last write", || {
+    eventually(CATCH_UP, "every node applies the last write", async || {
         cluster.ids().all(|id| status(&cluster, id)["log"]["applied"].as_u64().is_some_and(|x| x >= last_index))
     })
     .await;

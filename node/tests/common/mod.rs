@@ -668,6 +668,19 @@ fn log_tail(path: &Path) -> String {
     tail
 }
 
+/// Polls `check` every `POLL_INTERVAL` until it holds; panics naming
+/// `what` after `timeout`. The one such helper of the integration tests.
+pub async fn eventually(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// Panics, naming `what`, unless the test runs as root: tests that need it
 /// fail rather than skip.
 pub fn require_root(what: &str) {
