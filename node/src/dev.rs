@@ -46,7 +46,6 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -244,13 +243,12 @@ fn lock_root(root: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("open {} (is the directory writable?)", path.display()))?;
-    // SAFETY: flock on a descriptor we own; it touches no memory.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let error = io::Error::last_os_error();
-        if error.kind() == io::ErrorKind::WouldBlock {
-            bail!("another keel dev is running on {}; stop it, or pick another --dir", root.display());
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            bail!("another keel dev is running on {}; stop it, or pick another --dir", root.display())
         }
-        return Err(error).with_context(|| format!("lock {}", path.display()));
+        Err(e) => return Err(io::Error::from(e)).with_context(|| format!("lock {}", path.display())),
     }
     Ok(file)
 }

@@ -260,11 +260,7 @@ fn zero_fill(file: &File, len: u64) -> io::Result<()> {
 }
 
 fn fallocate(file: &File, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(len).map_err(|_| io::Error::new(ErrorKind::InvalidInput, "length too large"))?;
-    // SAFETY: plain syscall on an open descriptor we own.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    Ok(rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len)?)
 }
 
 fn preheat(file: &File, len: u64) -> io::Result<()> {

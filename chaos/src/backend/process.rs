@@ -260,20 +260,14 @@ impl Backend for Process {
         // Take every free block, in shrinking steps (the node keeps writing
         // meanwhile): the next segment cannot be prepared.
         let filler = std::fs::OpenOptions::new().create(true).append(true).open(vol.join("filler"))?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&filler);
         let mut len = filler.metadata()?.len();
         for step in [16u64 << 20, 1 << 20, 64 << 10, 4 << 10] {
             loop {
-                // SAFETY: a valid descriptor; fallocate only reserves space.
-                let rc = unsafe { libc::fallocate(fd, 0, len as libc::off_t, step as libc::off_t) };
-                if rc != 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.raw_os_error() == Some(libc::ENOSPC) {
-                        break;
-                    }
-                    return Err(e).context("fill the node's volume");
+                match rustix::fs::fallocate(&filler, rustix::fs::FallocateFlags::empty(), len, step) {
+                    Ok(()) => len += step,
+                    Err(rustix::io::Errno::NOSPC) => break,
+                    Err(e) => return Err(std::io::Error::from(e)).context("fill the node's volume"),
                 }
-                len += step;
             }
         }
         Ok(())

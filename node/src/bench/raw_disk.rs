@@ -62,17 +62,11 @@ pub fn zero_filled(path: &Path, len: u64) -> Result<File> {
 /// A `len`-byte file reserved with `fallocate(2)` (unwritten extents), synced.
 /// `None` where the filesystem does not support it.
 pub fn fallocated(path: &Path, len: u64) -> Result<Option<File>> {
-    use std::os::fd::AsRawFd;
     let file = create(path)?;
-    let off = libc::off_t::try_from(len).context("fallocate length fits off_t")?;
-    // SAFETY: a plain syscall on a descriptor this function owns.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-            return Ok(None);
-        }
-        return Err(e).with_context(|| format!("fallocate {}", path.display()));
+    match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::OPNOTSUPP) => return Ok(None),
+        Err(e) => return Err(io::Error::from(e)).with_context(|| format!("fallocate {}", path.display())),
     }
     file.sync_all().with_context(|| format!("fsync {}", path.display()))?;
     Ok(Some(file))

@@ -20,11 +20,12 @@
 use std::sync::Arc;
 
 use keel_proto::client::ErrorCode;
-
-use super::identity::{CLUSTER_ID, Identity, TARGET_NODE, cluster_hex};
+use subtle::ConstantTimeEq;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
+
+use super::identity::{CLUSTER_ID, Identity, TARGET_NODE, cluster_hex};
 
 /// The HTTP header and gRPC metadata key that carries the token.
 pub const AUTHORIZATION: &str = "authorization";
@@ -46,16 +47,12 @@ pub fn check_bearer(expected: Option<&str>, given: Option<&str>) -> Result<(), R
     let bearer =
         given.and_then(|v| v.trim().split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
     match bearer {
-        Some((_, token)) if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) => Ok(()),
+        // subtle: the time depends only on the lengths, not on where the
+        // first difference is.
+        Some((_, token)) if bool::from(token.trim().as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
         Some(_) => Err(Refusal::Wrong),
         None => Err(Refusal::Missing),
     }
-}
-
-/// Equality whose time depends only on the lengths, not on where the first
-/// difference is.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The UNAUTHENTICATED status (with `keel-error: UNAUTHENTICATED`) for a

@@ -16,18 +16,11 @@ pub struct Disk {
 /// The volume holding `dir`: `statvfs(3)`. Space reserved for root counts
 /// as used, as `df` shows it.
 pub fn disk_usage(dir: &Path) -> std::io::Result<Disk> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: `path` is NUL-terminated and `st` is a properly sized out-parameter.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let frsize = st.f_frsize as u64;
-    let total = st.f_blocks as u64 * frsize;
-    let free = st.f_bavail as u64 * frsize;
-    let used = total.saturating_sub(st.f_bfree as u64 * frsize);
+    let st = rustix::fs::statvfs(dir)?;
+    let frsize = st.f_frsize;
+    let total = st.f_blocks * frsize;
+    let free = st.f_bavail * frsize;
+    let used = total.saturating_sub(st.f_bfree * frsize);
     // Of the space non-root users can have, the part in use (as `df`'s Use%).
     let usable = used + free;
     let used_ratio = if usable == 0 { 0.0 } else { used as f64 / usable as f64 };

@@ -709,25 +709,17 @@ pub fn mount_tmpfs(dir: &Path, bytes: u64) {
 /// Free bytes of the volume holding `dir`, as `statvfs` shows them to
 /// non-root users (what the node's reserve check reads).
 pub fn free_bytes(dir: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt as _;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("a path without NUL");
-    // SAFETY: `path` is NUL-terminated and `st` is a properly sized out-parameter.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
-    assert_eq!(rc, 0, "statvfs {}: {}", dir.display(), std::io::Error::last_os_error());
-    st.f_bavail as u64 * st.f_frsize as u64
+    let st = rustix::fs::statvfs(dir).unwrap_or_else(|e| panic!("statvfs {}: {e}", dir.display()));
+    st.f_bavail * st.f_frsize
 }
 
 /// Takes `bytes` of `dir`'s volume with a ballast file (fallocate, so the
 /// blocks are really allocated); returns its path. Delete it to free them.
 pub fn ballast(dir: &Path, bytes: u64) -> PathBuf {
-    use std::os::fd::AsRawFd as _;
     let path = dir.join("ballast");
     let file =
         OpenOptions::new().create(true).write(true).truncate(false).open(&path).expect("create the ballast file");
-    let len = libc::off_t::try_from(bytes).expect("ballast size fits off_t");
-    // SAFETY: a valid descriptor; fallocate only reserves space.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-    assert_eq!(rc, 0, "fallocate {bytes} bytes of ballast in {}: {}", dir.display(), std::io::Error::last_os_error());
+    rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes)
+        .unwrap_or_else(|e| panic!("fallocate {bytes} bytes of ballast in {}: {e}", dir.display()));
     path
 }
