@@ -349,7 +349,7 @@ fn markdown(report: &Report) -> String {
     let _ = writeln!(
         md,
         "| load generator | keel-bench: keel-client (`Producer::produce` of one record; `Batcher`), etcd-client 0.21, async-nats 0.51, lapin 4; tokio, \
-         {} cores shared with the servers |",
+         mimalloc, {} cores shared with the servers |",
         m.cores
     );
     md
