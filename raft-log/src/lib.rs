@@ -25,6 +25,7 @@ pub mod io;
 pub mod latency;
 mod preparer;
 mod raft;
+mod recovery;
 pub mod repair;
 mod segment;
 pub mod store;

@@ -28,8 +28,9 @@ use crate::error::{Error, Result};
 use crate::format::{self, LogPos, Meta, Record, RecordHeader, RecordMeta, SEGMENT_HEADER_BYTES, SegmentHeader};
 use crate::io::{FileSystem, Preallocate};
 use crate::preparer::PREPARED_PREFIX;
+use crate::recovery::classify_stop;
 use crate::segment::{self, ScanStop};
-use crate::store::{classify_stop, lock_dir};
+use crate::store::lock_dir;
 
 /// A run of log indexes whose records are unreadable in this directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +140,7 @@ struct Tail {
 impl Tail {
     fn of(meta: &Meta) -> Self {
         Self {
-            committed: crate::store::committed_to_hold(meta).and(meta.committed),
+            committed: crate::recovery::committed_to_hold(meta).and(meta.committed),
             truncated_from: meta.truncated_from,
         }
     }
