@@ -13,10 +13,10 @@
 //!
 //! ```text
 //! checkpoint-<S, 20 digits>   the newest checkpoint (older ones are deleted):
-//!     bytes 0..4   magic "KCKP"
-//!     byte  4      version (1)
-//!     bytes 5..9   crc32c of the body (u32 LE)
-//!     bytes 9..    body: bincode of `Checkpoint`
+//!     bytes 0..4   magic "KCKP"                          CHECKPOINT_MAGIC
+//!     byte  4      version (1)                           CP_VERSION_AT
+//!     bytes 5..9   crc32c of the body (u32 LE)           CP_CRC
+//!     bytes 9..    body: bincode of `Checkpoint`         CP_BODY_AT
 //!     written as <name>.partial, fdatasync, rename, fsync directory
 //! transfer-<random>           a snapshot being sent (deleted once opened)
 //! incoming-<random>           a snapshot being received (unlinked at once)
@@ -24,13 +24,14 @@
 //!                             its install changes the log; removed once the
 //!                             checkpoint is written; found at start-up, the
 //!                             install is finished then (it is repeatable)
-//!     bytes 0..4   magic "KSNT"
-//!     byte  4      version (1)
-//!     bytes 5..13  checkpoint length L (u64 LE), then the checkpoint file (L bytes)
-//!     then records until 4 bytes before the end, each:
+//!     bytes 0..4   magic "KSNT"                          TRANSFER_MAGIC
+//!     byte  4      version (1)                           TR_VERSION_AT
+//!     bytes 5..13  checkpoint length L (u64 LE)          TR_CP_LEN
+//!     bytes 13..   the checkpoint file (L bytes)         TR_CP_AT
+//!     then records until 4 bytes before the end, each    REC_*:
 //!         kind u8, term u64, leader u64, index u64, timestamp_ms u64,
 //!         payload length u32, payload
-//!     last 4 bytes: crc32c of everything before them (u32 LE)
+//!     last 4 bytes: crc32c of everything before them     TR_TRAILER_BYTES
 //! ```
 //!
 //! Crash safety: openraft purges a follower's log up to a received snapshot
@@ -62,11 +63,73 @@ use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 type Membership = StoredMembership;
 
-const CHECKPOINT_MAGIC: &[u8; 4] = b"KCKP";
-const TRANSFER_MAGIC: &[u8; 4] = b"KSNT";
-
 /// The node's openraft instance: keel's types over this state machine.
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+// The files' layouts, as the module doc draws them.
+const CHECKPOINT_MAGIC: &[u8; 4] = b"KCKP";
+const CP_VERSION_AT: usize = 4;
+const CP_CRC: std::ops::Range<usize> = 5..9;
+const CP_BODY_AT: usize = 9;
+const TRANSFER_MAGIC: &[u8; 4] = b"KSNT";
+const TR_VERSION_AT: usize = 4;
+const TR_CP_LEN: std::ops::Range<usize> = 5..13;
+const TR_CP_AT: usize = 13;
+const TR_TRAILER_BYTES: usize = 4;
+/// A transfer record's header: kind, term, leader, index, timestamp,
+/// payload length; offsets from the record's first byte.
+const REC_KIND_AT: usize = 0;
+const REC_TERM_AT: usize = 1;
+const REC_LEADER_AT: usize = 9;
+const REC_INDEX_AT: usize = 17;
+const REC_TIMESTAMP_AT: usize = 25;
+const REC_LEN: std::ops::Range<usize> = 33..37;
+const REC_HEADER_BYTES: usize = 37;
+const _: () = assert!(CP_CRC.end == CP_BODY_AT && TR_CP_LEN.end == TR_CP_AT && REC_LEN.end == REC_HEADER_BYTES);
+
+/// Why a checkpoint or snapshot file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("not a keel {file} (bad magic)")]
+    BadMagic { file: &'static str },
+    #[error("{file} version {version} is not supported (this build reads version {VERSION})")]
+    Version { file: &'static str, version: u8 },
+    #[error("{file} checksum mismatch")]
+    Checksum { file: &'static str },
+    #[error("snapshot cut short: {0}")]
+    CutShort(String),
+    #[error("unknown record kind {kind} at byte {at} of the snapshot")]
+    RecordKind { kind: u8, at: usize },
+    #[error("checkpoint does not decode: {0}")]
+    Decode(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Log {
+        what: String,
+        #[source]
+        source: keel_raft_log::Error,
+    },
+    #[error("{0}")]
+    MissingEntry(String),
+}
+
+impl SnapshotFileError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| SnapshotFileError::Io { what, source }
+    }
+
+    fn log(what: impl Into<String>) -> impl FnOnce(keel_raft_log::Error) -> Self {
+        let what = what.into();
+        move |source| SnapshotFileError::Log { what, source }
+    }
+}
+
 /// A received snapshot kept until its install is complete.
 const INSTALL_PREFIX: &str = "install-";
 const VERSION: u8 = 1;
@@ -225,7 +288,12 @@ impl StateMachine {
 
     /// Put a received snapshot in place: its log range (unless the log
     /// already holds its last entry), then its checkpoint, then the state.
-    async fn install_checkpoint(&self, cp: Checkpoint, cp_bytes: &[u8], records: Vec<Record>) -> Result<(), String> {
+    async fn install_checkpoint(
+        &self,
+        cp: Checkpoint,
+        cp_bytes: &[u8],
+        records: Vec<Record>,
+    ) -> Result<(), SnapshotFileError> {
         let last = cp.machine.last_applied.map_or(0, |l| l.index);
         // Keep the local log if it already holds the snapshot's last entry
         // (then it holds every retained entry before it); otherwise replace
@@ -245,7 +313,7 @@ impl StateMachine {
             self.store
                 .install_range(prev, records)
                 .await
-                .map_err(|e| format!("install the snapshot's log range: {e}"))?;
+                .map_err(SnapshotFileError::log("install the snapshot's log range"))?;
         }
         self.write_checkpoint(cp_bytes, last)?;
         *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((cp.log_start, last));
@@ -255,11 +323,11 @@ impl StateMachine {
         Ok(())
     }
 
-    fn newest_checkpoint(&self) -> Result<Option<PathBuf>, String> {
+    fn newest_checkpoint(&self) -> Result<Option<PathBuf>, SnapshotFileError> {
         let mut newest = None;
-        let list = |e: std::io::Error| format!("list {}: {e}", self.dir.display());
-        for e in std::fs::read_dir(&self.dir).map_err(list)? {
-            let name = e.map_err(list)?.file_name().to_string_lossy().into_owned();
+        let list = || SnapshotFileError::io(format!("list {}", self.dir.display()));
+        for e in std::fs::read_dir(&self.dir).map_err(list())? {
+            let name = e.map_err(list())?.file_name().to_string_lossy().into_owned();
             if name.starts_with("checkpoint-")
                 && !name.ends_with(".partial")
                 && newest.as_ref().is_none_or(|n| name > *n)
@@ -271,12 +339,12 @@ impl StateMachine {
     }
 
     /// Write a checkpoint of the current machine durably; drop older ones.
-    fn write_checkpoint(&self, cp_bytes: &[u8], last: u64) -> Result<(), String> {
+    fn write_checkpoint(&self, cp_bytes: &[u8], last: u64) -> Result<(), SnapshotFileError> {
         let name = checkpoint_name(last);
         write_durably(&self.dir, &name, cp_bytes)?;
-        let io_err = |e: std::io::Error| format!("list {}: {e}", self.dir.display());
-        for e in std::fs::read_dir(&self.dir).map_err(io_err)? {
-            let other = e.map_err(io_err)?.file_name().to_string_lossy().into_owned();
+        let list = || SnapshotFileError::io(format!("list {}", self.dir.display()));
+        for e in std::fs::read_dir(&self.dir).map_err(list())? {
+            let other = e.map_err(list())?.file_name().to_string_lossy().into_owned();
             // Only older ones: names sort by last index.
             if other.starts_with("checkpoint-") && !other.ends_with(".partial") && other < name {
                 let _ = std::fs::remove_file(self.dir.join(other));
@@ -285,31 +353,36 @@ impl StateMachine {
         Ok(())
     }
 
-    fn prev_pos(&self, log_start: u64) -> Result<LogPos, String> {
+    fn prev_pos(&self, log_start: u64) -> Result<LogPos, SnapshotFileError> {
         let prev = log_start - 1;
-        let rec = self.store.read_range(prev, prev + 1, 0).map_err(|e| format!("read log entry {prev}: {e}"))?;
+        let rec = self
+            .store
+            .read_range(prev, prev + 1, 0)
+            .map_err(SnapshotFileError::log(format!("read log entry {prev}")))?;
         match rec.first() {
             Some(r) if r.index == prev => Ok(LogPos::new(r.term, r.leader, r.index)),
-            _ => Err(format!("log entry {prev} (just before the snapshot's log start) is not in the log")),
+            _ => Err(SnapshotFileError::MissingEntry(format!(
+                "log entry {prev} (just before the snapshot's log start) is not in the log"
+            ))),
         }
     }
 }
 
 /// Write `bytes` as `dir/name`: to `name.partial`, fdatasync, rename, fsync
 /// the directory.
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
-    let io_err = |e: std::io::Error| format!("write {name} in {}: {e}", dir.display());
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), SnapshotFileError> {
+    let io_err = || SnapshotFileError::io(format!("write {name} in {}", dir.display()));
     let partial = dir.join(format!("{name}.partial"));
-    let mut f = std::fs::File::create(&partial).map_err(io_err)?;
-    f.write_all(bytes).map_err(io_err)?;
-    f.sync_data().map_err(io_err)?;
+    let mut f = std::fs::File::create(&partial).map_err(io_err())?;
+    f.write_all(bytes).map_err(io_err())?;
+    f.sync_data().map_err(io_err())?;
     drop(f);
-    std::fs::rename(&partial, dir.join(name)).map_err(io_err)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)
+    std::fs::rename(&partial, dir.join(name)).map_err(io_err())?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err())
 }
 
 pub fn encode_checkpoint_bytes(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 9);
+    let mut out = Vec::with_capacity(CP_BODY_AT + body.len());
     out.extend_from_slice(CHECKPOINT_MAGIC);
     out.push(VERSION);
     out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
@@ -317,18 +390,19 @@ pub fn encode_checkpoint_bytes(body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, String> {
-    if bytes.len() < 9 || &bytes[..4] != CHECKPOINT_MAGIC {
-        return Err("not a keel checkpoint (bad magic)".into());
+fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, SnapshotFileError> {
+    const FILE: &str = "checkpoint";
+    if bytes.len() < CP_BODY_AT || !bytes.starts_with(CHECKPOINT_MAGIC) {
+        return Err(SnapshotFileError::BadMagic { file: FILE });
     }
-    if bytes[4] != VERSION {
-        return Err(format!("checkpoint version {} is not supported", bytes[4]));
+    if bytes[CP_VERSION_AT] != VERSION {
+        return Err(SnapshotFileError::Version { file: FILE, version: bytes[CP_VERSION_AT] });
     }
-    let crc = u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes"));
-    if crc32c::crc32c(&bytes[9..]) != crc {
-        return Err("checkpoint checksum mismatch".into());
+    let crc = u32::from_le_bytes(bytes[CP_CRC].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&bytes[CP_BODY_AT..]) != crc {
+        return Err(SnapshotFileError::Checksum { file: FILE });
     }
-    codec::decode(&bytes[9..]).map_err(|e| format!("checkpoint does not decode: {e}"))
+    codec::decode(&bytes[CP_BODY_AT..]).map_err(|e| SnapshotFileError::Decode(e.to_string()))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -508,10 +582,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-fn write_transfer(path: &Path, cp: &[u8], store: &Store, from: u64, last: u64) -> Result<(), String> {
-    let mut w =
-        CrcWriter { inner: std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| e.to_string())?), crc: 0 };
-    let mut put = |b: &[u8]| w.write_all(b).map_err(|e| format!("write snapshot transfer file: {e}"));
+fn write_transfer(path: &Path, cp: &[u8], store: &Store, from: u64, last: u64) -> Result<(), SnapshotFileError> {
+    let io_err = || SnapshotFileError::io(format!("write snapshot transfer file {}", path.display()));
+    let mut w = CrcWriter { inner: std::io::BufWriter::new(std::fs::File::create(path).map_err(io_err())?), crc: 0 };
+    let mut put = |b: &[u8]| w.write_all(b).map_err(io_err());
     put(TRANSFER_MAGIC)?;
     put(&[VERSION])?;
     put(&(cp.len() as u64).to_le_bytes())?;
@@ -519,9 +593,13 @@ fn write_transfer(path: &Path, cp: &[u8], store: &Store, from: u64, last: u64) -
     let mut next = from;
     while next <= last {
         let end = (next + TRANSFER_READ_BATCH).min(last + 1);
-        let records = store.read_range(next, end, usize::MAX).map_err(|e| format!("read log {next}..{end}: {e}"))?;
+        let records = store
+            .read_range(next, end, usize::MAX)
+            .map_err(SnapshotFileError::log(format!("read log {next}..{end}")))?;
         if records.first().map(|r| r.index) != Some(next) {
-            return Err(format!("log entry {next} is missing; the snapshot cannot carry it"));
+            return Err(SnapshotFileError::MissingEntry(format!(
+                "log entry {next} is missing; the snapshot cannot carry it"
+            )));
         }
         for r in &records {
             put(&[r.kind as u8])?;
@@ -535,8 +613,8 @@ fn write_transfer(path: &Path, cp: &[u8], store: &Store, from: u64, last: u64) -
         next = records.last().map_or(end, |r| r.index + 1);
     }
     let crc = w.crc;
-    w.inner.write_all(&crc.to_le_bytes()).map_err(|e| e.to_string())?;
-    w.inner.into_inner().map_err(|e| e.to_string())?.sync_data().map_err(|e| e.to_string())
+    w.inner.write_all(&crc.to_le_bytes()).map_err(io_err())?;
+    w.inner.into_inner().map_err(|e| io_err()(e.into_error()))?.sync_data().map_err(io_err())
 }
 
 struct CrcWriter<W> {
@@ -556,42 +634,54 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
-fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Record>, Bytes), String> {
+fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Record>, Bytes), SnapshotFileError> {
     use std::io::Seek;
-    f.seek(std::io::SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    const FILE: &str = "snapshot";
+    let read_err = || SnapshotFileError::io("read the received snapshot");
+    f.seek(std::io::SeekFrom::Start(0)).map_err(read_err())?;
     let mut all = Vec::new();
-    f.read_to_end(&mut all).map_err(|e| e.to_string())?;
-    if all.len() < 17 || &all[..4] != TRANSFER_MAGIC || all[4] != VERSION {
-        return Err("not a keel snapshot (bad magic or version)".into());
+    f.read_to_end(&mut all).map_err(read_err())?;
+    if all.len() < TR_CP_AT + TR_TRAILER_BYTES || !all.starts_with(TRANSFER_MAGIC) {
+        return Err(SnapshotFileError::BadMagic { file: FILE });
     }
-    let body_end = all.len() - 4;
+    if all[TR_VERSION_AT] != VERSION {
+        return Err(SnapshotFileError::Version { file: FILE, version: all[TR_VERSION_AT] });
+    }
+    let body_end = all.len() - TR_TRAILER_BYTES;
     let crc = u32::from_le_bytes(all[body_end..].try_into().expect("4 bytes"));
     if crc32c::crc32c(&all[..body_end]) != crc {
-        return Err("snapshot checksum mismatch".into());
+        return Err(SnapshotFileError::Checksum { file: FILE });
     }
     let all = Bytes::from(all);
-    let cp_len =
-        usize::try_from(u64::from_le_bytes(all[5..13].try_into().expect("8 bytes"))).map_err(|e| e.to_string())?;
-    let cp_end = 13usize.checked_add(cp_len).filter(|&e| e <= body_end).ok_or("checkpoint length past the end")?;
-    let cp_bytes = all[13..cp_end].to_vec();
+    let cp_len = u64::from_le_bytes(all[TR_CP_LEN].try_into().expect("8 bytes"));
+    let cp_end = usize::try_from(cp_len)
+        .ok()
+        .and_then(|l| TR_CP_AT.checked_add(l))
+        .filter(|&e| e <= body_end)
+        .ok_or_else(|| SnapshotFileError::CutShort(format!("checkpoint length {cp_len} past the end")))?;
+    let cp_bytes = all[TR_CP_AT..cp_end].to_vec();
     let cp = decode_checkpoint(&cp_bytes)?;
     let mut records = Vec::new();
     let mut at = cp_end;
     while at < body_end {
-        if body_end - at < 37 {
-            return Err(format!("record header cut short at byte {at}"));
+        if body_end - at < REC_HEADER_BYTES {
+            return Err(SnapshotFileError::CutShort(format!("record header at byte {at}")));
         }
-        let u64_at = |i: usize| u64::from_le_bytes(all[i..i + 8].try_into().expect("8 bytes"));
-        let kind = match all[at] {
+        let u64_at = |i: usize| u64::from_le_bytes(all[at + i..at + i + 8].try_into().expect("8 bytes"));
+        let kind = match all[at + REC_KIND_AT] {
             k if k == RecordKind::Blank as u8 => RecordKind::Blank,
             k if k == RecordKind::Normal as u8 => RecordKind::Normal,
             k if k == RecordKind::Membership as u8 => RecordKind::Membership,
-            k => return Err(format!("unknown record kind {k} at byte {at}")),
+            kind => return Err(SnapshotFileError::RecordKind { kind, at }),
         };
-        let (term, leader, index, timestamp_ms) = (u64_at(at + 1), u64_at(at + 9), u64_at(at + 17), u64_at(at + 25));
-        let len = u32::from_le_bytes(all[at + 33..at + 37].try_into().expect("4 bytes")) as usize;
-        let start = at + 37;
-        let end = start.checked_add(len).filter(|&e| e <= body_end).ok_or("record payload past the end")?;
+        let (term, leader) = (u64_at(REC_TERM_AT), u64_at(REC_LEADER_AT));
+        let (index, timestamp_ms) = (u64_at(REC_INDEX_AT), u64_at(REC_TIMESTAMP_AT));
+        let len = u32::from_le_bytes(all[at + REC_LEN.start..at + REC_LEN.end].try_into().expect("4 bytes")) as usize;
+        let start = at + REC_HEADER_BYTES;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= body_end)
+            .ok_or_else(|| SnapshotFileError::CutShort(format!("payload of the record at byte {at}")))?;
         records.push(Record { term, leader, index, timestamp_ms, kind, payload: all.slice(start..end) });
         at = end;
     }
@@ -661,6 +751,73 @@ mod tests {
         assert!(store.delete_below(31).await.expect("delete") > 0, "the test needs a deleted segment");
         let err = StateMachine::open(store.clone()).await.err().expect("opened over a hole");
         assert!(err.to_string().contains("remove this node's data directory"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn damaged_snapshot_and_checkpoint_files_are_refused_naming_what_is_wrong() {
+        // Phase: a valid transfer file of entries 1..=6 reads back whole.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with(dir.path(), 6).await;
+        let machine =
+            Machine { last_applied: Some(LogId::new(LeaderId { term: 1, node_id: 1 }, 6)), ..Machine::default() };
+        let cp = Checkpoint { machine, log_start: 1, prev: (1, 1, 0), snapshot_id: "s".into() };
+        let cp_bytes = encode_checkpoint_bytes(&codec::encode(&cp));
+        let path = dir.path().join("transfer");
+        write_transfer(&path, &cp_bytes, &store, 1, 6).expect("transfer file");
+        let good = std::fs::read(&path).expect("read");
+        let read = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).expect("write");
+            read_transfer(&mut std::fs::File::open(&path).expect("open"))
+        };
+        let (_, _, records, _) = read(&good).expect("a valid transfer file");
+        assert_eq!(records.iter().map(|r| r.index).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
+        // A damaged body with its checksum made right again, as a bug (not
+        // the disk) would leave it.
+        let resealed = |mut bytes: Vec<u8>| {
+            let end = bytes.len() - TR_TRAILER_BYTES;
+            let crc = crc32c::crc32c(&bytes[..end]);
+            bytes[end..].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        let first_record = TR_CP_AT + cp_bytes.len();
+        type Expect = fn(&SnapshotFileError) -> bool;
+        let mut cases: Vec<(&str, Vec<u8>, Expect)> = Vec::new();
+        let mut magic = good.clone();
+        magic[0] = b'X';
+        cases.push(("magic", magic, |e| matches!(e, SnapshotFileError::BadMagic { file: "snapshot" })));
+        let mut version = good.clone();
+        version[TR_VERSION_AT] = 9;
+        cases.push(("version", version, |e| matches!(e, SnapshotFileError::Version { version: 9, .. })));
+        let mut flipped = good.clone();
+        flipped[first_record + REC_HEADER_BYTES] ^= 1;
+        cases.push(("payload bit", flipped, |e| matches!(e, SnapshotFileError::Checksum { file: "snapshot" })));
+        let mut kind = good.clone();
+        kind[first_record + REC_KIND_AT] = 77;
+        cases.push(("kind", resealed(kind), |e| matches!(e, SnapshotFileError::RecordKind { kind: 77, .. })));
+        let mut long = good.clone();
+        long[first_record + REC_LEN.start..first_record + REC_LEN.end].copy_from_slice(&u32::MAX.to_le_bytes());
+        cases.push(("length", resealed(long), |e| matches!(e, SnapshotFileError::CutShort(_))));
+        let mut cp_len = good.clone();
+        cp_len[TR_CP_LEN].copy_from_slice(&u64::MAX.to_le_bytes());
+        cases.push(("checkpoint length", resealed(cp_len), |e| matches!(e, SnapshotFileError::CutShort(_))));
+        let mut cut = good[..first_record + 10].to_vec();
+        cut.extend_from_slice(&[0; TR_TRAILER_BYTES]);
+        cases.push(("cut header", resealed(cut), |e| matches!(e, SnapshotFileError::CutShort(_))));
+        for (what, bytes, expected) in cases {
+            let e = read(&bytes).err().unwrap_or_else(|| panic!("{what}: a damaged file was read"));
+            assert!(expected(&e), "{what}: {e:?}");
+        }
+        // Phase: a checkpoint whose body does not decode, or whose version is
+        // unknown, is refused naming it.
+        let mut body = cp_bytes.clone();
+        body.truncate(CP_BODY_AT + 3);
+        let crc = crc32c::crc32c(&body[CP_BODY_AT..]);
+        body[CP_CRC].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(decode_checkpoint(&body), Err(SnapshotFileError::Decode(_))));
+        let mut version = cp_bytes.clone();
+        version[CP_VERSION_AT] = 2;
+        let e = decode_checkpoint(&version).expect_err("version 2 read");
+        assert!(e.to_string().contains("checkpoint version 2 is not supported"), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
