@@ -2,7 +2,7 @@
 //! cluster, topics, digest, membership, snapshots, `/metrics`, health and
 //! the web page), and a once-a-second sampler of the flush counters.
 //!
-//! Reads are open. Mutations need `Authorization: Bearer <admin.settings.token>` when
+//! Reads are open. Mutations need `Authorization: Bearer <admin.token>` when
 //! the token is set. Every error is JSON `{"error": "..."}` naming what was
 //! wrong. The API is described in `docs/admin-api.md` and, for machines, in
 //! `openapi.json` (served at `/api/v1/openapi.json`).
@@ -360,11 +360,11 @@ fn check_token(token: Option<&str>, headers: &HeaderMap) -> Api<()> {
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     super::auth::check_bearer(token, given).map_err(|refusal| match refusal {
         super::auth::Refusal::Wrong => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token does not match admin.settings.token")
+            ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token does not match admin.token")
         }
         super::auth::Refusal::Missing => ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "this change needs the header Authorization: Bearer <admin.settings.token>",
+            "this change needs the header Authorization: Bearer <admin.token>",
         ),
     })
 }
