@@ -145,7 +145,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         durable,
         status: {
             let admin = admin.clone();
-            Arc::new(move || serde_json::to_string(&admin.status()).map_err(|e| e.to_string()))
+            Arc::new(move || serde_json::to_string(&admin.status()))
         },
         identity: identity.clone(),
     };

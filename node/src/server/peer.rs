@@ -28,8 +28,8 @@ use super::types::{Snapshot, TypeConfig};
 use super::wire;
 
 /// This node's admin status as JSON (what its `/api/v1/status` shows), for
-/// a peer's `/api/v1/cluster`; `Err` names why it could not be encoded.
-pub type StatusSource = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+/// a peer's `/api/v1/cluster`.
+pub type StatusSource = Arc<dyn Fn() -> serde_json::Result<String> + Send + Sync>;
 
 pub struct PeerService {
     pub raft: Raft,

@@ -362,10 +362,9 @@ fn check_token(token: Option<&str>, headers: &HeaderMap) -> Api<()> {
         super::auth::Refusal::Wrong => {
             ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token does not match admin.token")
         }
-        super::auth::Refusal::Missing => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "this change needs the header Authorization: Bearer <admin.token>",
-        ),
+        super::auth::Refusal::Missing => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "this change needs the header Authorization: Bearer <admin.token>")
+        }
     })
 }
 
