@@ -77,6 +77,33 @@ struct PeerConn {
     backoff: Duration,
 }
 
+/// Why a call to a peer got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerCallError {
+    /// The peer failed a moment ago; calls wait out its backoff.
+    #[error("{addr} is unreachable (backing off)")]
+    BackingOff { addr: String },
+    #[error("bad peer address {addr}: {source}")]
+    Address {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("TLS for peer {addr}: {source}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Refused(tonic::Status),
+    /// An answer that breaks the protocol (a missing entry, a bad checksum).
+    #[error("{0}")]
+    BadAnswer(String),
+}
+
 impl Peers {
     pub fn new(tls: Option<ClientTlsConfig>, credentials: PeerCredentials) -> Self {
         Self { inner: Arc::default(), acks: Arc::default(), tls, credentials }
@@ -84,19 +111,21 @@ impl Peers {
 
     /// A client for node `target` at `addr`, or `None` while the peer is in
     /// backoff. Every call names `target`, so a node that is not it refuses.
-    pub fn client(&self, addr: &str, target: u64) -> Result<PeerRpc, String> {
+    pub fn client(&self, addr: &str, target: u64) -> Result<PeerRpc, PeerCallError> {
         let mut peers = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = peers.get(addr) {
             if c.retry_at.is_some_and(|t| Instant::now() < t) {
-                return Err(format!("{addr} is unreachable (backing off)"));
+                return Err(PeerCallError::BackingOff { addr: addr.to_string() });
             }
             return Ok(self.rpc(c.channel.clone(), target));
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint =
-            Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| format!("bad peer address {addr}: {e}"))?;
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|source| PeerCallError::Address { addr: addr.to_string(), source })?;
         if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS for peer {addr}: {e}"))?;
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|source| PeerCallError::Tls { addr: addr.to_string(), source })?;
         }
         let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
@@ -142,16 +171,16 @@ impl Peers {
 
 impl Peers {
     /// The admin status document of node `target` at `addr`, within `timeout`.
-    pub async fn node_status(&self, addr: &str, target: u64, timeout: Duration) -> Result<String, String> {
+    pub async fn node_status(&self, addr: &str, target: u64, timeout: Duration) -> Result<String, PeerCallError> {
         let mut c = self.client(addr, target)?;
         let req = pb::NodeStatusRequest {};
         match tokio::time::timeout(timeout, c.node_status(req)).await {
-            Err(_) => Err(format!("{addr}: no answer within {timeout:?}")),
+            Err(_) => Err(PeerCallError::Timeout(timeout)),
             Ok(Err(s)) => {
                 if s.code() == tonic::Code::Unavailable {
                     self.failed(addr);
                 }
-                Err(format!("{addr}: {}", s.message()))
+                Err(PeerCallError::Refused(s))
             }
             Ok(Ok(r)) => Ok(r.into_inner().json),
         }
@@ -167,16 +196,16 @@ impl Peers {
         to: u64,
         max_bytes: usize,
         timeout: Duration,
-    ) -> Result<Vec<keel_raft_log::Record>, String> {
+    ) -> Result<Vec<keel_raft_log::Record>, PeerCallError> {
         let mut c = self.client(addr, target)?;
         let req = pb::ReadEntriesRequest { from, to, max_bytes: max_bytes as u64 };
         let entries = match tokio::time::timeout(timeout, c.read_entries(req)).await {
-            Err(_) => return Err(format!("no answer within {timeout:?}")),
+            Err(_) => return Err(PeerCallError::Timeout(timeout)),
             Ok(Err(s)) => {
                 if s.code() == tonic::Code::Unavailable {
                     self.failed(addr);
                 }
-                return Err(format!("{:?}: {}", s.code(), s.message()));
+                return Err(PeerCallError::Refused(s));
             }
             Ok(Ok(r)) => r.into_inner().entries,
         };
@@ -184,10 +213,11 @@ impl Peers {
             .into_iter()
             .map(|e| {
                 let crc = e.crc32c;
-                let entry = e.entry.ok_or("an answer without its entry")?;
-                let r = super::wire::record_from_pb(entry).map_err(|s| s.message().to_string())?;
+                let entry = e.entry.ok_or_else(|| PeerCallError::BadAnswer("an answer without its entry".into()))?;
+                let r = super::wire::record_from_pb(entry)
+                    .map_err(|s| PeerCallError::BadAnswer(s.message().to_string()))?;
                 if super::wire::record_crc(&r) != crc {
-                    return Err(format!("entry {} fails its checksum", r.index));
+                    return Err(PeerCallError::BadAnswer(format!("entry {} fails its checksum", r.index)));
                 }
                 Ok(r)
             })
@@ -283,7 +313,7 @@ impl PeerClient {
         F: FnOnce(PeerRpc) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let c = self.peers.client(&self.addr, self.target).map_err(CallError::Unreachable)?;
+        let c = self.peers.client(&self.addr, self.target).map_err(|e| CallError::Unreachable(e.to_string()))?;
         match tokio::time::timeout(option.hard_ttl(), f(c)).await {
             Err(_) => Err(self.timed_out()),
             Ok(Ok(r)) => {
@@ -365,7 +395,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         };
         let chunks = SnapshotChunks::new(file, first, chunk_bytes);
         let (progress, failed) = (Arc::clone(&chunks.progress), Arc::clone(&chunks.failed));
-        let c = self.peers.client(&self.addr, self.target).map_err(Unreachable::from_string)?;
+        let c = self.peers.client(&self.addr, self.target).map_err(|e| Unreachable::from_string(e.to_string()))?;
         let ttl = option.hard_ttl();
         let call = async move {
             let mut c = c;
@@ -523,7 +553,7 @@ impl PeerClient {
             }
         });
         let ttl = option.hard_ttl();
-        let mut c = self.peers.client(&self.addr, self.target).map_err(CallError::Unreachable)?;
+        let mut c = self.peers.client(&self.addr, self.target).map_err(|e| CallError::Unreachable(e.to_string()))?;
         let answers = match tokio::time::timeout(ttl, c.append_entries_stream(requests)).await {
             Err(_) => return Err(self.timed_out()),
             Ok(Err(s)) => return Err(self.status_error(s)),

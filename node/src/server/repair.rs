@@ -27,7 +27,7 @@ use keel_raft_log::{LogPos, RealFs, Record};
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::network::Peers;
+use super::network::{PeerCallError, Peers};
 use crate::config::NodeConfig;
 
 /// Payload bytes asked for per ReadEntries call.
@@ -148,13 +148,31 @@ async fn fetch(config: &NodeConfig, peers: &Peers, d: &Damage, anchor: LogPos) -
     Err(why.join("; "))
 }
 
-async fn fetch_from(peers: &Peers, addr: &str, id: u64, d: &Damage, anchor: LogPos) -> Result<Vec<Record>, String> {
+/// Why one peer could not supply a damaged range.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error(transparent)]
+    Call(#[from] PeerCallError),
+    #[error("answered no entries from {0}")]
+    Empty(u64),
+    #[error("sent entry {got} where {want} was due")]
+    WrongIndex { got: u64, want: u64 },
+    #[error("entry {index} has term {term}, out of order")]
+    TermOrder { index: u64, term: u64 },
+    #[error(
+        "holds entry {index} from term {term} (leader {leader}), not the intact one here from term {anchor_term} \
+         (leader {anchor_leader}): its log differs from this node's there"
+    )]
+    Differs { index: u64, term: u64, leader: u64, anchor_term: u64, anchor_leader: u64 },
+}
+
+async fn fetch_from(peers: &Peers, addr: &str, id: u64, d: &Damage, anchor: LogPos) -> Result<Vec<Record>, FetchError> {
     let mut out: Vec<Record> = Vec::new();
     let mut next = d.from;
     while next <= anchor.index {
         let page = peers.read_entries(addr, id, next, anchor.index, PAGE_BYTES, CALL_TIMEOUT).await?;
         if page.is_empty() {
-            return Err(format!("answered no entries from {next}"));
+            return Err(FetchError::Empty(next));
         }
         for r in page {
             check(&r, next, out.last(), anchor)?;
@@ -174,19 +192,21 @@ async fn fetch_from(peers: &Peers, addr: &str, id: u64, d: &Damage, anchor: LogP
 
 /// One entry of a repair: the index expected, terms in order, and the
 /// anchor's log id at the anchor's index.
-fn check(r: &Record, want: u64, previous: Option<&Record>, anchor: LogPos) -> Result<(), String> {
+fn check(r: &Record, want: u64, previous: Option<&Record>, anchor: LogPos) -> Result<(), FetchError> {
     if r.index != want {
-        return Err(format!("sent entry {} where {want} was due", r.index));
+        return Err(FetchError::WrongIndex { got: r.index, want });
     }
     if previous.is_some_and(|p| r.term < p.term) || r.term > anchor.term {
-        return Err(format!("entry {} has term {}, out of order", r.index, r.term));
+        return Err(FetchError::TermOrder { index: r.index, term: r.term });
     }
     if r.index == anchor.index && (r.term, r.leader) != (anchor.term, anchor.leader) {
-        return Err(format!(
-            "holds entry {} from term {} (leader {}), not the intact one here from term {} (leader {}): its log \
-             differs from this node's there",
-            r.index, r.term, r.leader, anchor.term, anchor.leader
-        ));
+        return Err(FetchError::Differs {
+            index: r.index,
+            term: r.term,
+            leader: r.leader,
+            anchor_term: anchor.term,
+            anchor_leader: anchor.leader,
+        });
     }
     Ok(())
 }
@@ -207,12 +227,13 @@ mod tests {
         assert!(check(&rec(2, 8), 8, None, anchor).is_ok());
         assert!(check(&rec(3, 10), 10, Some(&rec(2, 9)), anchor).is_ok());
         let gap = check(&rec(2, 9), 8, None, anchor).expect_err("gap");
-        assert!(gap.contains("where 8 was due"), "{gap}");
+        assert!(matches!(gap, FetchError::WrongIndex { got: 9, want: 8 }), "{gap:?}");
+        assert!(gap.to_string().contains("where 8 was due"), "{gap}");
         let back = check(&rec(1, 9), 9, Some(&rec(2, 8)), anchor).expect_err("term backwards");
-        assert!(back.contains("out of order"), "{back}");
+        assert!(back.to_string().contains("out of order"), "{back}");
         let past = check(&rec(4, 9), 9, None, anchor).expect_err("term past the anchor");
-        assert!(past.contains("out of order"), "{past}");
+        assert!(matches!(past, FetchError::TermOrder { index: 9, term: 4 }), "{past:?}");
         let other = check(&Record { leader: 2, ..rec(3, 10) }, 10, None, anchor).expect_err("another leader");
-        assert!(other.contains("its log differs"), "{other}");
+        assert!(other.to_string().contains("its log differs"), "{other}");
     }
 }

@@ -248,7 +248,7 @@ async fn get_cluster(State(admin): Shared_) -> axum::Json<Value> {
                         Ok(v) => (Some(v), None),
                         Err(e) => (None, Some(format!("node {} answered a status that is not JSON: {e}", member.id))),
                     },
-                    Err(e) => (None, Some(format!("node {} at {e}", member.id))),
+                    Err(e) => (None, Some(format!("node {} at {}: {e}", member.id, member.addr))),
                 }
             };
             json!({
