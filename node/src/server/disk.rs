@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, Serialize)]
 /// A volume's size and free space.
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct Disk {
     pub total_bytes: u64,
     pub free_bytes: u64,

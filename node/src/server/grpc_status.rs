@@ -1,8 +1,10 @@
 //! gRPC statuses as keel answers them: every error a status whose
 //! `keel-error` metadata names the `ErrorCode` (keel.proto) and whose
 //! message names what was wrong. Shared by the `Keel` service, the
-//! credential checks and the peer service.
+//! credential checks and the peer service. The metadata keys are
+//! keel-client's constants, so both ends spell them the same.
 
+use keel_client::{ERROR_CODE_KEY, EXPECTED_SEQUENCE_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY};
 use keel_proto::client::ErrorCode;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
@@ -25,14 +27,9 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
         ErrorCode::StorageFailed | ErrorCode::Unspecified => tonic::Code::Internal,
     };
     let mut s = Status::new(grpc, message);
-    s.metadata_mut().insert("keel-error", MetadataValue::from_static(code.as_str_name()));
+    s.metadata_mut().insert(ERROR_CODE_KEY, MetadataValue::from_static(code.as_str_name()));
     s
 }
-
-/// Metadata key of an OUT_OF_ORDER_SEQUENCE status: the sequence the
-/// producer must send next (keel.proto), so a client tells a gap from an
-/// overlap without parsing the message.
-pub const EXPECTED_SEQUENCE_KEY: &str = "keel-expected-sequence";
 
 /// The state machine's refusal as a status (a gap also names the
 /// sequence expected next).
@@ -58,10 +55,10 @@ pub fn not_leader(leader_id: Option<u64>, addr: Option<String>) -> Status {
         (Some(id), Some(addr)) => {
             let mut s = error(ErrorCode::NotLeader, format!("not the leader; the leader is node {id} at {addr}"));
             if let Ok(v) = MetadataValue::try_from(id.to_string()) {
-                s.metadata_mut().insert("keel-leader-id", v);
+                s.metadata_mut().insert(LEADER_ID_KEY, v);
             }
             if let Ok(v) = MetadataValue::try_from(addr) {
-                s.metadata_mut().insert("keel-leader-addr", v);
+                s.metadata_mut().insert(LEADER_ADDR_KEY, v);
             }
             s
         }
