@@ -63,6 +63,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
 use tonic::transport::Endpoint;
 
+use crate::config;
+
 const DEFAULT_BASE_PORT: u16 = 9091;
 /// Node i's admin port is its gRPC port plus this.
 const ADMIN_PORT_OFFSET: u16 = 100;
@@ -89,18 +91,6 @@ const MAX_LINE_BYTES: u64 = 64 * 1024;
 /// Lines waiting for the stderr writer; a full queue slows the readers, and
 /// through their pipes the nodes, instead of growing.
 const OUTPUT_QUEUE_LINES: usize = 1024;
-
-/// Keys `keel dev` writes itself; `--set` may not change them because the
-/// ports, peers and directories must agree across the nodes.
-const MANAGED_KEYS: &[&str] = &[
-    "node.id",
-    "grpc.listen",
-    "grpc.advertised",
-    "admin.listen",
-    "peers",
-    "cluster.bootstrap",
-    "store.path.commitlog",
-];
 
 /// `keel dev`: a local cluster, each node its own child process.
 #[derive(Debug, Args)]
@@ -136,7 +126,10 @@ fn parse_setting(text: &str) -> Result<Setting, String> {
     if value.contains(['\n', '\r']) {
         return Err(format!("the value of `{key}` spans lines"));
     }
-    if MANAGED_KEYS.contains(&key) {
+    let Some(row) = config::keys::key(key) else {
+        return Err(format!("`{key}` is not a configuration key (`keel config keys` lists them)"));
+    };
+    if row.dev_managed {
         return Err(format!("`{key}` is written by keel dev itself (see --dir, --base-port and --nodes)"));
     }
     Ok(Setting { key: key.to_owned(), value: value.to_owned() })
@@ -351,8 +344,9 @@ fn write_new_durably(path: &Path, bytes: &[u8]) -> Result<()> {
 fn adopt_existing(node: &mut Node) -> Result<()> {
     let text =
         std::fs::read_to_string(&node.properties).with_context(|| format!("read {}", node.properties.display()))?;
-    let properties = parse_properties(&text);
     let file = node.properties.display();
+    let properties: BTreeMap<String, String> =
+        config::parse_properties(&text, &file.to_string())?.into_iter().map(|s| (s.key, s.value)).collect();
     // keel dev writes node.id first; a file without it is not one keel dev
     // wrote whole (written before files were synced, then a power cut).
     // Started on it, the node would come back on the defaults, as another
@@ -388,18 +382,6 @@ fn adopt_existing(node: &mut Node) -> Result<()> {
         node.bootstrap = value == "true";
     }
     Ok(())
-}
-
-/// `key=value` lines; `#` and `!` start comments. Enough to read back what
-/// `write_properties` wrote (and what a person edited); the node's own
-/// parser remains the judge of validity.
-fn parse_properties(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with(['#', '!']))
-        .filter_map(|line| line.split_once('='))
-        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
-        .collect()
 }
 
 /// Binds every port once, so a taken port is reported by name before any
@@ -451,8 +433,8 @@ fn spawn_node(
     // `keel node` lets KEEL_* variables override its file. Other keys pass
     // through on purpose (`KEEL_FLUSH_DISK_TYPE=BATCH_FLUSH keel dev` sets
     // every node), but one value for these would break the cluster.
-    for key in MANAGED_KEYS {
-        command.env_remove(format!("KEEL_{}", key.to_uppercase().replace('.', "_")));
+    for key in config::keys::dev_managed() {
+        command.env_remove(config::env_var_name(key.name));
     }
     // SAFETY: runs in the child between fork and exec, where only
     // async-signal-safe calls are allowed; prctl is one and touches no
@@ -769,28 +751,45 @@ mod tests {
         assert!(parse(&["--base-port", "0"]).is_err());
         assert!(parse(&["--set", "novalue"]).is_err());
         assert!(parse(&["--set", "=x"]).is_err());
-        // Keys keel dev owns cannot be overridden.
-        assert!(parse(&["--set", "grpc.listen=127.0.0.1:1"]).is_err());
+        // Keys keel dev owns cannot be overridden; a misspelt key is named
+        // before any node starts on it.
+        for key in ["grpc.listen", "store.path.commitlog", "peers"] {
+            let err = parse(&["--set", &format!("{key}=x")]).expect_err("a managed key accepted").to_string();
+            assert!(err.contains("written by keel dev itself"), "{err}");
+        }
+        let err = parse(&["--set", "flush.disk.typ=SYNC_FLUSH"]).expect_err("unknown key accepted").to_string();
+        assert!(err.contains("`flush.disk.typ` is not a configuration key"), "{err}");
     }
 
     #[test]
     fn first_start_writes_the_files_and_a_restart_reuses_them() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let args = parse(&["--dir", dir.path().to_str().expect("utf-8"), "--base-port", "20000", "--set", "a.b=c"])
-            .expect("valid");
+        let args = parse(&[
+            "--dir",
+            dir.path().to_str().expect("utf-8"),
+            "--base-port",
+            "20000",
+            "--set",
+            "flush.batch.size=7",
+        ])
+        .expect("valid");
         let root = prepare_root(&args.dir).expect("root");
 
         // Phase 1: fresh directory, files written with our addresses.
         let nodes = prepare_nodes(&root, &args).expect("prepare");
         assert_eq!(nodes.len(), 3);
         let two = std::fs::read_to_string(&nodes[1].properties).expect("node2 file");
-        let two = parse_properties(&two);
+        let two: BTreeMap<String, String> = config::parse_properties(&two, "node2.properties")
+            .expect("keel dev's file parses")
+            .into_iter()
+            .map(|s| (s.key, s.value))
+            .collect();
         assert_eq!(two["node.id"], "2");
         assert_eq!(two["grpc.listen"], "127.0.0.1:20001");
         assert_eq!(two["admin.listen"], "127.0.0.1:20101");
         assert_eq!(two["peers"], "1@127.0.0.1:20000,2@127.0.0.1:20001,3@127.0.0.1:20002");
         assert_eq!(two["cluster.bootstrap"], "false");
-        assert_eq!(two["a.b"], "c");
+        assert_eq!(two["flush.batch.size"], "7");
         assert_eq!(Path::new(&two["store.path.commitlog"]), root.join("node2/data"));
         assert!(nodes[0].bootstrap && !nodes[0].reused);
 

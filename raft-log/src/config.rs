@@ -1,17 +1,10 @@
-//! Store and flush configuration under the article's keys.
+//! Store and flush configuration, as typed values.
 //!
-//! | key | default | meaning |
-//! |---|---|---|
-//! | `store.path.commitlog` | (required) | data directory |
-//! | `segment.bytes` | 67108864 (64 MiB) | size each segment is preallocated to |
-//! | `segment.preallocate` | `fallocate` | `fallocate` (reserve unwritten extents) or `zero` (write zeros) |
-//! | `segment.preheat` | `false` | read each new segment once so its pages are cached (预热) |
-//! | `segment.cached.sealed` | 2 | how many of the newest sealed segments keep their pages in the page cache; older ones give theirs back after each roll (reads then come from disk); -1 leaves it to the kernel |
-//! | `flush.disk.type` | `SYNC_FLUSH` | `SYNC_FLUSH`, `BATCH_FLUSH` or `ASYNC_FLUSH` |
-//! | `flush.batch.size` | 100 | BATCH_FLUSH: fsync after this many unsynced messages |
-//! | `flush.interval.ms` | 100 | BATCH_FLUSH / ASYNC_FLUSH: fsync at least this often |
-//! | `flush.commitlog.interval` | 1000 | ASYNC_FLUSH: fsync after this many unsynced entries |
-//! | `flush.commitlog.timeout` | 5000 | ms a producer waits for durability before "outcome unknown" |
+//! The node maps the article's configuration keys (`flush.disk.type`,
+//! `segment.bytes`, ...) onto these fields: its table of keys
+//! (`node/src/config/keys.rs`) parses them and documents them. This crate
+//! knows no key names; [`StoreConfig::validate`] checks the values it is
+//! given and names the field.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -60,9 +53,7 @@ impl std::str::FromStr for FlushPolicy {
             "SYNC_FLUSH" => Ok(Self::SyncFlush),
             "BATCH_FLUSH" => Ok(Self::BatchFlush),
             "ASYNC_FLUSH" => Ok(Self::AsyncFlush),
-            other => {
-                Err(ConfigError::invalid("flush.disk.type", other, "expected SYNC_FLUSH, BATCH_FLUSH or ASYNC_FLUSH"))
-            }
+            other => Err(ConfigError::UnknownPolicy(other.to_string())),
         }
     }
 }
@@ -135,41 +126,17 @@ pub struct StoreConfig {
     pub flush: FlushConfig,
 }
 
-/// A configuration value that keel cannot use; names the key.
+/// A configuration value the store cannot use; names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("unknown configuration key `{0}`")]
-    UnknownKey(String),
-    #[error("invalid value {value:?} for `{key}`: {reason}")]
-    Invalid { key: String, value: String, reason: String },
-}
-
-impl ConfigError {
-    fn invalid(key: &str, value: &str, reason: impl Into<String>) -> Self {
-        Self::Invalid { key: key.to_string(), value: value.to_string(), reason: reason.into() }
-    }
-}
-
-/// The configuration keys this crate understands.
-pub const KEYS: &[&str] = &[
-    "store.path.commitlog",
-    "segment.bytes",
-    "segment.preallocate",
-    "segment.preheat",
-    "segment.cached.sealed",
-    "flush.disk.type",
-    "flush.batch.size",
-    "flush.interval.ms",
-    "flush.commitlog.interval",
-    "flush.commitlog.timeout",
-];
-
-fn positive(key: &str, value: &str) -> Result<u64, ConfigError> {
-    match value.trim().parse::<u64>() {
-        Ok(0) => Err(ConfigError::invalid(key, value, "must be at least 1")),
-        Ok(n) => Ok(n),
-        Err(_) => Err(ConfigError::invalid(key, value, "expected a positive whole number")),
-    }
+    #[error("unknown flush policy {0:?}: expected SYNC_FLUSH, BATCH_FLUSH or ASYNC_FLUSH")]
+    UnknownPolicy(String),
+    #[error("segment_bytes {0} is not between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}")]
+    SegmentBytes(u64),
+    #[error("dir is empty: the store needs a data directory")]
+    EmptyDir,
+    #[error("flush.{0} is 0; it must be at least 1")]
+    Zero(&'static str),
 }
 
 impl StoreConfig {
@@ -186,87 +153,22 @@ impl StoreConfig {
         }
     }
 
-    /// Set one key from its text form (properties file, CLI flag or
-    /// environment). Unknown keys are [`ConfigError::UnknownKey`] so a caller
-    /// with keys of its own can try them next.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
-        let v = value.trim();
-        match key {
-            "store.path.commitlog" => {
-                if v.is_empty() {
-                    return Err(ConfigError::invalid(key, value, "must not be empty"));
-                }
-                self.dir = PathBuf::from(v);
-            }
-            "segment.bytes" => {
-                let n = positive(key, v)?;
-                if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&n) {
-                    return Err(ConfigError::invalid(
-                        key,
-                        value,
-                        format!("must be between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}"),
-                    ));
-                }
-                self.segment_bytes = n;
-            }
-            "segment.preallocate" => {
-                self.preallocate = match v {
-                    "zero" => Preallocate::Zero,
-                    "fallocate" => Preallocate::Fallocate,
-                    _ => return Err(ConfigError::invalid(key, value, "expected zero or fallocate")),
-                }
-            }
-            "segment.preheat" => {
-                self.preheat = match v {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(ConfigError::invalid(key, value, "expected true or false")),
-                }
-            }
-            "segment.cached.sealed" => {
-                self.cached_sealed = match v.parse::<i64>() {
-                    Ok(-1) => None,
-                    Ok(n) if n >= 0 => Some(n as usize),
-                    _ => {
-                        return Err(ConfigError::invalid(
-                            key,
-                            value,
-                            "expected a count ≥ 0, or -1 to keep every segment",
-                        ));
-                    }
-                }
-            }
-            "flush.disk.type" => self.flush.policy = v.parse()?,
-            "flush.batch.size" => self.flush.batch_size = positive(key, v)?,
-            "flush.interval.ms" => self.flush.interval_ms = positive(key, v)?,
-            "flush.commitlog.interval" => self.flush.commitlog_interval = positive(key, v)?,
-            "flush.commitlog.timeout" => self.flush.commitlog_timeout_ms = positive(key, v)?,
-            _ => return Err(ConfigError::UnknownKey(key.to_string())),
-        }
-        Ok(())
-    }
-
     /// Check relations between values that `set` cannot see one at a time.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bytes = self.segment_bytes.to_string();
         if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
-            return Err(ConfigError::invalid(
-                "segment.bytes",
-                &bytes,
-                format!("must be between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}"),
-            ));
+            return Err(ConfigError::SegmentBytes(self.segment_bytes));
         }
         if self.dir.as_os_str().is_empty() {
-            return Err(ConfigError::invalid("store.path.commitlog", "", "must not be empty"));
+            return Err(ConfigError::EmptyDir);
         }
-        for (key, v) in [
-            ("flush.batch.size", self.flush.batch_size),
-            ("flush.interval.ms", self.flush.interval_ms),
-            ("flush.commitlog.interval", self.flush.commitlog_interval),
-            ("flush.commitlog.timeout", self.flush.commitlog_timeout_ms),
+        for (field, v) in [
+            ("batch_size", self.flush.batch_size),
+            ("interval_ms", self.flush.interval_ms),
+            ("commitlog_interval", self.flush.commitlog_interval),
+            ("commitlog_timeout_ms", self.flush.commitlog_timeout_ms),
         ] {
             if v == 0 {
-                return Err(ConfigError::invalid(key, "0", "must be at least 1"));
+                return Err(ConfigError::Zero(field));
             }
         }
         Ok(())
@@ -284,28 +186,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_parse_and_bad_values_name_the_key() {
+    fn values_the_store_cannot_use_name_the_field() {
         let mut c = StoreConfig::new("/tmp/x");
-        c.set("flush.disk.type", "BATCH_FLUSH").expect("valid");
-        c.set("flush.batch.size", "64").expect("valid");
-        c.set("segment.bytes", "8192").expect("valid");
-        c.set("segment.preallocate", "fallocate").expect("valid");
-        assert_eq!(c.flush.policy, FlushPolicy::BatchFlush);
-        assert_eq!(c.flush.batch_size, 64);
-        assert_eq!(c.segment_bytes, 8192);
-        assert_eq!(c.preallocate, Preallocate::Fallocate);
-        for (k, v) in [
-            ("flush.disk.type", "FAST"),
-            ("flush.batch.size", "0"),
-            ("flush.interval.ms", "-1"),
-            ("segment.bytes", "100"),
-            ("segment.preheat", "yes"),
-        ] {
-            let err = c.set(k, v).expect_err("invalid value accepted");
-            assert!(err.to_string().contains(k), "{err} does not name {k}");
-        }
-        assert_eq!(c.set("flush.nope", "1"), Err(ConfigError::UnknownKey("flush.nope".into())));
-        assert_eq!(c.flush.batch_size, 64, "a rejected value changed the config");
-        c.validate().expect("valid config");
+        c.validate().expect("the defaults are valid");
+        assert_eq!("BATCH_FLUSH".parse::<FlushPolicy>(), Ok(FlushPolicy::BatchFlush));
+        let err = "FAST".parse::<FlushPolicy>().expect_err("unknown policy accepted");
+        assert!(err.to_string().contains("\"FAST\""), "{err}");
+
+        c.segment_bytes = 100;
+        assert_eq!(c.validate(), Err(ConfigError::SegmentBytes(100)));
+        c.segment_bytes = StoreConfig::DEFAULT_SEGMENT_BYTES;
+        c.flush.batch_size = 0;
+        let err = c.validate().expect_err("a zero batch accepted");
+        assert!(err.to_string().contains("batch_size"), "{err}");
+        c.flush.batch_size = 1;
+        c.dir = PathBuf::new();
+        assert_eq!(c.validate(), Err(ConfigError::EmptyDir));
     }
 }

@@ -106,17 +106,13 @@ fn parse_duration(s: &str) -> Result<f64, String> {
     Ok(d)
 }
 
+// The node's own parsers, so the bench accepts exactly what a node would.
 fn parse_segment_bytes(s: &str) -> Result<u64, String> {
-    // The store's own check, so the bench accepts exactly what a node would.
-    let mut c = StoreConfig::new(".");
-    c.set("segment.bytes", s).map_err(|e| e.to_string())?;
-    Ok(c.segment_bytes)
+    crate::config::store_with("segment.bytes", s).map(|c| c.segment_bytes).map_err(|e| e.to_string())
 }
 
 fn parse_preallocate(s: &str) -> Result<Preallocate, String> {
-    let mut c = StoreConfig::new(".");
-    c.set("segment.preallocate", s).map_err(|e| e.to_string())?;
-    Ok(c.preallocate)
+    crate::config::store_with("segment.preallocate", s).map(|c| c.preallocate).map_err(|e| e.to_string())
 }
 
 /// Validated settings of one run.
