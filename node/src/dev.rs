@@ -384,6 +384,18 @@ fn adopt_existing(node: &mut Node) -> Result<()> {
     Ok(())
 }
 
+/// The nodes write to our pipes, so on their own (`log.color=auto`) they
+/// never colour; they should when our stderr, where their lines end up, is
+/// a terminal, unless the user chose (`KEEL_LOG_COLOR`, or `log.color` in
+/// the node's file).
+fn colour_the_nodes(properties: &Path) -> bool {
+    let chosen_in_file = std::fs::read_to_string(properties)
+        .ok()
+        .and_then(|text| config::parse_properties(&text, "").ok())
+        .is_some_and(|settings| settings.iter().any(|s| s.key == "log.color"));
+    std::env::var_os(config::env_var_name("log.color")).is_none() && !chosen_in_file && config::LogColor::Auto.enabled()
+}
+
 /// Binds every port once, so a taken port is reported by name before any
 /// node starts. The listeners close before the nodes bind: a window in which
 /// someone else may take a port, reported then as the node's exit.
@@ -435,6 +447,9 @@ fn spawn_node(
     // every node), but one value for these would break the cluster.
     for key in config::keys::dev_managed() {
         command.env_remove(config::env_var_name(key.name));
+    }
+    if colour_the_nodes(&node.properties) {
+        command.env(config::env_var_name("log.color"), "always");
     }
     // SAFETY: runs in the child between fork and exec, where only
     // async-signal-safe calls are allowed; prctl is one and touches no

@@ -146,6 +146,7 @@ impl Consumer {
     }
 }
 
+const LOG_COLORS: &[&str] = &["auto", "always", "never"];
 const POLICIES: &[&str] = &["SYNC_FLUSH", "BATCH_FLUSH", "ASYNC_FLUSH"];
 const PREALLOCATE: &[&str] = &["fallocate", "zero"];
 
@@ -574,6 +575,22 @@ pub const KEYS: &[Key] = &[
             Ok(())
         },
         show: |c| c.tls.as_ref().map(|t| t.ca.path.display().to_string()).unwrap_or_default(),
+    },
+    Key {
+        name: "log.color",
+        kind: Kind::Choice(LOG_COLORS),
+        default: DefaultValue::Value("auto"),
+        consumer: Consumer::Node,
+        summary: "ANSI colours in the log: auto (when stderr is a terminal), always or never",
+        doc: "ANSI colour codes in the node's log: `auto` only when stderr is a terminal and `NO_COLOR` is unset, \
+              `always`, or `never`; `keel dev` passes `always` to its nodes when its own stderr is a terminal",
+        dev_managed: false,
+        secret: false,
+        set: |b, v| {
+            b.config.log_color = super::LogColor::parse(v)?;
+            Ok(())
+        },
+        show: |c| c.log_color.as_str().to_string(),
     },
 ];
 

@@ -79,6 +79,46 @@ pub struct NodeConfig {
     pub reserve_bytes: u64,
     /// `tls.cert`, `tls.key`, `tls.ca`: all three, read and checked, or none.
     pub tls: Option<TlsFiles>,
+    /// `log.color`: ANSI colours in the node's log.
+    pub log_color: LogColor,
+}
+
+/// `log.color`: whether the log carries ANSI colour codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogColor {
+    /// Only when stderr is a terminal and `NO_COLOR` is unset.
+    Auto,
+    Always,
+    Never,
+}
+
+impl LogColor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogColor::Auto => "auto",
+            LogColor::Always => "always",
+            LogColor::Never => "never",
+        }
+    }
+
+    pub fn parse(v: &str) -> Result<Self, String> {
+        match v {
+            "auto" => Ok(LogColor::Auto),
+            "always" => Ok(LogColor::Always),
+            "never" => Ok(LogColor::Never),
+            _ => Err("expected auto, always or never".to_string()),
+        }
+    }
+
+    /// Whether to write colour codes to stderr now.
+    pub fn enabled(self) -> bool {
+        use std::io::IsTerminal as _;
+        match self {
+            LogColor::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            LogColor::Always => true,
+            LogColor::Never => false,
+        }
+    }
 }
 
 /// The node's TLS material, read from the files the `tls.*` keys name.
@@ -336,6 +376,7 @@ impl Builder {
                 admin_token: None,
                 reserve_bytes: 0,
                 tls: None,
+                log_color: LogColor::Auto,
             },
             grpc_advertised: None,
             peers: None,
@@ -670,7 +711,7 @@ mod tests {
     fn every_key_has_a_flag_and_a_variable_named_after_it() {
         // Each key's flag and variable reach that key and no other.
         let keys: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
-        assert_eq!(keys.len(), 25);
+        assert_eq!(keys.len(), 26);
         for key in &keys {
             let flag = flag_name(key);
             let got = flags(&[&flag, "x"]);
@@ -726,6 +767,7 @@ mod tests {
             ("segment.bytes", "100"),
             ("flush.batch.size", "-1"),
             ("segment.preheat", "1"),
+            ("log.color", "sometimes"),
         ] {
             let err = err_of(from_file(&format!("# line 1\n{key} = {value}\n")));
             assert_names(&err, &["node.properties:2", &format!("`{key}`"), &format!("{value:?}")]);

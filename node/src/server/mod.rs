@@ -93,14 +93,17 @@ fn raft_config() -> Result<openraft::Config> {
     c.validate().context("raft configuration")
 }
 
-fn init_tracing() {
+/// The log goes to stderr, coloured only where `log.color` says: a log
+/// file or a pipe (`keel node 2>node.log`, `keel dev`'s children) gets no
+/// escape codes.
+fn init_tracing(color: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error,openraft::replication=off"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(color).with_writer(std::io::stderr).try_init();
 }
 
 pub async fn run(config: NodeConfig) -> Result<()> {
-    init_tracing();
+    init_tracing(config.log_color.enabled());
     // Before the store opens, so its first fsyncs are counted too.
     let _ = metrics::handle();
     // Both ports first: one in use stops the node before it touches anything.
