@@ -362,13 +362,18 @@ impl Client {
     /// Asks every node at once, each for at most `timeout` (so unreachable
     /// nodes show as errors instead of hiding behind a reachable one): the
     /// configured nodes, then members named in their answers that were not
-    /// among them. Answers come in node-list order.
+    /// among them and did not answer under another address (a cluster
+    /// reached through published ports names its members by their internal
+    /// addresses). Answers come in node-list order.
     pub async fn cluster_info_all(&self, timeout: Duration) -> Vec<NodeInfo> {
         let mut answers = self.ask_each(0, timeout).await;
         let known: Vec<String> = self.addrs();
+        let answered: Vec<u64> = answers.iter().filter_map(|a| a.info.as_ref().ok()).map(|i| i.node_id).collect();
         let mut added = false;
         for member in answers.iter().filter_map(|a| a.info.as_ref().ok()).flat_map(|i| i.members.iter()) {
-            if !member.addr.is_empty() && !known.iter().any(|k| nodes::normalize(&member.addr).ok().as_ref() == Some(k))
+            if !member.addr.is_empty()
+                && !answered.contains(&member.id)
+                && !known.iter().any(|k| nodes::normalize(&member.addr).ok().as_ref() == Some(k))
             {
                 let mut nodes = self.lock_nodes();
                 added |= nodes.find_or_add(&member.addr, &self.inner.options).is_ok();

@@ -1,6 +1,8 @@
 //! `keel`: the node binary, its CLI and its benchmarks (the code is in the
 //! `keel_node` library, which the fuzz targets use too).
 
+use std::process::ExitCode;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use keel_node::{bench, cli, config, dev, server};
@@ -15,6 +17,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about = "keel: a replicated, durable message log")]
 struct Cli {
+    /// On an error, print its backtrace too (and capture one: as if
+    /// RUST_LIB_BACKTRACE=1). Without it an error is one line, its causes
+    /// joined, whatever RUST_BACKTRACE says.
+    #[arg(long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,8 +53,32 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let verbose = cli.verbose;
+    if verbose {
+        // SAFETY: at start-up, before any thread exists to read the
+        // environment concurrently.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "1") };
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The error chain on one line (`outer: cause: root`), the way
+            // a user error reads; the backtrace only when asked for, since
+            // an inherited RUST_BACKTRACE=1 would otherwise bury the message.
+            // `Error: ` as Rust's own report starts, which scripts match.
+            if verbose {
+                eprintln!("Error: {e:?}");
+            } else {
+                eprintln!("Error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     if !matches!(cli.command, Command::Node(_) | Command::Dev(_)) {
         // A client command whose output is cut short (`keel consume t | head`)
         // ends quietly, as Unix tools do, instead of panicking on EPIPE. The

@@ -25,8 +25,9 @@ pub struct ClusterArgs {
 enum ClusterCommand {
     /// Ask every node (those given with --cluster and every member they
     /// name): leader, term, members, and each node's last, commit, applied
-    /// and durable log index and flush policy. Exits non-zero while no
-    /// leader is known
+    /// and durable log index and flush policy, one row per node. Exits 0
+    /// only when a leader is known and every member answered with a role;
+    /// otherwise non-zero, naming the members that did not
     Status {
         /// Print one JSON object instead of the table
         #[arg(long)]
@@ -122,8 +123,40 @@ fn best_view(answers: &[NodeInfo]) -> Option<&ClusterInfoResponse> {
         .max_by_key(|i| (i.term, i.leader_id != 0 && i.leader_id == i.node_id, i.leader_id != 0))
 }
 
+/// One row per node: a node that answered under two addresses (its
+/// published and its internal one) shows once, under the first.
+fn one_per_node(mut answers: Vec<NodeInfo>) -> Vec<NodeInfo> {
+    let mut seen = Vec::new();
+    answers.retain(|a| match &a.info {
+        Ok(i) if seen.contains(&i.node_id) => false,
+        Ok(i) => {
+            seen.push(i.node_id);
+            true
+        }
+        Err(_) => true,
+    });
+    answers
+}
+
+/// What keeps the cluster from being whole: members that did not answer,
+/// or that answered without a role yet (term 0, not in a membership).
+fn missing_members(answers: &[NodeInfo], view: &ClusterInfoResponse) -> Vec<String> {
+    let mut members = view.members.clone();
+    members.sort_by_key(|m| m.id);
+    members
+        .iter()
+        .filter_map(|m| match answers.iter().filter_map(|a| a.info.as_ref().ok()).find(|i| i.node_id == m.id) {
+            None => Some(format!("node {} at {} did not answer", m.id, m.addr)),
+            Some(i) if i.term == 0 || role(i) == "none" => {
+                Some(format!("node {} at {} has no role yet (term {})", m.id, m.addr, i.term))
+            }
+            Some(_) => None,
+        })
+        .collect()
+}
+
 async fn status(client: &keel_client::Client, json_out: bool) -> Result<()> {
-    let answers = client.cluster_info_all(STATUS_TIMEOUT).await;
+    let answers = one_per_node(client.cluster_info_all(STATUS_TIMEOUT).await);
     let view = best_view(&answers);
     let leader = view.filter(|v| v.leader_id != 0);
     if json_out {
@@ -193,8 +226,12 @@ async fn status(client: &keel_client::Client, json_out: bool) -> Result<()> {
             }
         }
     }
-    if leader.is_none() {
+    let Some(view) = leader else {
         bail!("no leader is known (no node answered, or an election is under way)");
+    };
+    let missing = missing_members(&answers, view);
+    if !missing.is_empty() {
+        bail!("the cluster is not whole: {}", missing.join("; "));
     }
     Ok(())
 }
@@ -234,5 +271,44 @@ mod tests {
             NodeInfo { addr: "d:4".into(), info: Ok(info(4, 0, 4)) },
         ];
         assert_eq!(best_view(&answers).map(|v| v.node_id), Some(2));
+    }
+
+    #[test]
+    fn a_node_shows_once_and_a_member_without_a_role_or_answer_is_named() {
+        let member = |id| Member { id, addr: format!("10.0.0.{id}:9091"), voter: true };
+        let members = vec![member(1), member(2), member(3)];
+        let info = |node_id, term| ClusterInfoResponse {
+            node_id,
+            leader_id: 1,
+            term,
+            members: if term == 0 { Vec::new() } else { members.clone() },
+            ..Default::default()
+        };
+        let node = |addr: &str, info| NodeInfo { addr: addr.into(), info };
+        // Phase: node 1 and 2 answered twice (published and internal address), node 3 is down.
+        let answers = one_per_node(vec![
+            node("127.0.0.1:9091", Ok(info(1, 5))),
+            node("127.0.0.1:9092", Ok(info(2, 5))),
+            node("127.0.0.1:9093", Err(keel_client::Error::InvalidArgument("down".into()))),
+            node("10.0.0.1:9091", Ok(info(1, 5))),
+            node("10.0.0.2:9091", Ok(info(2, 5))),
+            node("10.0.0.3:9091", Err(keel_client::Error::InvalidArgument("down".into()))),
+        ]);
+        let addrs: Vec<&str> = answers.iter().map(|a| a.addr.as_str()).collect();
+        assert_eq!(addrs, ["127.0.0.1:9091", "127.0.0.1:9092", "127.0.0.1:9093", "10.0.0.3:9091"]);
+        let view = best_view(&answers).expect("a view").clone();
+        assert_eq!(missing_members(&answers, &view), ["node 3 at 10.0.0.3:9091 did not answer"]);
+
+        // Phase: node 3 answers but has no role yet (term 0).
+        let answers = vec![
+            node("a", Ok(info(1, 5))),
+            node("b", Ok(info(2, 5))),
+            node("c", Ok(ClusterInfoResponse { node_id: 3, ..Default::default() })),
+        ];
+        assert_eq!(missing_members(&answers, &view), ["node 3 at 10.0.0.3:9091 has no role yet (term 0)"]);
+
+        // Phase: all three with a role: whole.
+        let answers = vec![node("a", Ok(info(1, 5))), node("b", Ok(info(2, 5))), node("c", Ok(info(3, 5)))];
+        assert!(missing_members(&answers, &view).is_empty());
     }
 }
