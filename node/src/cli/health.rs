@@ -2,24 +2,23 @@
 //! `/readyz`), exit 0 on 200 and 1 otherwise.
 //!
 //! This is the container image's health check: the image is `FROM scratch`,
-//! with no shell and no curl, so the binary checks itself. It is a plain
-//! HTTP/1.1 request over `std::net::TcpStream` rather than the tokio/hyper
-//! stack because a health check runs every few seconds in a fresh process
-//! and must stay small, and because a hard deadline over the whole exchange
-//! (connect, write, read) is simplest to hold with blocking sockets.
+//! with no shell and no curl, so the binary checks itself. The request goes
+//! through `ureq`, a small blocking HTTP/1.1 client (the same one the chaos
+//! harness and the tests use), rather than the tokio/hyper stack: a health
+//! check runs every few seconds in a fresh process and must stay small, and
+//! ureq's global timeout holds one hard deadline over the whole exchange
+//! (resolve, connect, request, response).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 
 /// The whole exchange (resolve, connect, request, response) must fit in this.
 const DEADLINE: Duration = Duration::from_secs(2);
 /// Health answers are a few dozen bytes; anything longer is cut here so a
 /// wrong server cannot make the check buffer without bound.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+const MAX_RESPONSE_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Exits 0 and prints `healthy: <body>` (or `ready: <body>`) when the node answers 200; \
@@ -130,7 +129,7 @@ fn check(args: &HealthArgs) -> Result<String> {
     let url = parse_admin_url(&args.admin).map_err(anyhow::Error::msg).context("--admin")?;
     let path = if args.ready { "/readyz" } else { "/healthz" };
     let target = format!("http://{}{path}", url.authority());
-    let response = get(&url, path, Instant::now() + DEADLINE).with_context(|| format!("GET {target}"))?;
+    let response = get(&url, path, DEADLINE).with_context(|| format!("GET {target}"))?;
     let body = String::from_utf8_lossy(&response.body).trim_end().to_string();
     if response.status != 200 {
         bail!("GET {target}: {}: {body}", response.status_line);
@@ -146,154 +145,40 @@ struct Response {
     body: Vec<u8>,
 }
 
-/// Time left before `deadline`, or an error naming what ran out of it.
-fn left(deadline: Instant, doing: &str) -> Result<Duration> {
-    let now = Instant::now();
-    match deadline.checked_duration_since(now) {
-        Some(d) if !d.is_zero() => Ok(d),
-        _ => bail!("timed out while {doing} (the check's deadline is {} s)", DEADLINE.as_secs()),
-    }
-}
-
-fn get(url: &AdminUrl, path: &str, deadline: Instant) -> Result<Response> {
-    // Name resolution cannot be given a timeout through std; the health
-    // check runs against 127.0.0.1, where there is nothing to resolve.
-    let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
-        .to_socket_addrs()
-        .or_else(|_| url.authority().to_socket_addrs())
-        .with_context(|| format!("resolve {}", url.authority()))?
-        .collect();
-    if addrs.is_empty() {
-        bail!("{} resolves to no address", url.authority());
-    }
-    let mut stream = None;
-    let mut last_error = None;
-    for addr in &addrs {
-        match TcpStream::connect_timeout(addr, left(deadline, "connecting")?) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last_error = Some(anyhow::Error::new(e).context(format!("connect to {addr}"))),
-        }
-    }
-    let mut stream = match stream {
-        Some(s) => s,
-        None => return Err(last_error.expect("at least one address was tried")),
-    };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-health\r\nAccept: application/json\r\n\
-         Connection: close\r\n\r\n",
-        url.authority()
+/// One GET, the whole exchange within `deadline`; any status is a response
+/// (the caller judges it), and only a failure to get one is an error.
+fn get(url: &AdminUrl, path: &str, deadline: Duration) -> Result<Response> {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(deadline))
+            .http_status_as_error(false)
+            .user_agent("keel-health")
+            .build(),
     );
-    stream.set_write_timeout(Some(left(deadline, "sending the request")?))?;
-    stream.write_all(request.as_bytes()).context("send the request")?;
-
-    // `Connection: close`: the server closes after the response, so read to
-    // EOF (or to the body's length, whichever comes first).
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        stream.set_read_timeout(Some(left(deadline, "waiting for the response")?))?;
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                raw.extend_from_slice(&buf[..n]);
-                if raw.len() > MAX_RESPONSE_BYTES {
-                    bail!("the response is longer than {MAX_RESPONSE_BYTES} bytes; is this keel's admin port?");
-                }
-                if parse_response(&raw).is_ok_and(|r| r.complete) {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                bail!("timed out while waiting for the response (the check's deadline is {} s)", DEADLINE.as_secs())
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context("read the response")),
-        }
-    }
-    let parsed = parse_response(&raw)?;
-    if !parsed.complete {
-        bail!("the connection closed before the whole response arrived ({} bytes)", raw.len());
-    }
-    Ok(parsed.response)
-}
-
-struct Parsed {
-    response: Response,
-    /// Whether the body is all there (by Content-Length or chunked framing);
-    /// without either, only EOF completes it.
-    complete: bool,
-}
-
-/// Parses what has arrived so far: status line, headers, and the body framed
-/// by Content-Length or chunked transfer encoding (or up to EOF).
-fn parse_response(raw: &[u8]) -> Result<Parsed> {
-    let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        if raw.is_empty() {
-            bail!("the server closed the connection without answering");
-        }
-        bail!("no complete HTTP header in the response: {:?}", String::from_utf8_lossy(raw));
+    let target = format!("http://{}{path}", url.authority());
+    let timed_out = || anyhow!("timed out (the check's deadline is {} ms)", deadline.as_millis());
+    let mut response = match agent.get(&target).header("Accept", "application/json").call() {
+        Ok(response) => response,
+        Err(ureq::Error::Timeout(_)) => return Err(timed_out()),
+        Err(e) => return Err(anyhow::Error::new(e)),
     };
-    let head = String::from_utf8_lossy(&raw[..head_end]);
-    let rest = &raw[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let (version, code, reason) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
-    if !version.is_some_and(|v| v.starts_with("HTTP/1.")) {
-        bail!("not an HTTP/1 response: {status_line:?}");
-    }
-    let status: u16 = code
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status code in the status line {status_line:?}"))?;
-    let mut content_length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(value.parse::<usize>().with_context(|| format!("bad Content-Length {value:?}"))?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") && value.to_ascii_lowercase().contains("chunked") {
-            chunked = true;
+    let status = response.status();
+    let body = match response.body_mut().with_config().limit(MAX_RESPONSE_BYTES).read_to_vec() {
+        Ok(body) => body,
+        Err(ureq::Error::Timeout(_)) => return Err(timed_out()),
+        Err(ureq::Error::BodyExceedsLimit(_)) => {
+            bail!("the response is longer than {MAX_RESPONSE_BYTES} bytes; is this keel's admin port?")
         }
-    }
-    let (body, complete) = if chunked {
-        dechunk(rest)
-    } else if let Some(n) = content_length {
-        (rest[..n.min(rest.len())].to_vec(), rest.len() >= n)
-    } else {
-        (rest.to_vec(), false)
+        Err(e) => return Err(anyhow::Error::new(e).context("read the response")),
     };
-    let status_line = format!("{status} {reason}").trim_end().to_string();
-    Ok(Parsed { response: Response { status, status_line, body }, complete })
-}
-
-/// Decodes a chunked body as far as it has arrived; `true` once the last
-/// (zero-length) chunk was seen.
-fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { return (body, false) };
-        let size_field = String::from_utf8_lossy(&rest[..eol]);
-        let size_hex = size_field.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_hex, 16) else { return (body, false) };
-        if size == 0 {
-            return (body, true);
-        }
-        let data = &rest[eol + 2..];
-        if data.len() < size + 2 {
-            body.extend_from_slice(&data[..size.min(data.len())]);
-            return (body, false);
-        }
-        body.extend_from_slice(&data[..size]);
-        rest = &data[size + 2..];
-    }
+    let status_line = format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")).trim_end().to_string();
+    Ok(Response { status: status.as_u16(), status_line, body })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     fn ok(url: &str) -> (String, u16) {
@@ -334,24 +219,31 @@ mod tests {
         }
     }
 
+    /// A server that answers one connection with `raw` and closes.
+    fn answering(raw: &'static [u8]) -> AdminUrl {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request);
+            let _ = s.write_all(raw);
+        });
+        AdminUrl { host: "127.0.0.1".into(), port }
+    }
+
     #[test]
-    fn responses_are_framed_by_length_chunks_or_eof() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nabcd").expect("parses");
-        assert!(r.complete);
-        assert_eq!((r.response.status, r.response.body.as_slice()), (200, &b"abcd"[..]));
-        let r = parse_response(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 9\r\n\r\nabc").expect("parses");
-        assert!(!r.complete);
-        assert_eq!(r.response.status_line, "503 Service Unavailable");
-        let r =
-            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
-                .expect("parses");
-        assert!(r.complete);
-        assert_eq!(r.response.body, b"abcde");
-        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\nuntil eof").expect("parses");
-        assert!(!r.complete);
-        assert_eq!(r.response.body, b"until eof");
-        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
-        assert!(parse_response(b"").is_err());
+    fn responses_are_read_whole_whatever_their_framing_and_status() {
+        let r = get(&answering(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nabcd"), "/healthz", DEADLINE)
+            .expect("answered");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"abcd"[..]));
+        let raw =
+            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        let r = get(&answering(raw), "/readyz", DEADLINE).expect("answered");
+        assert_eq!((r.status_line.as_str(), r.body.as_slice()), ("503 Service Unavailable", &b"abcde"[..]));
+        assert!(get(&answering(b"SSH-2.0-OpenSSH\r\n\r\n"), "/healthz", DEADLINE).is_err());
+        assert!(get(&answering(b""), "/healthz", DEADLINE).is_err());
     }
 
     #[test]
@@ -360,7 +252,7 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let url = AdminUrl { host: "127.0.0.1".into(), port };
         let started = Instant::now();
-        assert!(get(&url, "/healthz", Instant::now() + DEADLINE).is_err());
+        assert!(get(&url, "/healthz", DEADLINE).is_err());
         assert!(started.elapsed() < DEADLINE + Duration::from_millis(500));
     }
 
@@ -369,7 +261,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = AdminUrl { host: "127.0.0.1".into(), port: listener.local_addr().expect("addr").port() };
         let started = Instant::now();
-        let err = get(&url, "/healthz", Instant::now() + Duration::from_millis(300)).expect_err("no answer");
+        let err = get(&url, "/healthz", Duration::from_millis(300)).expect_err("no answer");
         assert!(format!("{err:#}").contains("timed out"), "{err:#}");
         assert!(started.elapsed() < Duration::from_secs(2));
         drop(listener);
