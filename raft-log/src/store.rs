@@ -248,6 +248,13 @@ impl Store {
         &self.inner.config
     }
 
+    /// The I/O layer this store runs on, for files kept beside the log (the
+    /// node's state checkpoints), so fault injection (EIO, power loss)
+    /// reaches them as it reaches the segments.
+    pub fn file_system(&self) -> Arc<dyn FileSystem> {
+        self.inner.fs.clone()
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().expect("store state lock poisoned")
     }

@@ -17,7 +17,9 @@
 //!     byte  4      version (1)                           CP_VERSION_AT
 //!     bytes 5..9   crc32c of the body (u32 LE)           CP_CRC
 //!     bytes 9..    body: bincode of `Checkpoint`         CP_BODY_AT
-//!     written as <name>.partial, fdatasync, rename, fsync directory
+//!     written through the log's I/O layer (`io::write_file_durably`:
+//!     <name>.tmp, fdatasync, rename, fsync directory), so the fault layers
+//!     (EIO, power loss) reach it as they reach the segments
 //! transfer-<random>           a snapshot being sent (deleted once opened)
 //! incoming-<random>           a snapshot being received (unlinked at once)
 //! install-<S, 20 digits>      a received snapshot, written durably before
@@ -25,12 +27,14 @@
 //!                             checkpoint is written; found at start-up, the
 //!                             install is finished then (it is repeatable)
 //!     bytes 0..4   magic "KSNT"                          TRANSFER_MAGIC
-//!     byte  4      version (1)                           TR_VERSION_AT
+//!     byte  4      version (2)                           TR_VERSION_AT
 //!     bytes 5..13  checkpoint length L (u64 LE)          TR_CP_LEN
 //!     bytes 13..   the checkpoint file (L bytes)         TR_CP_AT
-//!     then records until 4 bytes before the end, each    REC_*:
-//!         kind u8, term u64, leader u64, index u64, timestamp_ms u64,
-//!         payload length u32, payload
+//!     then records until 4 bytes before the end, each in the log's own
+//!         record format (raft-log `format::encode_record`: header with its
+//!         crc32c seeded by TRANSFER_SALT, then the payload), read back by
+//!         `format::check_record`: one record codec for segments and
+//!         snapshots (version 1 had a third, hand-written one)
 //!     last 4 bytes: crc32c of everything before them     TR_TRAILER_BYTES
 //! ```
 //!
@@ -48,9 +52,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
-use keel_raft_log::{LogPos, Record, RecordKind, Store};
+use keel_raft_log::format::{self, RecordMeta};
+use keel_raft_log::{FileSystem, LogPos, Record, Store};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
@@ -76,30 +82,24 @@ const TR_VERSION_AT: usize = 4;
 const TR_CP_LEN: std::ops::Range<usize> = 5..13;
 const TR_CP_AT: usize = 13;
 const TR_TRAILER_BYTES: usize = 4;
-/// A transfer record's header: kind, term, leader, index, timestamp,
-/// payload length; offsets from the record's first byte.
-const REC_KIND_AT: usize = 0;
-const REC_TERM_AT: usize = 1;
-const REC_LEADER_AT: usize = 9;
-const REC_INDEX_AT: usize = 17;
-const REC_TIMESTAMP_AT: usize = 25;
-const REC_LEN: std::ops::Range<usize> = 33..37;
-const REC_HEADER_BYTES: usize = 37;
-const _: () = assert!(CP_CRC.end == CP_BODY_AT && TR_CP_LEN.end == TR_CP_AT && REC_LEN.end == REC_HEADER_BYTES);
+/// Seeds each transfer record's crc32c (segments use a random salt each;
+/// a transfer file is one stream and needs no more than a fixed one).
+const TRANSFER_SALT: u32 = u32::from_le_bytes(*b"KSNT");
+const _: () = assert!(CP_CRC.end == CP_BODY_AT && TR_CP_LEN.end == TR_CP_AT);
 
 /// Why a checkpoint or snapshot file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotFileError {
     #[error("not a keel {file} (bad magic)")]
     BadMagic { file: &'static str },
-    #[error("{file} version {version} is not supported (this build reads version {VERSION})")]
-    Version { file: &'static str, version: u8 },
+    #[error("{file} version {version} is not supported (this build reads version {supported})")]
+    Version { file: &'static str, version: u8, supported: u8 },
     #[error("{file} checksum mismatch")]
     Checksum { file: &'static str },
     #[error("snapshot cut short: {0}")]
     CutShort(String),
-    #[error("unknown record kind {kind} at byte {at} of the snapshot")]
-    RecordKind { kind: u8, at: usize },
+    #[error("the record at byte {at} of the snapshot: {defect}")]
+    Record { at: usize, defect: keel_raft_log::format::RecordDefect },
     #[error("checkpoint does not decode: {0}")]
     Decode(String),
     #[error("{what}: {source}")]
@@ -132,7 +132,15 @@ impl SnapshotFileError {
 
 /// A received snapshot kept until its install is complete.
 const INSTALL_PREFIX: &str = "install-";
-const VERSION: u8 = 1;
+const CHECKPOINT_VERSION: u8 = 1;
+const TRANSFER_VERSION: u8 = 2;
+/// Suffixes of a file whose durable write a crash cut short: `.tmp` (the
+/// log's I/O layer) and `.partial` (builds before it).
+const UNFINISHED: [&str; 2] = [".tmp", ".partial"];
+
+fn unfinished(name: &str) -> bool {
+    UNFINISHED.iter().any(|suffix| name.ends_with(suffix))
+}
 /// Records read from the log per step while writing a transfer file.
 const TRANSFER_READ_BATCH: u64 = 1024;
 
@@ -189,6 +197,8 @@ impl Shared {
 pub struct StateMachine {
     shared: Arc<Shared>,
     store: Store,
+    /// The store's I/O layer: checkpoints go through it too.
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
 }
 
@@ -221,14 +231,13 @@ impl StateMachine {
     pub async fn open(store: Store) -> anyhow::Result<(Self, Arc<Shared>)> {
         let dir = store.config().dir.join("sm");
         std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
+        let fs = store.file_system();
         let mut pending_install = None;
-        for e in std::fs::read_dir(&dir)? {
-            let name = e?.file_name().to_string_lossy().into_owned();
-            let keep =
-                !name.ends_with(".partial") && (name.starts_with("checkpoint-") || name.starts_with(INSTALL_PREFIX));
+        for name in fs.list(&dir).map_err(|e| anyhow::anyhow!("list {}: {e}", dir.display()))? {
+            let keep = !unfinished(&name) && (name.starts_with("checkpoint-") || name.starts_with(INSTALL_PREFIX));
             if !keep {
                 // Leftovers of a transfer or a write cut short by a crash.
-                let _ = std::fs::remove_file(dir.join(&name));
+                let _ = fs.remove(&dir.join(&name));
             } else if name.starts_with(INSTALL_PREFIX) {
                 pending_install = Some(dir.join(name));
             }
@@ -243,6 +252,7 @@ impl StateMachine {
                 snapshot_lock: tokio::sync::Mutex::new(()),
             }),
             store,
+            fs,
             dir,
         };
         // A snapshot install a crash interrupted: finish it (repeatable).
@@ -252,11 +262,12 @@ impl StateMachine {
                 read_transfer(&mut f).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             tracing::info!(file = %path.display(), "finishing a snapshot install cut short by a crash");
             sm.install_checkpoint(cp, &cp_bytes, records).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            std::fs::remove_file(&path)?;
+            sm.fs.remove(&path)?;
         }
         let newest = sm.newest_checkpoint().map_err(|e| anyhow::anyhow!(e))?;
         if let Some(path) = newest {
-            let bytes = std::fs::read(&path)?;
+            let bytes =
+                keel_raft_log::io::read_file(&*sm.fs, &path).with_context(|| format!("read {}", path.display()))?;
             let cp = decode_checkpoint(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             let last = cp.machine.last_applied.map_or(0, |l| l.index);
             *sm.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((cp.log_start, last));
@@ -325,13 +336,9 @@ impl StateMachine {
 
     fn newest_checkpoint(&self) -> Result<Option<PathBuf>, SnapshotFileError> {
         let mut newest = None;
-        let list = || SnapshotFileError::io(format!("list {}", self.dir.display()));
-        for e in std::fs::read_dir(&self.dir).map_err(list())? {
-            let name = e.map_err(list())?.file_name().to_string_lossy().into_owned();
-            if name.starts_with("checkpoint-")
-                && !name.ends_with(".partial")
-                && newest.as_ref().is_none_or(|n| name > *n)
-            {
+        let list = SnapshotFileError::io(format!("list {}", self.dir.display()));
+        for name in self.fs.list(&self.dir).map_err(list)? {
+            if name.starts_with("checkpoint-") && !unfinished(&name) && newest.as_ref().is_none_or(|n| name > *n) {
                 newest = Some(name);
             }
         }
@@ -341,16 +348,22 @@ impl StateMachine {
     /// Write a checkpoint of the current machine durably; drop older ones.
     fn write_checkpoint(&self, cp_bytes: &[u8], last: u64) -> Result<(), SnapshotFileError> {
         let name = checkpoint_name(last);
-        write_durably(&self.dir, &name, cp_bytes)?;
-        let list = || SnapshotFileError::io(format!("list {}", self.dir.display()));
-        for e in std::fs::read_dir(&self.dir).map_err(list())? {
-            let other = e.map_err(list())?.file_name().to_string_lossy().into_owned();
+        self.write_durably(&name, cp_bytes)?;
+        let list = SnapshotFileError::io(format!("list {}", self.dir.display()));
+        for other in self.fs.list(&self.dir).map_err(list)? {
             // Only older ones: names sort by last index.
-            if other.starts_with("checkpoint-") && !other.ends_with(".partial") && other < name {
-                let _ = std::fs::remove_file(self.dir.join(other));
+            if other.starts_with("checkpoint-") && !unfinished(&other) && other < name {
+                let _ = self.fs.remove(&self.dir.join(other));
             }
         }
         Ok(())
+    }
+
+    /// Write `bytes` as `sm/name`, atomically and durably, through the
+    /// log's I/O layer.
+    fn write_durably(&self, name: &str, bytes: &[u8]) -> Result<(), SnapshotFileError> {
+        keel_raft_log::io::write_file_durably(&*self.fs, &self.dir, name, bytes)
+            .map_err(SnapshotFileError::io(format!("write {name} in {}", self.dir.display())))
     }
 
     fn prev_pos(&self, log_start: u64) -> Result<LogPos, SnapshotFileError> {
@@ -368,23 +381,10 @@ impl StateMachine {
     }
 }
 
-/// Write `bytes` as `dir/name`: to `name.partial`, fdatasync, rename, fsync
-/// the directory.
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), SnapshotFileError> {
-    let io_err = || SnapshotFileError::io(format!("write {name} in {}", dir.display()));
-    let partial = dir.join(format!("{name}.partial"));
-    let mut f = std::fs::File::create(&partial).map_err(io_err())?;
-    f.write_all(bytes).map_err(io_err())?;
-    f.sync_data().map_err(io_err())?;
-    drop(f);
-    std::fs::rename(&partial, dir.join(name)).map_err(io_err())?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err())
-}
-
 pub fn encode_checkpoint_bytes(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(CP_BODY_AT + body.len());
     out.extend_from_slice(CHECKPOINT_MAGIC);
-    out.push(VERSION);
+    out.push(CHECKPOINT_VERSION);
     out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
     out.extend_from_slice(body);
     out
@@ -395,8 +395,12 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, SnapshotFileError> {
     if bytes.len() < CP_BODY_AT || !bytes.starts_with(CHECKPOINT_MAGIC) {
         return Err(SnapshotFileError::BadMagic { file: FILE });
     }
-    if bytes[CP_VERSION_AT] != VERSION {
-        return Err(SnapshotFileError::Version { file: FILE, version: bytes[CP_VERSION_AT] });
+    if bytes[CP_VERSION_AT] != CHECKPOINT_VERSION {
+        return Err(SnapshotFileError::Version {
+            file: FILE,
+            version: bytes[CP_VERSION_AT],
+            supported: CHECKPOINT_VERSION,
+        });
     }
     let crc = u32::from_le_bytes(bytes[CP_CRC].try_into().expect("4 bytes"));
     if crc32c::crc32c(&bytes[CP_BODY_AT..]) != crc {
@@ -554,16 +558,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // install at the next start (`open`).
         let last = cp.machine.last_applied.map_or(0, |l| l.index);
         let name = format!("{INSTALL_PREFIX}{last:020}");
-        write_durably(&self.dir, &name, &raw).map_err(io_err)?;
+        self.write_durably(&name, &raw).map_err(io_err)?;
         self.install_checkpoint(cp, &cp_bytes, records).await.map_err(io_err)?;
-        std::fs::remove_file(self.dir.join(&name)).map_err(io_err)?;
+        self.fs.remove(&self.dir.join(&name)).map_err(io_err)?;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
         let _transfer = self.shared.transfer_lock.lock().await;
         let Some(path) = self.newest_checkpoint().map_err(snap_err)? else { return Ok(None) };
-        let cp_bytes = std::fs::read(&path).map_err(snap_err)?;
+        let cp_bytes = keel_raft_log::io::read_file(&*self.fs, &path).map_err(snap_err)?;
         let cp = decode_checkpoint(&cp_bytes).map_err(snap_err)?;
         let meta =
             SnapshotMeta { last_log_id: cp.machine.last_applied, last_membership: cp.machine.membership.clone() };
@@ -587,7 +591,7 @@ fn write_transfer(path: &Path, cp: &[u8], store: &Store, from: u64, last: u64) -
     let mut w = CrcWriter { inner: std::io::BufWriter::new(std::fs::File::create(path).map_err(io_err())?), crc: 0 };
     let mut put = |b: &[u8]| w.write_all(b).map_err(io_err());
     put(TRANSFER_MAGIC)?;
-    put(&[VERSION])?;
+    put(&[TRANSFER_VERSION])?;
     put(&(cp.len() as u64).to_le_bytes())?;
     put(cp)?;
     let mut next = from;
@@ -601,14 +605,18 @@ fn write_transfer(path: &Path, cp: &[u8], store: &Store, from: u64, last: u64) -
                 "log entry {next} is missing; the snapshot cannot carry it"
             )));
         }
+        let mut encoded = Vec::new();
         for r in &records {
-            put(&[r.kind as u8])?;
-            put(&r.term.to_le_bytes())?;
-            put(&r.leader.to_le_bytes())?;
-            put(&r.index.to_le_bytes())?;
-            put(&r.timestamp_ms.to_le_bytes())?;
-            put(&(r.payload.len() as u32).to_le_bytes())?;
-            put(&r.payload)?;
+            encoded.clear();
+            let meta = RecordMeta {
+                kind: r.kind,
+                term: r.term,
+                leader: r.leader,
+                index: r.index,
+                timestamp_ms: r.timestamp_ms,
+            };
+            format::encode_record(&mut encoded, &meta, 0, TRANSFER_SALT, &r.payload);
+            put(&encoded)?;
         }
         next = records.last().map_or(end, |r| r.index + 1);
     }
@@ -644,8 +652,12 @@ fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Reco
     if all.len() < TR_CP_AT + TR_TRAILER_BYTES || !all.starts_with(TRANSFER_MAGIC) {
         return Err(SnapshotFileError::BadMagic { file: FILE });
     }
-    if all[TR_VERSION_AT] != VERSION {
-        return Err(SnapshotFileError::Version { file: FILE, version: all[TR_VERSION_AT] });
+    if all[TR_VERSION_AT] != TRANSFER_VERSION {
+        return Err(SnapshotFileError::Version {
+            file: FILE,
+            version: all[TR_VERSION_AT],
+            supported: TRANSFER_VERSION,
+        });
     }
     let body_end = all.len() - TR_TRAILER_BYTES;
     let crc = u32::from_le_bytes(all[body_end..].try_into().expect("4 bytes"));
@@ -663,26 +675,21 @@ fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Reco
     let cp = decode_checkpoint(&cp_bytes)?;
     let mut records = Vec::new();
     let mut at = cp_end;
+    // A record can be no larger than the largest segment holds.
+    let max_payload = format::max_payload_in(format::MAX_SEGMENT_BYTES);
     while at < body_end {
-        if body_end - at < REC_HEADER_BYTES {
-            return Err(SnapshotFileError::CutShort(format!("record header at byte {at}")));
-        }
-        let u64_at = |i: usize| u64::from_le_bytes(all[at + i..at + i + 8].try_into().expect("8 bytes"));
-        let kind = match all[at + REC_KIND_AT] {
-            k if k == RecordKind::Blank as u8 => RecordKind::Blank,
-            k if k == RecordKind::Normal as u8 => RecordKind::Normal,
-            k if k == RecordKind::Membership as u8 => RecordKind::Membership,
-            kind => return Err(SnapshotFileError::RecordKind { kind, at }),
-        };
-        let (term, leader) = (u64_at(REC_TERM_AT), u64_at(REC_LEADER_AT));
-        let (index, timestamp_ms) = (u64_at(REC_INDEX_AT), u64_at(REC_TIMESTAMP_AT));
-        let len = u32::from_le_bytes(all[at + REC_LEN.start..at + REC_LEN.end].try_into().expect("4 bytes")) as usize;
-        let start = at + REC_HEADER_BYTES;
-        let end = start
-            .checked_add(len)
-            .filter(|&e| e <= body_end)
-            .ok_or_else(|| SnapshotFileError::CutShort(format!("payload of the record at byte {at}")))?;
-        records.push(Record { term, leader, index, timestamp_ms, kind, payload: all.slice(start..end) });
+        let h = format::check_record(&all[at..body_end], max_payload, TRANSFER_SALT)
+            .map_err(|defect| SnapshotFileError::Record { at, defect })?;
+        let start = at + format::RECORD_HEADER_BYTES;
+        let end = start + h.payload_len as usize;
+        records.push(Record {
+            term: h.term,
+            leader: h.leader,
+            index: h.index,
+            timestamp_ms: h.timestamp_ms,
+            kind: h.kind,
+            payload: all.slice(start..end),
+        });
         at = end;
     }
     Ok((cp, cp_bytes, records, all))
@@ -709,6 +716,34 @@ mod tests {
         store.append(records, Box::new(move |r| drop(tx.send(r)))).await.expect("append");
         rx.await.expect("flushed").expect("flush ok");
         store
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkpoints_go_through_the_logs_io_layer_so_its_faults_reach_them() {
+        // Phase: a store on an EIO failpoint layer that strikes every fsync
+        // while the trigger file exists.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trigger = dir.path().join("strike");
+        let spec = format!("fsync:when={}", trigger.display());
+        let fs = keel_raft_log::io::with_eio_failpoint(Arc::new(keel_raft_log::RealFs), Some(&spec)).expect("armed");
+        let mut config = StoreConfig::new(dir.path().join("log"));
+        config.segment_bytes = 8192;
+        let store = Store::open_with(config, fs).await.expect("open store");
+        let (sm, _shared) = StateMachine::open(store).await.expect("open");
+        let cp = encode_checkpoint_bytes(b"body");
+
+        // Phase: unarmed, the checkpoint is written and is the newest.
+        sm.write_checkpoint(&cp, 5).expect("write the checkpoint");
+        assert_eq!(sm.newest_checkpoint().expect("list"), Some(sm.dir.join(checkpoint_name(5))));
+
+        // Phase: armed, the checkpoint's fdatasync fails with EIO, the error
+        // names the file, and no new checkpoint appears (the old one stays).
+        std::fs::write(&trigger, b"").expect("arm");
+        let err = sm.write_checkpoint(&cp, 9).expect_err("a checkpoint written past an EIO");
+        let text = format!("{err}: {:?}", std::error::Error::source(&err));
+        assert!(text.contains(&checkpoint_name(9)), "{text}");
+        std::fs::remove_file(&trigger).expect("disarm");
+        assert_eq!(sm.newest_checkpoint().expect("list"), Some(sm.dir.join(checkpoint_name(5))));
     }
 
     fn stream(
@@ -788,21 +823,36 @@ mod tests {
         let mut version = good.clone();
         version[TR_VERSION_AT] = 9;
         cases.push(("version", version, |e| matches!(e, SnapshotFileError::Version { version: 9, .. })));
+        // Offsets in the log's record header (raft-log's format.rs table).
+        const FLAGS_AT: usize = 3;
+        const PAYLOAD_LEN: std::ops::Range<usize> = 4..8;
+        let payload_at = first_record + format::RECORD_HEADER_BYTES;
         let mut flipped = good.clone();
-        flipped[first_record + REC_HEADER_BYTES] ^= 1;
-        cases.push(("payload bit", flipped, |e| matches!(e, SnapshotFileError::Checksum { file: "snapshot" })));
+        flipped[payload_at] ^= 1;
+        cases.push(("payload bit", flipped.clone(), |e| matches!(e, SnapshotFileError::Checksum { file: "snapshot" })));
+        // The file's checksum made right again: the record's own crc32c
+        // still catches it.
+        cases.push(("payload bit, resealed", resealed(flipped), |e| {
+            matches!(e, SnapshotFileError::Record { defect: format::RecordDefect::BadChecksum, .. })
+        }));
         let mut kind = good.clone();
-        kind[first_record + REC_KIND_AT] = 77;
-        cases.push(("kind", resealed(kind), |e| matches!(e, SnapshotFileError::RecordKind { kind: 77, .. })));
+        kind[first_record + FLAGS_AT] = 77;
+        cases.push(("kind", resealed(kind), |e| {
+            matches!(e, SnapshotFileError::Record { defect: format::RecordDefect::BadFlags, .. })
+        }));
         let mut long = good.clone();
-        long[first_record + REC_LEN.start..first_record + REC_LEN.end].copy_from_slice(&u32::MAX.to_le_bytes());
-        cases.push(("length", resealed(long), |e| matches!(e, SnapshotFileError::CutShort(_))));
+        long[first_record + PAYLOAD_LEN.start..first_record + PAYLOAD_LEN.end].copy_from_slice(&u32::MAX.to_le_bytes());
+        cases.push(("length", resealed(long), |e| {
+            matches!(e, SnapshotFileError::Record { defect: format::RecordDefect::TooLong, .. })
+        }));
         let mut cp_len = good.clone();
         cp_len[TR_CP_LEN].copy_from_slice(&u64::MAX.to_le_bytes());
         cases.push(("checkpoint length", resealed(cp_len), |e| matches!(e, SnapshotFileError::CutShort(_))));
         let mut cut = good[..first_record + 10].to_vec();
         cut.extend_from_slice(&[0; TR_TRAILER_BYTES]);
-        cases.push(("cut header", resealed(cut), |e| matches!(e, SnapshotFileError::CutShort(_))));
+        cases.push(("cut header", resealed(cut), |e| {
+            matches!(e, SnapshotFileError::Record { defect: format::RecordDefect::Short, .. })
+        }));
         for (what, bytes, expected) in cases {
             let e = read(&bytes).err().unwrap_or_else(|| panic!("{what}: a damaged file was read"));
             assert!(expected(&e), "{what}: {e:?}");
