@@ -845,7 +845,7 @@ impl Keel for ClientService {
             let sockets = membership::resolve(&m.addr).await.map_err(|e| invalid(format!("member {}: {e}", m.id)))?;
             listed.push(membership::Addressed { id: m.id, addr: m.addr.clone(), sockets: Some(sockets) });
         }
-        membership::check_distinct(&listed).map_err(invalid)?;
+        membership::check_distinct(&listed).map_err(|e| invalid(e.to_string()))?;
         let mut members: BTreeMap<u64, BasicNode> =
             listed.into_iter().map(|m| (m.id, BasicNode { addr: m.addr })).collect();
         if members.is_empty() {
@@ -1045,7 +1045,7 @@ impl Change {
         let members = self.addressed_members().await;
         let sockets = membership::resolve(&addr).await.map_err(|e| invalid(format!("node {id}: {e}")))?;
         let new = membership::Addressed { id, addr: addr.clone(), sockets: Some(sockets.clone()) };
-        membership::check_clash(&new, &members).map_err(invalid)?;
+        membership::check_clash(&new, &members).map_err(|e| invalid(e.to_string()))?;
         if existing.is_some() {
             let index = self.raft.metrics().borrow_watched().membership_config.log_id().map_or(0, |l| l.index);
             if let Err(e) = membership::wait_caught_up(&self.raft, self.node_id, id, index).await {
@@ -1114,7 +1114,7 @@ impl Change {
             return Err(invalid(format!("node {id} is not a member")));
         }
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        membership::check_removal(&voters, id, force).map_err(invalid)?;
+        membership::check_removal(&voters, id, force).map_err(|e| invalid(e.to_string()))?;
         let change = if voters.contains(&id) {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {

@@ -134,19 +134,39 @@ async fn find(dir: &Path) -> Result<Vec<Damage>> {
 
 /// The entries `d.from..=d.to` from the first peer that holds them under
 /// `anchor`, with that peer's id; or why no peer did.
-async fn fetch(config: &NodeConfig, peers: &Peers, d: &Damage, anchor: LogPos) -> Result<(u64, Vec<Record>), String> {
-    let mut why = Vec::new();
+async fn fetch(
+    config: &NodeConfig,
+    peers: &Peers,
+    d: &Damage,
+    anchor: LogPos,
+) -> Result<(u64, Vec<Record>), NoPeerHasIt> {
+    let mut tried = Vec::new();
     for (&id, addr) in config.peers.iter().filter(|&(&id, _)| id != config.node_id) {
         match fetch_from(peers, addr, id, d, anchor).await {
             Ok(records) => return Ok((id, records)),
-            Err(e) => why.push(format!("node {id} at {addr}: {e}")),
+            Err(e) => tried.push((id, addr.clone(), e)),
         }
     }
-    if why.is_empty() {
-        why.push("`peers` lists no other node".into());
-    }
-    Err(why.join("; "))
+    Err(NoPeerHasIt(tried))
 }
+
+/// Every peer asked for a damaged range, and why each could not supply it.
+#[derive(Debug)]
+struct NoPeerHasIt(Vec<(u64, String, FetchError)>);
+
+impl std::fmt::Display for NoPeerHasIt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("`peers` lists no other node");
+        }
+        for (i, (id, addr, e)) in self.0.iter().enumerate() {
+            write!(f, "{}node {id} at {addr}: {e}", if i == 0 { "" } else { "; " })?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NoPeerHasIt {}
 
 /// Why one peer could not supply a damaged range.
 #[derive(Debug, thiserror::Error)]

@@ -117,19 +117,25 @@ struct QueueParts {
     data: Vec<u8>,
 }
 
-impl TryFrom<QueueParts> for ConsumeQueue {
-    type Error = String;
+/// Why a checkpoint's consume queue is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueDefect {
+    #[error("a consume queue of {bytes} bytes splits a {CQ_ENTRY_BYTES}-byte entry")]
+    SplitEntry { bytes: usize },
+    #[error("a consume queue of {count} entries from offset {base} runs past the last offset")]
+    PastLastOffset { count: u64, base: u64 },
+}
 
-    fn try_from(p: QueueParts) -> Result<Self, String> {
+impl TryFrom<QueueParts> for ConsumeQueue {
+    type Error = QueueDefect;
+
+    fn try_from(p: QueueParts) -> Result<Self, QueueDefect> {
         if !p.data.len().is_multiple_of(CQ_ENTRY_BYTES) {
-            return Err(format!("a consume queue of {} bytes splits a {CQ_ENTRY_BYTES}-byte entry", p.data.len()));
+            return Err(QueueDefect::SplitEntry { bytes: p.data.len() });
         }
         let count = (p.data.len() / CQ_ENTRY_BYTES) as u64;
         if p.base_offset.checked_add(count).is_none() {
-            return Err(format!(
-                "a consume queue of {count} entries from offset {} runs past the last offset",
-                p.base_offset
-            ));
+            return Err(QueueDefect::PastLastOffset { count, base: p.base_offset });
         }
         Ok(Self { base_offset: p.base_offset, data: p.data })
     }

@@ -368,62 +368,55 @@ fn check_token(token: Option<&str>, headers: &HeaderMap) -> Api<()> {
     })
 }
 
-/// The body as a JSON object (an empty body is an empty object when
-/// `empty_ok`), naming what is wrong otherwise.
-fn json_object(body: &Bytes, empty_ok: bool) -> Api<serde_json::Map<String, Value>> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        if empty_ok {
-            return Ok(serde_json::Map::new());
-        }
+/// The body decoded into `T` (a `deny_unknown_fields` struct, so a typo is
+/// refused instead of ignored); an empty body is `T` from `{}` when
+/// `empty_ok`. serde's message names the field and what it expected.
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes, empty_ok: bool) -> Api<T> {
+    let empty = body.iter().all(u8::is_ascii_whitespace);
+    if empty && !empty_ok {
         return Err(ApiError::bad_request("the request body is empty; it must be a JSON object"));
     }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(o)) => Ok(o),
-        Ok(other) => Err(ApiError::bad_request(format!("the body must be a JSON object, not {other}"))),
-        Err(e) => Err(ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
-    }
+    let text: &[u8] = if empty { b"{}" } else { body };
+    serde_json::from_slice(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            ApiError::bad_request(format!("the body is not valid JSON: {e}"))
+        }
+        _ => ApiError::bad_request(format!("the body: {e}")),
+    })
 }
 
-/// Refuse fields the endpoint does not know (a typo would otherwise be ignored).
-fn only_fields(o: &serde_json::Map<String, Value>, known: &[&str]) -> Api<()> {
-    match o.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::bad_request(format!("unknown field {k:?}; the fields are {}", known.join(", ")))),
-        None => Ok(()),
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
+/// `POST /api/v1/members`.
+#[derive(Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a JSON object with id, addr and optionally promote")]
 struct AddMember {
+    /// The new node's id, at least 1.
     id: u64,
+    /// Its gRPC address, host:port.
     addr: String,
+    /// Make it a voter once it caught up (default) or keep it a learner.
+    #[serde(default = "promote_by_default")]
     promote: bool,
+}
+
+fn promote_by_default() -> bool {
+    true
 }
 
 impl AddMember {
     fn parse(body: &Bytes) -> Api<Self> {
-        let o = json_object(body, false)?;
-        only_fields(&o, &["id", "addr", "promote"])?;
-        let id = match o.get("id") {
-            None => return Err(ApiError::bad_request("id: missing; give the new node's id (a whole number ≥ 1)")),
-            Some(v) => v
-                .as_u64()
-                .filter(|&id| id > 0)
-                .ok_or_else(|| ApiError::bad_request(format!("id: {v} is not a node id (a whole number ≥ 1)")))?,
-        };
-        let addr = match o.get("addr") {
-            None => return Err(ApiError::bad_request("addr: missing; give the new node's gRPC address host:port")),
-            Some(Value::String(a)) => a.clone(),
-            Some(v) => return Err(ApiError::bad_request(format!("addr: {v} is not a string host:port"))),
-        };
-        validate_addr(&addr)?;
-        let promote = match o.get("promote") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => return Err(ApiError::bad_request(format!("promote: {v} is not true or false"))),
-        };
-        Ok(Self { id, addr, promote })
+        let m: Self = json_body(body, false)?;
+        if m.id == 0 {
+            return Err(ApiError::bad_request("id: 0 is not a node id (a whole number ≥ 1)"));
+        }
+        validate_addr(&m.addr)?;
+        Ok(m)
     }
 }
+
+/// `POST /api/v1/snapshot` takes no fields.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an empty JSON object (or no body)")]
+struct NoFields {}
 
 /// A client to the cluster this node knows, which follows the leader.
 fn cluster_client(admin: &Admin) -> Api<keel_client::Client> {
@@ -549,7 +542,7 @@ fn membership_json(r: &keel_proto::client::MembershipResponse) -> Value {
 /// Build a snapshot on this node now, covering what it has applied.
 async fn snapshot(State(admin): Shared_, headers: HeaderMap, body: Bytes) -> Api<axum::Json<Value>> {
     authorize(&admin, &headers)?;
-    only_fields(&json_object(&body, true)?, &[])?;
+    let NoFields {} = json_body(&body, true)?;
     let applied = admin.node.raft.metrics().borrow_watched().last_applied.map(|l| l.index);
     let Some(applied) = applied else {
         return Err(ApiError::new(StatusCode::CONFLICT, "nothing is applied yet, so there is nothing to snapshot"));
@@ -660,18 +653,22 @@ mod tests {
         assert_eq!(add(r#"{"id": 4, "addr": "n4:1", "promote": false}"#).map(|a| a.promote), Ok(false));
         for (body, names) in [
             ("", "empty"),
-            ("[1]", "JSON object"),
+            ("[1]", "expected a JSON object with id, addr and optionally promote"),
             ("{\"id\": 4,", "not valid JSON"),
-            (r#"{"addr": "n4:1"}"#, "id: missing"),
-            (r#"{"id": "four", "addr": "n4:1"}"#, "id: \"four\""),
+            ("{not json", "not valid JSON"),
+            (r#"{"addr": "n4:1"}"#, "missing field `id`"),
+            (r#"{"id": "four", "addr": "n4:1"}"#, "string \"four\", expected u64"),
             (r#"{"id": 0, "addr": "n4:1"}"#, "id: 0"),
-            (r#"{"id": -3, "addr": "n4:1"}"#, "id: -3"),
-            (r#"{"id": 4}"#, "addr: missing"),
-            (r#"{"id": 4, "addr": 9091}"#, "addr: 9091"),
+            (r#"{"id": -3, "addr": "n4:1"}"#, "integer `-3`, expected u64"),
+            (r#"{"id": 4}"#, "missing field `addr`"),
+            (r#"{"id": 4, "addr": 9091}"#, "integer `9091`, expected a string"),
             (r#"{"id": 4, "addr": "n4"}"#, "addr: \"n4\""),
             (r#"{"id": 4, "addr": "n4:99999"}"#, "addr: \"n4:99999\""),
-            (r#"{"id": 4, "addr": "n4:1", "promote": "yes"}"#, "promote: \"yes\""),
-            (r#"{"id": 4, "addr": "n4:1", "promte": true}"#, "unknown field \"promte\""),
+            (r#"{"id": 4, "addr": "n4:1", "promote": "yes"}"#, "string \"yes\", expected a boolean"),
+            (
+                r#"{"id": 4, "addr": "n4:1", "promte": true}"#,
+                "unknown field `promte`, expected one of `id`, `addr`, `promote`",
+            ),
         ] {
             let e = add(body).expect_err(body);
             assert!(e.contains(names), "{body}: {e:?} does not name {names:?}");

@@ -40,32 +40,77 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// cluster that survives the loss of a machine.
 pub(super) const SAFE_VOTERS: usize = 3;
 
+/// Why a membership change is refused; the message names every node and
+/// address involved, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Refusal {
+    #[error("address {0:?} is not host:port")]
+    NotHostPort(String),
+    #[error("address {addr} did not resolve within {} s", RESOLVE_TIMEOUT.as_secs())]
+    ResolveTimeout { addr: String },
+    #[error("address {addr} does not resolve: {reason}")]
+    Unresolved { addr: String, reason: String },
+    #[error("address {0} resolves to no address")]
+    NoAddress(String),
+    #[error("address {addr} resolves to {any}, which is where a server listens, not an address to dial")]
+    Unspecified { addr: String, any: SocketAddr },
+    #[error(
+        "node {} at {} and node {} at {} have {how}: one process would answer for both ids and count twice \
+         toward every quorum; each member must be its own node",
+        new.0, new.1, old.0, old.1
+    )]
+    Clash { new: (u64, String), old: (u64, String), how: String },
+    #[error("node {id} is listed twice (at {first} and at {second})")]
+    ListedTwice { id: u64, first: String, second: String },
+    #[error("node {0} is the last voter; a cluster needs at least one")]
+    LastVoter(u64),
+    #[error("{}", too_few_voters(*id, left))]
+    TooFewVoters { id: u64, left: Vec<u64> },
+    #[error("nothing accepts connections at {addr}: {reason}; start the node first")]
+    NotListening { addr: String, reason: String },
+    #[error("no connection to {addr} within {} s; start the node first", CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout { addr: String },
+}
+
+fn too_few_voters(id: u64, left: &[u64]) -> String {
+    let n = left.len();
+    let (rest, loss) = if n == 1 {
+        ("that one machine alone (a single disk)", "its loss stops writes and may lose acknowledged data")
+    } else {
+        ("both remaining machines (each must store every write)", "the loss of either stops writes")
+    };
+    format!(
+        "removing voter {id} would leave {n} voter{} ({}): acknowledgements would then rest on fewer machines, \
+         on {rest}, and {loss}; set force to remove it anyway",
+        if n == 1 { "" } else { "s" },
+        left.iter().map(|v| format!("node {v}")).collect::<Vec<_>>().join(", "),
+    )
+}
+
 /// `host:port` with a non-empty host and a port from 1 to 65535.
-pub(super) fn check_host_port(addr: &str) -> Result<(), String> {
+pub(super) fn check_host_port(addr: &str) -> Result<(), Refusal> {
     let ok =
         addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-    if ok { Ok(()) } else { Err(format!("address {addr:?} is not host:port")) }
+    if ok { Ok(()) } else { Err(Refusal::NotHostPort(addr.to_string())) }
 }
 
 /// Every socket address `addr` resolves to, within `RESOLVE_TIMEOUT`; an
 /// error naming the address otherwise. An unspecified address (0.0.0.0,
 /// [::]) is refused: it is where a server listens, not where one is dialled.
-pub(super) async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+pub(super) async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, Refusal> {
     let found = match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(addr)).await {
-        Err(_) => return Err(format!("address {addr} did not resolve within {} s", RESOLVE_TIMEOUT.as_secs())),
-        Ok(Err(e)) => return Err(format!("address {addr} does not resolve: {e}")),
+        Err(_) => return Err(Refusal::ResolveTimeout { addr: addr.to_string() }),
+        Ok(Err(e)) => return Err(Refusal::Unresolved { addr: addr.to_string(), reason: e.to_string() }),
         Ok(Ok(found)) => found,
     };
     let mut sockets: Vec<SocketAddr> = found.collect();
     sockets.sort_unstable();
     sockets.dedup();
     if sockets.is_empty() {
-        return Err(format!("address {addr} resolves to no address"));
+        return Err(Refusal::NoAddress(addr.to_string()));
     }
-    if let Some(any) = sockets.iter().find(|s| s.ip().is_unspecified()) {
-        return Err(format!(
-            "address {addr} resolves to {any}, which is where a server listens, not an address to dial"
-        ));
+    if let Some(&any) = sockets.iter().find(|s| s.ip().is_unspecified()) {
+        return Err(Refusal::Unspecified { addr: addr.to_string(), any });
     }
     Ok(sockets)
 }
@@ -92,25 +137,21 @@ fn same_place(a: &Addressed, b: &Addressed) -> Option<String> {
 
 /// Refuses `new` when another of `members` (not `new.id` itself) is at the
 /// same place, naming both.
-pub(super) fn check_clash(new: &Addressed, members: &[Addressed]) -> Result<(), String> {
+pub(super) fn check_clash(new: &Addressed, members: &[Addressed]) -> Result<(), Refusal> {
     for m in members.iter().filter(|m| m.id != new.id) {
         if let Some(how) = same_place(new, m) {
-            return Err(format!(
-                "node {} at {} and node {} at {} have {how}: one process would answer for both ids and count \
-                 twice toward every quorum; each member must be its own node",
-                new.id, new.addr, m.id, m.addr
-            ));
+            return Err(Refusal::Clash { new: (new.id, new.addr.clone()), old: (m.id, m.addr.clone()), how });
         }
     }
     Ok(())
 }
 
 /// Refuses a list in which two members share an id or a place (InitCluster).
-pub(super) fn check_distinct(members: &[Addressed]) -> Result<(), String> {
+pub(super) fn check_distinct(members: &[Addressed]) -> Result<(), Refusal> {
     for (i, a) in members.iter().enumerate() {
         for b in &members[i + 1..] {
             if a.id == b.id {
-                return Err(format!("node {} is listed twice (at {} and at {})", a.id, a.addr, b.addr));
+                return Err(Refusal::ListedTwice { id: a.id, first: a.addr.clone(), second: b.addr.clone() });
             }
             check_clash(a, std::slice::from_ref(b))?;
         }
@@ -120,27 +161,16 @@ pub(super) fn check_distinct(members: &[Addressed]) -> Result<(), String> {
 
 /// Refuses the removal of voter `id` from `voters` when it would leave none,
 /// or fewer than `SAFE_VOTERS` without `force`.
-pub(super) fn check_removal(voters: &BTreeSet<u64>, id: u64, force: bool) -> Result<(), String> {
+pub(super) fn check_removal(voters: &BTreeSet<u64>, id: u64, force: bool) -> Result<(), Refusal> {
     if !voters.contains(&id) {
         return Ok(());
     }
     let left: Vec<u64> = voters.iter().copied().filter(|&v| v != id).collect();
-    let n = left.len();
-    if n == 0 {
-        return Err(format!("node {id} is the last voter; a cluster needs at least one"));
+    if left.is_empty() {
+        return Err(Refusal::LastVoter(id));
     }
-    if n < SAFE_VOTERS && !force {
-        let (rest, loss) = if n == 1 {
-            ("that one machine alone (a single disk)", "its loss stops writes and may lose acknowledged data")
-        } else {
-            ("both remaining machines (each must store every write)", "the loss of either stops writes")
-        };
-        return Err(format!(
-            "removing voter {id} would leave {n} voter{} ({}): acknowledgements would then rest on fewer machines, \
-             on {rest}, and {loss}; set force to remove it anyway",
-            if n == 1 { "" } else { "s" },
-            left.iter().map(|v| format!("node {v}")).collect::<Vec<_>>().join(", "),
-        ));
+    if left.len() < SAFE_VOTERS && !force {
+        return Err(Refusal::TooFewVoters { id, left });
     }
     Ok(())
 }
@@ -160,11 +190,11 @@ pub(super) fn made(change: &ChangeMembers<u64, BasicNode>, membership: &Membersh
 /// Whether a TCP connection to `sockets` opens within `CONNECT_TIMEOUT`:
 /// where nothing listens there is no point in adding a node and waiting
 /// for it to catch up.
-pub(super) async fn check_listening(addr: &str, sockets: &[SocketAddr]) -> Result<(), String> {
+pub(super) async fn check_listening(addr: &str, sockets: &[SocketAddr]) -> Result<(), Refusal> {
     match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(sockets)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("nothing accepts connections at {addr}: {e}; start the node first")),
-        Err(_) => Err(format!("no connection to {addr} within {} s; start the node first", CONNECT_TIMEOUT.as_secs())),
+        Ok(Err(e)) => Err(Refusal::NotListening { addr: addr.to_string(), reason: e.to_string() }),
+        Err(_) => Err(Refusal::ConnectTimeout { addr: addr.to_string() }),
     }
 }
 
@@ -218,7 +248,7 @@ mod tests {
             [node(1, "n1:9091", &["10.0.0.1:9091"]), node(2, "n2:9091", &["10.0.0.2:9091", "[fd00::2]:9091"])];
         // As written (host case aside), and as resolved (any one socket).
         for new in [node(4, "N2:9091", &["10.9.9.9:1"]), node(4, "other:9091", &["[fd00::2]:9091"])] {
-            let e = check_clash(&new, &members).expect_err("a clash");
+            let e = check_clash(&new, &members).expect_err("a clash").to_string();
             assert!(e.contains("node 4 at") && e.contains("node 2 at n2:9091"), "{e}");
         }
         // A node's own entry is no clash (its promotion), nor another port.
@@ -233,23 +263,27 @@ mod tests {
     #[test]
     fn an_init_list_needs_distinct_ids_and_places() {
         assert!(check_distinct(&[node(1, "a:1", &["10.0.0.1:1"]), node(2, "b:1", &["10.0.0.2:1"])]).is_ok());
-        let e = check_distinct(&[node(1, "a:1", &["10.0.0.1:1"]), node(1, "b:1", &["10.0.0.2:1"])]).expect_err("id");
+        let e = check_distinct(&[node(1, "a:1", &["10.0.0.1:1"]), node(1, "b:1", &["10.0.0.2:1"])])
+            .expect_err("id")
+            .to_string();
         assert!(e.contains("node 1 is listed twice"), "{e}");
-        let e = check_distinct(&[node(1, "a:1", &["10.0.0.1:1"]), node(2, "b:1", &["10.0.0.1:1"])]).expect_err("addr");
+        let e = check_distinct(&[node(1, "a:1", &["10.0.0.1:1"]), node(2, "b:1", &["10.0.0.1:1"])])
+            .expect_err("addr")
+            .to_string();
         assert!(e.contains("node 1 at a:1") && e.contains("node 2 at b:1"), "{e}");
     }
 
     #[test]
     fn removals_below_three_voters_need_force_and_the_last_voter_stays() {
         let three = BTreeSet::from([1, 2, 3]);
-        let e = check_removal(&three, 2, false).expect_err("2 of 3");
+        let e = check_removal(&three, 2, false).expect_err("2 of 3").to_string();
         assert!(e.contains("leave 2 voters (node 1, node 3)") && e.contains("force"), "{e}");
         assert!(check_removal(&three, 2, true).is_ok());
         assert!(check_removal(&three, 9, false).is_ok(), "a learner or non-member is not a voter removal");
         assert!(check_removal(&BTreeSet::from([1, 2, 3, 4]), 4, false).is_ok(), "four to three");
-        let e = check_removal(&BTreeSet::from([1, 2]), 1, false).expect_err("2 to 1");
+        let e = check_removal(&BTreeSet::from([1, 2]), 1, false).expect_err("2 to 1").to_string();
         assert!(e.contains("leave 1 voter (node 2)") && e.contains("fewer machines"), "{e}");
-        let e = check_removal(&BTreeSet::from([1]), 1, true).expect_err("the last");
+        let e = check_removal(&BTreeSet::from([1]), 1, true).expect_err("the last").to_string();
         assert!(e.contains("last voter"), "{e}");
     }
 
@@ -276,9 +310,9 @@ mod tests {
 
     #[tokio::test]
     async fn unresolvable_and_unspecified_addresses_are_refused_naming_them() {
-        let e = resolve("no-such-host.invalid:9091").await.expect_err("does not resolve");
+        let e = resolve("no-such-host.invalid:9091").await.expect_err("does not resolve").to_string();
         assert!(e.contains("no-such-host.invalid:9091"), "{e}");
-        let e = resolve("0.0.0.0:9091").await.expect_err("unspecified");
+        let e = resolve("0.0.0.0:9091").await.expect_err("unspecified").to_string();
         assert!(e.contains("0.0.0.0:9091"), "{e}");
         assert_eq!(resolve("127.0.0.1:9091").await, Ok(vec!["127.0.0.1:9091".parse().expect("socket")]));
     }
