@@ -55,6 +55,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use keel_proto::client::keel_client::KeelClient;
 use keel_proto::client::{ClusterInfoRequest, ClusterInfoResponse};
+use rustix::process::{Pid, Signal as ProcessSignal, kill_process, set_parent_process_death_signal};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -430,7 +431,7 @@ fn spawn_node(
     node: &Node,
     output: &mpsc::Sender<Output>,
     exits: mpsc::Sender<(u64, io::Result<ExitStatus>)>,
-) -> Result<mpsc::Sender<libc::c_int>> {
+) -> Result<mpsc::Sender<ProcessSignal>> {
     let mut command = Command::new(exe);
     command
         .arg("node")
@@ -452,15 +453,10 @@ fn spawn_node(
         command.env(config::env_var_name("log.color"), "always");
     }
     // SAFETY: runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed; prctl is one and touches no
-    // memory of ours.
+    // async-signal-safe calls are allowed; prctl is one (rustix makes the
+    // raw syscall: no allocation, no lock) and touches no memory of ours.
     unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        command.pre_exec(|| set_parent_process_death_signal(Some(ProcessSignal::KILL)).map_err(io::Error::from));
     }
     let mut child = command.spawn().with_context(|| format!("start node{} ({})", node.id, exe.display()))?;
     let forwarders: Vec<JoinHandle<()>> = [
@@ -479,7 +475,7 @@ fn spawn_node(
 async fn watch_node(
     id: u64,
     mut child: Child,
-    mut signals: mpsc::Receiver<libc::c_int>,
+    mut signals: mpsc::Receiver<ProcessSignal>,
     forwarders: Vec<JoinHandle<()>>,
     output: mpsc::Sender<Output>,
     exits: mpsc::Sender<(u64, io::Result<ExitStatus>)>,
@@ -490,9 +486,9 @@ async fn watch_node(
             Some(signal) = signals.recv() => {
                 // Only this task reaps the child, and it has not yet, so the
                 // pid is still ours (at worst a zombie), never a reused one.
-                if let Some(pid) = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()) {
-                    // SAFETY: kill(2) touches no memory.
-                    unsafe { libc::kill(pid, signal) };
+                if let Some(pid) = child.id().and_then(|pid| Pid::from_raw(i32::try_from(pid).ok()?)) {
+                    // Already gone (a race with its exit): nothing to signal.
+                    let _ = kill_process(pid, signal);
                 }
             }
         }
@@ -656,11 +652,11 @@ async fn cluster_info(addr: &str) -> Option<ClusterInfoResponse> {
 /// (or at once on another Ctrl-C), one line per node on how it ended. Fails
 /// when a node had to be killed or did not end.
 async fn stop_all(
-    running: &mut BTreeMap<u64, mpsc::Sender<libc::c_int>>,
+    running: &mut BTreeMap<u64, mpsc::Sender<ProcessSignal>>,
     exits: &mut mpsc::Receiver<(u64, io::Result<ExitStatus>)>,
     interrupt: &mut Signal,
 ) -> Result<()> {
-    signal_all(running, libc::SIGTERM).await;
+    signal_all(running, ProcessSignal::TERM).await;
     let grace_end = Instant::now() + STOP_GRACE;
     while !running.is_empty() {
         tokio::select! {
@@ -681,7 +677,7 @@ async fn stop_all(
     }
     let killed: Vec<String> = running.keys().map(|id| format!("node{id}")).collect();
     println!("sending SIGKILL to {}", killed.join(", "));
-    signal_all(running, libc::SIGKILL).await;
+    signal_all(running, ProcessSignal::KILL).await;
     let kill_end = Instant::now() + KILL_WAIT;
     while !running.is_empty() {
         tokio::select! {
@@ -702,7 +698,7 @@ async fn stop_all(
     bail!("{} did not stop within {} s of SIGTERM", killed.join(", "), STOP_GRACE.as_secs())
 }
 
-async fn signal_all(running: &BTreeMap<u64, mpsc::Sender<libc::c_int>>, signal: libc::c_int) {
+async fn signal_all(running: &BTreeMap<u64, mpsc::Sender<ProcessSignal>>, signal: ProcessSignal) {
     for signals in running.values() {
         // An error means the node's task has ended: its exit is on the way.
         let _ = signals.send(signal).await;

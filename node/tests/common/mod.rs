@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use keel_proto::client::keel_client::KeelClient;
 use keel_proto::client::{ClusterInfoRequest, ClusterInfoResponse};
+use rustix::process::{Pid, Signal, kill_process};
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint};
 
@@ -328,9 +329,9 @@ impl Cluster {
         let mut process = self.process(i);
         let paused = process.paused;
         let child = process.child.as_mut().unwrap_or_else(|| panic!("stop: node{i} is not running"));
-        signal(child, libc::SIGTERM);
+        signal(child, Signal::TERM);
         if paused {
-            signal(child, libc::SIGCONT);
+            signal(child, Signal::CONT);
         }
         let status = wait_timeout(child, STOP_TIMEOUT);
         let Some(status) = status else {
@@ -368,7 +369,7 @@ impl Cluster {
         let mut process = self.process(i);
         assert!(!process.paused, "pause: node{i} is paused already");
         let child = process.child.as_mut().unwrap_or_else(|| panic!("pause: node{i} is not running"));
-        signal(child, libc::SIGSTOP);
+        signal(child, Signal::STOP);
         // SIGSTOP lands asynchronously; wait until the kernel says stopped,
         // so what the test does next meets a paused node.
         let pid = child.id();
@@ -385,7 +386,7 @@ impl Cluster {
         let mut process = self.process(i);
         assert!(process.paused, "resume: node{i} is not paused");
         let child = process.child.as_mut().unwrap_or_else(|| panic!("resume: node{i} is not running"));
-        signal(child, libc::SIGCONT);
+        signal(child, Signal::CONT);
         process.paused = false;
     }
 
@@ -623,12 +624,13 @@ fn agreed_leader(live: &[u64], answers: &[(u64, Result<ClusterInfoResponse, Stri
     leader.filter(|l| live.contains(l))
 }
 
-fn signal(child: &Child, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
-    // SAFETY: kill(2) touches no memory. The child is not reaped yet (its
-    // `Child` is still ours), so the pid cannot belong to another process.
-    let result = unsafe { libc::kill(pid, signal) };
-    assert_eq!(result, 0, "signal {signal} to pid {pid}: {}", std::io::Error::last_os_error());
+fn signal(child: &Child, signal: Signal) {
+    let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw).expect("a child's pid is a positive i32");
+    // The child is not reaped yet (its `Child` is still ours), so the pid
+    // cannot belong to another process.
+    if let Err(e) = kill_process(pid, signal) {
+        panic!("signal {signal:?} to pid {pid:?}: {e}");
+    }
 }
 
 /// Polls for an exit up to `timeout`; `None` if the child is still running.
