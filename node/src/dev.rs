@@ -42,7 +42,6 @@
 //! no node outlives it holding its ports.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
 use std::net::{SocketAddr, TcpListener};
@@ -55,7 +54,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use keel_proto::client::keel_client::KeelClient;
 use keel_proto::client::{ClusterInfoRequest, ClusterInfoResponse};
-use rustix::process::{Pid, Signal as ProcessSignal, kill_process, set_parent_process_death_signal};
+use rustix::process::{Signal as ProcessSignal, set_parent_process_death_signal};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -64,7 +63,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
 use tonic::transport::Endpoint;
 
-use crate::config;
+use crate::{config, launch};
 
 const DEFAULT_BASE_PORT: u16 = 9091;
 /// Node i's admin port is its gRPC port plus this.
@@ -256,8 +255,15 @@ fn prepare_nodes(root: &Path, args: &DevArgs) -> Result<Vec<Node>> {
         bail!("--base-port {} is too high: node{count}'s admin port would be {highest_port}", args.base_port);
     }
     let grpc_port = |id: u16| args.base_port + id - 1;
-    let peers: Vec<String> = (1..=count).map(|id| format!("{id}@127.0.0.1:{}", grpc_port(id))).collect();
-    let peers = peers.join(",");
+    let layouts: Vec<launch::NodeLayout> = (1..=count)
+        .map(|id| launch::NodeLayout {
+            id: u64::from(id),
+            grpc: SocketAddr::from(([127, 0, 0, 1], grpc_port(id))).to_string(),
+            admin: SocketAddr::from(([127, 0, 0, 1], grpc_port(id) + ADMIN_PORT_OFFSET)).to_string(),
+            data: root.join(format!("node{id}")).join("data"),
+        })
+        .collect();
+    let peers = launch::peers(&layouts);
 
     let mut nodes = Vec::with_capacity(usize::from(count));
     for id in 1..=count {
@@ -294,23 +300,18 @@ fn prepare_nodes(root: &Path, args: &DevArgs) -> Result<Vec<Node>> {
 }
 
 fn write_properties(node: &Node, peers: &str, settings: &[Setting]) -> Result<()> {
-    let mut text = String::new();
-    let _ = writeln!(text, "# Written by `keel dev` on its first start in this directory; it never overwrites it,");
-    let _ = writeln!(text, "# so edit freely (then restart keel dev).");
-    let _ = writeln!(text, "node.id={}", node.id);
-    let _ = writeln!(text, "grpc.listen={}", node.grpc_listen);
-    let _ = writeln!(text, "grpc.advertised={}", node.grpc_addr);
-    let _ = writeln!(text, "admin.listen={}", node.admin_listen);
-    let _ = writeln!(text, "peers={peers}");
-    let _ = writeln!(text, "# Only acts on an empty store, so a restart keeps the existing cluster.");
-    let _ = writeln!(text, "cluster.bootstrap={}", node.bootstrap);
-    let _ = writeln!(text, "store.path.commitlog={}", node.data.display());
-    if !settings.is_empty() {
-        let _ = writeln!(text, "# keel dev --set");
-        for setting in settings {
-            let _ = writeln!(text, "{}={}", setting.key, setting.value);
-        }
-    }
+    let layout = launch::NodeLayout {
+        id: node.id,
+        grpc: node.grpc_addr.clone(),
+        admin: node.admin_listen.to_string(),
+        data: node.data.clone(),
+    };
+    let extra: Vec<(String, String)> = settings.iter().map(|s| (s.key.clone(), s.value.clone())).collect();
+    let text = format!(
+        "# Written by `keel dev` on its first start in this directory; it never overwrites it,\n\
+         # so edit freely (then restart keel dev). The rest after the agreed keys: keel dev --set.\n{}",
+        launch::properties(&layout, peers, node.bootstrap, &extra)
+    );
     write_new_durably(&node.properties, text.as_bytes())
 }
 
@@ -432,23 +433,11 @@ fn spawn_node(
     output: &mpsc::Sender<Output>,
     exits: mpsc::Sender<(u64, io::Result<ExitStatus>)>,
 ) -> Result<mpsc::Sender<ProcessSignal>> {
-    let mut command = Command::new(exe);
-    command
-        .arg("node")
-        .arg("--config")
-        .arg(&node.properties)
-        .current_dir(&node.dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    // `keel node` lets KEEL_* variables override its file. Other keys pass
-    // through on purpose (`KEEL_FLUSH_DISK_TYPE=BATCH_FLUSH keel dev` sets
-    // every node), but one value for these would break the cluster.
-    for key in config::keys::dev_managed() {
-        command.env_remove(config::env_var_name(key.name));
-    }
+    // Without the KEEL_* variables of the keys the file owns; the others
+    // pass through on purpose (`KEEL_FLUSH_DISK_TYPE=BATCH_FLUSH keel dev`
+    // sets every node).
+    let mut command = Command::from(launch::node_command(exe, &node.properties, None));
+    command.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
     if colour_the_nodes(&node.properties) {
         command.env(config::env_var_name("log.color"), "always");
     }
@@ -486,9 +475,9 @@ async fn watch_node(
             Some(signal) = signals.recv() => {
                 // Only this task reaps the child, and it has not yet, so the
                 // pid is still ours (at worst a zombie), never a reused one.
-                if let Some(pid) = child.id().and_then(|pid| Pid::from_raw(i32::try_from(pid).ok()?)) {
+                if let Some(pid) = child.id() {
                     // Already gone (a race with its exit): nothing to signal.
-                    let _ = kill_process(pid, signal);
+                    let _ = launch::signal(pid, signal);
                 }
             }
         }

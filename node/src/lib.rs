@@ -4,10 +4,12 @@
 //!
 //! Each command lives in its own module: `node` in [`server`] (configured by
 //! [`config`]), `dev` in [`dev`], the client commands in [`cli`], and the
-//! benchmarks in [`bench`].
+//! benchmarks in [`bench`]. [`launch`] lays out and starts local clusters
+//! for `keel dev`, the integration tests and keel-chaos.
 
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod launch;
 pub mod server;

@@ -1,15 +1,18 @@
 //! `--backend process`: three `keel node` child processes on loopback, each
-//! with its own properties file and data directory under one temp dir.
+//! with its own properties file and data directory under one temp dir, laid
+//! out and started by `keel_node::launch` (the launcher of `keel dev` and
+//! of the integration tests).
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use keel_node::launch;
+use rustix::process::Signal;
 
 use super::Backend;
 
@@ -37,26 +40,6 @@ pub struct Process {
     nodes: Mutex<Vec<Node>>,
 }
 
-fn mount_tmpfs(dir: &Path, bytes: u64) -> Result<()> {
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-        .arg(dir)
-        .output()
-        .context("run mount")?;
-    if !out.status.success() {
-        bail!(
-            "could not mount a {bytes}-byte tmpfs on {} for the disk-full scenario (it needs root): {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Process {
     /// Write three nodes' files (flush policy `flush`) and start them.
     /// With `volume_bytes`, each node's data lives on its own tmpfs of that
@@ -79,42 +62,45 @@ impl Process {
         }
         let root = tempfile::Builder::new().prefix("keel-chaos-").tempdir().context("temp dir")?;
         let mut nodes = Vec::new();
-        let mut ports = Vec::new();
-        for _ in 0..6 {
-            ports.push(free_port()?);
-        }
+        let ports = launch::free_ports(6).context("pick free loopback ports")?;
         let net = if netns { Some(Netns::create()?) } else { None };
         // Loopback ports, or each namespace's own address with fixed ports.
-        let host = |i: usize| net.as_ref().map_or_else(|| "127.0.0.1".to_string(), |n| n.ip(i as u64 + 1));
-        let grpc_port = |i: usize| if net.is_some() { 9091 } else { ports[i] };
-        let admin_port = |i: usize| if net.is_some() { 9191 } else { ports[i + 3] };
-        let peers: Vec<String> = (0..3).map(|i| format!("{}@{}:{}", i + 1, host(i), grpc_port(i))).collect();
-        for i in 0..3u64 {
-            let dir = root.path().join(format!("node{}", i + 1));
+        let host = |i: u64| net.as_ref().map_or_else(|| "127.0.0.1".to_string(), |n| n.ip(i));
+        let grpc_port = |i: u64| if net.is_some() { 9091 } else { ports[i as usize - 1] };
+        let admin_port = |i: u64| if net.is_some() { 9191 } else { ports[i as usize + 2] };
+        let layouts: Vec<launch::NodeLayout> = (1..=3)
+            .map(|id| launch::NodeLayout {
+                id,
+                grpc: format!("{}:{}", host(id), grpc_port(id)),
+                admin: format!("{}:{}", host(id), admin_port(id)),
+                data: root.path().join(format!("node{id}")).join("vol").join("data"),
+            })
+            .collect();
+        let peers = launch::peers(&layouts);
+        let mut extra = vec![("flush.disk.type".to_string(), flush.to_string())];
+        if let Some(bytes) = segment_bytes {
+            extra.push(("segment.bytes".into(), bytes.to_string()));
+            extra.push(("max.message.bytes".into(), "65536".into()));
+        }
+        if let Some(ms) = flush_interval_ms {
+            extra.push(("flush.interval.ms".into(), ms.to_string()));
+        }
+        for layout in &layouts {
+            let dir = root.path().join(format!("node{}", layout.id));
             std::fs::create_dir_all(dir.join("vol"))?;
-            let mut extra = String::new();
             if let Some(bytes) = volume_bytes {
-                mount_tmpfs(&dir.join("vol"), bytes)?;
+                launch::mount_tmpfs(&dir.join("vol"), bytes).context("the disk-full scenario's volume")?;
             }
-            if let Some(bytes) = segment_bytes {
-                extra.push_str(&format!("segment.bytes={bytes}\nmax.message.bytes=65536\n"));
-            }
-            if let Some(ms) = flush_interval_ms {
-                extra.push_str(&format!("flush.interval.ms={ms}\n"));
-            }
-            let grpc = format!("{}:{}", host(i as usize), grpc_port(i as usize));
-            let admin = format!("{}:{}", host(i as usize), admin_port(i as usize));
             let config = dir.join("node.properties");
-            let text = format!(
-                "node.id={}\ngrpc.listen={grpc}\nadmin.listen={admin}\npeers={}\ncluster.bootstrap={}\n\
-                 store.path.commitlog={}\nflush.disk.type={flush}\n{extra}",
-                i + 1,
-                peers.join(","),
-                i == 0,
-                dir.join("vol").join("data").display(),
-            );
-            std::fs::write(&config, text)?;
-            nodes.push(Node { id: i + 1, grpc, admin, config, log: dir.join("node.log"), child: None });
+            std::fs::write(&config, launch::properties(layout, &peers, layout.id == 1, &extra))?;
+            nodes.push(Node {
+                id: layout.id,
+                grpc: layout.grpc.clone(),
+                admin: layout.admin.clone(),
+                config,
+                log: dir.join("node.log"),
+                child: None,
+            });
         }
         let p = Self { keel: keel.to_path_buf(), net, volume_bytes, root, keep, nodes: Mutex::new(nodes) };
         for id in 1..=3 {
@@ -127,12 +113,12 @@ impl Process {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn signal(&self, node: u64, sig: libc::c_int) -> Result<()> {
+    fn signal(&self, node: u64, sig: Signal) -> Result<()> {
         let nodes = self.nodes();
         let n = &nodes[node as usize - 1];
         if let Some(c) = &n.child {
-            // SAFETY: signalling our own child by pid.
-            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+            // Not reaped yet (only `kill` and `stop` reap, under this lock).
+            launch::signal(c.id(), sig).with_context(|| format!("signal node {node}"))?;
         }
         Ok(())
     }
@@ -180,23 +166,11 @@ impl Backend for Process {
         let log = OpenOptions::new().create(true).append(true).open(&n.log)?;
         let mut announce = log.try_clone()?;
         let _ = writeln!(announce, "--- keel-chaos: starting node {}", n.id);
-        let mut cmd = match &self.net {
-            // `ip netns exec` enters the namespace and execs keel (same pid).
-            Some(net) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &net.ns(n.id)]).arg(&self.keel);
-                c
-            }
-            None => Command::new(&self.keel),
-        };
-        let child = cmd
-            .arg("node")
-            .arg("--config")
-            .arg(&n.config)
+        let netns = self.net.as_ref().map(|net| net.ns(n.id));
+        let child = launch::node_command(&self.keel, &n.config, netns.as_deref())
             // The file is the whole configuration: no KEEL_* variable of ours.
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -206,7 +180,7 @@ impl Backend for Process {
     }
 
     fn stop(&self, node: u64) -> Result<()> {
-        self.signal(node, libc::SIGTERM)?;
+        self.signal(node, Signal::TERM)?;
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             {
@@ -231,11 +205,11 @@ impl Backend for Process {
     }
 
     fn pause(&self, node: u64) -> Result<()> {
-        self.signal(node, libc::SIGSTOP)
+        self.signal(node, Signal::STOP)
     }
 
     fn resume(&self, node: u64) -> Result<()> {
-        self.signal(node, libc::SIGCONT)
+        self.signal(node, Signal::CONT)
     }
 
     fn isolate(&self, node: u64) -> Result<()> {

@@ -26,7 +26,7 @@ mod auth;
 pub mod client_service;
 mod codec;
 mod describe;
-mod disk;
+pub mod disk;
 mod durable;
 pub mod entry;
 mod grpc_status;

@@ -1,6 +1,7 @@
 //! A real cluster for integration tests: `N` `keel node` processes on
 //! localhost, each started as `keel node --config <root>/node{i}/node.properties`
-//! from the binary cargo built for this test run.
+//! from the binary cargo built for this test run, laid out and started by
+//! `keel_node::launch` (the launcher of `keel dev` and keel-chaos too).
 //!
 //! **Node ids are 1-based everywhere in this API**: node 1 is the first node
 //! (the one with `cluster.bootstrap=true`), `addrs()[0]` is its address, and
@@ -40,16 +41,17 @@
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write as _};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use keel_node::launch;
 use keel_proto::client::keel_client::KeelClient;
 use keel_proto::client::{ClusterInfoRequest, ClusterInfoResponse};
-use rustix::process::{Pid, Signal, kill_process};
+use rustix::process::Signal;
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint};
 
@@ -144,10 +146,18 @@ impl Cluster {
             require_root("mount a tmpfs for each node's data");
         }
         let root = tempfile::Builder::new().prefix("keel-test-").tempdir().expect("create the cluster's temp dir");
-        let ports = free_ports(2 * nodes);
+        let ports = launch::free_ports(2 * nodes).expect("free loopback ports");
         let (grpc_ports, admin_ports) = ports.split_at(nodes);
-        let peers: Vec<String> = (1..=nodes).map(|id| format!("{id}@127.0.0.1:{}", grpc_ports[id - 1])).collect();
-        let peers = peers.join(",");
+        let layouts: Vec<launch::NodeLayout> = (1..=nodes)
+            .map(|id| launch::NodeLayout {
+                id: id as u64,
+                grpc: SocketAddr::from(([127, 0, 0, 1], grpc_ports[id - 1])).to_string(),
+                admin: SocketAddr::from(([127, 0, 0, 1], admin_ports[id - 1])).to_string(),
+                data: root.path().join(format!("node{id}")).join("data"),
+            })
+            .collect();
+        let peers = launch::peers(&layouts);
+        let extra: Vec<(String, String)> = extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
 
         let tls_ca = extra
             .iter()
@@ -160,7 +170,7 @@ impl Cluster {
             let data = dir.join("data");
             std::fs::create_dir_all(&data).expect("create a node's data dir");
             if let Some(bytes) = setup.tmpfs_bytes {
-                mount_tmpfs(&data, bytes);
+                launch::mount_tmpfs(&data, bytes).unwrap_or_else(|e| panic!("{e:#}"));
                 cluster.mounts.push(data.clone());
             }
             let env = setup.env.map(|f| f(id, &dir)).unwrap_or_default();
@@ -174,25 +184,7 @@ impl Cluster {
                 env: Mutex::new(env),
                 process: Mutex::new(Process::default()),
             };
-            let mut properties = vec![
-                ("node.id".to_owned(), id.to_string()),
-                ("grpc.listen".to_owned(), node.grpc.to_string()),
-                ("grpc.advertised".to_owned(), node.grpc.to_string()),
-                ("admin.listen".to_owned(), node.admin.to_string()),
-                ("peers".to_owned(), peers.clone()),
-                ("cluster.bootstrap".to_owned(), (id == 1).to_string()),
-                ("store.path.commitlog".to_owned(), node.data.display().to_string()),
-            ];
-            for (key, value) in extra {
-                match properties.iter_mut().find(|(k, _)| k == key) {
-                    Some(existing) => existing.1 = (*value).to_owned(),
-                    None => properties.push(((*key).to_owned(), (*value).to_owned())),
-                }
-            }
-            let mut text = String::new();
-            for (key, value) in &properties {
-                let _ = writeln!(text, "{key}={value}");
-            }
+            let text = launch::properties(&layouts[index], &peers, id == 1, &extra);
             std::fs::write(&node.properties, text).expect("write a node's properties file");
             cluster.nodes.push(node);
         }
@@ -487,14 +479,10 @@ impl Cluster {
         let mut log = OpenOptions::new().create(true).append(true).open(&node.log).expect("open a node's log");
         let _ = writeln!(log, "==== harness: start #{} of node{i} ====", process.starts);
         let stderr = log.try_clone().expect("clone a log file handle");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
-        command
-            .arg("node")
-            .arg("--config")
-            .arg(&node.properties)
-            .current_dir(node.properties.parent().expect("the properties file is in the node's dir"));
+        let mut command = launch::node_command(Path::new(env!("CARGO_BIN_EXE_keel")), &node.properties, None);
         // `keel node` lets KEEL_* variables override its file; a test's
-        // cluster is what the test wrote, whatever the caller's environment.
+        // cluster is what the test wrote, whatever the caller's environment
+        // (the launcher removed only those of the keys it writes).
         for (variable, _) in std::env::vars_os() {
             if variable.to_string_lossy().starts_with("KEEL_") {
                 command.env_remove(variable);
@@ -512,12 +500,7 @@ impl Cluster {
                 command.env(variable, value);
             }
         }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start node{i}: {e}"));
+        let child = command.stdout(log).stderr(stderr).spawn().unwrap_or_else(|e| panic!("start node{i}: {e}"));
         process.child = Some(child);
         process.paused = false;
     }
@@ -593,12 +576,6 @@ impl Drop for Cluster {
 
 /// `count` distinct free ports: all listeners are held until every port is
 /// picked, so the kernel cannot hand out one twice.
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("a bound listener has an address").port()).collect()
-}
-
 /// A channel's endpoint: plaintext, or TLS trusting `tls_ca`.
 fn endpoint(addr: &str, timeout: Duration, tls_ca: Option<&[u8]>) -> Endpoint {
     let scheme = if tls_ca.is_some() { "https" } else { "http" };
@@ -625,11 +602,10 @@ fn agreed_leader(live: &[u64], answers: &[(u64, Result<ClusterInfoResponse, Stri
 }
 
 fn signal(child: &Child, signal: Signal) {
-    let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw).expect("a child's pid is a positive i32");
     // The child is not reaped yet (its `Child` is still ours), so the pid
     // cannot belong to another process.
-    if let Err(e) = kill_process(pid, signal) {
-        panic!("signal {signal:?} to pid {pid:?}: {e}");
+    if let Err(e) = launch::signal(child.id(), signal) {
+        panic!("signal {signal:?} to pid {}: {e}", child.id());
     }
 }
 
@@ -686,33 +662,14 @@ pub async fn eventually(timeout: Duration, what: &str, mut check: impl AsyncFnMu
 /// Panics, naming `what`, unless the test runs as root: tests that need it
 /// fail rather than skip.
 pub fn require_root(what: &str) {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     assert_eq!(euid, 0, "this test must run as root to {what} (CI runs as root); it runs as uid {euid}");
-}
-
-/// Mounts a tmpfs of `bytes` on `dir` (which must exist). The chaos
-/// harness's process backend mounts its disk-full volumes the same way
-/// (`chaos/src/backend/process.rs`, a binary crate tests cannot link).
-pub fn mount_tmpfs(dir: &Path, bytes: u64) {
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-        .arg(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("run mount for a tmpfs on {}: {e}", dir.display()));
-    assert!(
-        out.status.success(),
-        "could not mount a {bytes}-byte tmpfs on {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
 }
 
 /// Free bytes of the volume holding `dir`, as `statvfs` shows them to
 /// non-root users (what the node's reserve check reads).
 pub fn free_bytes(dir: &Path) -> u64 {
-    let st = rustix::fs::statvfs(dir).unwrap_or_else(|e| panic!("statvfs {}: {e}", dir.display()));
-    st.f_bavail * st.f_frsize
+    keel_node::server::disk::disk_usage(dir).unwrap_or_else(|e| panic!("statvfs {}: {e}", dir.display())).free_bytes
 }
 
 /// Takes `bytes` of `dir`'s volume with a ballast file (fallocate, so the
