@@ -7,13 +7,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::Cluster;
 use common::http::{self, Response};
 use keel_client::proto::TopicConfig;
 use keel_client::{Client, ClientOptions, Producer, Record};
+use prometheus_parse::{LineInfo, Scrape, Value as PromValue};
 use serde_json::{Map, Value, json};
 
 const TOKEN: &str = "s3cret-admin";
@@ -175,40 +176,107 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("{v} is not a whole number"))
 }
 
-/// Prometheus text: every sample as `name{labels}` → value; panics on a
-/// line that is not valid exposition format or a sample without a TYPE.
+/// Prometheus text, read by prometheus-parse: every sample as
+/// `name{labels}` (labels sorted by name) → value, a histogram's buckets as
+/// `name_bucket{labels,le="bound"}`. prometheus-parse skips what it cannot
+/// read, so every line is first checked to be one it reads (HELP, TYPE,
+/// sample or blank), with a number for its value and a TYPE for its family:
+/// panics otherwise. No summaries: their `_sum` and `_count` would have no
+/// TYPE of their own.
 fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
-    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut typed = BTreeSet::new();
+    for line in text.lines() {
+        match LineInfo::parse(line) {
+            LineInfo::Empty | LineInfo::Doc { .. } => {}
+            // prometheus-parse files a histogram's TYPE under its `_bucket`
+            // series, the family as the alias; `_sum` and `_count` are the
+            // family's too.
+            LineInfo::Type { metric_name, metric_alias, .. } => {
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"]
+                        .contains(&line.rsplit(' ').next().unwrap_or_default()),
+                    "unknown metric type in {line:?}"
+                );
+                typed.extend(metric_alias.iter().flat_map(|f| [format!("{f}_sum"), format!("{f}_count")]));
+                typed.insert(metric_name);
+            }
+            LineInfo::Sample { metric_name, value, .. } => {
+                assert!(value.parse::<f64>().is_ok(), "not a number in {line:?}");
+                assert!(
+                    metric_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "bad metric name in {line:?}"
+                );
+                assert!(typed.contains(metric_name), "{metric_name} has no # TYPE line");
+            }
+            LineInfo::Ignored => panic!("not a line of Prometheus text: {line:?}"),
+        }
+    }
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("reading a string cannot fail");
+    let series = |name: &str, labels: &[String]| match labels.join(",") {
+        labels if labels.is_empty() => name.to_owned(),
+        labels => format!("{name}{{{labels}}}"),
+    };
     let mut samples = BTreeMap::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("bad TYPE line {line:?}"));
-            assert!(
-                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
-                "unknown metric type in {line:?}"
-            );
-            types.insert(name.to_string(), kind.to_string());
-            continue;
+    for sample in scrape.samples {
+        let mut labels: Vec<String> = sample.labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        labels.sort();
+        match sample.value {
+            PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => {
+                samples.insert(series(&sample.metric, &labels), v);
+            }
+            PromValue::Histogram(buckets) => {
+                for bucket in buckets {
+                    let le = if bucket.less_than == f64::INFINITY {
+                        "+Inf".to_owned()
+                    } else {
+                        bucket.less_than.to_string()
+                    };
+                    let labels = [labels.clone(), vec![format!("le=\"{le}\"")]].concat();
+                    samples.insert(series(&format!("{}_bucket", sample.metric), &labels), bucket.count);
+                }
+            }
+            PromValue::Summary(_) => panic!("{} is a summary, whose _sum and _count have no TYPE", sample.metric),
         }
-        if line.starts_with('#') {
-            assert!(line.starts_with("# HELP "), "a comment that is neither HELP nor TYPE: {line:?}");
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample without a value: {line:?}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number in {line:?}"));
-        let name = series.split('{').next().unwrap_or_default();
-        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad metric name in {line:?}");
-        if series.contains('{') {
-            assert!(series.ends_with('}'), "unclosed labels in {line:?}");
-        }
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram")))
-            .unwrap_or(name);
-        assert!(types.contains_key(family), "{name} has no # TYPE line");
-        samples.insert(series.to_string(), value);
     }
     samples
+}
+
+/// What the tests read from /metrics comes out, and text the old parser
+/// refused is still refused.
+#[test]
+fn the_metrics_parser_reads_exposition_text_and_refuses_anything_else() {
+    let text = "# HELP keel_io_bytes_total Bytes.\n# TYPE keel_io_bytes_total counter\n\
+                keel_io_bytes_total{op=\"write\"} 10\nkeel_io_bytes_total{op=\"read\"} 4\n\n\
+                # TYPE keel_raft_term gauge\nkeel_raft_term 2\n\
+                # TYPE keel_flush_duration_seconds histogram\n\
+                keel_flush_duration_seconds_bucket{le=\"0.005\"} 1\n\
+                keel_flush_duration_seconds_bucket{le=\"+Inf\"} 3\n\
+                keel_flush_duration_seconds_sum 0.5\nkeel_flush_duration_seconds_count 3\n";
+    let expected: BTreeMap<String, f64> = [
+        ("keel_io_bytes_total{op=\"write\"}", 10.0),
+        ("keel_io_bytes_total{op=\"read\"}", 4.0),
+        ("keel_raft_term", 2.0),
+        ("keel_flush_duration_seconds_bucket{le=\"0.005\"}", 1.0),
+        ("keel_flush_duration_seconds_bucket{le=\"+Inf\"}", 3.0),
+        ("keel_flush_duration_seconds_sum", 0.5),
+        ("keel_flush_duration_seconds_count", 3.0),
+    ]
+    .into_iter()
+    .map(|(series, value)| (series.to_owned(), value))
+    .collect();
+    assert_eq!(parse_metrics(text), expected);
+
+    for bad in [
+        "keel_untyped 1",
+        "# TYPE keel_a counter\nkeel_a one",
+        "# TYPE keel_a counter\nkeel_a{op=\"x\" 1",
+        "# TYPE keel_a counters\nkeel_a 1",
+        "# a comment that is neither HELP nor TYPE",
+        "# TYPE keel_h histogram\nkeel_h_total 1",
+        "# TYPE keel_a counter\nkeel_a=1",
+    ] {
+        assert!(std::panic::catch_unwind(|| parse_metrics(bad)).is_err(), "{bad:?} was read");
+    }
 }
 
 fn metric(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
