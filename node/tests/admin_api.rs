@@ -7,14 +7,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::Cluster;
 use common::http::{self, Response};
 use keel_client::proto::TopicConfig;
 use keel_client::{Client, ClientOptions, Producer, Record};
-use serde_json::{Value, json};
+use prometheus_parse::{LineInfo, Scrape, Value as PromValue};
+use serde_json::{Map, Value, json};
 
 const TOKEN: &str = "s3cret-admin";
 const SETTLE: Duration = Duration::from_secs(30);
@@ -65,129 +66,217 @@ fn assert_refused(r: &Response, status: u16, needle: &str) {
     assert!(e.contains(needle), "error {e:?} does not mention {needle:?}");
 }
 
-/// Check `value` against `schema` (the subset of OpenAPI 3.0 that
-/// openapi.json uses: $ref, allOf, type, required, properties, items,
-/// nullable, enum, minimum), collecting every mismatch with its path.
-fn check(doc: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
-    if let Some(r) = schema["$ref"].as_str() {
-        let name = r.trim_start_matches("#/components/schemas/");
-        return check(doc, &doc["components"]["schemas"][name], value, at, errors);
+/// An OpenAPI 3.0 schema object as JSON Schema, for the jsonschema crate.
+/// OpenAPI 3.0 extends draft 4 (where, as there, `1.0` is no integer), so
+/// two things need translating:
+/// - `nullable: true`, which JSON Schema lacks, becomes `anyOf` null or the
+///   rest of the schema;
+/// - an object schema with `properties` and no `additionalProperties` is
+///   closed (`additionalProperties: false`): JSON Schema leaves it open, and
+///   a field the code sends and the description omits must be caught too.
+///
+/// `$ref: #/components/schemas/X` needs no rewriting: the converted schemas
+/// keep that path in the document the validator is built from.
+fn json_schema(schema: &Value) -> Value {
+    let Some(fields) = schema.as_object() else { return schema.clone() };
+    let each = |list: &Value| list.as_array().map(|l| l.iter().map(json_schema).collect()).unwrap_or_default();
+    let mut converted = Map::new();
+    for (key, value) in fields {
+        let value = match key.as_str() {
+            "nullable" => continue,
+            "properties" => Value::Object(
+                value.as_object().into_iter().flatten().map(|(n, s)| (n.clone(), json_schema(s))).collect(),
+            ),
+            "items" | "additionalProperties" | "not" => json_schema(value),
+            "allOf" | "anyOf" | "oneOf" => Value::Array(each(value)),
+            _ => value.clone(),
+        };
+        converted.insert(key.clone(), value);
     }
-    if value.is_null() {
-        if schema["nullable"] != json!(true) {
-            errors.push(format!("{at}: null, but the schema does not allow it"));
-        }
-        return;
-    }
-    if let Some(all) = schema["allOf"].as_array() {
-        for s in all {
-            check(doc, s, value, at, errors);
-        }
-    }
-    let ok = match schema["type"].as_str() {
-        Some("object") => value.is_object(),
-        Some("array") => value.is_array(),
-        Some("string") => value.is_string(),
-        Some("boolean") => value.is_boolean(),
-        Some("integer") => value.is_i64() || value.is_u64(),
-        Some("number") => value.is_number(),
-        _ => true,
-    };
-    if !ok {
-        errors.push(format!("{at}: {value} is not of type {}", schema["type"]));
-        return;
-    }
-    if let Some(allowed) = schema["enum"].as_array()
-        && !allowed.contains(value)
+    if schema["type"] == "object" && schema.get("properties").is_some() && schema.get("additionalProperties").is_none()
     {
-        errors.push(format!("{at}: {value} is not one of {allowed:?}"));
+        converted.insert("additionalProperties".to_owned(), Value::Bool(false));
     }
-    if let (Some(min), Some(v)) = (schema["minimum"].as_f64(), value.as_f64())
-        && v < min
-    {
-        errors.push(format!("{at}: {v} is below the minimum {min}"));
+    if schema["nullable"] == json!(true) {
+        return json!({ "anyOf": [{ "type": "null" }, converted] });
     }
-    for field in schema["required"].as_array().into_iter().flatten() {
-        let f = field.as_str().unwrap_or_default();
-        if value.get(f).is_none() {
-            errors.push(format!("{at}: the required field {f:?} is missing"));
-        }
-    }
-    if let Some(props) = schema["properties"].as_object() {
-        for (name, s) in props {
-            if let Some(v) = value.get(name) {
-                check(doc, s, v, &format!("{at}.{name}"), errors);
-            }
-        }
-    }
-    // An object is closed unless the schema says what else it may hold, so
-    // a field the code sends and the description omits is caught too.
-    if let Some(fields) = value.as_object()
-        && schema["type"] == "object"
-    {
-        for (name, v) in fields {
-            if schema["properties"].get(name).is_some() {
-                continue;
-            }
-            match schema.get("additionalProperties") {
-                Some(extra) if extra.is_object() => check(doc, extra, v, &format!("{at}.{name}"), errors),
-                Some(Value::Bool(true)) => {}
-                _ if schema.get("properties").is_none() => {}
-                _ => errors.push(format!("{at}: the field {name:?} is not in the schema")),
-            }
-        }
-    }
-    if let (Some(items), Some(list)) = (schema.get("items"), value.as_array()) {
-        for (i, v) in list.iter().enumerate() {
-            check(doc, items, v, &format!("{at}[{i}]"), errors);
-        }
-    }
+    Value::Object(converted)
+}
+
+/// Every way `value` departs from the schema `components.schemas.<name>`
+/// of the OpenAPI document `doc`, each with its path in `value`.
+fn schema_errors(doc: &Value, name: &str, value: &Value) -> Vec<String> {
+    let schemas: Map<String, Value> = doc["components"]["schemas"]
+        .as_object()
+        .expect("the OpenAPI document has components.schemas")
+        .iter()
+        .map(|(n, s)| (n.clone(), json_schema(s)))
+        .collect();
+    let root = json!({ "$ref": format!("#/components/schemas/{name}"), "components": { "schemas": schemas } });
+    let validator = jsonschema::draft4::new(&root).unwrap_or_else(|e| panic!("the {name} schema: {e}"));
+    validator.iter_errors(value).map(|e| format!("{name}{}: {e}", e.instance_path())).collect()
 }
 
 fn assert_matches_schema(doc: &Value, name: &str, value: &Value) {
-    let mut errors = Vec::new();
-    check(doc, &json!({ "$ref": format!("#/components/schemas/{name}") }), value, name, &mut errors);
+    let errors = schema_errors(doc, name, value);
     assert!(errors.is_empty(), "the answer does not match the {name} schema:\n{}\n{value:#}", errors.join("\n"));
+}
+
+/// The conversion keeps the old checker's strictness: each departure below
+/// is caught, through `$ref`, `allOf` and `nullable`, and a right answer
+/// passes.
+#[test]
+fn the_schema_check_refuses_missing_mistyped_null_and_extra_fields() {
+    let doc = json!({ "components": { "schemas": {
+        "Node": {
+            "type": "object",
+            "required": ["id", "role", "disk", "labels"],
+            "properties": {
+                "id": { "type": "integer", "minimum": 0 },
+                "role": { "type": "string", "enum": ["leader", "follower"], "nullable": true },
+                "disk": { "allOf": [{ "$ref": "#/components/schemas/Disk" }], "nullable": true },
+                "labels": { "type": "object", "additionalProperties": { "type": "string" } },
+            },
+        },
+        "Disk": {
+            "type": "object",
+            "required": ["free"],
+            "properties": { "free": { "type": "integer" } },
+        },
+    } } });
+    let valid = json!({ "id": 1, "role": "leader", "disk": { "free": 5 }, "labels": { "zone": "a" } });
+    assert_eq!(schema_errors(&doc, "Node", &valid), Vec::<String>::new());
+    let nulls = json!({ "id": 1, "role": null, "disk": null, "labels": {} });
+    assert_eq!(schema_errors(&doc, "Node", &nulls), Vec::<String>::new(), "nullable fields take null");
+
+    let wrong = |change: &dyn Fn(&mut Value), at: &str| {
+        let mut value = valid.clone();
+        change(&mut value);
+        let errors = schema_errors(&doc, "Node", &value);
+        assert!(
+            errors.iter().any(|e| e.starts_with(&format!("Node{at}: "))),
+            "{value} passed or erred elsewhere: {errors:?}"
+        );
+    };
+    wrong(&|v| _ = v.as_object_mut().expect("object").remove("id"), "");
+    wrong(&|v| _ = v["disk"].as_object_mut().expect("object").remove("free"), "/disk");
+    wrong(&|v| v["id"] = json!("1"), "/id");
+    wrong(&|v| v["id"] = json!(1.0), "/id");
+    wrong(&|v| v["id"] = json!(-1), "/id");
+    wrong(&|v| v["role"] = json!("boss"), "/role");
+    wrong(&|v| v["labels"]["zone"] = json!(7), "/labels/zone");
+    wrong(&|v| v["id"] = Value::Null, "/id");
+    // Inside a nullable field, its `anyOf` is what fails.
+    wrong(&|v| v["disk"]["free"] = Value::Null, "/disk");
+    wrong(&|v| v["extra"] = json!(true), "");
+    wrong(&|v| v["disk"]["extra"] = json!(true), "/disk");
 }
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("{v} is not a whole number"))
 }
 
-/// Prometheus text: every sample as `name{labels}` → value; panics on a
-/// line that is not valid exposition format or a sample without a TYPE.
+/// Prometheus text, read by prometheus-parse: every sample as
+/// `name{labels}` (labels sorted by name) → value, a histogram's buckets as
+/// `name_bucket{labels,le="bound"}`. prometheus-parse skips what it cannot
+/// read, so every line is first checked to be one it reads (HELP, TYPE,
+/// sample or blank), with a number for its value and a TYPE for its family:
+/// panics otherwise. No summaries: their `_sum` and `_count` would have no
+/// TYPE of their own.
 fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
-    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut typed = BTreeSet::new();
+    for line in text.lines() {
+        match LineInfo::parse(line) {
+            LineInfo::Empty | LineInfo::Doc { .. } => {}
+            // prometheus-parse files a histogram's TYPE under its `_bucket`
+            // series, the family as the alias; `_sum` and `_count` are the
+            // family's too.
+            LineInfo::Type { metric_name, metric_alias, .. } => {
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"]
+                        .contains(&line.rsplit(' ').next().unwrap_or_default()),
+                    "unknown metric type in {line:?}"
+                );
+                typed.extend(metric_alias.iter().flat_map(|f| [format!("{f}_sum"), format!("{f}_count")]));
+                typed.insert(metric_name);
+            }
+            LineInfo::Sample { metric_name, value, .. } => {
+                assert!(value.parse::<f64>().is_ok(), "not a number in {line:?}");
+                assert!(
+                    metric_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "bad metric name in {line:?}"
+                );
+                assert!(typed.contains(metric_name), "{metric_name} has no # TYPE line");
+            }
+            LineInfo::Ignored => panic!("not a line of Prometheus text: {line:?}"),
+        }
+    }
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("reading a string cannot fail");
+    let series = |name: &str, labels: &[String]| match labels.join(",") {
+        labels if labels.is_empty() => name.to_owned(),
+        labels => format!("{name}{{{labels}}}"),
+    };
     let mut samples = BTreeMap::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("bad TYPE line {line:?}"));
-            assert!(
-                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
-                "unknown metric type in {line:?}"
-            );
-            types.insert(name.to_string(), kind.to_string());
-            continue;
+    for sample in scrape.samples {
+        let mut labels: Vec<String> = sample.labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        labels.sort();
+        match sample.value {
+            PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => {
+                samples.insert(series(&sample.metric, &labels), v);
+            }
+            PromValue::Histogram(buckets) => {
+                for bucket in buckets {
+                    let le = if bucket.less_than == f64::INFINITY {
+                        "+Inf".to_owned()
+                    } else {
+                        bucket.less_than.to_string()
+                    };
+                    let labels = [labels.clone(), vec![format!("le=\"{le}\"")]].concat();
+                    samples.insert(series(&format!("{}_bucket", sample.metric), &labels), bucket.count);
+                }
+            }
+            PromValue::Summary(_) => panic!("{} is a summary, whose _sum and _count have no TYPE", sample.metric),
         }
-        if line.starts_with('#') {
-            assert!(line.starts_with("# HELP "), "a comment that is neither HELP nor TYPE: {line:?}");
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample without a value: {line:?}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number in {line:?}"));
-        let name = series.split('{').next().unwrap_or_default();
-        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad metric name in {line:?}");
-        if series.contains('{') {
-            assert!(series.ends_with('}'), "unclosed labels in {line:?}");
-        }
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram")))
-            .unwrap_or(name);
-        assert!(types.contains_key(family), "{name} has no # TYPE line");
-        samples.insert(series.to_string(), value);
     }
     samples
+}
+
+/// What the tests read from /metrics comes out, and text the old parser
+/// refused is still refused.
+#[test]
+fn the_metrics_parser_reads_exposition_text_and_refuses_anything_else() {
+    let text = "# HELP keel_io_bytes_total Bytes.\n# TYPE keel_io_bytes_total counter\n\
+                keel_io_bytes_total{op=\"write\"} 10\nkeel_io_bytes_total{op=\"read\"} 4\n\n\
+                # TYPE keel_raft_term gauge\nkeel_raft_term 2\n\
+                # TYPE keel_flush_duration_seconds histogram\n\
+                keel_flush_duration_seconds_bucket{le=\"0.005\"} 1\n\
+                keel_flush_duration_seconds_bucket{le=\"+Inf\"} 3\n\
+                keel_flush_duration_seconds_sum 0.5\nkeel_flush_duration_seconds_count 3\n";
+    let expected: BTreeMap<String, f64> = [
+        ("keel_io_bytes_total{op=\"write\"}", 10.0),
+        ("keel_io_bytes_total{op=\"read\"}", 4.0),
+        ("keel_raft_term", 2.0),
+        ("keel_flush_duration_seconds_bucket{le=\"0.005\"}", 1.0),
+        ("keel_flush_duration_seconds_bucket{le=\"+Inf\"}", 3.0),
+        ("keel_flush_duration_seconds_sum", 0.5),
+        ("keel_flush_duration_seconds_count", 3.0),
+    ]
+    .into_iter()
+    .map(|(series, value)| (series.to_owned(), value))
+    .collect();
+    assert_eq!(parse_metrics(text), expected);
+
+    for bad in [
+        "keel_untyped 1",
+        "# TYPE keel_a counter\nkeel_a one",
+        "# TYPE keel_a counter\nkeel_a{op=\"x\" 1",
+        "# TYPE keel_a counters\nkeel_a 1",
+        "# a comment that is neither HELP nor TYPE",
+        "# TYPE keel_h histogram\nkeel_h_total 1",
+        "# TYPE keel_a counter\nkeel_a=1",
+    ] {
+        assert!(std::panic::catch_unwind(|| parse_metrics(bad)).is_err(), "{bad:?} was read");
+    }
 }
 
 fn metric(samples: &BTreeMap<String, f64>, series: &str) -> f64 {

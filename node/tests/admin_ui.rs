@@ -1,8 +1,8 @@
-//! The admin web page in a real browser (headless chromium through
-//! chromedriver, `common::webdriver`) against a real three-node cluster: it
-//! shows the three nodes with the one leader the cluster agreed on, and when
-//! a node is killed the page marks that node unreachable while the two
-//! others, and a leader among them, stay on it. Screenshots of both states
+//! The admin web page in a real browser (headless chromium driven through
+//! chromedriver by fantoccini, `common::webdriver`) against a real
+//! three-node cluster: it shows the three nodes with the one leader the
+//! cluster agreed on, and when a node is killed the page marks that node
+//! unreachable while the two others, and a leader among them, stay on it. Screenshots of both states
 //! are saved under the target dir for a human to look at.
 //!
 //! The page's contract with this test: `<table id="nodes">` holds one
@@ -51,8 +51,8 @@ const READ_ROWS: &str = "return Array.from(document.querySelectorAll('#nodes tr.
     text: row.innerText,
 }));";
 
-fn read_rows(session: &Session) -> Result<Vec<Row>, String> {
-    let value = session.execute(READ_ROWS, Vec::new())?;
+async fn read_rows(session: &Session<'_>) -> Result<Vec<Row>, String> {
+    let value = session.execute(READ_ROWS, Vec::new()).await?;
     let rows = value.as_array().ok_or_else(|| format!("the row script returned no list: {value}"))?;
     Ok(rows
         .iter()
@@ -110,7 +110,7 @@ fn check(rows: &[Row], ids: &[u64], live: &[u64], leader: u64) -> Result<(), Str
 async fn wait_for_page(session: &Session<'_>, what: &str, check: impl Fn(&[Row]) -> Result<(), String>) -> Vec<Row> {
     let deadline = Instant::now() + PAGE_TIMEOUT;
     loop {
-        let (rows, reason) = match read_rows(session) {
+        let (rows, reason) = match read_rows(session).await {
             Ok(rows) => match check(&rows) {
                 Ok(()) => return rows,
                 Err(reason) => (rows, reason),
@@ -125,12 +125,12 @@ async fn wait_for_page(session: &Session<'_>, what: &str, check: impl Fn(&[Row])
             if rows.is_empty() {
                 report.push_str("  (no #nodes tr.node rows)\n");
             }
-            let screenshot = save_screenshot(session, "admin-ui-failed.png");
-            let source = match session.page_source() {
+            let screenshot = save_screenshot(session, "admin-ui-failed.png").await;
+            let source = match session.page_source().await {
                 Ok(source) => source_excerpt(&source),
                 Err(error) => format!("(no page source: {error})"),
             };
-            let url = session.url().unwrap_or_else(|error| format!("(no url: {error})"));
+            let url = session.url().await.unwrap_or_else(|error| format!("(no url: {error})"));
             panic!(
                 "the page at {url} did not show {what} within {PAGE_TIMEOUT:?}: {reason}\n\
                  rows:\n{report}screenshot: {screenshot}\npage source:\n{source}"
@@ -157,9 +157,9 @@ fn target_dir() -> PathBuf {
 
 /// Saves a screenshot as `name` in the target dir; returns its path, or
 /// why it could not (a screenshot is evidence, not what the test checks).
-fn save_screenshot(session: &Session, name: &str) -> String {
+async fn save_screenshot(session: &Session<'_>, name: &str) -> String {
     let path = target_dir().join(name);
-    let saved = session.screenshot_png().and_then(|png| {
+    let saved = session.screenshot_png().await.and_then(|png| {
         std::fs::create_dir_all(target_dir()).map_err(|e| format!("create {}: {e}", target_dir().display()))?;
         std::fs::write(&path, png).map_err(|e| format!("write {}: {e}", path.display()))
     });
@@ -185,9 +185,6 @@ async fn serving(admin: &str, path: &str) -> http::Response {
     }
 }
 
-// The WebDriver calls block, but briefly and only this test's own thread:
-// the cluster's nodes are processes, and no task here needs the runtime
-// while they run.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_shows_the_nodes_and_marks_a_killed_one_unreachable() {
     // Phase 1: a three-node cluster agrees on a leader, and node 1's admin
@@ -204,16 +201,16 @@ async fn the_page_shows_the_nodes_and_marks_a_killed_one_unreachable() {
     // Phase 2: in a browser the page lists the three nodes, the agreed
     // leader as the one leader, none unreachable.
     let driver = Chromedriver::start();
-    let session = Session::new(&driver).unwrap_or_else(|error| panic!("start a browser session: {error}"));
+    let session = Session::new(&driver).await.unwrap_or_else(|error| panic!("start a browser session: {error}"));
     let url = format!("http://{admin}/");
-    session.goto(&url).unwrap_or_else(|error| panic!("open {url}: {error}"));
+    session.goto(&url).await.unwrap_or_else(|error| panic!("open {url}: {error}"));
     let all = [1, 2, 3];
     let rows = wait_for_page(&session, &format!("three healthy nodes led by node{leader}"), |rows| {
         check(rows, &all, &all, leader)
     })
     .await;
     println!("healthy page: {rows:?}");
-    println!("screenshot of the healthy page: {}", save_screenshot(&session, "admin-ui-healthy.png"));
+    println!("screenshot of the healthy page: {}", save_screenshot(&session, "admin-ui-healthy.png").await);
 
     // Phase 3: node 3 is killed; the page marks it unreachable, keeps the
     // other two, and shows the leader they agree on (another one if node 3
@@ -228,7 +225,7 @@ async fn the_page_shows_the_nodes_and_marks_a_killed_one_unreachable() {
     .await;
     let killed = row(&rows, KILLED).expect("checked");
     println!("node{KILLED}'s row once killed: {:?}", killed.text);
-    println!("screenshot with node{KILLED} killed: {}", save_screenshot(&session, "admin-ui.png"));
+    println!("screenshot with node{KILLED} killed: {}", save_screenshot(&session, "admin-ui.png").await);
 
     // The page's own view agrees with the API it reads.
     let view = http::get(&admin, "/api/v1/cluster").unwrap_or_else(|error| panic!("node1's admin server: {error}"));

@@ -1,27 +1,30 @@
-//! A minimal W3C WebDriver client for browser tests: it starts Debian's
-//! `chromedriver` and drives a headless `chromium` through it, over the
-//! blocking client in `http.rs` (chromedriver speaks plain HTTP with JSON
-//! bodies). Just the commands the tests use; see
-//! <https://www.w3.org/TR/webdriver2/> for the rest.
+//! Browser tests' WebDriver: starts Debian's `chromedriver` on a free port
+//! and drives a headless `chromium` through it with the `fantoccini` crate,
+//! a maintained W3C WebDriver client, instead of commands of our own.
+//! fantoccini runs without TLS (chromedriver speaks plain HTTP on
+//! localhost), over hyper-util's plain connector.
 //!
 //! A missing `chromedriver` or `chromium` panics with the packages to install:
 //! a browser test never skips itself silently. `.ci/run` installs them.
 //!
 //! chromedriver runs in its own process group, with the browsers it starts;
 //! dropping the `Chromedriver` SIGKILLs that whole group, so no browser
-//! outlives a test, a failed one included. Dropping a `Session` first ends
-//! it politely (`DELETE /session/{id}`), and a `Session` borrows its
+//! outlives a test, a failed one included. A `Session` borrows its
 //! `Chromedriver`, so it is dropped first.
 
+use std::fmt;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::marker::PhantomData;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
+use fantoccini::wd::Capabilities;
+use fantoccini::{Client, ClientBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
 use super::http;
@@ -35,8 +38,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// A few tries, in case another process takes the free port we picked
 /// before chromedriver binds it.
 const START_ATTEMPTS: usize = 3;
-/// The key under which W3C WebDriver wraps an element reference.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 const INSTALL_HINT: &str = "the browser tests need Debian's chromium and chromedriver: \
                             apt-get install chromium chromium-driver (.ci/run installs them)";
 
@@ -130,130 +131,70 @@ impl Drop for Chromedriver {
     }
 }
 
-/// A WebDriver element reference, valid while its element is in the page.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ElementId(pub String);
-
-/// One browser session (one headless chromium); ended on drop.
+/// One browser session (one headless chromium), a fantoccini client whose
+/// every command is bounded by a timeout: fantoccini itself waits as long as
+/// chromedriver takes. Dropping it lets fantoccini end the session
+/// (`DELETE /session/{id}`) in the background; it borrows its `Chromedriver`,
+/// whose drop kills whatever is left.
 pub struct Session<'d> {
-    driver: &'d Chromedriver,
-    id: String,
+    client: Client,
+    _driver: PhantomData<&'d Chromedriver>,
 }
 
 impl<'d> Session<'d> {
     /// Starts a headless chromium with a 1400×1000 window.
-    pub fn new(driver: &'d Chromedriver) -> Result<Session<'d>, String> {
-        let capabilities = json!({
-            "capabilities": {
-                "alwaysMatch": {
-                    "browserName": "chrome",
-                    "goog:chromeOptions": {
-                        "binary": driver.chromium.display().to_string(),
-                        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"],
-                    },
-                },
-            },
+    pub async fn new(driver: &'d Chromedriver) -> Result<Session<'d>, String> {
+        let options = json!({
+            "binary": driver.chromium.display().to_string(),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"],
         });
-        let value = command(&driver.addr, "POST", "/session", Some(&capabilities), NEW_SESSION_TIMEOUT)?;
-        let id = value["sessionId"].as_str().ok_or_else(|| format!("new session: no sessionId in {value}"))?;
-        Ok(Session { driver, id: id.to_owned() })
+        let capabilities = Capabilities::from_iter([
+            ("browserName".to_owned(), json!("chrome")),
+            ("goog:chromeOptions".to_owned(), options),
+        ]);
+        let url = format!("http://{}", driver.addr);
+        let mut builder = ClientBuilder::new(HttpConnector::new());
+        builder.capabilities(capabilities);
+        let client = bounded("new session", NEW_SESSION_TIMEOUT, builder.connect(&url)).await?;
+        Ok(Session { client, _driver: PhantomData })
     }
 
     /// Navigates to `url` and waits for its load event.
-    pub fn goto(&self, url: &str) -> Result<(), String> {
-        self.post("/url", &json!({ "url": url })).map(drop)
+    pub async fn goto(&self, url: &str) -> Result<(), String> {
+        bounded("goto", COMMAND_TIMEOUT, self.client.goto(url)).await
     }
 
     /// The current page's URL.
-    pub fn url(&self) -> Result<String, String> {
-        string(self.get("/url")?, "url")
-    }
-
-    /// Every element matching the CSS selector, in document order (none is
-    /// not an error).
-    pub fn find_all(&self, css: &str) -> Result<Vec<ElementId>, String> {
-        let value = self.post("/elements", &json!({ "using": "css selector", "value": css }))?;
-        let elements = value.as_array().ok_or_else(|| format!("find {css:?}: not a list: {value}"))?;
-        elements
-            .iter()
-            .map(|element| match element[ELEMENT_KEY].as_str() {
-                Some(id) => Ok(ElementId(id.to_owned())),
-                None => Err(format!("find {css:?}: not an element reference: {element}")),
-            })
-            .collect()
-    }
-
-    /// The element's attribute `name`, `None` if it has none.
-    pub fn attribute(&self, element: &ElementId, name: &str) -> Result<Option<String>, String> {
-        match self.get(&format!("/element/{}/attribute/{name}", element.0))? {
-            Value::Null => Ok(None),
-            Value::String(value) => Ok(Some(value)),
-            other => Err(format!("attribute {name:?}: not a string: {other}")),
-        }
-    }
-
-    /// The element's rendered text, as a user sees it.
-    pub fn text(&self, element: &ElementId) -> Result<String, String> {
-        string(self.get(&format!("/element/{}/text", element.0))?, "text")
+    pub async fn url(&self) -> Result<String, String> {
+        bounded("url", COMMAND_TIMEOUT, self.client.current_url()).await.map(String::from)
     }
 
     /// Runs `script` as the body of a function called with `args` and returns
     /// what it returns (a JSON value; elements come back as references).
-    pub fn execute(&self, script: &str, args: Vec<Value>) -> Result<Value, String> {
-        self.post("/execute/sync", &json!({ "script": script, "args": args }))
+    pub async fn execute(&self, script: &str, args: Vec<Value>) -> Result<Value, String> {
+        bounded("execute", COMMAND_TIMEOUT, self.client.execute(script, args)).await
     }
 
     /// A PNG of the viewport.
-    pub fn screenshot_png(&self) -> Result<Vec<u8>, String> {
-        let encoded = string(self.get("/screenshot")?, "screenshot")?;
-        base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| format!("screenshot: bad base64: {e}"))
+    pub async fn screenshot_png(&self) -> Result<Vec<u8>, String> {
+        bounded("screenshot", COMMAND_TIMEOUT, self.client.screenshot()).await
     }
 
     /// The current DOM serialized as HTML (after scripts changed it).
-    pub fn page_source(&self) -> Result<String, String> {
-        string(self.get("/source")?, "source")
-    }
-
-    fn get(&self, path: &str) -> Result<Value, String> {
-        command(&self.driver.addr, "GET", &format!("/session/{}{path}", self.id), None, COMMAND_TIMEOUT)
-    }
-
-    fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
-        command(&self.driver.addr, "POST", &format!("/session/{}{path}", self.id), Some(body), COMMAND_TIMEOUT)
+    pub async fn page_source(&self) -> Result<String, String> {
+        bounded("source", COMMAND_TIMEOUT, self.client.source()).await
     }
 }
 
-impl Drop for Session<'_> {
-    fn drop(&mut self) {
-        // Quits the browser. A failure leaves it to the Chromedriver's drop,
-        // which kills the browser with it.
-        let path = format!("/session/{}", self.id);
-        let _ = command(&self.driver.addr, "DELETE", &path, None, Duration::from_secs(10));
-    }
-}
-
-/// One WebDriver command: its `value` on success, else WebDriver's error
-/// and message.
-fn command(addr: &str, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> Result<Value, String> {
-    let body = body.map(Value::to_string);
-    let headers: &[(&str, &str)] =
-        if body.is_some() { &[("Content-Type", "application/json; charset=utf-8")] } else { &[] };
-    let response =
-        http::request_with_timeout(addr, method, path, headers, body.as_deref().map(str::as_bytes), timeout)?;
-    let mut answer = response.try_json().map_err(|e| format!("{method} {path}: {e}"))?;
-    let value = answer["value"].take();
-    if response.status != 200 {
-        let error = value["error"].as_str().unwrap_or("(no error code)");
-        let message = value["message"].as_str().unwrap_or("(no message)");
-        return Err(format!("{method} {path}: HTTP {}: {error}: {message}", response.status));
-    }
-    Ok(value)
-}
-
-fn string(value: Value, what: &str) -> Result<String, String> {
-    match value {
-        Value::String(text) => Ok(text),
-        other => Err(format!("{what}: not a string: {}", http::excerpt(&other.to_string(), 500))),
+/// `call`'s result, or an error naming `what` once `timeout` has passed.
+async fn bounded<T, E: fmt::Display>(
+    what: &str,
+    timeout: Duration,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(|e| format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer from chromedriver within {timeout:?}")),
     }
 }
 
