@@ -118,10 +118,10 @@ impl Chromedriver {
 
 impl Drop for Chromedriver {
     fn drop(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) touches no memory. The child is not reaped yet,
-            // so its pid, which is also its group's id, is still ours.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        // The child is not reaped yet, so its pid, which is also its
+        // group's id, is still ours.
+        if let Some(group) = i32::try_from(self.child.id()).ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
         let _ = self.child.kill();
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -377,11 +377,16 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes, empty_ok: bool) -> Ap
         return Err(ApiError::bad_request("the request body is empty; it must be a JSON object"));
     }
     let text: &[u8] = if empty { b"{}" } else { body };
-    serde_json::from_slice(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-            ApiError::bad_request(format!("the body is not valid JSON: {e}"))
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(text)).map_err(|e| {
+        let (path, e) = (e.path().to_string(), e.into_inner());
+        match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                ApiError::bad_request(format!("the body is not valid JSON: {e}"))
+            }
+            // `.` is the body itself (a missing or unknown field names itself).
+            _ if path == "." => ApiError::bad_request(format!("the body: {e}")),
+            _ => ApiError::bad_request(format!("{path}: {e}")),
         }
-        _ => ApiError::bad_request(format!("the body: {e}")),
     })
 }
 
@@ -657,14 +662,17 @@ mod tests {
             ("{\"id\": 4,", "not valid JSON"),
             ("{not json", "not valid JSON"),
             (r#"{"addr": "n4:1"}"#, "missing field `id`"),
-            (r#"{"id": "four", "addr": "n4:1"}"#, "string \"four\", expected u64"),
+            (r#"{"id": "four", "addr": "n4:1"}"#, "id: invalid type: string \"four\", expected u64"),
             (r#"{"id": 0, "addr": "n4:1"}"#, "id: 0"),
-            (r#"{"id": -3, "addr": "n4:1"}"#, "integer `-3`, expected u64"),
+            (r#"{"id": -3, "addr": "n4:1"}"#, "id: invalid value: integer `-3`, expected u64"),
             (r#"{"id": 4}"#, "missing field `addr`"),
-            (r#"{"id": 4, "addr": 9091}"#, "integer `9091`, expected a string"),
+            (r#"{"id": 4, "addr": 9091}"#, "addr: invalid type: integer `9091`, expected a string"),
             (r#"{"id": 4, "addr": "n4"}"#, "addr: \"n4\""),
             (r#"{"id": 4, "addr": "n4:99999"}"#, "addr: \"n4:99999\""),
-            (r#"{"id": 4, "addr": "n4:1", "promote": "yes"}"#, "string \"yes\", expected a boolean"),
+            (
+                r#"{"id": 4, "addr": "n4:1", "promote": "yes"}"#,
+                "promote: invalid type: string \"yes\", expected a boolean",
+            ),
             (
                 r#"{"id": 4, "addr": "n4:1", "promte": true}"#,
                 "unknown field `promte`, expected one of `id`, `addr`, `promote`",
