@@ -183,21 +183,7 @@ impl Segment {
         salt: u32,
     ) -> std::io::Result<Self> {
         let map = file.map()?;
-        Ok(Self {
-            first,
-            path,
-            file,
-            map,
-            capacity,
-            salt,
-            positions: Positions::Memory(Vec::new()),
-            times: Vec::new(),
-            max_ts: 0,
-            end: format::SEGMENT_HEADER_BYTES as u64,
-            last_term: None,
-            sealed: false,
-            last_time_entry_at: 0,
-        })
+        Ok(Self::from_scan(first, path, file, map, capacity, salt, Scan::empty()))
     }
 
     /// A segment whose records were found by [`scan`].

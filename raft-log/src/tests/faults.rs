@@ -50,9 +50,7 @@ async fn power_loss_run(policy: FlushPolicy, seed: u64) -> (u64, u64) {
     let last = store.log_state().1.map_or(0, |p| p.index);
     assert_eq!(store.read_vote(), Some(vote), "{policy} seed {seed}: vote lost");
     assert!(last >= synced_before, "{policy} seed {seed}: durable entries lost: last {last} < {synced_before}");
-    for i in 1..=last {
-        assert_entry(&store, 1, i, LEN);
-    }
+    assert_entries(&store, 1..=last, LEN);
     (last, next - 1 - last)
 }
 
@@ -120,9 +118,7 @@ async fn power_loss_keeps_the_fsynced_index(policy: FlushPolicy, seed: u64) -> (
     let last = store.log_state().1.map_or(0, |p| p.index);
     assert_eq!(store.read_vote(), Some(vote), "{policy} seed {seed}: vote lost");
     assert!(last >= durable, "{policy} seed {seed}: fsynced entries lost: last {last} < fsynced {durable}");
-    for i in 1..=last {
-        assert_entry(&store, 1, i, LEN);
-    }
+    assert_entries(&store, 1..=last, LEN);
     (durable, last, next - 1 - last)
 }
 
@@ -171,9 +167,7 @@ async fn an_fsync_eio_fail_stops_the_store_and_no_callback_reports_success() {
     fs.power_on();
     let store = open_fault(&fs, c).await.expect("reopen");
     assert_eq!(store.log_state().1.map(|p| p.index), Some(3));
-    for i in 1..=3 {
-        assert_entry(&store, 1, i, LEN);
-    }
+    assert_entries(&store, 1..=3, LEN);
     append_flushed(&store, vec![record(2, 4, LEN)]).await.expect("writes resume after restart");
 }
 
@@ -230,9 +224,7 @@ async fn an_eio_failpoint_on_pwrite_or_fdatasync_fail_stops_naming_the_file_and_
         let store = Store::open(c).await.expect("reopen");
         let last = store.log_state().1.map(|p| p.index).expect("entries survive");
         assert!(last >= 3, "{op}: synced entries lost: last {last}");
-        for i in 1..=3 {
-            assert_entry(&store, 1, i, LEN);
-        }
+        assert_entries(&store, 1..=3, LEN);
         append_flushed(&store, vec![record(2, last + 1, LEN)]).await.expect("writes resume after restart");
     }
 }
@@ -343,9 +335,7 @@ async fn close_syncs_everything_stops_the_actors_and_releases_the_directory() {
     fs.power_loss(None);
     fs.power_on();
     let store = open_fault(&fs, c).await.expect("reopen at once: the lock was released");
-    for i in 1..=30 {
-        assert_entry(&store, 1, i, LEN);
-    }
+    assert_entries(&store, 1..=30, LEN);
 }
 
 /// A restart without a reboot (the process died, the machine did not):
@@ -375,9 +365,7 @@ async fn a_restart_without_reboot_makes_what_recovery_read_durable() {
     // Phase 3: now the power goes. Everything published as fsynced survives.
     let store = crash_and_reopen(&fs, store, c).await.expect("reopen after power loss");
     assert_eq!(store.log_state().1.map(|p| p.index), Some(35), "entries published as fsynced were lost");
-    for i in 1..=35 {
-        assert_entry(&store, 1, i, LEN);
-    }
+    assert_entries(&store, 1..=35, LEN);
 }
 
 /// A crash in the middle of a truncation must not bring back the stale
@@ -566,9 +554,7 @@ async fn batch_flush_completes_appends_with_the_batchs_fsync_and_counts_messages
     assert_eq!(store.flush_stats().unsynced_entries, 0);
     // Phase: the power goes now; every completed append survives.
     let store = crash_and_reopen(&fs, store, c).await.expect("reopen");
-    for i in 1..=5 {
-        assert_entry(&store, 1, i, LEN);
-    }
+    assert_entries(&store, 1..=5, LEN);
 }
 
 /// A batch that never fills is synced, and its appends completed, once

@@ -104,6 +104,13 @@ pub fn assert_entry(store: &Store, term: u64, index: u64, len: usize) {
     assert_eq!(r.payload.as_ref(), payload(index, term, len).as_slice(), "payload of entry {index}");
 }
 
+/// Every entry `indexes` of term 1 and length `len`, as [`assert_entry`].
+pub fn assert_entries(store: &Store, indexes: std::ops::RangeInclusive<u64>, len: usize) {
+    for index in indexes {
+        assert_entry(store, 1, index, len);
+    }
+}
+
 /// Cut the power under `store` (every unsynced write lost), drop it, restore
 /// power with no faults armed, and open the directory again.
 pub async fn crash_and_reopen(fs: &FaultFs, store: Store, c: StoreConfig) -> Result<Store, Error> {
