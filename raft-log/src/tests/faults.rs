@@ -8,6 +8,17 @@ use crate::format::{LogPos, MetaVote};
 
 const LEN: usize = 150;
 
+/// A 4 KiB-segment store config in a temp dir over a fault layer, its
+/// batches small and its interval short, so a power cut lands between syncs.
+fn quick_flushing(policy: FlushPolicy) -> (tempfile::TempDir, FaultFs, StoreConfig) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = config(dir.path(), 4096, policy);
+    c.flush.batch_size = 7;
+    c.flush.commitlog_interval = 13;
+    c.flush.interval_ms = 2;
+    (dir, FaultFs::new(), c)
+}
+
 /// Phase 1: writers append while the flusher syncs; the power fails at a
 /// random point, tearing the newest write. Phase 2: reopen and check that
 /// everything at or below the fsynced index published before the cut (and,
@@ -15,12 +26,8 @@ const LEN: usize = 150;
 /// intact, and that the vote survived. Entries above it may be gone: counted.
 async fn power_loss_run(policy: FlushPolicy, seed: u64) -> (u64, u64) {
     let mut rng = Rng::new(seed);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fs = FaultFs::new();
-    let mut c = config(dir.path(), 4096, policy);
-    c.flush.batch_size = 7;
-    c.flush.commitlog_interval = 13;
-    c.flush.interval_ms = 2;
+    // `_dir` holds the temp dir until the run ends.
+    let (_dir, fs, c) = quick_flushing(policy);
     let store = open_fault(&fs, c.clone()).await.expect("open");
     let vote = MetaVote { term: 3, voted_for: Some(2), committed: true };
     store.save_vote(vote).await.expect("vote");
@@ -89,12 +96,8 @@ async fn power_loss_under_batch_flush_keeps_every_acknowledged_entry() {
 /// index: every entry at or below it survives.
 async fn power_loss_keeps_the_fsynced_index(policy: FlushPolicy, seed: u64) -> (u64, u64, u64) {
     let mut rng = Rng::new(seed);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fs = FaultFs::new();
-    let mut c = config(dir.path(), 4096, policy);
-    c.flush.batch_size = 7;
-    c.flush.commitlog_interval = 13;
-    c.flush.interval_ms = 2;
+    // `_dir` holds the temp dir until the run ends.
+    let (_dir, fs, c) = quick_flushing(policy);
     let store = open_fault(&fs, c.clone()).await.expect("open");
     let vote = MetaVote { term: 9, voted_for: Some(1), committed: false };
     store.save_vote(vote).await.expect("vote");
