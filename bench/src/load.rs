@@ -120,7 +120,8 @@ pub struct Point {
     pub duration: Duration,
 }
 
-#[derive(Debug, Clone)]
+/// One point's figures; a results row carries them as they are (flattened).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Measured {
     pub duration_s: f64,
     pub msgs_per_s: f64,
@@ -129,6 +130,7 @@ pub struct Measured {
     pub p99_us: u64,
     pub p999_us: u64,
     pub errors: u64,
+    #[serde(skip)]
     pub first_error: Option<String>,
 }
 

@@ -40,7 +40,7 @@ fn series(report: &Report) -> Vec<Series<'_>> {
             let mut rows: Vec<&Row> = report
                 .results
                 .iter()
-                .filter(|r| r.series == series && r.flush == flush && r.size == SIZE && r.msgs_per_s > 0.0)
+                .filter(|r| r.series == series && r.flush == flush && r.size == SIZE && r.measured.msgs_per_s > 0.0)
                 .collect();
             if rows.is_empty() {
                 continue;
@@ -79,7 +79,7 @@ pub fn render(report: &Report) -> Result<String> {
             "throughput (messages/s, higher is better)",
             &all,
             max_inflight,
-            |r| r.msgs_per_s,
+            |r| r.measured.msgs_per_s,
             &|y| format!("{y:.0}"),
             true,
         )?;
@@ -88,7 +88,7 @@ pub fn render(report: &Report) -> Result<String> {
             "p99 ack latency (ms, lower is better)",
             &all,
             max_inflight,
-            |r| r.p99_us as f64 / 1000.0,
+            |r| r.measured.p99_us as f64 / 1000.0,
             &|y| if *y < 1.0 { format!("{y:.2}") } else { format!("{y:.0}") },
             false,
         )?;

@@ -52,15 +52,8 @@ pub struct Row {
     pub flush: String,
     pub size: usize,
     pub inflight: usize,
-    pub duration_s: f64,
-    pub msgs_per_s: f64,
-    pub mib_per_s: f64,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub p999_us: u64,
-    pub errors: u64,
-    #[serde(skip)]
-    pub first_error: Option<String>,
+    #[serde(flatten)]
+    pub measured: Measured,
 }
 
 impl Row {
@@ -72,14 +65,11 @@ impl Row {
             flush: cluster.flush.to_string(),
             size,
             inflight,
-            duration_s: m.duration_s,
-            msgs_per_s: (m.msgs_per_s * 10.0).round() / 10.0,
-            mib_per_s: (m.mib_per_s * 100.0).round() / 100.0,
-            p50_us: m.p50_us,
-            p99_us: m.p99_us,
-            p999_us: m.p999_us,
-            errors: m.errors,
-            first_error: m.first_error.clone(),
+            measured: Measured {
+                msgs_per_s: (m.msgs_per_s * 10.0).round() / 10.0,
+                mib_per_s: (m.mib_per_s * 100.0).round() / 100.0,
+                ..m.clone()
+            },
         }
     }
 }
@@ -183,7 +173,7 @@ pub fn sync_tables(report: &Report) -> String {
         for s in &present {
             match find(rows, s, SYNC_FLUSH, size, inflight) {
                 Some(r) => {
-                    let _ = write!(line, " {} ({}) |", thousands(r.msgs_per_s), human_us(r.p99_us));
+                    let _ = write!(line, " {} ({}) |", thousands(r.measured.msgs_per_s), human_us(r.measured.p99_us));
                 }
                 None => line.push_str(" — |"),
             }
@@ -191,11 +181,11 @@ pub fn sync_tables(report: &Report) -> String {
         let best_peer = PEERS
             .iter()
             .filter_map(|s| find(rows, s, SYNC_FLUSH, size, inflight))
-            .max_by(|a, b| a.msgs_per_s.total_cmp(&b.msgs_per_s));
+            .max_by(|a, b| a.measured.msgs_per_s.total_cmp(&b.measured.msgs_per_s));
         for keel in &keels {
             match (find(rows, keel, SYNC_FLUSH, size, inflight), best_peer) {
-                (Some(k), Some(p)) if p.msgs_per_s > 0.0 => {
-                    let _ = write!(line, " {:.2}× ({}) |", k.msgs_per_s / p.msgs_per_s, p.series);
+                (Some(k), Some(p)) if p.measured.msgs_per_s > 0.0 => {
+                    let _ = write!(line, " {:.2}× ({}) |", k.measured.msgs_per_s / p.measured.msgs_per_s, p.series);
                 }
                 _ => line.push_str(" — |"),
             }
@@ -216,12 +206,12 @@ fn detail_table(md: &mut String, rows: &[&Row]) {
             r.flush,
             size_label(r.size),
             r.inflight,
-            thousands(r.msgs_per_s),
-            r.mib_per_s,
-            human_us(r.p50_us),
-            human_us(r.p99_us),
-            human_us(r.p999_us),
-            r.errors
+            thousands(r.measured.msgs_per_s),
+            r.measured.mib_per_s,
+            human_us(r.measured.p50_us),
+            human_us(r.measured.p99_us),
+            human_us(r.measured.p999_us),
+            r.measured.errors
         );
     }
 }
@@ -231,7 +221,7 @@ fn markdown(report: &Report) -> String {
     let mut md = String::new();
     let kind = if report.quick { " (`--quick`)" } else { "" };
     let _ = writeln!(md, "# keel side by side with etcd, NATS JetStream and RabbitMQ — {}{kind}\n", report.date);
-    let duration = report.results.first().map(|r| r.duration_s).unwrap_or(0.0);
+    let duration = report.results.first().map(|r| r.measured.duration_s).unwrap_or(0.0);
     let _ = writeln!(
         md,
         "`bench/compare{}`: one run, one machine, one load generator (`bench/`, keel-bench). Each system is a \
@@ -269,13 +259,13 @@ fn markdown(report: &Report) -> String {
         detail_table(&mut md, &weak);
     }
 
-    if !report.not_measured.is_empty() || report.results.iter().any(|r| r.errors > 0) {
+    if !report.not_measured.is_empty() || report.results.iter().any(|r| r.measured.errors > 0) {
         let _ = writeln!(md, "\n## What did not work\n");
         for s in &report.not_measured {
             let _ =
                 writeln!(md, "- **{} ({})** not (fully) measured: {}", s.series, s.flush, s.reason.replace('\n', " "));
         }
-        for r in report.results.iter().filter(|r| r.errors > 0) {
+        for r in report.results.iter().filter(|r| r.measured.errors > 0) {
             let _ = writeln!(
                 md,
                 "- {} {} {} × {}: {} errors; first: {}",
@@ -283,8 +273,8 @@ fn markdown(report: &Report) -> String {
                 r.flush,
                 size_label(r.size),
                 r.inflight,
-                r.errors,
-                r.first_error.as_deref().unwrap_or("?")
+                r.measured.errors,
+                r.measured.first_error.as_deref().unwrap_or("?")
             );
         }
     }
@@ -371,14 +361,16 @@ pub mod fixtures {
             flush: flush.into(),
             size,
             inflight,
-            duration_s: 1.0,
-            msgs_per_s,
-            mib_per_s: msgs_per_s * size as f64 / (1024.0 * 1024.0),
-            p50_us: p99_us / 2,
-            p99_us,
-            p999_us: p99_us * 2,
-            errors: 0,
-            first_error: None,
+            measured: Measured {
+                duration_s: 1.0,
+                msgs_per_s,
+                mib_per_s: msgs_per_s * size as f64 / (1024.0 * 1024.0),
+                p50_us: p99_us / 2,
+                p99_us,
+                p999_us: p99_us * 2,
+                errors: 0,
+                first_error: None,
+            },
         }
     }
 
