@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 /// A volume's size and free space.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Disk {
     pub total_bytes: u64,
     pub free_bytes: u64,

@@ -37,15 +37,19 @@ const WAIT_MIN: Duration = Duration::from_millis(500);
 const WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// A range this node repaired at start-up, as the admin status shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Repaired {
+    /// First repaired log index.
     pub from: u64,
+    /// Last repaired log index (inclusive).
     pub to: u64,
+    /// The segment file that holds the range.
     pub file: String,
-    /// What was wrong.
+    /// What was wrong (checksum mismatch, records missing, bad segment header).
     pub reason: String,
     /// The peer the entries came from.
     pub source_node: u64,
+    /// Entries rewritten.
     pub entries: u64,
     /// When the repair finished (Unix ms).
     pub repaired_at_ms: u64,

@@ -11,11 +11,13 @@ use sha2::{Digest as _, Sha256};
 /// Payload bytes read from the store per step.
 const READ_BYTES: usize = 8 << 20;
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+/// `GET /api/v1/storage/digest`: the SHA-256 of the committed entries `from..=upto`.
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Digest {
     pub from: u64,
     pub upto: u64,
     pub count: u64,
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub sha256: String,
 }
 

@@ -20,7 +20,7 @@ pub fn refresh(admin: &Admin) {
     gauge!("keel_raft_applied_index").set(s.log.applied.unwrap_or(0) as f64);
     gauge!("keel_raft_last_log_index").set(s.log.last_index.unwrap_or(0) as f64);
     gauge!("keel_raft_durable_index").set(s.log.durable as f64);
-    gauge!("keel_raft_is_leader").set(if s.role == "leader" { 1.0 } else { 0.0 });
+    gauge!("keel_raft_is_leader").set(if s.role == super::status::Role::Leader { 1.0 } else { 0.0 });
     for r in &s.replication {
         gauge!("keel_replication_lag_entries", "peer" => r.node_id.to_string()).set(r.lag_entries as f64);
     }

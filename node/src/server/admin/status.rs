@@ -9,6 +9,7 @@ use keel_raft_log::{LatencySummary, Store};
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::Admin;
 use crate::server::disk::{Disk, disk_usage};
@@ -24,14 +25,20 @@ pub const HISTORY_EVERY: Duration = Duration::from_secs(5);
 /// Points kept: ten minutes.
 pub const HISTORY_POINTS: usize = 120;
 
-#[derive(Debug, Serialize)]
+/// `GET /api/v1/status`: what this node knows of itself.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct NodeStatus {
     pub node_id: u64,
-    /// 16 hex digits; `None` while the node has no cluster id.
+    /// The cluster this node belongs to (16 hex digits), as its data directory records it; null while it has none
+    /// (a new member before its first leader replicated to it, or a cluster initialised before keel kept cluster
+    /// ids).
+    #[schema(required = true, pattern = "^[0-9a-f]{16}$")]
     pub cluster_id: Option<String>,
-    pub role: &'static str,
+    pub role: Role,
     pub term: u64,
+    #[schema(required = true)]
     pub leader_id: Option<u64>,
+    #[schema(required = true)]
     pub leader_addr: Option<String>,
     pub grpc_addr: String,
     pub uptime_ms: u64,
@@ -43,41 +50,66 @@ pub struct NodeStatus {
     pub flush: FlushStatus,
     pub storage: StorageStatus,
     pub advice: Vec<Advice>,
-    /// Damaged log ranges this node repaired from a peer when it started.
+    /// Damaged log ranges this node repaired from a peer when it started (empty for a healthy log).
     pub repairs: Vec<crate::server::repair::Repaired>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// This node's Raft role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Member {
     pub id: u64,
     pub addr: String,
     pub voter: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LogStatus {
+    #[schema(required = true)]
     pub first_index: Option<u64>,
+    #[schema(required = true)]
     pub last_index: Option<u64>,
+    #[schema(required = true)]
     pub committed: Option<u64>,
+    #[schema(required = true)]
     pub applied: Option<u64>,
     pub durable: u64,
+    #[schema(required = true)]
     pub fsynced: Option<u64>,
+    #[schema(required = true)]
     pub snapshot: Option<u64>,
+    #[schema(required = true)]
     pub purged: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Replication {
     pub node_id: u64,
+    #[schema(required = true)]
     pub addr: Option<String>,
+    #[schema(required = true)]
     pub matched: Option<u64>,
     pub lag_entries: u64,
+    #[schema(required = true)]
     pub last_ack_ms_ago: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct FlushStatus {
+    #[schema(schema_with = flush_policy_schema)]
     pub policy: &'static str,
+    /// The `flush.*` keys and their effective values.
+    #[schema(value_type = BTreeMap<String, String>)]
     pub config: BTreeMap<&'static str, String>,
     pub pending_bytes: u64,
     pub pending_entries: u64,
@@ -85,17 +117,18 @@ pub struct FlushStatus {
     pub fsync_us: FsyncLatency,
     pub write_bytes_per_s: f64,
     pub written_bytes_total: u64,
+    #[schema(required = true)]
     pub last_fsync_age_ms: Option<u64>,
     pub history: Vec<HistoryPoint>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct FsyncLatency {
     pub last_minute: Quantiles,
     pub since_start: Quantiles,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct Quantiles {
     pub count: u64,
     pub mean: f64,
@@ -110,41 +143,73 @@ impl From<LatencySummary> for Quantiles {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct HistoryPoint {
     pub t_ms: u64,
     pub fsyncs: u64,
-    /// `None` when no fsync ended in the period.
+    /// null when no fsync ended in the period.
+    #[schema(required = true)]
     pub fsync_p99_us: Option<u64>,
     pub write_bytes_per_s: f64,
     pub pending_bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StorageStatus {
     pub dir: String,
     pub segments: Vec<Segment>,
     pub segment_bytes_total: u64,
+    #[schema(required = true)]
     pub disk: Option<Disk>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Segment {
     pub file: String,
     pub first_index: u64,
+    #[schema(required = true)]
     pub last_index: Option<u64>,
     pub bytes: u64,
     pub capacity_bytes: u64,
     pub sealed: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Advice {
-    pub rule: &'static str,
-    pub severity: &'static str,
+    pub rule: Rule,
+    pub severity: Severity,
     pub measured: f64,
     pub threshold: f64,
     pub message: String,
+}
+
+/// Which rule an [`Advice`] follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    DiskReserve,
+    SlowFlush,
+    DiskUsage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+/// `flush.disk.type`'s values, as `FlushPolicy::as_str` names them.
+fn flush_policy_schema() -> utoipa::openapi::Object {
+    use keel_raft_log::FlushPolicy::{self, AsyncFlush, BatchFlush, SyncFlush};
+    // A new policy fails this match, so the list below cannot miss it.
+    let _every = |p: FlushPolicy| match p {
+        SyncFlush | BatchFlush | AsyncFlush => (),
+    };
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some([SyncFlush, BatchFlush, AsyncFlush].map(FlushPolicy::as_str)))
+        .build()
 }
 
 /// The article's advice, with the value measured. `mean_flush` is the mean
@@ -154,8 +219,8 @@ pub fn advice(mean_flush: Option<(f64, &str)>, disk: Option<Disk>, reserve_bytes
     let mut out = Vec::new();
     if let Some(d) = disk.filter(|d| d.free_bytes < reserve_bytes) {
         out.push(Advice {
-            rule: "disk_reserve",
-            severity: "critical",
+            rule: Rule::DiskReserve,
+            severity: Severity::Critical,
             measured: d.free_bytes as f64,
             threshold: reserve_bytes as f64,
             message: format!(
@@ -170,8 +235,8 @@ pub fn advice(mean_flush: Option<(f64, &str)>, disk: Option<Disk>, reserve_bytes
     }
     if let Some((ms, window)) = mean_flush.filter(|&(ms, _)| ms > SLOW_FLUSH_MS) {
         out.push(Advice {
-            rule: "slow_flush",
-            severity: "warning",
+            rule: Rule::SlowFlush,
+            severity: Severity::Warning,
             measured: (ms * 10.0).round() / 10.0,
             threshold: SLOW_FLUSH_MS,
             message: format!(
@@ -183,8 +248,8 @@ pub fn advice(mean_flush: Option<(f64, &str)>, disk: Option<Disk>, reserve_bytes
     if let Some(d) = disk.filter(|d| d.used_ratio > DISK_USAGE_LIMIT) {
         let percent = d.used_ratio * 100.0;
         out.push(Advice {
-            rule: "disk_usage",
-            severity: if d.used_ratio > 0.95 { "critical" } else { "warning" },
+            rule: Rule::DiskUsage,
+            severity: if d.used_ratio > 0.95 { Severity::Critical } else { Severity::Warning },
             measured: (percent * 10.0).round() / 10.0,
             threshold: DISK_USAGE_LIMIT * 100.0,
             message: format!(
@@ -276,13 +341,13 @@ impl Sampler {
     }
 }
 
-fn role(state: ServerState) -> &'static str {
+fn role(state: ServerState) -> Role {
     match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
+        ServerState::Leader => Role::Leader,
+        ServerState::Follower => Role::Follower,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Learner => Role::Learner,
+        ServerState::Shutdown => Role::Shutdown,
     }
 }
 
@@ -414,6 +479,26 @@ mod tests {
         Disk { total_bytes: 100 << 30, free_bytes: ((1.0 - used_ratio) * (100u64 << 30) as f64) as u64, used_ratio }
     }
 
+    /// The enums serialize as the strings the page and the document name.
+    #[test]
+    fn roles_rules_and_severities_are_the_strings_they_were() {
+        let names =
+            |v: serde_json::Value| v.as_array().expect("array").iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let roles = [Role::Leader, Role::Follower, Role::Candidate, Role::Learner, Role::Shutdown];
+        assert_eq!(
+            names(serde_json::json!(roles)),
+            ["\"leader\"", "\"follower\"", "\"candidate\"", "\"learner\"", "\"shutdown\""]
+        );
+        let rules = [Rule::DiskReserve, Rule::SlowFlush, Rule::DiskUsage];
+        assert_eq!(names(serde_json::json!(rules)), ["\"disk_reserve\"", "\"slow_flush\"", "\"disk_usage\""]);
+        let severities = [Severity::Warning, Severity::Critical];
+        assert_eq!(names(serde_json::json!(severities)), ["\"warning\"", "\"critical\""]);
+        assert_eq!(
+            serde_json::to_value(flush_policy_schema()).expect("a schema")["enum"],
+            serde_json::json!(["SYNC_FLUSH", "BATCH_FLUSH", "ASYNC_FLUSH"])
+        );
+    }
+
     #[test]
     fn advice_follows_the_article_rules_with_the_measured_value() {
         const MIN: &str = "over the last minute";
@@ -422,28 +507,31 @@ mod tests {
 
         let a = advice(Some((140.25, MIN)), Some(disk(0.5)), 1 << 30);
         assert_eq!(a.len(), 1);
-        assert_eq!(a[0].rule, "slow_flush");
+        assert_eq!(a[0].rule, Rule::SlowFlush);
         assert_eq!(a[0].measured, 140.3);
         assert!(a[0].message.contains("140.2 ms on average over the last minute"), "{}", a[0].message);
         assert!(a[0].message.contains("check the disk"), "{}", a[0].message);
 
         let a = advice(Some((1.0, MIN)), Some(disk(0.853)), 1 << 30);
         assert_eq!(a.len(), 1);
-        assert_eq!(a[0].rule, "disk_usage");
+        assert_eq!(a[0].rule, Rule::DiskUsage);
         assert_eq!(a[0].measured, 85.3);
         assert_eq!(a[0].threshold, 80.0);
         assert!(a[0].message.contains("85.3% full"), "{}", a[0].message);
         assert!(a[0].message.contains("add storage"), "{}", a[0].message);
 
         let both = advice(Some((250.0, "since start")), Some(disk(0.99)), 1 << 30);
-        assert_eq!(both.iter().map(|a| a.rule).collect::<Vec<_>>(), ["slow_flush", "disk_usage"]);
-        assert_eq!(both[1].severity, "critical");
+        assert_eq!(both.iter().map(|a| a.rule).collect::<Vec<_>>(), [Rule::SlowFlush, Rule::DiskUsage]);
+        assert_eq!(both[1].severity, Severity::Critical);
 
         // 1 GiB free of 100 GiB: below a 2 GiB reserve, which comes first.
         let all = advice(Some((250.0, "since start")), Some(disk(0.99)), 2 << 30);
-        assert_eq!(all.iter().map(|a| a.rule).collect::<Vec<_>>(), ["disk_reserve", "slow_flush", "disk_usage"]);
+        assert_eq!(
+            all.iter().map(|a| a.rule).collect::<Vec<_>>(),
+            [Rule::DiskReserve, Rule::SlowFlush, Rule::DiskUsage]
+        );
         let r = &all[0];
-        assert_eq!((r.severity, r.threshold), ("critical", (2u64 << 30) as f64));
+        assert_eq!((r.severity, r.threshold), (Severity::Critical, (2u64 << 30) as f64));
         assert!(r.measured < r.threshold);
         for part in ["below the reserve of 2.0 GiB", "store.reserve.bytes", "RESOURCE_EXHAUSTED", "resume"] {
             assert!(r.message.contains(part), "{part}: {}", r.message);
