@@ -153,6 +153,8 @@ struct Node {
     bootstrap: bool,
     /// The properties file was there already (and so `--set` did not apply).
     reused: bool,
+    /// The properties file sets `log.color`: the user chose, not us.
+    log_color_in_file: bool,
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
@@ -254,21 +256,23 @@ fn prepare_nodes(root: &Path, args: &DevArgs) -> Result<Vec<Node>> {
     if highest_port > u32::from(u16::MAX) {
         bail!("--base-port {} is too high: node{count}'s admin port would be {highest_port}", args.base_port);
     }
-    let grpc_port = |id: u16| args.base_port + id - 1;
+    let grpc = |id: u16| SocketAddr::from(([127, 0, 0, 1], args.base_port + id - 1));
+    let admin = |id: u16| SocketAddr::from(([127, 0, 0, 1], args.base_port + id - 1 + ADMIN_PORT_OFFSET));
     let layouts: Vec<launch::NodeLayout> = (1..=count)
         .map(|id| launch::NodeLayout {
             id: u64::from(id),
-            grpc: SocketAddr::from(([127, 0, 0, 1], grpc_port(id))).to_string(),
-            admin: SocketAddr::from(([127, 0, 0, 1], grpc_port(id) + ADMIN_PORT_OFFSET)).to_string(),
+            grpc: grpc(id).to_string(),
+            admin: admin(id).to_string(),
             data: root.join(format!("node{id}")).join("data"),
         })
         .collect();
     let peers = launch::peers(&layouts);
+    let log_color_set = args.set.iter().any(|s| s.key == "log.color");
 
     let mut nodes = Vec::with_capacity(usize::from(count));
-    for id in 1..=count {
+    for (id, layout) in (1..=count).zip(&layouts) {
         let dir = root.join(format!("node{id}"));
-        let data = dir.join("data");
+        let data = layout.data.clone();
         std::fs::create_dir_all(&data).with_context(|| format!("create the data directory {}", data.display()))?;
         for writable in [&dir, &data] {
             // An unnamed temporary file: proves we can write there and
@@ -276,41 +280,35 @@ fn prepare_nodes(root: &Path, args: &DevArgs) -> Result<Vec<Node>> {
             tempfile::tempfile_in(writable)
                 .with_context(|| format!("the directory {} is not writable", writable.display()))?;
         }
-        let grpc = SocketAddr::from(([127, 0, 0, 1], grpc_port(id)));
         let mut node = Node {
-            id: u64::from(id),
-            grpc_listen: grpc,
-            grpc_addr: grpc.to_string(),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], grpc_port(id) + ADMIN_PORT_OFFSET)),
+            id: layout.id,
+            grpc_listen: grpc(id),
+            grpc_addr: layout.grpc.clone(),
+            admin_listen: admin(id),
             properties: dir.join("node.properties"),
             dir,
             data,
             bootstrap: id == 1,
             reused: false,
+            log_color_in_file: log_color_set,
         };
         if node.properties.exists() {
             node.reused = true;
             adopt_existing(&mut node)?;
         } else {
-            write_properties(&node, &peers, &args.set)?;
+            write_properties(&node, layout, &peers, &args.set)?;
         }
         nodes.push(node);
     }
     Ok(nodes)
 }
 
-fn write_properties(node: &Node, peers: &str, settings: &[Setting]) -> Result<()> {
-    let layout = launch::NodeLayout {
-        id: node.id,
-        grpc: node.grpc_addr.clone(),
-        admin: node.admin_listen.to_string(),
-        data: node.data.clone(),
-    };
+fn write_properties(node: &Node, layout: &launch::NodeLayout, peers: &str, settings: &[Setting]) -> Result<()> {
     let extra: Vec<(String, String)> = settings.iter().map(|s| (s.key.clone(), s.value.clone())).collect();
     let text = format!(
         "# Written by `keel dev` on its first start in this directory; it never overwrites it,\n\
          # so edit freely (then restart keel dev). The rest after the agreed keys: keel dev --set.\n{}",
-        launch::properties(&layout, peers, node.bootstrap, &extra)
+        launch::properties(layout, peers, node.bootstrap, &extra)
     );
     write_new_durably(&node.properties, text.as_bytes())
 }
@@ -383,6 +381,7 @@ fn adopt_existing(node: &mut Node) -> Result<()> {
     if let Some(value) = properties.get("cluster.bootstrap") {
         node.bootstrap = value == "true";
     }
+    node.log_color_in_file = properties.contains_key("log.color");
     Ok(())
 }
 
@@ -390,12 +389,10 @@ fn adopt_existing(node: &mut Node) -> Result<()> {
 /// never colour; they should when our stderr, where their lines end up, is
 /// a terminal, unless the user chose (`KEEL_LOG_COLOR`, or `log.color` in
 /// the node's file).
-fn colour_the_nodes(properties: &Path) -> bool {
-    let chosen_in_file = std::fs::read_to_string(properties)
-        .ok()
-        .and_then(|text| config::parse_properties(&text, "").ok())
-        .is_some_and(|settings| settings.iter().any(|s| s.key == "log.color"));
-    std::env::var_os(config::env_var_name("log.color")).is_none() && !chosen_in_file && config::LogColor::Auto.enabled()
+fn colour_the_nodes(node: &Node) -> bool {
+    std::env::var_os(config::env_var_name("log.color")).is_none()
+        && !node.log_color_in_file
+        && config::LogColor::Auto.enabled()
 }
 
 /// Binds every port once, so a taken port is reported by name before any
@@ -438,7 +435,7 @@ fn spawn_node(
     // sets every node).
     let mut command = Command::from(launch::node_command(exe, &node.properties, None));
     command.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
-    if colour_the_nodes(&node.properties) {
+    if colour_the_nodes(node) {
         command.env(config::env_var_name("log.color"), "always");
     }
     // SAFETY: runs in the child between fork and exec, where only
@@ -846,6 +843,7 @@ mod tests {
             data: PathBuf::new(),
             bootstrap: false,
             reused: false,
+            log_color_in_file: false,
         };
         let error = check_ports(&[node]).expect_err("the port is taken").to_string();
         assert!(error.contains(&format!("127.0.0.1:{port} (node2 gRPC) is already in use")), "{error}");
