@@ -148,12 +148,14 @@ impl Cluster {
         let root = tempfile::Builder::new().prefix("keel-test-").tempdir().expect("create the cluster's temp dir");
         let ports = launch::free_ports(2 * nodes).expect("free loopback ports");
         let (grpc_ports, admin_ports) = ports.split_at(nodes);
-        let layouts: Vec<launch::NodeLayout> = (1..=nodes)
-            .map(|id| launch::NodeLayout {
-                id: id as u64,
-                grpc: SocketAddr::from(([127, 0, 0, 1], grpc_ports[id - 1])).to_string(),
-                admin: SocketAddr::from(([127, 0, 0, 1], admin_ports[id - 1])).to_string(),
-                data: root.path().join(format!("node{id}")).join("data"),
+        let grpc = |index: usize| SocketAddr::from(([127, 0, 0, 1], grpc_ports[index]));
+        let admin = |index: usize| SocketAddr::from(([127, 0, 0, 1], admin_ports[index]));
+        let layouts: Vec<launch::NodeLayout> = (0..nodes)
+            .map(|index| launch::NodeLayout {
+                id: index as u64 + 1,
+                grpc: grpc(index).to_string(),
+                admin: admin(index).to_string(),
+                data: root.path().join(format!("node{}", index + 1)).join("data"),
             })
             .collect();
         let peers = launch::peers(&layouts);
@@ -164,10 +166,10 @@ impl Cluster {
             .find(|(k, _)| *k == "tls.ca")
             .map(|(_, path)| std::fs::read(path).unwrap_or_else(|e| panic!("read the cluster's tls.ca {path}: {e}")));
         let mut cluster = Cluster { root: None, nodes: Vec::with_capacity(nodes), mounts: Vec::new(), tls_ca };
-        for index in 0..nodes {
-            let id = index as u64 + 1;
+        for (index, layout) in layouts.iter().enumerate() {
+            let id = layout.id;
             let dir = root.path().join(format!("node{id}"));
-            let data = dir.join("data");
+            let data = layout.data.clone();
             std::fs::create_dir_all(&data).expect("create a node's data dir");
             if let Some(bytes) = setup.tmpfs_bytes {
                 launch::mount_tmpfs(&data, bytes).unwrap_or_else(|e| panic!("{e:#}"));
@@ -176,15 +178,15 @@ impl Cluster {
             let env = setup.env.map(|f| f(id, &dir)).unwrap_or_default();
             let node = Node {
                 id,
-                grpc: SocketAddr::from(([127, 0, 0, 1], grpc_ports[index])),
-                admin: SocketAddr::from(([127, 0, 0, 1], admin_ports[index])),
+                grpc: grpc(index),
+                admin: admin(index),
                 properties: dir.join("node.properties"),
                 data,
                 log: root.path().join(format!("node{id}.log")),
                 env: Mutex::new(env),
                 process: Mutex::new(Process::default()),
             };
-            let text = launch::properties(&layouts[index], &peers, id == 1, &extra);
+            let text = launch::properties(layout, &peers, id == 1, &extra);
             std::fs::write(&node.properties, text).expect("write a node's properties file");
             cluster.nodes.push(node);
         }
