@@ -10,7 +10,7 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use keel_node::server::client_service::parse_tag_filter;
 use keel_node::server::entry::{self, Command, Decoded, GroupEncoder, NewRecord};
-use keel_node::server::state::{Applied, ConsumeQueue, CqEntry, State, tag_hash};
+use keel_node::server::state::{Applied, ConsumeQueue, CqEntry, IndexRoot, State, tag_hash};
 use libfuzzer_sys::fuzz_target;
 
 const TOPICS: [&str; 3] = ["orders", "audit", "t"];
@@ -55,9 +55,10 @@ fn topic(t: u8) -> &'static str {
     TOPICS[usize::from(t) % TOPICS.len()]
 }
 
-/// Every entry of a queue, read one offset at a time.
-fn all_entries(cq: &ConsumeQueue) -> Vec<CqEntry> {
-    (cq.start()..cq.end()).map(|o| cq.get(o).expect("every offset in start..end has an entry")).collect()
+/// Every entry of a queue (a checkpoint's, or a partition's index files),
+/// read one offset at a time.
+fn all_entries(start: u64, end: u64, get: impl Fn(u64) -> Option<CqEntry>) -> Vec<CqEntry> {
+    (start..end).map(|o| get(o).expect("every offset in start..end has an entry")).collect()
 }
 
 fuzz_target!(|input: Input| {
@@ -73,11 +74,14 @@ fuzz_target!(|input: Input| {
         }
     }
 
-    let mut state = State::default();
+    // Small sets of index files, so inputs cross from one to the next.
+    let mut state = State::new(IndexRoot::temp(8));
     let mut log_index = 0u64;
     for op in input.ops {
         log_index += 1;
-        let apply = |state: &mut State, decoded: Decoded, index: u64| state.apply(index, 1_000 + index, decoded);
+        let apply = |state: &mut State, decoded: Decoded, index: u64| {
+            state.apply(index, 1_000 + index, decoded).expect("index files in a temporary directory")
+        };
         match op {
             Op::Create { topic: t, partitions } => {
                 let c = Command::CreateTopic {
@@ -159,7 +163,7 @@ fuzz_target!(|input: Input| {
                 assert!(tags.iter().all(|t| !t.is_empty() && !t.contains("||")), "{text:?} parsed as {tags:?}");
                 let hashes: Vec<u32> = tags.iter().map(|t| tag_hash(t.as_bytes())).collect();
                 let Ok(p) = state.partition(topic(t), u32::from(partition)) else { continue };
-                let all = all_entries(&p.cq);
+                let all = all_entries(p.cq.start(), p.cq.end(), |o| p.cq.get(o));
                 // Mostly in range, sometimes anywhere.
                 let offset = if offset % 8 == 0 { offset } else { p.cq.start() + offset % (all.len() as u64 + 1) };
                 let max_records = usize::from(max_records) + 1;
@@ -183,7 +187,7 @@ fuzz_target!(|input: Input| {
             Op::AtTime { topic: t, partition, ts } => {
                 let Ok(got) = state.offset_for_timestamp(topic(t), u32::from(partition), ts) else { continue };
                 let p = state.partition(topic(t), u32::from(partition)).expect("answered above");
-                let want = all_entries(&p.cq).into_iter().find(|e| e.timestamp_ms >= ts);
+                let want = all_entries(p.cq.start(), p.cq.end(), |o| p.cq.get(o)).into_iter().find(|e| e.timestamp_ms >= ts);
                 assert_eq!(got, want, "offset_for_timestamp({ts})");
             }
             Op::Key { topic: t, partition, key } => {

@@ -102,8 +102,24 @@ fn init_tracing(color: bool) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(color).with_writer(std::io::stderr).try_init();
 }
 
+/// Every partition keeps three index files open (`index`): raise the soft
+/// limit on open files to the hard one, as servers that hold many files do,
+/// so a topic of 1,024 partitions does not meet a soft limit of 1,024.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(to = ?limit.maximum, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, current = ?limit.current, "could not raise the open-file limit"),
+        }
+    }
+}
+
 pub async fn run(config: NodeConfig) -> Result<()> {
     init_tracing(config.log_color.enabled());
+    raise_open_file_limit();
     // Before the store opens, so its first fsyncs are counted too.
     let _ = metrics::handle();
     // Both ports first: one in use stops the node before it touches anything.
@@ -143,7 +159,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     ));
     let peer_service = peer::PeerService {
         raft: raft.clone(),
-        sm,
+        sm: sm.clone(),
         store: store.clone(),
         durable,
         status: {
@@ -207,6 +223,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             raft: raft.clone(),
             store: store.clone(),
             shared,
+            sm: sm.clone(),
             producer_id_expiry_ms: config.producer_id_expiry_ms,
             shutdown: shutdown_rx.clone(),
         }

@@ -13,6 +13,11 @@
 //!    builds a snapshot whose range starts at X, tells openraft to purge
 //!    below X, and deletes the segments wholly below X (under the
 //!    transfer lock, so a snapshot being sent keeps its records).
+//! 3. On every node: a checkpoint of the state (`StateMachine::checkpoint`:
+//!    index files flushed, the small state written), so a restart applies
+//!    only the log of the last round or so. A checkpoint that fails stops
+//!    the checkpoints (a failed fsync may have dropped pages a later one
+//!    would report durable); restarting the node replays from the last good one.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,8 +28,7 @@ use openraft::async_runtime::WatchReceiver;
 use tokio::sync::watch;
 
 use super::entry::{self, Command};
-use super::state_machine::Raft;
-use super::state_machine::Shared;
+use super::state_machine::{Raft, Shared, StateMachine};
 use super::types::{Request, now_ms};
 
 pub const INTERVAL: Duration = Duration::from_secs(2);
@@ -39,6 +43,7 @@ pub struct Retention {
     pub raft: Raft,
     pub store: Store,
     pub shared: Arc<Shared>,
+    pub sm: StateMachine,
     pub producer_id_expiry_ms: u64,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -48,6 +53,7 @@ impl Retention {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = tokio::time::Instant::now();
+        let mut checkpoint_failed: Option<String> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -67,6 +73,18 @@ impl Retention {
             }
             if let Err(e) = self.compact().await {
                 tracing::warn!(error = %e, "retention could not delete segments this round");
+            }
+            match &checkpoint_failed {
+                None => {
+                    if let Err(e) = self.sm.checkpoint(None).await {
+                        tracing::error!(error = %e, "checkpoint failed; no more checkpoints until the node restarts");
+                        checkpoint_failed = Some(e.to_string());
+                    }
+                }
+                Some(e) => tracing::error!(
+                    error = %e,
+                    "checkpoints stopped after an I/O error: restart the node (it replays the log from the last good one)"
+                ),
             }
         }
     }

@@ -2,12 +2,23 @@
 //! retained log range.
 //!
 //! # Snapshots
-//! A snapshot at log index S is a *checkpoint* (the whole [`State`], the
-//! last applied log id and membership, and the log start X: the first log
-//! index still retained) plus, when sent to a follower, the log records
-//! X..=S. A follower that installs one writes those records into its own
-//! log (`Store::install_range`) before it adopts the state, so it serves
-//! every message the leader still retains.
+//! A snapshot at log index S is a *checkpoint* (the [`State`] but for its
+//! index files, how far each partition's files are durable, the last
+//! applied log id and membership, and the log start X: the first log index
+//! still retained) plus, when sent to a follower, every partition's
+//! consume-queue entries and the log records X..=S. A follower that
+//! installs one writes those records into its own log
+//! (`Store::install_range`), writes the entries into fresh index files
+//! (rebuilding the key and time indexes from them and the records), and
+//! then adopts the state, so it serves every message the leader retains.
+//!
+//! # Checkpoints
+//! Every few seconds (the retention actor's round) and at every snapshot
+//! the index files are flushed and a checkpoint is written, so a restart
+//! applies only the log after it: restart time is bounded by the interval,
+//! not by what is retained. The files are trusted up to the checkpoint
+//! only; a crash leaves their tails behind or torn, and the replay writes
+//! them again.
 //!
 //! Files, under `<store.path.commitlog>/sm/`:
 //!
@@ -16,7 +27,10 @@
 //!     bytes 0..4   magic "KCKP"                          CHECKPOINT_MAGIC
 //!     byte  4      version (1)                           CP_VERSION_AT
 //!     bytes 5..9   crc32c of the body (u32 LE)           CP_CRC
-//!     bytes 9..    body: bincode of `Checkpoint`         CP_BODY_AT
+//!     bytes 9..    body: bincode of `CheckpointBody`     CP_BODY_AT
+//!                  version 2: the state without its index files
+//!                  (`StoredState`); version 1 (read, never written)
+//!                  held the whole state, consume queues included
 //!     written through the log's I/O layer (`io::write_file_durably`:
 //!     <name>.tmp, fdatasync, rename, fsync directory), so the fault layers
 //!     (EIO, power loss) reach it as they reach the segments
@@ -27,9 +41,14 @@
 //!                             checkpoint is written; found at start-up, the
 //!                             install is finished then (it is repeatable)
 //!     bytes 0..4   magic "KSNT"                          TRANSFER_MAGIC
-//!     byte  4      version (2)                           TR_VERSION_AT
+//!     byte  4      version (3)                           TR_VERSION_AT
 //!     bytes 5..13  checkpoint length L (u64 LE)          TR_CP_LEN
 //!     bytes 13..   the checkpoint file (L bytes)         TR_CP_AT
+//!     then (version 3) every partition's consume queue, in the
+//!         checkpoint's order: first offset (u64 LE), entry count N
+//!         (u64 LE), N entries of 28 bytes (the consume queue's layout);
+//!         version 2 (read, never written) had none: its version-1
+//!         checkpoint carried the queues
 //!     then records until 4 bytes before the end, each in the log's own
 //!         record format (raft-log `format::encode_record`: header with its
 //!         crc32c seeded by TRANSFER_SALT, then the payload), read back by
@@ -44,8 +63,11 @@
 //! entries are still on disk: purging is logical) or, once the install had
 //! begun, finishes the install from `install-<S>`.
 //!
-//! Openraft builds snapshots only when retention asks (`SnapshotPolicy::Never`),
-//! so a checkpoint is written once per retention step, not every N entries.
+//! Openraft builds snapshots only when retention asks (`SnapshotPolicy::Never`);
+//! the checkpoints between them are written by `StateMachine::checkpoint`.
+//!
+//! Index files live under `sm/index/<topic>-<incarnation>/<partition>/`
+//! (see [`super::index`]).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -64,7 +86,8 @@ use tokio::sync::watch;
 
 use super::codec;
 use super::entry;
-use super::state::{Applied, State};
+use super::index;
+use super::state::{Applied, CQ_ENTRY_BYTES, IndexRoot, State, StoredState, v1};
 use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 type Membership = StoredMembership;
@@ -116,6 +139,8 @@ pub enum SnapshotFileError {
     },
     #[error("{0}")]
     MissingEntry(String),
+    #[error("index files: {0}")]
+    Index(#[from] super::index::IndexError),
 }
 
 impl SnapshotFileError {
@@ -132,8 +157,12 @@ impl SnapshotFileError {
 
 /// A received snapshot kept until its install is complete.
 const INSTALL_PREFIX: &str = "install-";
-const CHECKPOINT_VERSION: u8 = 1;
-const TRANSFER_VERSION: u8 = 2;
+const CHECKPOINT_VERSION: u8 = 2;
+/// Version-1 checkpoints carried the whole state (`state::v1`).
+const CHECKPOINT_VERSION_WHOLE: u8 = 1;
+const TRANSFER_VERSION: u8 = 3;
+/// Version-2 transfer files carry a version-1 checkpoint and no queues.
+const TRANSFER_VERSION_WHOLE: u8 = 2;
 /// Suffixes of a file whose durable write a crash cut short: `.tmp` (the
 /// log's I/O layer) and `.partial` (builds before it).
 const UNFINISHED: [&str; 2] = [".tmp", ".partial"];
@@ -146,22 +175,75 @@ const TRANSFER_READ_BATCH: u64 = 1024;
 
 /// The state and where it stands in the log, under one lock so a snapshot
 /// sees a consistent pair.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug)]
 pub struct Machine {
     pub state: State,
     pub last_applied: Option<LogId>,
     pub membership: Membership,
 }
 
+impl Machine {
+    fn new(state: State) -> Self {
+        Self { state, last_applied: None, membership: Membership::default() }
+    }
+}
+
+/// A checkpoint file's body: `S` is [`StoredState`] (version 2) or
+/// [`v1::State`] (version 1).
 #[derive(Debug, Serialize, Deserialize)]
-struct Checkpoint {
-    machine: Machine,
+struct CheckpointBody<S> {
+    machine: MachineBody<S>,
     /// First log index whose record the snapshot carries (X).
     log_start: u64,
     /// Log id of the record before `log_start`.
     prev: (u64, u64, u64),
     /// Kept for the format (openraft 0.9 named snapshots); not read.
     snapshot_id: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct MachineBody<S> {
+    state: S,
+    last_applied: Option<LogId>,
+    membership: Membership,
+}
+
+/// A checkpoint as read, of either version.
+#[derive(Debug)]
+struct Checkpoint {
+    image: Image,
+    last_applied: Option<LogId>,
+    membership: Membership,
+    log_start: u64,
+    prev: (u64, u64, u64),
+}
+
+#[derive(Debug)]
+enum Image {
+    /// Version 2: the index files hold the queues.
+    Files(StoredState),
+    /// Version 1: the queues are in the checkpoint.
+    Whole(v1::State),
+}
+
+impl<S> CheckpointBody<S> {
+    fn read(self, image: impl FnOnce(S) -> Image) -> Checkpoint {
+        let m = self.machine;
+        Checkpoint {
+            image: image(m.state),
+            last_applied: m.last_applied,
+            membership: m.membership,
+            log_start: self.log_start,
+            prev: self.prev,
+        }
+    }
+}
+
+/// One partition's consume-queue entries as a transfer file carries them.
+#[derive(Debug)]
+struct ShippedQueue {
+    start: u64,
+    entries: Bytes,
 }
 
 /// What readers (the client service, retention) share with the state machine.
@@ -174,6 +256,9 @@ pub struct Shared {
     /// The newest checkpoint's log start and last index; retention deletes
     /// segments only below a log start a checkpoint already covers.
     pub snapshot_range: Mutex<Option<(u64, u64)>>,
+    /// The log id before the newest checkpoint's log start: a checkpoint
+    /// that keeps that start needs it, and the entry may be deleted.
+    checkpoint_prev: Mutex<Option<LogPos>>,
     /// Held while a transfer file is written and while retention deletes
     /// segments, so a snapshot being sent never loses its records.
     pub transfer_lock: tokio::sync::Mutex<()>,
@@ -197,9 +282,67 @@ impl Shared {
 pub struct StateMachine {
     shared: Arc<Shared>,
     store: Store,
-    /// The store's I/O layer: checkpoints go through it too.
+    /// The store's I/O layer: checkpoints and index files go through it too.
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
+    root: IndexRoot,
+}
+
+/// The index files' directory under `sm/`.
+const INDEX_DIR: &str = "index";
+
+/// The bytes of a checkpoint of `m` (its index files flushed first), and
+/// what the files no longer need once it is durable.
+fn checkpoint_bytes(
+    m: &mut Machine,
+    log_start: u64,
+    prev: LogPos,
+) -> Result<(Vec<u8>, super::state::Retired), SnapshotFileError> {
+    let (state, retired) = m.state.stored()?;
+    let last = m.last_applied.map_or(0, |l| l.index);
+    let body = CheckpointBody {
+        machine: MachineBody { state, last_applied: m.last_applied, membership: m.membership.clone() },
+        log_start,
+        prev: (prev.term, prev.leader, prev.index),
+        snapshot_id: format!("{last}-{log_start}-{}", super::types::now_ms()),
+    };
+    Ok((encode_checkpoint_bytes(&codec::encode(&body)), retired))
+}
+
+/// Reads the keys of records by (log index, slot), one decoded entry at a
+/// time: rebuilding a key index from shipped queue entries.
+struct KeyReader<'a> {
+    store: &'a Store,
+    cached: Option<(u64, Vec<Option<u64>>)>,
+}
+
+impl KeyReader<'_> {
+    fn key_hash(&mut self, log_index: u64, slot: u32) -> Result<Option<u64>, SnapshotFileError> {
+        if self.cached.as_ref().is_none_or(|(i, _)| *i != log_index) {
+            let missing = || SnapshotFileError::MissingEntry(format!("log entry {log_index} a queue entry names"));
+            let r = self
+                .store
+                .read_range(log_index, log_index + 1, 0)
+                .map_err(SnapshotFileError::log(format!("read log entry {log_index}")))?
+                .into_iter()
+                .next()
+                .filter(|r| r.index == log_index)
+                .ok_or_else(missing)?;
+            let keys = match entry::decode(r.payload) {
+                Ok(entry::Decoded::Produce(batches)) => batches
+                    .iter()
+                    .flat_map(|b| b.records.iter())
+                    .map(|r| (!r.key.is_empty()).then(|| super::state::key_hash(&r.key)))
+                    .collect(),
+                _ => return Err(missing()),
+            };
+            self.cached = Some((log_index, keys));
+        }
+        let keys = &self.cached.as_ref().expect("just filled").1;
+        keys.get(slot as usize).copied().ok_or_else(|| {
+            SnapshotFileError::MissingEntry(format!("slot {slot} of log entry {log_index} (it has {})", keys.len()))
+        })
+    }
 }
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
@@ -232,9 +375,11 @@ impl StateMachine {
         let dir = store.config().dir.join("sm");
         std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
         let fs = store.file_system();
+        let root = IndexRoot::new(fs.clone(), dir.join(INDEX_DIR), index::ENTRIES_PER_FILE);
         let mut pending_install = None;
         for name in fs.list(&dir).map_err(|e| anyhow::anyhow!("list {}: {e}", dir.display()))? {
-            let keep = !unfinished(&name) && (name.starts_with("checkpoint-") || name.starts_with(INSTALL_PREFIX));
+            let keep = name == INDEX_DIR
+                || !unfinished(&name) && (name.starts_with("checkpoint-") || name.starts_with(INSTALL_PREFIX));
             if !keep {
                 // Leftovers of a transfer or a write cut short by a crash.
                 let _ = fs.remove(&dir.join(&name));
@@ -244,37 +389,75 @@ impl StateMachine {
         }
         let sm = Self {
             shared: Arc::new(Shared {
-                machine: RwLock::new(Machine::default()),
+                machine: RwLock::new(Machine::new(State::new(root.clone()))),
                 applied: watch::channel(0).0,
                 retain_from: AtomicU64::new(1),
                 snapshot_range: Mutex::new(None),
+                checkpoint_prev: Mutex::new(None),
                 transfer_lock: tokio::sync::Mutex::new(()),
                 snapshot_lock: tokio::sync::Mutex::new(()),
             }),
             store,
             fs,
             dir,
+            root,
         };
         // A snapshot install a crash interrupted: finish it (repeatable).
         if let Some(path) = pending_install {
             let mut f = std::fs::File::open(&path)?;
-            let (cp, cp_bytes, records, _) =
+            let (cp, queues, records, _) =
                 read_transfer(&mut f).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             tracing::info!(file = %path.display(), "finishing a snapshot install cut short by a crash");
-            sm.install_checkpoint(cp, &cp_bytes, records).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            sm.install_checkpoint(cp, queues, records).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             sm.fs.remove(&path)?;
         }
         let newest = sm.newest_checkpoint().map_err(|e| anyhow::anyhow!(e))?;
-        if let Some(path) = newest {
-            let bytes =
-                keel_raft_log::io::read_file(&*sm.fs, &path).with_context(|| format!("read {}", path.display()))?;
-            let cp = decode_checkpoint(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            let last = cp.machine.last_applied.map_or(0, |l| l.index);
-            *sm.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((cp.log_start, last));
-            sm.shared.retain_from.store(cp.log_start, Ordering::Release);
-            sm.shared.applied.send_replace(last);
-            *sm.shared.write() = cp.machine;
-        }
+        let cp = match newest {
+            Some(path) => {
+                let bytes = keel_raft_log::io::read_file(&*sm.fs, &path)
+                    .with_context(|| format!("read {}", path.display()))?;
+                Some(decode_checkpoint(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+            }
+            None => None,
+        };
+        let opened = std::time::Instant::now();
+        let machine = match cp {
+            Some(cp) => {
+                let last = cp.last_applied.map_or(0, |l| l.index);
+                *sm.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((cp.log_start, last));
+                *sm.shared.checkpoint_prev.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(LogPos::new(cp.prev.0, cp.prev.1, cp.prev.2));
+                sm.shared.retain_from.store(cp.log_start, Ordering::Release);
+                sm.shared.applied.send_replace(last);
+                let upgraded = matches!(cp.image, Image::Whole(_));
+                let state = match cp.image {
+                    Image::Files(stored) => State::restore(stored, sm.root.clone()),
+                    Image::Whole(whole) => {
+                        tracing::info!("writing a version-1 checkpoint's consume queues into index files");
+                        whole.into_current(sm.root.clone())
+                    }
+                }
+                .map_err(|e| anyhow::anyhow!("open the index files under {}: {e}", sm.root.dir().display()))?;
+                let mut machine = Machine { state, last_applied: cp.last_applied, membership: cp.membership };
+                if upgraded {
+                    // Checkpoint the converted state at once: a transfer
+                    // ships queues only beside a checkpoint of this version.
+                    let prev = LogPos::new(cp.prev.0, cp.prev.1, cp.prev.2);
+                    let (bytes, retired) = checkpoint_bytes(&mut machine, cp.log_start, prev)?;
+                    sm.write_checkpoint(&bytes, last)?;
+                    machine.state.checkpointed(retired)?;
+                }
+                machine
+            }
+            // Nothing checkpointed: the log replays every topic's creation,
+            // so index files a crash left are stale.
+            None => Machine::new(
+                State::restore(StoredState::default(), sm.root.clone())
+                    .map_err(|e| anyhow::anyhow!("clear the index files under {}: {e}", sm.root.dir().display()))?,
+            ),
+        };
+        tracing::info!(took_ms = opened.elapsed().as_millis() as u64, "state machine opened from its checkpoint");
+        *sm.shared.write() = machine;
         // openraft purges up to a received snapshot before the state machine
         // has installed it; a crash in between leaves the purge point past
         // the checkpoint, and the entries between must be re-applied.
@@ -298,18 +481,19 @@ impl StateMachine {
     }
 
     /// Put a received snapshot in place: its log range (unless the log
-    /// already holds its last entry), then its checkpoint, then the state.
+    /// already holds its last entry), then its queues in fresh index files,
+    /// then a checkpoint of it, then the state.
     async fn install_checkpoint(
         &self,
         cp: Checkpoint,
-        cp_bytes: &[u8],
+        queues: Vec<ShippedQueue>,
         records: Vec<Record>,
     ) -> Result<(), SnapshotFileError> {
-        let last = cp.machine.last_applied.map_or(0, |l| l.index);
+        let last = cp.last_applied.map_or(0, |l| l.index);
         // Keep the local log if it already holds the snapshot's last entry
         // (then it holds every retained entry before it); otherwise replace
         // it with the carried range.
-        let have_last = match cp.machine.last_applied {
+        let have_last = match cp.last_applied {
             Some(l) => self
                 .store
                 .read_range(l.index, l.index + 1, 0)
@@ -326,12 +510,78 @@ impl StateMachine {
                 .await
                 .map_err(SnapshotFileError::log("install the snapshot's log range"))?;
         }
-        self.write_checkpoint(cp_bytes, last)?;
+        let state = match cp.image {
+            Image::Whole(whole) => whole.into_current(self.root.clone())?,
+            Image::Files(stored) => {
+                let mut queues = queues.into_iter();
+                let mut keys = KeyReader { store: &self.store, cached: None };
+                State::install(stored, self.root.clone(), |root, topic, incarnation, i| {
+                    let q = queues.next().ok_or_else(|| {
+                        SnapshotFileError::CutShort(format!("no consume queue for {topic}/{i} in the snapshot"))
+                    })?;
+                    let mut cq = root.create_index(topic, incarnation, i, q.start)?;
+                    let mut bytes = 0u64;
+                    for raw in q.entries.chunks_exact(CQ_ENTRY_BYTES) {
+                        let e = super::state::decode_cq_entry(raw);
+                        let key = keys.key_hash(e.log_index, e.slot)?;
+                        cq.append(e.log_index, e.slot, e.size, e.timestamp_ms, e.tag_hash, key)?;
+                        bytes += u64::from(e.size);
+                    }
+                    Ok::<_, SnapshotFileError>((cq, bytes))
+                })?
+            }
+        };
+        let mut machine = Machine { state, last_applied: cp.last_applied, membership: cp.membership };
+        let prev = LogPos::new(cp.prev.0, cp.prev.1, cp.prev.2);
+        let (bytes, retired) = checkpoint_bytes(&mut machine, cp.log_start, prev)?;
+        self.write_checkpoint(&bytes, last)?;
+        machine.state.checkpointed(retired)?;
         *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((cp.log_start, last));
+        *self.shared.checkpoint_prev.lock().unwrap_or_else(|p| p.into_inner()) = Some(prev);
         self.shared.retain_from.fetch_max(cp.log_start, Ordering::AcqRel);
-        *self.shared.write() = cp.machine;
+        *self.shared.write() = machine;
         self.shared.applied.send_replace(last);
         Ok(())
+    }
+
+    /// Flush the index files and write a checkpoint of the applied state,
+    /// keeping the newest checkpoint's log start (`None`) or moving it to
+    /// `log_start` (a snapshot for retention). Returns the snapshot's meta
+    /// and last index, or `None` when nothing is applied yet or nothing
+    /// changed since the newest checkpoint.
+    pub async fn checkpoint(&self, log_start: Option<u64>) -> Result<Option<SnapshotMeta>, SnapshotFileError> {
+        let _one_at_a_time = self.shared.snapshot_lock.lock().await;
+        let previous = *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner());
+        let known_prev = *self.shared.checkpoint_prev.lock().unwrap_or_else(|p| p.into_inner());
+        let (bytes, retired, meta, log_start, last, prev) = {
+            let mut m = self.shared.write();
+            let Some(applied) = m.last_applied else { return Ok(None) };
+            let last = applied.index;
+            // Log start: what retention asked for, never before an earlier
+            // snapshot's start, never past the applied index + 1, and at least
+            // 1 (entry 0 is the initial membership, which the state holds).
+            let kept = previous.map_or(1, |p| p.0);
+            let log_start = log_start.unwrap_or(kept).max(kept).clamp(1, last + 1);
+            if previous == Some((log_start, last)) {
+                return Ok(None);
+            }
+            let prev = if log_start > last && log_start > 1 {
+                LogPos::new(applied.leader_id.term, applied.leader_id.node_id, applied.index)
+            } else if let Some(p) = known_prev.filter(|p| p.index + 1 == log_start) {
+                p
+            } else {
+                self.prev_pos(log_start)?
+            };
+            let (bytes, retired) = checkpoint_bytes(&mut m, log_start, prev)?;
+            let meta = SnapshotMeta { last_log_id: m.last_applied, last_membership: m.membership.clone() };
+            (bytes, retired, meta, log_start, last, prev)
+        };
+        self.write_checkpoint(&bytes, last)?;
+        *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((log_start, last));
+        *self.shared.checkpoint_prev.lock().unwrap_or_else(|p| p.into_inner()) = Some(prev);
+        self.shared.write().state.checkpointed(retired)?;
+        tracing::debug!(last, log_start, bytes = bytes.len(), "checkpoint written");
+        Ok(Some(meta))
     }
 
     fn newest_checkpoint(&self) -> Result<Option<PathBuf>, SnapshotFileError> {
@@ -395,74 +645,43 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, SnapshotFileError> {
     if bytes.len() < CP_BODY_AT || !bytes.starts_with(CHECKPOINT_MAGIC) {
         return Err(SnapshotFileError::BadMagic { file: FILE });
     }
-    if bytes[CP_VERSION_AT] != CHECKPOINT_VERSION {
-        return Err(SnapshotFileError::Version {
-            file: FILE,
-            version: bytes[CP_VERSION_AT],
-            supported: CHECKPOINT_VERSION,
-        });
+    let version = bytes[CP_VERSION_AT];
+    if version != CHECKPOINT_VERSION && version != CHECKPOINT_VERSION_WHOLE {
+        return Err(SnapshotFileError::Version { file: FILE, version, supported: CHECKPOINT_VERSION });
     }
     let crc = u32::from_le_bytes(bytes[CP_CRC].try_into().expect("4 bytes"));
-    if crc32c::crc32c(&bytes[CP_BODY_AT..]) != crc {
+    let body = &bytes[CP_BODY_AT..];
+    if crc32c::crc32c(body) != crc {
         return Err(SnapshotFileError::Checksum { file: FILE });
     }
-    codec::decode(&bytes[CP_BODY_AT..]).map_err(|e| SnapshotFileError::Decode(e.to_string()))
+    Ok(if version == CHECKPOINT_VERSION {
+        let body: CheckpointBody<StoredState> =
+            codec::decode(body).map_err(|e| SnapshotFileError::Decode(e.to_string()))?;
+        body.read(Image::Files)
+    } else {
+        let body: CheckpointBody<v1::State> =
+            codec::decode(body).map_err(|e| SnapshotFileError::Decode(e.to_string()))?;
+        body.read(Image::Whole)
+    })
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = tokio::fs::File;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
-        let shared = Arc::clone(&self.shared);
-        let _one_at_a_time = shared.snapshot_lock.lock().await;
-        let (body, meta, log_start, last) = {
-            let m = self.shared.read();
-            let last = m.last_applied.map_or(0, |l| l.index);
-            let previous = *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner());
-            // Log start: what retention asked for, never before an earlier
-            // snapshot's start, never past the applied index + 1, and at least
-            // 1 (entry 0 is the initial membership, which the state holds).
-            let asked = self.shared.retain_from.load(Ordering::Acquire);
-            let log_start = asked.max(previous.map_or(1, |p| p.0)).clamp(1, last + 1);
-            let prev = if log_start > last && log_start > 1 {
-                m.last_applied.map(|l| LogPos::new(l.leader_id.term, l.leader_id.node_id, l.index))
-            } else {
-                None
-            };
-            let prev = match prev {
-                Some(p) => p,
-                None => self.prev_pos(log_start).map_err(snap_err)?,
-            };
-            let snapshot_id = format!("{}-{}-{}", last, log_start, super::types::now_ms());
-            let cp = CheckpointRef {
-                machine: &m,
-                log_start,
-                prev: (prev.term, prev.leader, prev.index),
-                snapshot_id: snapshot_id.clone(),
-            };
-            let body = codec::encode(&cp);
-            let meta = SnapshotMeta { last_log_id: m.last_applied, last_membership: m.membership.clone() };
-            (body, meta, log_start, last)
-        };
-        let bytes = encode_checkpoint_bytes(&body);
-        self.write_checkpoint(&bytes, last).map_err(io_err)?;
-        *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner()) = Some((log_start, last));
-        tracing::info!(last, log_start, bytes = bytes.len(), "snapshot checkpoint written");
+        let asked = self.shared.retain_from.load(Ordering::Acquire);
+        self.checkpoint(Some(asked)).await.map_err(io_err)?;
         // openraft only keeps the meta of a built snapshot; sending opens it
         // again through `get_current_snapshot`.
-        let f = tokio::fs::File::open(self.dir.join(checkpoint_name(last))).await.map_err(snap_err)?;
+        let Some(path) = self.newest_checkpoint().map_err(snap_err)? else {
+            return Err(snap_err("no checkpoint to build a snapshot from: nothing is applied yet"));
+        };
+        let cp = decode_checkpoint(&keel_raft_log::io::read_file(&*self.fs, &path).map_err(snap_err)?)
+            .map_err(snap_err)?;
+        let meta = SnapshotMeta { last_log_id: cp.last_applied, last_membership: cp.membership };
+        let f = tokio::fs::File::open(&path).await.map_err(snap_err)?;
         Ok(Snapshot { meta, snapshot: f })
     }
-}
-
-/// Borrowing twin of [`Checkpoint`] so building a snapshot does not clone
-/// the state.
-#[derive(Serialize)]
-struct CheckpointRef<'a> {
-    machine: &'a Machine,
-    log_start: u64,
-    prev: (u64, u64, u64),
-    snapshot_id: String,
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -513,7 +732,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Applied::Nothing
                     }
                     EntryPayload::Normal(req) => match entry::decode(req.payload) {
-                        Ok(d) => m.state.apply(index, req.timestamp_ms, d),
+                        Ok(d) => m.state.apply(index, req.timestamp_ms, d).map_err(|e| {
+                            tracing::error!(index, error = %e, "the index files failed: the state machine stops");
+                            io_err(format!("apply log index {index}: {e}"))
+                        })?,
                         Err(err) => {
                             tracing::error!(index, %err, "entry does not decode; skipped");
                             Applied::Malformed(err.to_string())
@@ -544,49 +766,69 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut f = snapshot.into_std().await;
         // The receiver wrote it from the start; read it from there.
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0)).map_err(io_err)?;
-        let (cp, cp_bytes, records, raw) = tokio::task::spawn_blocking(move || read_transfer(&mut f))
+        let (cp, queues, records, raw) = tokio::task::spawn_blocking(move || read_transfer(&mut f))
             .await
             .map_err(io_err)?
             .map_err(|e| snap_err(format!("received snapshot: {e}")))?;
-        if cp.machine.last_applied != meta.last_log_id {
+        if cp.last_applied != meta.last_log_id {
             return Err(snap_err(format!(
                 "received snapshot holds {:?} but its meta says {:?}",
-                cp.machine.last_applied, meta.last_log_id
+                cp.last_applied, meta.last_log_id
             )));
         }
         // Durable before the log changes: a crash from here on finishes the
         // install at the next start (`open`).
-        let last = cp.machine.last_applied.map_or(0, |l| l.index);
+        let last = cp.last_applied.map_or(0, |l| l.index);
         let name = format!("{INSTALL_PREFIX}{last:020}");
         self.write_durably(&name, &raw).map_err(io_err)?;
-        self.install_checkpoint(cp, &cp_bytes, records).await.map_err(io_err)?;
+        self.install_checkpoint(cp, queues, records).await.map_err(io_err)?;
         self.fs.remove(&self.dir.join(&name)).map_err(io_err)?;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
+        // A checkpoint of what is applied now: the queues shipped with it
+        // are read from the live index files, which retention trims on.
+        self.checkpoint(None).await.map_err(snap_err)?;
         let _transfer = self.shared.transfer_lock.lock().await;
         let Some(path) = self.newest_checkpoint().map_err(snap_err)? else { return Ok(None) };
         let cp_bytes = keel_raft_log::io::read_file(&*self.fs, &path).map_err(snap_err)?;
         let cp = decode_checkpoint(&cp_bytes).map_err(snap_err)?;
-        let meta =
-            SnapshotMeta { last_log_id: cp.machine.last_applied, last_membership: cp.machine.membership.clone() };
-        let last = cp.machine.last_applied.map_or(0, |l| l.index);
+        let Image::Files(stored) = cp.image else {
+            return Err(snap_err("the newest checkpoint is of version 1; a newer one is written at the next round"));
+        };
+        let meta = SnapshotMeta { last_log_id: cp.last_applied, last_membership: cp.membership.clone() };
+        let last = cp.last_applied.map_or(0, |l| l.index);
         let tpath = self.dir.join(format!("transfer-{:016x}", rand::random::<u64>()));
         let store = self.store.clone();
+        let shared = self.shared.clone();
         let log_start = cp.log_start;
         let written = tpath.clone();
-        tokio::task::spawn_blocking(move || write_transfer(&written, &cp_bytes, &store, log_start, last))
-            .await
-            .map_err(snap_err)?
-            .map_err(snap_err)?;
+        tokio::task::spawn_blocking(move || {
+            write_transfer(&written, &cp_bytes, &stored, &shared, &store, log_start, last)
+        })
+        .await
+        .map_err(snap_err)?
+        .map_err(snap_err)?;
         let f = tokio::fs::File::open(&tpath).await.map_err(snap_err)?;
         let _ = std::fs::remove_file(&tpath);
         Ok(Some(Snapshot { meta, snapshot: f }))
     }
 }
 
-fn write_transfer(path: &Path, cp: &[u8], store: &Store, from: u64, last: u64) -> Result<(), SnapshotFileError> {
+/// Consume-queue entries read under one hold of the state's read lock
+/// while a transfer file is written.
+const SHIP_CHUNK: u64 = 16 * 1024;
+
+fn write_transfer(
+    path: &Path,
+    cp: &[u8],
+    stored: &StoredState,
+    shared: &Shared,
+    store: &Store,
+    from: u64,
+    last: u64,
+) -> Result<(), SnapshotFileError> {
     let io_err = || SnapshotFileError::io(format!("write snapshot transfer file {}", path.display()));
     let mut w = CrcWriter { inner: std::io::BufWriter::new(std::fs::File::create(path).map_err(io_err())?), crc: 0 };
     let mut put = |b: &[u8]| w.write_all(b).map_err(io_err());
@@ -594,6 +836,45 @@ fn write_transfer(path: &Path, cp: &[u8], store: &Store, from: u64, last: u64) -
     put(&[TRANSFER_VERSION])?;
     put(&(cp.len() as u64).to_le_bytes())?;
     put(cp)?;
+    // Each partition's queue as the checkpoint holds it, from the live files:
+    // entries below a start retention moved on since are gone there, and
+    // the receiver counts bytes from what it gets.
+    for (name, t) in &stored.topics {
+        for (i, p) in t.partitions.iter().enumerate() {
+            let live_start = {
+                let m = shared.read();
+                let live = m.state.topics.get(name).filter(|l| l.incarnation == t.incarnation);
+                live.and_then(|l| l.partitions.get(i)).map(|l| l.cq.start()).ok_or_else(|| {
+                    SnapshotFileError::MissingEntry(format!(
+                        "topic {name} was deleted while its snapshot was being written; the next one will do"
+                    ))
+                })?
+            };
+            let start = p.index.start.max(live_start).min(p.index.end);
+            put(&start.to_le_bytes())?;
+            put(&(p.index.end - start).to_le_bytes())?;
+            let mut o = start;
+            let mut buf = Vec::with_capacity(SHIP_CHUNK as usize * CQ_ENTRY_BYTES);
+            while o < p.index.end {
+                let upto = (o + SHIP_CHUNK).min(p.index.end);
+                buf.clear();
+                {
+                    let m = shared.read();
+                    let live = m.state.topics.get(name).and_then(|l| l.partitions.get(i));
+                    for at in o..upto {
+                        let e = live.and_then(|l| l.cq.get(at)).ok_or_else(|| {
+                            SnapshotFileError::MissingEntry(format!(
+                                "offset {at} of {name}/{i} left the index files while its snapshot was being written"
+                            ))
+                        })?;
+                        super::state::encode_cq_entry(&mut buf, &e);
+                    }
+                }
+                put(&buf)?;
+                o = upto;
+            }
+        }
+    }
     let mut next = from;
     while next <= last {
         let end = (next + TRANSFER_READ_BATCH).min(last + 1);
@@ -642,7 +923,9 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
-fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Record>, Bytes), SnapshotFileError> {
+type Transfer = (Checkpoint, Vec<ShippedQueue>, Vec<Record>, Bytes);
+
+fn read_transfer(f: &mut std::fs::File) -> Result<Transfer, SnapshotFileError> {
     use std::io::Seek;
     const FILE: &str = "snapshot";
     let read_err = || SnapshotFileError::io("read the received snapshot");
@@ -652,12 +935,9 @@ fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Reco
     if all.len() < TR_CP_AT + TR_TRAILER_BYTES || !all.starts_with(TRANSFER_MAGIC) {
         return Err(SnapshotFileError::BadMagic { file: FILE });
     }
-    if all[TR_VERSION_AT] != TRANSFER_VERSION {
-        return Err(SnapshotFileError::Version {
-            file: FILE,
-            version: all[TR_VERSION_AT],
-            supported: TRANSFER_VERSION,
-        });
+    let version = all[TR_VERSION_AT];
+    if version != TRANSFER_VERSION && version != TRANSFER_VERSION_WHOLE {
+        return Err(SnapshotFileError::Version { file: FILE, version, supported: TRANSFER_VERSION });
     }
     let body_end = all.len() - TR_TRAILER_BYTES;
     let crc = u32::from_le_bytes(all[body_end..].try_into().expect("4 bytes"));
@@ -671,10 +951,39 @@ fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Reco
         .and_then(|l| TR_CP_AT.checked_add(l))
         .filter(|&e| e <= body_end)
         .ok_or_else(|| SnapshotFileError::CutShort(format!("checkpoint length {cp_len} past the end")))?;
-    let cp_bytes = all[TR_CP_AT..cp_end].to_vec();
-    let cp = decode_checkpoint(&cp_bytes)?;
-    let mut records = Vec::new();
+    let cp = decode_checkpoint(&all[TR_CP_AT..cp_end])?;
     let mut at = cp_end;
+    let mut queues = Vec::new();
+    match (&cp.image, version) {
+        (Image::Files(stored), TRANSFER_VERSION) => {
+            for (name, t) in &stored.topics {
+                for i in 0..t.partitions.len() {
+                    let cut = |what: &str| SnapshotFileError::CutShort(format!("{what} of {name}/{i} past the end"));
+                    let word = |at: usize| -> Option<u64> {
+                        all.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    };
+                    let start = word(at).filter(|_| at + 16 <= body_end).ok_or_else(|| cut("queue header"))?;
+                    let count = word(at + 8).ok_or_else(|| cut("queue header"))?;
+                    let from = at + 16;
+                    let to = usize::try_from(count)
+                        .ok()
+                        .and_then(|n| n.checked_mul(CQ_ENTRY_BYTES))
+                        .and_then(|n| from.checked_add(n))
+                        .filter(|&e| e <= body_end)
+                        .ok_or_else(|| cut(&format!("a queue of {count} entries")))?;
+                    queues.push(ShippedQueue { start, entries: all.slice(from..to) });
+                    at = to;
+                }
+            }
+        }
+        (Image::Whole(_), TRANSFER_VERSION_WHOLE) => {}
+        _ => {
+            return Err(SnapshotFileError::Decode(format!(
+                "a version-{version} snapshot holds a checkpoint of the other version"
+            )));
+        }
+    }
+    let mut records = Vec::new();
     // A record can be no larger than the largest segment holds.
     let max_payload = format::max_payload_in(format::MAX_SEGMENT_BYTES);
     while at < body_end {
@@ -692,7 +1001,7 @@ fn read_transfer(f: &mut std::fs::File) -> Result<(Checkpoint, Vec<u8>, Vec<Reco
         });
         at = end;
     }
-    Ok((cp, cp_bytes, records, all))
+    Ok((cp, queues, records, all))
 }
 
 #[cfg(test)]
@@ -700,7 +1009,9 @@ mod tests {
     use keel_raft_log::{LeaderId, NewRecord, RecordKind, RecordMeta, StoreConfig};
 
     use super::*;
-    use crate::server::entry::{Command, Decoded};
+    use crate::server::entry::Command;
+    use crate::server::state::CqEntry;
+    use crate::server::types::{Entry, Request};
 
     async fn store_with(dir: &Path, last: u64) -> Store {
         let mut config = StoreConfig::new(dir);
@@ -756,10 +1067,6 @@ mod tests {
     async fn the_state_machine_applies_committed_entries_and_refuses_one_the_log_no_longer_holds() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store_with(dir.path(), 6).await;
-        let blank = |term, index| crate::server::types::Entry {
-            log_id: LogId::new(LeaderId { term, node_id: 1 }, index),
-            payload: EntryPayload::Blank,
-        };
         let (mut sm, shared) = StateMachine::open(store.clone()).await.expect("open");
         sm.apply(stream(vec![blank(1, 0), blank(1, 1), blank(1, 2), blank(1, 3)])).await.expect("applied");
         assert_eq!(*shared.applied.borrow(), 3);
@@ -793,13 +1100,13 @@ mod tests {
         // Phase: a valid transfer file of entries 1..=6 reads back whole.
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store_with(dir.path(), 6).await;
-        let machine =
-            Machine { last_applied: Some(LogId::new(LeaderId { term: 1, node_id: 1 }, 6)), ..Machine::default() };
-        let cp = Checkpoint { machine, log_start: 1, prev: (1, 1, 0), snapshot_id: "s".into() };
-        let cp_bytes = encode_checkpoint_bytes(&codec::encode(&cp));
+        let (mut sm, _shared) = StateMachine::open(store.clone()).await.expect("open");
+        sm.apply(stream((0..=6).map(|i| blank(1, i)).collect())).await.expect("applied");
+        sm.checkpoint(Some(1)).await.expect("checkpoint");
+        let good = snapshot_bytes(&mut sm).await;
+        let cp_len = u64::from_le_bytes(good[TR_CP_LEN].try_into().expect("8 bytes")) as usize;
+        let cp_bytes = good[TR_CP_AT..TR_CP_AT + cp_len].to_vec();
         let path = dir.path().join("transfer");
-        write_transfer(&path, &cp_bytes, &store, 1, 6).expect("transfer file");
-        let good = std::fs::read(&path).expect("read");
         let read = |bytes: &[u8]| {
             std::fs::write(&path, bytes).expect("write");
             read_transfer(&mut std::fs::File::open(&path).expect("open"))
@@ -865,30 +1172,227 @@ mod tests {
         body[CP_CRC].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(decode_checkpoint(&body), Err(SnapshotFileError::Decode(_))));
         let mut version = cp_bytes.clone();
-        version[CP_VERSION_AT] = 2;
-        let e = decode_checkpoint(&version).expect_err("version 2 read");
-        assert!(e.to_string().contains("checkpoint version 2 is not supported"), "{e}");
+        version[CP_VERSION_AT] = 3;
+        let e = decode_checkpoint(&version).expect_err("version 3 read");
+        assert!(e.to_string().contains("checkpoint version 3 is not supported"), "{e}");
+    }
+
+    fn blank(term: u64, index: u64) -> Entry {
+        Entry { log_id: LogId::new(LeaderId { term, node_id: 1 }, index), payload: EntryPayload::Blank }
+    }
+
+    fn normal(index: u64, payload: Vec<u8>) -> Entry {
+        Entry {
+            log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, index),
+            payload: EntryPayload::Normal(Request { timestamp_ms: 1000 + index, payload: payload.into() }),
+        }
+    }
+
+    fn create_topic(name: &str, partitions: u32) -> Vec<u8> {
+        entry::encode_command(&Command::CreateTopic {
+            name: name.into(),
+            partitions,
+            retention_ms: -1,
+            retention_bytes: -1,
+            max_message_bytes: 1 << 20,
+        })
+    }
+
+    /// A produce of one record per key to partition 0 of `topic`, timestamped `ts`.
+    fn produce(topic: &str, incarnation: u64, keys: &[&str], ts: u64) -> Vec<u8> {
+        let records: Vec<entry::NewRecord> = keys
+            .iter()
+            .map(|k| entry::NewRecord {
+                timestamp_ms: ts,
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                value: Bytes::from_static(b"value"),
+                ..entry::NewRecord::default()
+            })
+            .collect();
+        let mut batch = Vec::new();
+        entry::encode_batch(&mut batch, topic, incarnation, 0, 0, 0, &records);
+        let mut group = entry::GroupEncoder::new();
+        group.push_encoded(&batch);
+        group.finish()
+    }
+
+    /// `entries` written to a fresh log in `dir` (as openraft would) and
+    /// applied by a state machine over it.
+    async fn machine_with(dir: &Path, entries: Vec<Entry>) -> (Store, StateMachine, Arc<Shared>) {
+        let mut config = StoreConfig::new(dir);
+        config.segment_bytes = 8192;
+        let store = Store::open(config).await.expect("open store");
+        append_entries(&store, &entries).await;
+        let (mut sm, shared) = StateMachine::open(store.clone()).await.expect("open");
+        sm.apply(stream(entries)).await.expect("applied");
+        (store, sm, shared)
+    }
+
+    async fn append_entries(store: &Store, entries: &[Entry]) {
+        let records = entries.iter().map(|e| keel_raft_log::entry_to_record(e).expect("encode")).collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.append(records, Box::new(move |r| drop(tx.send(r)))).await.expect("append");
+        rx.await.expect("flushed").expect("flush ok");
+    }
+
+    /// The transfer file `get_current_snapshot` gives, as bytes.
+    async fn snapshot_bytes(sm: &mut StateMachine) -> Vec<u8> {
+        let snap = sm.get_current_snapshot().await.expect("snapshot").expect("a checkpoint to send");
+        let mut f = snap.snapshot.into_std().await;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).expect("read the transfer file");
+        bytes
+    }
+
+    fn offsets(shared: &Shared, key: &str) -> Vec<u64> {
+        shared.read().state.key_candidates("t", 0, key.as_bytes()).expect("lookup").iter().map(|e| e.offset).collect()
+    }
+
+    /// A log of a topic and `batches` produces of keys k0..k3, from index 0.
+    fn keyed_log(batches: u64) -> Vec<Entry> {
+        let mut entries = vec![blank(1, 0), normal(1, create_topic("t", 1))];
+        for i in 0..batches {
+            let keys = [format!("k{}", i % 4), format!("k{}", (i + 1) % 4)];
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            entries.push(normal(2 + i, produce("t", 1, &keys, 100 + i)));
+        }
+        entries
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_trusts_the_index_files_up_to_the_checkpoint_and_replays_the_rest() {
+        // Phase 1: 30 batches applied, checkpointed after 20.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let entries = keyed_log(30);
+        let (store, mut sm, shared) = machine_with(dir.path(), entries[..22].to_vec()).await;
+        sm.checkpoint(None).await.expect("checkpoint").expect("a checkpoint was written");
+        append_entries(&store, &entries[22..]).await;
+        sm.apply(stream(entries[22..].to_vec())).await.expect("applied");
+        let before = offsets(&shared, "k1");
+        assert_eq!(before.len(), 16, "{before:?}");
+        drop((sm, shared));
+
+        // Phase 2: reopened, the state is the checkpoint's (20 batches) ...
+        let (mut sm, shared) = StateMachine::open(store.clone()).await.expect("reopen");
+        assert_eq!(*shared.applied.borrow(), 21);
+        assert_eq!(shared.read().state.partition("t", 0).expect("p").cq.end(), 40);
+        // ... and the replay of the rest gives the same answers as before.
+        sm.apply(stream(entries[22..].to_vec())).await.expect("replayed");
+        assert_eq!(offsets(&shared, "k1"), before);
+        assert_eq!(shared.read().state.partition("t", 0).expect("p").cq.end(), 60);
+        let at = shared.read().state.offset_for_timestamp("t", 0, 125).expect("t").map(|e| e.offset);
+        assert_eq!(at, Some(50));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_installs_a_snapshot_with_the_leaders_queues_and_keys() {
+        // Phase 1: the leader's state, checkpointed with its log from 1.
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let (_leader, mut leader_sm, leader_shared) = machine_with(leader_dir.path(), keyed_log(12)).await;
+        let transfer = snapshot_bytes(&mut leader_sm).await;
+
+        // Phase 2: a follower with an empty log installs it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let follower = store_with(dir.path(), 0).await;
+        let (mut sm, shared) = StateMachine::open(follower.clone()).await.expect("open");
+        let path = dir.path().join("received");
+        std::fs::write(&path, &transfer).expect("write");
+        let meta = SnapshotMeta {
+            last_log_id: leader_shared.read().last_applied,
+            last_membership: leader_shared.read().membership.clone(),
+        };
+        let f = tokio::fs::File::open(&path).await.expect("open");
+        sm.install_snapshot(&meta, f).await.expect("install");
+        for key in ["k0", "k1", "k2", "k3"] {
+            assert_eq!(offsets(&shared, key), offsets(&leader_shared, key), "{key}");
+        }
+        let (m, l) = (shared.read(), leader_shared.read());
+        let (p, lp) = (m.state.partition("t", 0).expect("p"), l.state.partition("t", 0).expect("p"));
+        assert_eq!((p.cq.start(), p.cq.end(), p.bytes), (lp.cq.start(), lp.cq.end(), lp.bytes));
+        for o in 0..p.cq.end() {
+            assert_eq!(p.cq.get(o), lp.cq.get(o), "offset {o}");
+        }
+        assert_eq!(
+            m.state.offset_for_timestamp("t", 0, 105).expect("t").map(|e| e.offset),
+            l.state.offset_for_timestamp("t", 0, 105).expect("t").map(|e| e.offset)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_1_checkpoint_opens_and_its_queues_become_index_files() {
+        // Version 1 held the whole state; bincode lays a struct out as the
+        // tuple of its fields, so these mirror its layout.
+        #[derive(Serialize)]
+        struct V1Partition {
+            cq: (u64, Vec<u8>),
+            bytes: u64,
+            keys: std::collections::HashMap<u64, Vec<u64>>,
+            time: Vec<(u64, u64)>,
+        }
+        #[derive(Serialize)]
+        struct V1Topic {
+            name: String,
+            incarnation: u64,
+            config: super::super::state::TopicConfig,
+            partitions: Vec<V1Partition>,
+        }
+        type Producers = std::collections::HashMap<(u64, String, u32), (Vec<(u64, u32, u64, u64)>, u64)>;
+        #[derive(Serialize)]
+        struct V1State {
+            topics: std::collections::BTreeMap<String, V1Topic>,
+            groups: std::collections::BTreeMap<(String, String, u32), u64>,
+            producers: Producers,
+        }
+        let entries = keyed_log(3);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = StoreConfig::new(dir.path());
+        config.segment_bytes = 8192;
+        let store = Store::open(config).await.expect("open store");
+        append_entries(&store, &entries).await;
+        // Offsets 0..6: keys k0 k1 | k1 k2 | k2 k3, at log indexes 2, 3, 4.
+        let mut cq = Vec::new();
+        for o in 0..6u64 {
+            let e = CqEntry { offset: o, log_index: 2 + o / 2, slot: (o % 2) as u32, size: 20, timestamp_ms: 100 + o / 2, tag_hash: 0 };
+            super::super::state::encode_cq_entry(&mut cq, &e);
+        }
+        let keys = [("k0", vec![0]), ("k1", vec![1, 2]), ("k2", vec![3, 4]), ("k3", vec![5])]
+            .into_iter()
+            .map(|(k, o)| (super::super::state::key_hash(k.as_bytes()), o))
+            .collect();
+        let config = super::super::state::TopicConfig { partitions: 1, retention_ms: -1, retention_bytes: -1, max_message_bytes: 1 << 20 };
+        let partition = V1Partition { cq: (0, cq), bytes: 120, keys, time: vec![(100, 0), (101, 2), (102, 4)] };
+        let topic = V1Topic { name: "t".into(), incarnation: 1, config, partitions: vec![partition] };
+        let state = V1State { topics: [("t".to_string(), topic)].into(), groups: Default::default(), producers: Default::default() };
+        let body = CheckpointBody {
+            machine: MachineBody { state, last_applied: Some(LogId::new(LeaderId { term: 1, node_id: 1 }, 4)), membership: Membership::default() },
+            log_start: 1,
+            prev: (1, 1, 0),
+            snapshot_id: String::new(),
+        };
+        let mut bytes = encode_checkpoint_bytes(&codec::encode(&body));
+        bytes[CP_VERSION_AT] = CHECKPOINT_VERSION_WHOLE;
+        std::fs::create_dir_all(dir.path().join("sm")).expect("sm dir");
+        std::fs::write(dir.path().join("sm").join(checkpoint_name(4)), &bytes).expect("write");
+
+        let (_sm, shared) = StateMachine::open(store.clone()).await.expect("open a version-1 checkpoint");
+        assert_eq!(*shared.applied.borrow(), 4);
+        assert_eq!(offsets(&shared, "k2"), vec![3, 4]);
+        assert_eq!(shared.read().state.offset_for_timestamp("t", 0, 101).expect("t").map(|e| e.offset), Some(2));
+        let newest = std::fs::read(dir.path().join("sm").join(checkpoint_name(4))).expect("read");
+        assert_eq!(newest[CP_VERSION_AT], CHECKPOINT_VERSION, "the converted state was not checkpointed");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_install_cut_short_by_a_crash_is_finished_at_the_next_open() {
         // Phase 1: a leader's snapshot: a topic, applied up to 20, log from 5.
         let leader_dir = tempfile::tempdir().expect("tempdir");
-        let leader = store_with(leader_dir.path(), 20).await;
-        let mut machine = Machine::default();
-        let create = Command::CreateTopic {
-            name: "t".into(),
-            partitions: 2,
-            retention_ms: -1,
-            retention_bytes: -1,
-            max_message_bytes: 100,
-        };
-        machine.state.apply(3, 0, Decoded::Command(create));
-        machine.last_applied = Some(LogId::new(LeaderId { term: 1, node_id: 1 }, 20));
-        let cp = Checkpoint { machine, log_start: 5, prev: (1, 1, 4), snapshot_id: "s".into() };
-        let cp_bytes = encode_checkpoint_bytes(&codec::encode(&cp));
+        let mut entries = keyed_log(0);
+        entries[1] = normal(1, create_topic("t", 2));
+        entries.extend((2..=20).map(|i| blank(1, i)));
+        let (_leader, mut leader_sm, _) = machine_with(leader_dir.path(), entries).await;
+        leader_sm.checkpoint(Some(5)).await.expect("checkpoint").expect("written");
         let transfer = leader_dir.path().join("transfer");
-        write_transfer(&transfer, &cp_bytes, &leader, 5, 20).expect("transfer file");
+        std::fs::write(&transfer, snapshot_bytes(&mut leader_sm).await).expect("transfer file");
 
         // Phase 2: a follower crashed after keeping the received snapshot and
         // after openraft purged its short log past it.
