@@ -31,6 +31,7 @@ mod durable;
 pub mod entry;
 mod grpc_status;
 pub(crate) mod identity;
+pub mod index;
 mod metrics;
 #[cfg(test)]
 mod module_graph;
