@@ -36,9 +36,9 @@ use keel_raft_log::FileSystem;
 use serde::{Deserialize, Serialize};
 
 use super::entry::{Command, Decoded, StoredBatch};
+pub use super::index::{CQ_ENTRY_BYTES, CqEntry};
 use super::index::{Durable, IndexError, PartitionIndex};
 
-pub const CQ_ENTRY_BYTES: usize = 28;
 /// How many recent batches of each (producer, partition) are remembered to
 /// answer retries with their original offsets; a retry of an older batch
 /// is refused, since whether it was stored can no longer be told.
@@ -94,36 +94,8 @@ pub fn tag_hash(tag: &[u8]) -> u32 {
     }
 }
 
-/// One consume-queue entry, decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CqEntry {
-    pub offset: u64,
-    pub log_index: u64,
-    pub slot: u32,
-    pub size: u32,
-    pub timestamp_ms: u64,
-    pub tag_hash: u32,
-}
-
 /// A consume queue as version-1 checkpoints held it (in memory, whole):
 /// read only to turn such a checkpoint into index files.
-/// Append `e` in the consume queue's layout (its offset is where it sits).
-pub fn encode_cq_entry(out: &mut Vec<u8>, e: &CqEntry) {
-    out.extend_from_slice(&e.log_index.to_le_bytes());
-    out.extend_from_slice(&e.slot.to_le_bytes());
-    out.extend_from_slice(&e.size.to_le_bytes());
-    out.extend_from_slice(&e.timestamp_ms.to_le_bytes());
-    out.extend_from_slice(&e.tag_hash.to_le_bytes());
-}
-
-/// One entry in the consume queue's layout (`raw` is [`CQ_ENTRY_BYTES`]
-/// long); its offset is where it sits, so it is left 0 here.
-pub fn decode_cq_entry(raw: &[u8]) -> CqEntry {
-    let u64_at = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
-    let u32_at = |i: usize| u32::from_le_bytes(raw[i..i + 4].try_into().expect("4 bytes"));
-    CqEntry { offset: 0, log_index: u64_at(0), slot: u32_at(8), size: u32_at(12), timestamp_ms: u64_at(16), tag_hash: u32_at(24) }
-}
-
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(try_from = "QueueParts")]
 pub struct ConsumeQueue {
@@ -180,7 +152,7 @@ impl ConsumeQueue {
             return None;
         }
         let at = (offset - self.base_offset) as usize * CQ_ENTRY_BYTES;
-        Some(CqEntry { offset, ..decode_cq_entry(&self.data[at..at + CQ_ENTRY_BYTES]) })
+        Some(CqEntry::decode(offset, &self.data[at..at + CQ_ENTRY_BYTES]))
     }
 }
 
@@ -695,8 +667,9 @@ impl State {
         if let Some(r) = refused {
             return Ok(Err(r));
         }
-        let partitions =
-            (0..config.partitions as usize).map(|i| self.root.create(&name, log_index, i, 0)).collect::<Result<_, _>>()?;
+        let partitions = (0..config.partitions as usize)
+            .map(|i| self.root.create(&name, log_index, i, 0))
+            .collect::<Result<_, _>>()?;
         let topic = Topic { name: name.clone(), incarnation: log_index, config, partitions };
         self.topics.insert(name, topic);
         Ok(Ok(()))
@@ -948,16 +921,17 @@ mod tests {
         let mut s = State::new(IndexRoot::temp(4));
         create(&mut s, 1, "a", 1);
         create(&mut s, 2, "b", 1);
-        let out = s.apply(
-            3,
-            0,
-            Decoded::Produce(vec![
-                batch("a", 1, 0, 0, vec![record("", "", 1), record("", "", 2)]),
-                batch("b", 2, 0, 0, vec![record("", "", 3)]),
-                batch("a", 1, 0, 0, vec![record("", "", 4)]),
-            ]),
-        )
-        .expect("apply");
+        let out = s
+            .apply(
+                3,
+                0,
+                Decoded::Produce(vec![
+                    batch("a", 1, 0, 0, vec![record("", "", 1), record("", "", 2)]),
+                    batch("b", 2, 0, 0, vec![record("", "", 3)]),
+                    batch("a", 1, 0, 0, vec![record("", "", 4)]),
+                ]),
+            )
+            .expect("apply");
         let Applied::Batches(v) = out else { panic!("not batches") };
         assert_eq!(v[0], BatchOutcome::Stored { base_offset: 0, count: 2, duplicate: false, log_index: 3 });
         assert_eq!(v[1], BatchOutcome::Stored { base_offset: 0, count: 1, duplicate: false, log_index: 3 });
@@ -1151,7 +1125,10 @@ mod tests {
                 retention_bytes: -1,
                 max_message_bytes: 1,
             };
-            assert!(matches!(s.apply(1, 0, Decoded::Command(c)).expect("apply"), Applied::Command(Err(Reject::Invalid(_)))), "{bad:?}");
+            assert!(
+                matches!(s.apply(1, 0, Decoded::Command(c)).expect("apply"), Applied::Command(Err(Reject::Invalid(_)))),
+                "{bad:?}"
+            );
         }
         create(&mut s, 2, "t", 1);
         let c = Command::CommitOffset { group: "g".into(), topic: "t".into(), partition: 0, offset: 5 };
@@ -1177,9 +1154,10 @@ mod tests {
             produce(&mut s, 2 + i, batch("t", 1, 3, i, vec![record(&format!("k{}", i % 3), "T", 5 + i)]));
         }
         let mut back = reload(&mut s);
-        assert_eq!(back.key_candidates("t", 0, b"k1").expect("k").iter().map(|e| e.offset).collect::<Vec<_>>(), [
-            1, 4, 7
-        ]);
+        assert_eq!(
+            back.key_candidates("t", 0, b"k1").expect("k").iter().map(|e| e.offset).collect::<Vec<_>>(),
+            [1, 4, 7]
+        );
         assert_eq!(back.offset_for_timestamp("t", 0, 9).expect("t").map(|e| e.offset), Some(4));
         assert_eq!(back.producer_next_sequence(3, "t", 0), Some(10));
         assert_eq!(back.partition("t", 0).expect("p").bytes, 300);

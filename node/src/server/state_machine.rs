@@ -87,7 +87,7 @@ use tokio::sync::watch;
 use super::codec;
 use super::entry;
 use super::index;
-use super::state::{Applied, CQ_ENTRY_BYTES, IndexRoot, State, StoredState, v1};
+use super::state::{Applied, CQ_ENTRY_BYTES, CqEntry, IndexRoot, State, StoredState, v1};
 use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 type Membership = StoredMembership;
@@ -414,8 +414,8 @@ impl StateMachine {
         let newest = sm.newest_checkpoint().map_err(|e| anyhow::anyhow!(e))?;
         let cp = match newest {
             Some(path) => {
-                let bytes = keel_raft_log::io::read_file(&*sm.fs, &path)
-                    .with_context(|| format!("read {}", path.display()))?;
+                let bytes =
+                    keel_raft_log::io::read_file(&*sm.fs, &path).with_context(|| format!("read {}", path.display()))?;
                 Some(decode_checkpoint(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
             }
             None => None,
@@ -522,7 +522,7 @@ impl StateMachine {
                     let mut cq = root.create_index(topic, incarnation, i, q.start)?;
                     let mut bytes = 0u64;
                     for raw in q.entries.chunks_exact(CQ_ENTRY_BYTES) {
-                        let e = super::state::decode_cq_entry(raw);
+                        let e = CqEntry::decode(0, raw);
                         let key = keys.key_hash(e.log_index, e.slot)?;
                         cq.append(e.log_index, e.slot, e.size, e.timestamp_ms, e.tag_hash, key)?;
                         bytes += u64::from(e.size);
@@ -676,8 +676,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let Some(path) = self.newest_checkpoint().map_err(snap_err)? else {
             return Err(snap_err("no checkpoint to build a snapshot from: nothing is applied yet"));
         };
-        let cp = decode_checkpoint(&keel_raft_log::io::read_file(&*self.fs, &path).map_err(snap_err)?)
-            .map_err(snap_err)?;
+        let cp =
+            decode_checkpoint(&keel_raft_log::io::read_file(&*self.fs, &path).map_err(snap_err)?).map_err(snap_err)?;
         let meta = SnapshotMeta { last_log_id: cp.last_applied, last_membership: cp.membership };
         let f = tokio::fs::File::open(&path).await.map_err(snap_err)?;
         Ok(Snapshot { meta, snapshot: f })
@@ -867,7 +867,7 @@ fn write_transfer(
                                 "offset {at} of {name}/{i} left the index files while its snapshot was being written"
                             ))
                         })?;
-                        super::state::encode_cq_entry(&mut buf, &e);
+                        e.encode(&mut buf);
                     }
                 }
                 put(&buf)?;
@@ -1010,7 +1010,6 @@ mod tests {
 
     use super::*;
     use crate::server::entry::Command;
-    use crate::server::state::CqEntry;
     use crate::server::types::{Entry, Request};
 
     async fn store_with(dir: &Path, last: u64) -> Store {
@@ -1352,19 +1351,39 @@ mod tests {
         // Offsets 0..6: keys k0 k1 | k1 k2 | k2 k3, at log indexes 2, 3, 4.
         let mut cq = Vec::new();
         for o in 0..6u64 {
-            let e = CqEntry { offset: o, log_index: 2 + o / 2, slot: (o % 2) as u32, size: 20, timestamp_ms: 100 + o / 2, tag_hash: 0 };
-            super::super::state::encode_cq_entry(&mut cq, &e);
+            let e = CqEntry {
+                offset: o,
+                log_index: 2 + o / 2,
+                slot: (o % 2) as u32,
+                size: 20,
+                timestamp_ms: 100 + o / 2,
+                tag_hash: 0,
+            };
+            e.encode(&mut cq);
         }
         let keys = [("k0", vec![0]), ("k1", vec![1, 2]), ("k2", vec![3, 4]), ("k3", vec![5])]
             .into_iter()
             .map(|(k, o)| (super::super::state::key_hash(k.as_bytes()), o))
             .collect();
-        let config = super::super::state::TopicConfig { partitions: 1, retention_ms: -1, retention_bytes: -1, max_message_bytes: 1 << 20 };
+        let config = super::super::state::TopicConfig {
+            partitions: 1,
+            retention_ms: -1,
+            retention_bytes: -1,
+            max_message_bytes: 1 << 20,
+        };
         let partition = V1Partition { cq: (0, cq), bytes: 120, keys, time: vec![(100, 0), (101, 2), (102, 4)] };
         let topic = V1Topic { name: "t".into(), incarnation: 1, config, partitions: vec![partition] };
-        let state = V1State { topics: [("t".to_string(), topic)].into(), groups: Default::default(), producers: Default::default() };
+        let state = V1State {
+            topics: [("t".to_string(), topic)].into(),
+            groups: Default::default(),
+            producers: Default::default(),
+        };
         let body = CheckpointBody {
-            machine: MachineBody { state, last_applied: Some(LogId::new(LeaderId { term: 1, node_id: 1 }, 4)), membership: Membership::default() },
+            machine: MachineBody {
+                state,
+                last_applied: Some(LogId::new(LeaderId { term: 1, node_id: 1 }, 4)),
+                membership: Membership::default(),
+            },
             log_start: 1,
             prev: (1, 1, 0),
             snapshot_id: String::new(),

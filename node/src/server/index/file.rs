@@ -10,7 +10,7 @@ use bytes::Bytes;
 use keel_raft_log::{FileIo, FileSystem};
 
 use super::IndexError;
-use crate::server::state::{CQ_ENTRY_BYTES, CqEntry};
+use super::{CQ_ENTRY_BYTES, CqEntry};
 
 pub(super) const HEADER_BYTES: u64 = 64;
 pub(super) const CQ_BYTES: u64 = CQ_ENTRY_BYTES as u64;
@@ -120,25 +120,9 @@ pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// Append one consume-queue entry in today's layout (state.rs, "Consume queue").
+/// Append one consume-queue entry in its layout ([`CqEntry::encode`]).
 pub(super) fn put_cq(buf: &mut Vec<u8>, log_index: u64, slot: u32, size: u32, timestamp_ms: u64, tag_hash: u32) {
-    buf.extend_from_slice(&log_index.to_le_bytes());
-    buf.extend_from_slice(&slot.to_le_bytes());
-    buf.extend_from_slice(&size.to_le_bytes());
-    buf.extend_from_slice(&timestamp_ms.to_le_bytes());
-    buf.extend_from_slice(&tag_hash.to_le_bytes());
-}
-
-pub(super) fn cq_entry(offset: u64, b: &[u8]) -> CqEntry {
-    debug_assert_eq!(b.len() as u64, CQ_BYTES);
-    CqEntry {
-        offset,
-        log_index: u64_at(b, 0),
-        slot: u32_at(b, 8),
-        size: u32_at(b, 12),
-        timestamp_ms: u64_at(b, 16),
-        tag_hash: u32_at(b, 24),
-    }
+    CqEntry { offset: 0, log_index, slot, size, timestamp_ms, tag_hash }.encode(buf);
 }
 
 /// A key entry: the key's hash, its offset less the set's first offset,

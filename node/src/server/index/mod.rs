@@ -87,13 +87,50 @@ use std::sync::Arc;
 
 use keel_raft_log::FileSystem;
 
-use crate::server::state::CqEntry;
 use file::{
     CQ_BYTES, HEADER_BYTES, IndexFile, KEY_ENTRY_BYTES, KeyEntry, Kind, Layout, SLOT_BYTES, TIME_ENTRY_BYTES, io_error,
 };
 
 /// Offsets per set.
 pub const ENTRIES_PER_FILE: u64 = 1 << 20;
+/// Bytes of one consume-queue entry.
+pub const CQ_ENTRY_BYTES: usize = 28;
+
+/// One consume-queue entry, decoded: where the record of `offset` is in the
+/// log, and what a fetch filters on without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CqEntry {
+    pub offset: u64,
+    pub log_index: u64,
+    pub slot: u32,
+    pub size: u32,
+    pub timestamp_ms: u64,
+    pub tag_hash: u32,
+}
+
+impl CqEntry {
+    /// Append in the consume queue's layout (its offset is where it sits).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.log_index.to_le_bytes());
+        out.extend_from_slice(&self.slot.to_le_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.timestamp_ms.to_le_bytes());
+        out.extend_from_slice(&self.tag_hash.to_le_bytes());
+    }
+
+    /// The entry of `offset` from its [`CQ_ENTRY_BYTES`] bytes.
+    pub fn decode(offset: u64, raw: &[u8]) -> Self {
+        debug_assert_eq!(raw.len(), CQ_ENTRY_BYTES);
+        CqEntry {
+            offset,
+            log_index: file::u64_at(raw, 0),
+            slot: file::u32_at(raw, 8),
+            size: file::u32_at(raw, 12),
+            timestamp_ms: file::u64_at(raw, 16),
+            tag_hash: file::u32_at(raw, 24),
+        }
+    }
+}
 /// Pending bytes at which `append` writes them out before buffering more.
 pub const PENDING_WRITE_BYTES: usize = 64 << 10;
 
@@ -438,11 +475,11 @@ impl PartitionIndex {
         }
         if offset >= self.pending.cq_from {
             let at = usize::try_from((offset - self.pending.cq_from) * CQ_BYTES).expect("pending is in memory");
-            return Ok(Some(file::cq_entry(offset, &self.pending.cq[at..at + CQ_BYTES as usize])));
+            return Ok(Some(CqEntry::decode(offset, &self.pending.cq[at..at + CQ_BYTES as usize])));
         }
         let set = &self.sets[self.set_of(offset)];
         let bytes: [u8; CQ_BYTES as usize] = set.cq.read_array(self.layout.cq_pos(offset - set.first))?;
-        Ok(Some(file::cq_entry(offset, &bytes)))
+        Ok(Some(CqEntry::decode(offset, &bytes)))
     }
 
     /// Offsets `>= start` whose key hash equals `key_hash`, ascending.
@@ -583,16 +620,26 @@ impl PartitionIndex {
     /// Remove the files of dead sets (call once a checkpoint recording the
     /// newer start is durable).
     pub fn purge_trimmed(&mut self) -> Result<(), IndexError> {
-        if self.dead.is_empty() {
+        self.purge_below(u64::MAX)
+    }
+
+    /// Remove the files of dead sets that lie wholly below `start`: a
+    /// checkpoint recording `start` is durable, and trims since may have
+    /// killed sets it still names.
+    pub fn purge_below(&mut self, start: u64) -> Result<(), IndexError> {
+        let entries = self.layout.entries;
+        let (gone, kept): (Vec<u64>, Vec<u64>) =
+            self.dead.iter().partition(|&&first| first.saturating_add(entries) <= start);
+        if gone.is_empty() {
             return Ok(());
         }
-        for &first in &self.dead {
+        for first in gone {
             for kind in Kind::ALL {
                 let path = self.dir.join(kind.file_name(first));
                 self.fs.remove(&path).map_err(io_error(&path, "remove"))?;
             }
         }
-        self.dead.clear();
+        self.dead = kept;
         self.fs.sync_dir(&self.dir).map_err(io_error(&self.dir, "fsync directory"))
     }
 
@@ -759,7 +806,7 @@ fn restore_newest(set: &mut Set, layout: Layout, durable: Durable) -> Result<Opt
             return Err(corrupt(&set.time, format!("time entry {n} ({ts} at offset {offset}) is out of order")));
         }
         let cq: [u8; CQ_BYTES as usize] = set.cq.read_array(layout.cq_pos(offset - set.first))?;
-        let cq_ts = file::cq_entry(offset, &cq).timestamp_ms;
+        let cq_ts = CqEntry::decode(offset, &cq).timestamp_ms;
         if cq_ts != ts {
             let what =
                 format!("time entry {n} says offset {offset} has timestamp {ts}; its consume queue says {cq_ts}");
