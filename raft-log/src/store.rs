@@ -133,6 +133,12 @@ struct Inner {
     cluster_durable: std::sync::atomic::AtomicU64,
     /// Held for the store's lifetime: the exclusive flock on `LOCK`.
     lock: File,
+    /// Meta writes run in blocking tasks that go on when their caller's
+    /// future is dropped (openraft drops some), so the writer lock alone
+    /// does not order them: each takes a number under it, and the blocking
+    /// part runs under this lock, writing only if no later number has.
+    meta_seq: std::sync::atomic::AtomicU64,
+    meta_written: Arc<Mutex<u64>>,
 }
 
 /// keel's segmented log store. Cheap to clone; all clones share one store.
@@ -218,6 +224,8 @@ impl Store {
             max_payload,
             cluster_durable: std::sync::atomic::AtomicU64::new(durable_on_disk),
             lock,
+            meta_seq: std::sync::atomic::AtomicU64::new(0),
+            meta_written: Arc::new(Mutex::new(0)),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -705,10 +713,20 @@ impl Store {
         let (fs, dir) = (self.inner.fs.clone(), self.inner.config.dir.clone());
         let on_disk = Meta { committed: self.committed_on_disk(meta.committed), ..meta };
         let bytes = on_disk.encode();
-        tokio::task::spawn_blocking(move || crate::io::write_file_durably(&*fs, &dir, "meta", &bytes))
-            .await
-            .map_err(|e| Error::io("write meta", std::io::Error::other(e.to_string())))?
-            .map_err(|e| self.inner.sync.fail(format!("write meta file: {e}")))?;
+        let seq = self.inner.meta_seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        let written = self.inner.meta_written.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut last = written.lock().unwrap_or_else(|p| p.into_inner());
+            if *last > seq {
+                return Ok(()); // a newer meta is on disk already
+            }
+            crate::io::write_file_durably(&*fs, &dir, "meta", &bytes)?;
+            *last = seq;
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| Error::io("write meta", std::io::Error::other(e.to_string())))?
+        .map_err(|e| self.inner.sync.fail(format!("write meta file: {e}")))?;
         let mut s = self.state();
         s.meta = meta;
         s.committed_written = on_disk.committed;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::format::{LogPos, MetaVote};
+use crate::io::{FileIo, Preallocate, RealFs};
 
 const LEN: usize = 150;
 
@@ -574,4 +575,87 @@ async fn batch_flush_syncs_a_batch_that_never_fills_on_its_interval() {
         .expect("the interval never synced the batch")
         .expect("append");
     assert_eq!(store.synced_index(), Some(1), "completed before its fsync");
+}
+
+/// A file system whose meta temp file syncs slowly: the window in which a
+/// meta write runs on after the future that started it was dropped.
+#[derive(Debug)]
+struct SlowMetaSync(Arc<dyn FileSystem>);
+
+#[derive(Debug)]
+struct SlowMetaFile(Arc<dyn FileIo>);
+
+impl FileIo for SlowMetaFile {
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+    fn write_at(&self, pos: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_at(pos, buf)
+    }
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_at(pos, buf)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        if self.0.path().ends_with("meta.tmp") {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        self.0.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn map(&self) -> std::io::Result<Option<bytes::Bytes>> {
+        self.0.map()
+    }
+}
+
+impl FileSystem for SlowMetaSync {
+    fn open(&self, path: &std::path::Path) -> std::io::Result<Arc<dyn FileIo>> {
+        Ok(Arc::new(SlowMetaFile(self.0.open(path)?)))
+    }
+    fn create(&self, path: &std::path::Path) -> std::io::Result<Arc<dyn FileIo>> {
+        Ok(Arc::new(SlowMetaFile(self.0.create(path)?)))
+    }
+    fn preallocate(&self, path: &std::path::Path, len: u64, mode: Preallocate, preheat: bool) -> std::io::Result<()> {
+        self.0.preallocate(path, len, mode, preheat)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.0.rename(from, to)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.0.remove(path)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.0.sync_dir(dir)
+    }
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.0.list(dir)
+    }
+}
+
+/// A vote (or committed id) write whose caller gave up on it (openraft
+/// drops such futures) runs on in its blocking task. Found in an
+/// integration test: the next write then shared `meta.tmp` with it, one
+/// renamed the other's file away and the store stopped fail-stop ("rename
+/// meta.tmp: No such file or directory"). Meta writes must serialize
+/// whoever started them, and an older one must never land after a newer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_write_whose_caller_gave_up_neither_breaks_nor_undoes_the_next() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs: Arc<dyn FileSystem> = Arc::new(SlowMetaSync(Arc::new(RealFs)));
+    let store = Store::open_with(config(dir.path(), 4096, FlushPolicy::SyncFlush), fs.clone()).await.expect("open");
+    let old = MetaVote { term: 3, voted_for: Some(2), committed: false };
+    let new = MetaVote { term: 4, voted_for: Some(1), committed: false };
+    // Phase: the first write is abandoned mid-sync; the second is awaited.
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), store.save_vote(old)).await;
+    assert!(gave_up.is_err(), "the slow write finished before the caller gave up: the test needs it running");
+    store.save_vote(new).await.expect("the next vote write");
+    // Phase: once the abandoned one is done too, the store still works and
+    // the newer vote is what a restart reads.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(store.failure().is_none(), "fail-stop: {:?}", store.failure());
+    store.save_vote(new).await.expect("a vote write after both");
+    drop(store);
+    let reopened = Store::open_with(config(dir.path(), 4096, FlushPolicy::SyncFlush), fs).await.expect("reopen");
+    assert_eq!(reopened.read_vote(), Some(new));
 }
