@@ -272,27 +272,23 @@ impl ClientService {
     /// Read the records of consume-queue entries from the log.
     fn read_records(&self, entries: &[CqEntry], tags: &[String]) -> Result<Vec<pb::FetchedRecord>, Status> {
         let mut out = Vec::with_capacity(entries.len());
-        let mut cached: Option<(u64, Bytes)> = None;
+        // The entries of one log entry come in slot order: one cursor walks them.
+        let mut cursor: Option<(u64, entry::RecordCursor)> = None;
         for e in entries {
-            let payload = match &cached {
-                Some((i, p)) if *i == e.log_index => p.clone(),
-                _ => {
-                    let recs = self.store.read_range(e.log_index, e.log_index + 1, 0).map_err(|err| {
-                        error(
-                            ErrorCode::OffsetOutOfRange,
-                            format!("offset {} is no longer in the log: {err}", e.offset),
-                        )
-                    })?;
-                    let r = recs.into_iter().next().filter(|r| r.index == e.log_index).ok_or_else(|| {
-                        error(ErrorCode::OffsetOutOfRange, format!("offset {} is no longer in the log", e.offset))
-                    })?;
-                    cached = Some((e.log_index, r.payload.clone()));
-                    r.payload
-                }
-            };
-            let rec = entry::record_at(&payload, e.slot).map_err(|err| {
+            let malformed = |err: entry::Malformed| {
                 error(ErrorCode::StorageFailed, format!("offset {} (log index {}): {err}", e.offset, e.log_index))
-            })?;
+            };
+            if cursor.as_ref().is_none_or(|(i, _)| *i != e.log_index) {
+                let recs = self.store.read_range(e.log_index, e.log_index + 1, 0).map_err(|err| {
+                    error(ErrorCode::OffsetOutOfRange, format!("offset {} is no longer in the log: {err}", e.offset))
+                })?;
+                let r = recs.into_iter().next().filter(|r| r.index == e.log_index).ok_or_else(|| {
+                    error(ErrorCode::OffsetOutOfRange, format!("offset {} is no longer in the log", e.offset))
+                })?;
+                cursor = Some((e.log_index, entry::RecordCursor::new(r.payload).map_err(malformed)?));
+            }
+            let (_, c) = cursor.as_mut().expect("just set");
+            let rec = c.record(e.slot).map_err(malformed)?;
             if !tags.is_empty() && !tags.iter().any(|t| t.as_bytes() == &rec.tag[..]) {
                 continue; // tag hash collision: confirmed away on the record
             }

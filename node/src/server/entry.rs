@@ -344,32 +344,59 @@ fn decode_record(r: &mut Reader) -> Result<StoredRecord, Malformed> {
 }
 
 /// The record at `slot` of a produce-group payload, skipping the others by
-/// their length prefixes (the fetch path: no need to decode the rest).
+/// their length prefixes (no need to decode the rest).
 pub fn record_at(payload: &Bytes, slot: u32) -> Result<StoredRecord, Malformed> {
-    let mut r = Reader { buf: payload.clone(), at: 0 };
-    if r.take(1, "kind")?[0] != KIND_PRODUCE {
-        return Err(Malformed { at: 0, what: "not a produce group" });
+    RecordCursor::new(payload.clone())?.record(slot)
+}
+
+/// Reads the records of one produce-group payload by slot. It remembers
+/// where it stopped, so ascending slots (a fetch reads a partition's records
+/// of one entry in slot order) cost one record each; a lower slot starts
+/// again from the front. [`record_at`] alone would skip every record before
+/// the slot each time: quadratic over an entry of many small records.
+pub struct RecordCursor {
+    r: Reader,
+    /// Batches after the current one, and records left in the current one.
+    batches_left: u32,
+    records_left: u32,
+    /// The slot of the record the reader stands before.
+    slot: u32,
+}
+
+impl RecordCursor {
+    pub fn new(payload: Bytes) -> Result<Self, Malformed> {
+        let mut r = Reader { buf: payload, at: 0 };
+        if r.take(1, "kind")?[0] != KIND_PRODUCE {
+            return Err(Malformed { at: 0, what: "not a produce group" });
+        }
+        let batches_left = r.u32("batch count")?;
+        Ok(Self { r, batches_left, records_left: 0, slot: 0 })
     }
-    let batches = r.u32("batch count")?;
-    let mut remaining = slot;
-    for _ in 0..batches {
-        let topic_len = r.u16("topic length")? as usize;
-        r.take(topic_len + 8 + 4 + 8 + 8, "batch header")?;
-        let count = r.u32("record count")?;
-        if remaining < count {
-            for _ in 0..remaining {
-                let len = r.u32("record length")? as usize;
-                r.take(len, "record")?;
+
+    pub fn record(&mut self, slot: u32) -> Result<StoredRecord, Malformed> {
+        if slot < self.slot {
+            *self = Self::new(self.r.buf.clone())?;
+        }
+        loop {
+            if self.records_left == 0 {
+                if self.batches_left == 0 {
+                    return Err(Malformed { at: self.r.at, what: "slot past the last record" });
+                }
+                let topic_len = self.r.u16("topic length")? as usize;
+                self.r.take(topic_len + 8 + 4 + 8 + 8, "batch header")?;
+                self.records_left = self.r.u32("record count")?;
+                self.batches_left -= 1;
+                continue;
             }
-            return decode_record(&mut r);
-        }
-        remaining -= count;
-        for _ in 0..count {
-            let len = r.u32("record length")? as usize;
-            r.take(len, "record")?;
+            self.records_left -= 1;
+            self.slot += 1;
+            if self.slot - 1 == slot {
+                return decode_record(&mut self.r);
+            }
+            let len = self.r.u32("record length")? as usize;
+            self.r.take(len, "record")?;
         }
     }
-    Err(Malformed { at: r.at, what: "slot past the last record" })
 }
 
 /// How many messages (records) an entry payload carries: the sum of its
@@ -448,6 +475,21 @@ mod tests {
             assert_eq!(&record_at(&payload, slot).expect("slot").value[..], want.as_bytes());
         }
         assert!(record_at(&payload, 3).is_err(), "slot past the end must fail");
+    }
+
+    #[test]
+    fn a_cursor_reads_any_slot_in_any_order_as_record_at_does() {
+        let payload = two_batch_group();
+        let want = |slot| record_at(&payload, slot).expect("slot").value;
+        let mut cursor = RecordCursor::new(payload.clone()).expect("a produce group");
+        // Ascending (the fetch path), then back, skipping, and repeating.
+        for slot in [0, 1, 2, 0, 2, 1, 1, 0] {
+            assert_eq!(cursor.record(slot).expect("slot").value, want(slot), "slot {slot}");
+        }
+        assert!(cursor.record(3).is_err(), "slot past the end must fail");
+        assert_eq!(cursor.record(2).expect("after an error, from the front").value, want(2));
+        let delete = Command::DeleteTopic { name: "t".into() };
+        assert!(RecordCursor::new(Bytes::from(encode_command(&delete))).is_err(), "a command has no records");
     }
 
     #[test]
