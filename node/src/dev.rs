@@ -54,7 +54,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use keel_proto::client::keel_client::KeelClient;
 use keel_proto::client::{ClusterInfoRequest, ClusterInfoResponse};
-use rustix::process::{Signal as ProcessSignal, set_parent_process_death_signal};
+use rustix::process::Signal as ProcessSignal;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -433,16 +433,12 @@ fn spawn_node(
     // Without the KEEL_* variables of the keys the file owns; the others
     // pass through on purpose (`KEEL_FLUSH_DISK_TYPE=BATCH_FLUSH keel dev`
     // sets every node).
-    let mut command = Command::from(launch::node_command(exe, &node.properties, None));
+    let mut command = launch::node_command(exe, &node.properties, None);
+    launch::kill_with_parent(&mut command);
+    let mut command = Command::from(command);
     command.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
     if colour_the_nodes(node) {
         command.env(config::env_var_name("log.color"), "always");
-    }
-    // SAFETY: runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed; prctl is one (rustix makes the
-    // raw syscall: no allocation, no lock) and touches no memory of ours.
-    unsafe {
-        command.pre_exec(|| set_parent_process_death_signal(Some(ProcessSignal::KILL)).map_err(io::Error::from));
     }
     let mut child = command.spawn().with_context(|| format!("start node{} ({})", node.id, exe.display()))?;
     let forwarders: Vec<JoinHandle<()>> = [

@@ -1,6 +1,6 @@
 //! A local cluster of `keel node` processes, laid out and started: the one
-//! launcher behind `keel dev`, the integration tests' `Cluster`
-//! (`node/tests/common`) and keel-chaos' process backend.
+//! launcher behind `keel dev`, `keel bench scale`, the integration tests'
+//! `Cluster` (`node/tests/common`) and keel-chaos' process backend.
 //!
 //! Each node is a directory holding its properties file and its data
 //! directory; the file names the keys a cluster's nodes must agree on
@@ -13,11 +13,12 @@
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
-use rustix::process::{Pid, Signal, kill_process};
+use rustix::process::{Pid, Signal, kill_process, set_parent_process_death_signal};
 
 use crate::config;
 
@@ -108,6 +109,21 @@ pub fn node_command(keel: &Path, properties: &Path, netns: Option<&str>) -> Comm
 
 fn node_args(properties: &Path) -> [OsString; 3] {
     ["node".into(), "--config".into(), properties.as_os_str().to_owned()]
+}
+
+/// Have the kernel SIGKILL the node started by `command` when the thread
+/// that starts it ends (`PR_SET_PDEATHSIG`), so no node outlives its
+/// launcher holding its ports, whatever ended the launcher. Start it from a
+/// thread that lives as long as the launcher (the main thread: `main`
+/// polls the command's future there), not from a pool thread that may
+/// exit while the node runs.
+pub fn kill_with_parent(command: &mut Command) {
+    // SAFETY: runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed; prctl is one (rustix makes the
+    // raw syscall: no allocation, no lock) and touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| set_parent_process_death_signal(Some(Signal::KILL)).map_err(std::io::Error::from));
+    }
 }
 
 /// Send `signal` to the child `pid`. The caller must not have reaped it

@@ -5,7 +5,7 @@
 //! Each command lives in its own module: `node` in [`server`] (configured by
 //! [`config`]), `dev` in [`dev`], the client commands in [`cli`], and the
 //! benchmarks in [`bench`]. [`launch`] lays out and starts local clusters
-//! for `keel dev`, the integration tests and keel-chaos.
+//! for `keel dev`, `keel bench scale`, the integration tests and keel-chaos.
 
 pub mod bench;
 pub mod cli;

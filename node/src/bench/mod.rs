@@ -12,6 +12,7 @@ mod consume;
 mod engine;
 mod produce;
 mod raw_disk;
+mod scale;
 mod storage;
 
 #[derive(Debug, Args)]
@@ -31,6 +32,10 @@ enum BenchCommand {
     /// Read a topic from the beginning (all partitions) as fast as the
     /// cluster serves it: throughput and fetch latency.
     Consume(consume::ConsumeArgs),
+    /// Fill a three-node cluster of its own to each of --sizes records and
+    /// measure at each: memory per node, restart after kill -9 of all,
+    /// key and timestamp lookups, fetch from the start.
+    Scale(scale::ScaleArgs),
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
@@ -38,6 +43,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Storage(a) => storage::run(a).await,
         BenchCommand::Produce(a) => produce::run(a).await,
         BenchCommand::Consume(a) => consume::run(a).await,
+        BenchCommand::Scale(a) => scale::run(a).await,
     }
 }
 
