@@ -156,6 +156,35 @@ async fn read_all(client: &Client, partitions: u32) -> Result<ReadLog> {
     Ok(log)
 }
 
+/// Records per partition the final check looks up by key.
+const KEY_SAMPLES: usize = 100;
+
+/// Look records read back up by their key (the workload keys each by its
+/// value): the newest of each partition, which a crash's replay wrote into
+/// the key index last, and a random sample. Each must come back at its
+/// offset; what does not is returned, named.
+async fn key_misses(client: &Client, read: &ReadLog, rng: &mut StdRng) -> Result<Vec<String>> {
+    let mut misses = Vec::new();
+    for (&p, records) in read {
+        let mut sample: Vec<&(u64, String)> = records.iter().rev().take(KEY_SAMPLES / 2).collect();
+        for _ in 0..KEY_SAMPLES / 2 {
+            if let Some(r) = records.get(rng.random_range(0..records.len().max(1))) {
+                sample.push(r);
+            }
+        }
+        for (offset, value) in sample {
+            let found = client
+                .lookup_by_key(TOPIC, p, value.clone(), 16)
+                .await
+                .with_context(|| format!("look up {TOPIC}/{p} key {value}"))?;
+            if !found.iter().any(|r| r.offset == *offset && r.value == value.as_bytes()) {
+                misses.push(format!("{TOPIC}/{p} offset {offset} key {value}"));
+            }
+        }
+    }
+    Ok(misses)
+}
+
 fn digests(backend: &dyn Backend, from: u64, upto: u64) -> Result<Vec<(u64, String)>> {
     backend
         .nodes()
@@ -334,8 +363,9 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
     let digests = digests(&*backend, first, commit)?;
     let mut verdict: Verdict = checker::check(&ops, &read, &digests);
     verdict.note_unseen(&unseen, &read, read_backs);
+    let key_misses = key_misses(&client, &read, &mut rng).await?;
     let allow_loss = o.flush == "ASYNC_FLUSH";
-    let passed = verdict.passed(allow_loss);
+    let passed = verdict.passed(allow_loss) && key_misses.is_empty();
 
     let read_count: usize = read.values().map(Vec::len).sum();
     println!(
@@ -372,6 +402,11 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
     for e in &verdict.examples {
         println!("  {e}");
     }
+    println!(
+        "key index: {} of {KEY_SAMPLES} records per partition looked up by key were not found{}",
+        key_misses.len(),
+        key_misses.first().map_or(String::new(), |m| format!(" (e.g. {m})"))
+    );
     let json = json!({
         "scenario": o.scenario.name(),
         "backend": backend.name(),
@@ -391,6 +426,7 @@ pub async fn run(backend: Arc<dyn Backend>, o: &Options) -> Result<Report> {
         "refused": verdict.refused,
         "refused_present": verdict.refused_present,
         "phantom": verdict.phantom,
+        "key_misses": key_misses.len(),
         "flipped": flipped,
         "zeroed": zeroed,
         "repaired": repaired,

@@ -63,7 +63,8 @@ impl Workload {
                         break;
                     }
                     let payload = format!("run{run_id}/p{p}/s{session}/{seq}");
-                    let record = Record::new(payload.clone());
+                    // Keyed by itself: the final check looks records up by key.
+                    let record = Record::new(payload.clone()).key(payload.clone());
                     // Recorded before it is sent: a send cut off by the
                     // end of the run, or by a pause, stays "unknown",
                     // never unrecorded.

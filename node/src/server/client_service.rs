@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use keel_proto::client::{self as pb, ErrorCode, keel_server::Keel};
 use keel_raft_log::{FlushPolicy, Store};
 use openraft::async_runtime::WatchReceiver;
@@ -1142,6 +1141,8 @@ fn membership_status(raft: &Raft, e: super::raft_errors::WriteError) -> Status {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn records(offsets: std::ops::Range<u64>, value_bytes: usize) -> Vec<pb::FetchedRecord> {

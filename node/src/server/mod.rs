@@ -280,6 +280,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let _ = retention.await;
     let _ = raft.shutdown().await;
     drop(raft);
+    // A clean stop leaves a checkpoint of everything applied: the next
+    // start replays nothing (not after a failure: the files may be what failed).
+    if failure.is_none()
+        && let Err(e) = sm.checkpoint(None).await
+    {
+        tracing::warn!(node_id, error = %e, "no checkpoint at shutdown; the next start replays from the last one");
+    }
     let closed = store.close().await;
     if let Some(f) = failure {
         anyhow::bail!("node {node_id} stopped: {f}");
@@ -349,6 +356,7 @@ async fn start(config: &NodeConfig, peers: &network::Peers, identity: &identity:
     let raft = state_machine::Raft::new(node_id, Arc::new(raft_config()?), network, log_store, sm.clone())
         .await
         .context("start raft")?;
+    sm.raft_started();
 
     let durable = durable::DurableHandle::start(node_id, raft.clone(), store.clone(), peers.clone(), known_durable);
     // The store writes to disk only the committed id the cluster has fsynced

@@ -266,6 +266,12 @@ pub struct Shared {
     /// that installs received ones: one at a time, so a build that read the
     /// state before an install never writes its older checkpoint after it.
     snapshot_lock: tokio::sync::Mutex<()>,
+    /// Raft has started ([`StateMachine::raft_started`]). Before, openraft
+    /// asks for the current snapshot only for its meta (twice, while it
+    /// builds its initial state): it gets the checkpoint file, not a
+    /// transfer file, whose log range would cost a copy of the whole
+    /// retained log at every start.
+    raft_started: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -396,6 +402,7 @@ impl StateMachine {
                 checkpoint_prev: Mutex::new(None),
                 transfer_lock: tokio::sync::Mutex::new(()),
                 snapshot_lock: tokio::sync::Mutex::new(()),
+                raft_started: std::sync::atomic::AtomicBool::new(false),
             }),
             store,
             fs,
@@ -437,7 +444,13 @@ impl StateMachine {
                         whole.into_current(sm.root.clone())
                     }
                 }
-                .map_err(|e| anyhow::anyhow!("open the index files under {}: {e}", sm.root.dir().display()))?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "open the index files under {}: {e}; if they are damaged, remove this node's data directory \
+                         and restart it: it catches up from the other nodes",
+                        sm.root.dir().display()
+                    )
+                })?;
                 let mut machine = Machine { state, last_applied: cp.last_applied, membership: cp.membership };
                 if upgraded {
                     // Checkpoint the converted state at once: a transfer
@@ -542,6 +555,11 @@ impl StateMachine {
         *self.shared.write() = machine;
         self.shared.applied.send_replace(last);
         Ok(())
+    }
+
+    /// Raft is running: from now on a snapshot asked for is one to send.
+    pub fn raft_started(&self) {
+        self.shared.raft_started.store(true, Ordering::Release);
     }
 
     /// Flush the index files and write a checkpoint of the applied state,
@@ -787,6 +805,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
+        if !self.shared.raft_started.load(Ordering::Acquire) {
+            // openraft building its initial state: it reads the meta only.
+            let Some(path) = self.newest_checkpoint().map_err(snap_err)? else { return Ok(None) };
+            let cp = decode_checkpoint(&keel_raft_log::io::read_file(&*self.fs, &path).map_err(snap_err)?)
+                .map_err(snap_err)?;
+            let meta = SnapshotMeta { last_log_id: cp.last_applied, last_membership: cp.membership };
+            let f = tokio::fs::File::open(&path).await.map_err(snap_err)?;
+            return Ok(Some(Snapshot { meta, snapshot: f }));
+        }
         // A checkpoint of what is applied now: the queues shipped with it
         // are read from the live index files, which retention trims on.
         self.checkpoint(None).await.map_err(snap_err)?;
@@ -1236,6 +1263,7 @@ mod tests {
 
     /// The transfer file `get_current_snapshot` gives, as bytes.
     async fn snapshot_bytes(sm: &mut StateMachine) -> Vec<u8> {
+        sm.raft_started();
         let snap = sm.get_current_snapshot().await.expect("snapshot").expect("a checkpoint to send");
         let mut f = snap.snapshot.into_std().await;
         let mut bytes = Vec::new();
@@ -1274,6 +1302,13 @@ mod tests {
         // Phase 2: reopened, the state is the checkpoint's (20 batches) ...
         let (mut sm, shared) = StateMachine::open(store.clone()).await.expect("reopen");
         assert_eq!(*shared.applied.borrow(), 21);
+        // ... and openraft, building its initial state, is handed the
+        // checkpoint for its meta, not a transfer file of the whole log.
+        let snap = sm.get_current_snapshot().await.expect("snapshot").expect("a checkpoint");
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(21));
+        let mut head = [0u8; 4];
+        snap.snapshot.into_std().await.read_exact(&mut head).expect("read");
+        assert_eq!(&head, CHECKPOINT_MAGIC, "a transfer file was written before Raft started");
         assert_eq!(shared.read().state.partition("t", 0).expect("p").cq.end(), 40);
         // ... and the replay of the rest gives the same answers as before.
         sm.apply(stream(entries[22..].to_vec())).await.expect("replayed");
