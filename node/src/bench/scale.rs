@@ -485,7 +485,17 @@ async fn measure(args: &ScaleArgs, cluster: &mut Cluster, points: &mut Vec<Point
         sleep(SETTLE).await;
         let settled = cluster.memory()?;
 
-        eprintln!("-- {} records: SIGKILL all nodes, restart", thousands(size));
+        // The fill leaves gigabytes of dirty page cache; a restart right
+        // after it waits behind their writeback (its vote and meta fsyncs
+        // queue behind the fill's pages), which measures the disk catching
+        // up with the fill, not the restart. Write them back first.
+        let synced = std::time::Instant::now();
+        cluster.write_back()?;
+        eprintln!(
+            "-- {} records: SIGKILL all nodes, restart (the fill's page cache written back first, {:.2} s)",
+            thousands(size),
+            synced.elapsed().as_secs_f64()
+        );
         cluster.kill().await?;
         let restarted_at = Instant::now();
         cluster.start()?;
@@ -959,6 +969,8 @@ async fn fetch_from_start(client: &Client, partitions: &[PartitionInfo]) -> Resu
 struct Node {
     id: u64,
     grpc: String,
+    /// The node's data directory.
+    data: PathBuf,
     properties: PathBuf,
     /// The node's stdout and stderr, appended across restarts.
     log: PathBuf,
@@ -1002,6 +1014,7 @@ impl Cluster {
             nodes.push(Node {
                 id: layout.id,
                 grpc: layout.grpc.clone(),
+                data: layout.data.clone(),
                 properties,
                 log: dir.join(format!("node{}.log", layout.id)),
                 child: None,
@@ -1044,6 +1057,16 @@ impl Cluster {
     }
 
     /// SIGKILL to every node, and wait (bounded) until each has exited.
+    /// syncfs(2) of every node's data directory: its dirty pages on disk.
+    fn write_back(&self) -> Result<()> {
+        for node in &self.nodes {
+            let data = &node.data;
+            let dir = std::fs::File::open(data).with_context(|| format!("open {}", data.display()))?;
+            rustix::fs::syncfs(&dir).with_context(|| format!("syncfs {}", data.display()))?;
+        }
+        Ok(())
+    }
+
     async fn kill(&mut self) -> Result<()> {
         for child in self.nodes.iter().filter_map(|n| n.child.as_ref()) {
             // Not reaped yet (only this method reaps), so the pid is the node's.
@@ -1256,8 +1279,8 @@ fn markdown(report: &Report, svg_name: &str) -> String {
     let _ = writeln!(
         md,
         "Three `keel node` processes on loopback (SYNC_FLUSH), {}-byte values with keys `k<i>`, {} partition(s), \
-         {} lookups of each kind per size, fill by {} batching producers × {} in flight; {} CPUs, {:.1} GiB, \
-         Linux {}; `{}`; seed {}.\n",
+         {} lookups of each kind per size, fill by {} batching producers × {} in flight, its page cache written \
+         back (syncfs) before each kill -9; {} CPUs, {:.1} GiB, Linux {}; `{}`; seed {}.\n",
         report.value_bytes,
         report.partitions,
         report.samples,
