@@ -735,65 +735,80 @@ async fn wait_ready(
         ..ClientOptions::default()
     };
     let client = Client::with_options(cluster.addrs(), options).context("a client for the restarted cluster")?;
-    // Each probe notes the time of its own answer; all run at once, so a
-    // slow one (a node busy replaying) does not delay what the others see.
+    // Each probe polls on its own and notes the time of its own answer: in
+    // one loop of all three, a slow one (a lookup waiting for a node to
+    // catch up, up to two probe timeouts) delayed the next ask of the
+    // others and added up to 2 s to the figures.
     let ms = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let (mut leader_ms, mut lookup_ms) = (None, None);
-    let mut nodes_ms: [Option<u64>; NODES as usize] = [None; NODES as usize];
     let key = key(last.i);
     let addrs = cluster.addrs();
-    loop {
-        cluster.check_running()?;
-        let leader = async {
-            if leader_ms.is_some() {
-                return None;
+    let until = |probe: &'static str| {
+        move |ok: bool| -> Option<Result<u64, &'static str>> {
+            if ok {
+                Some(Ok(ms()))
+            } else if started.elapsed() >= bound {
+                Some(Err(probe))
+            } else {
+                None
             }
-            let asks =
-                (1..=NODES).zip(&addrs).map(|(id, addr)| async move { self_reported_leader(addr, id).await.then(ms) });
-            futures::future::join_all(asks).await.into_iter().flatten().min()
-        };
-        let lookup = async {
-            if lookup_ms.is_some() {
-                return None;
+        }
+    };
+    let leader = async {
+        let done = until("no node reports itself leader");
+        loop {
+            let asks = (1..=NODES).zip(&addrs).map(|(id, addr)| self_reported_leader(addr, id));
+            let any = futures::future::join_all(asks).await.into_iter().any(|leads| leads);
+            if let Some(r) = done(any) {
+                return r;
             }
+            sleep(POLL).await;
+        }
+    };
+    let lookup = async {
+        let done = until("the client's lookup of the last record did not find it");
+        loop {
             let found = client.lookup_by_key(TOPIC, partition_of(last.i, partitions), key.clone(), 1).await;
-            found.is_ok_and(|records| records.iter().any(|r| r.key == key && r.offset == last.offset)).then(ms)
-        };
-        let nodes = futures::future::join_all(addrs.iter().zip(nodes_ms).map(|(addr, seen)| async move {
-            match seen {
-                Some(_) => None,
-                None => node_returns(addr, last, partitions).await.then(ms),
+            let ok = found.is_ok_and(|records| records.iter().any(|r| r.key == key && r.offset == last.offset));
+            if let Some(r) = done(ok) {
+                return r;
             }
-        }));
-        let (leader, lookup, nodes) = tokio::join!(leader, lookup, nodes);
-        leader_ms = leader_ms.or(leader);
-        lookup_ms = lookup_ms.or(lookup);
-        for (seen, now) in nodes_ms.iter_mut().zip(nodes) {
-            *seen = seen.or(now);
+            sleep(POLL).await;
         }
-        if let (Some(leader_ms), Some(lookup_ms)) = (leader_ms, lookup_ms)
-            && nodes_ms.iter().all(Option::is_some)
-        {
-            // Ready: a leader *and* the record served (a follower may serve
-            // it before any leader is elected). All nodes: ready, and every
-            // node serving it.
-            let ready_ms = leader_ms.max(lookup_ms);
-            let all_nodes_ms = nodes_ms.iter().flatten().copied().fold(ready_ms, u64::max);
-            return Ok(Restart { leader_ms, ready_ms, all_nodes_ms });
+    };
+    let nodes = futures::future::join_all(addrs.iter().map(|addr| async move {
+        let done = until("a node did not return the last record from its own state");
+        loop {
+            if let Some(r) = done(node_returns(addr, last, partitions).await) {
+                return r;
+            }
+            sleep(POLL).await;
         }
-        if started.elapsed() >= bound {
-            bail!(
-                "the cluster was not ready {} s after the restart (leader: {}, the client's lookup of k{}: {}, \
-                 nodes returning it: {:?}); raise --ready-timeout, or see the nodes' logs",
-                bound.as_secs(),
-                leader_ms.map_or("none".to_string(), |ms| format!("after {ms} ms")),
-                last.i,
-                lookup_ms.map_or("not found".to_string(), |ms| format!("found after {ms} ms")),
-                nodes_ms
-            );
+    }));
+    let probes = async { tokio::join!(leader, lookup, nodes) };
+    tokio::pin!(probes);
+    let (leader_ms, lookup_ms, nodes_ms) = loop {
+        tokio::select! {
+            r = &mut probes => break r,
+            _ = sleep(POLL) => cluster.check_running()?,
         }
-        sleep(POLL).await;
-    }
+    };
+    let failed = |why: &str| {
+        anyhow!(
+            "the cluster was not ready {} s after the restart: {why} (lookup of k{}); raise --ready-timeout, or see \
+             the nodes' logs",
+            bound.as_secs(),
+            last.i
+        )
+    };
+    let leader_ms = leader_ms.map_err(failed)?;
+    let lookup_ms = lookup_ms.map_err(failed)?;
+    let nodes_ms = nodes_ms.into_iter().collect::<Result<Vec<u64>, _>>().map_err(failed)?;
+    // Ready: a leader *and* the record served (a follower may serve it
+    // before any leader is elected). All nodes: ready, and every node
+    // serving it.
+    let ready_ms = leader_ms.max(lookup_ms);
+    let all_nodes_ms = nodes_ms.into_iter().fold(ready_ms, u64::max);
+    Ok(Restart { leader_ms, ready_ms, all_nodes_ms })
 }
 
 async fn key_lookups(
@@ -1218,6 +1233,48 @@ fn per_node(nodes: &[NodeFigures], memory: fn(&NodeFigures) -> Memory) -> String
     nodes.iter().map(|n| format!("{:.1}", mib(memory(n).rss_anon_kib))).collect::<Vec<_>>().join("/")
 }
 
+/// A column of the results table: its heading on the terminal (and width)
+/// and in Markdown.
+struct Column {
+    short: &'static str,
+    width: usize,
+    long: &'static str,
+}
+
+const TABLE: [Column; 10] = [
+    Column { short: "records", width: 12, long: "records" },
+    Column { short: "fill/s", width: 9, long: "fill rec/s" },
+    Column { short: "RssAnon MiB n1/n2/n3", width: 20, long: "RssAnon MiB n1/n2/n3" },
+    Column { short: "after restart", width: 20, long: "after restart" },
+    Column { short: "VmRSS/HWM max", width: 13, long: "VmRSS / VmHWM MiB (max)" },
+    Column { short: "restart s l/r/all", width: 17, long: "restart s: leader / ready / all nodes" },
+    Column { short: "key p50/p99", width: 17, long: "LookupByKey p50 / p99" },
+    Column { short: "time p50/p99", width: 16, long: "OffsetForTimestamp p50 / p99" },
+    Column { short: "fetch rec/s", width: 12, long: "fetch rec/s" },
+    Column { short: "fetch MiB/s", width: 11, long: "fetch MiB/s" },
+];
+
+/// One size's figures in [`TABLE`]'s order; `md` spaces the pairs and
+/// bolds the restart figure the target reads.
+fn cells(p: &Point, md: bool) -> Vec<String> {
+    let max = |kib: fn(&Memory) -> u64| mib(p.nodes.iter().map(|n| kib(&n.settled)).max().unwrap_or(0));
+    let sep = if md { " / " } else { "/" };
+    let s = |ms: u64| format!("{:.2}", ms as f64 / 1e3);
+    let ready = if md { format!("**{}**", s(p.restart.ready_ms)) } else { s(p.restart.ready_ms) };
+    vec![
+        thousands(p.records),
+        thousands(p.fill.records_per_s as u64),
+        per_node(&p.nodes, |n| n.settled),
+        per_node(&p.nodes, |n| n.restarted),
+        format!("{:.1}{sep}{:.1}", max(|m| m.vm_rss_kib), max(|m| m.vm_hwm_kib)),
+        [s(p.restart.leader_ms), ready, s(p.restart.all_nodes_ms)].join(sep),
+        format!("{}{sep}{}", human_us(p.key_lookup.p50_us), human_us(p.key_lookup.p99_us)),
+        format!("{}{sep}{}", human_us(p.timestamp_lookup.p50_us), human_us(p.timestamp_lookup.p99_us)),
+        thousands(p.fetch.records_per_s as u64),
+        format!("{:.1}", p.fetch.mib_per_s),
+    ]
+}
+
 /// The table, one row per size, and the targets.
 fn human_report(report: &Report) -> String {
     let mut out = String::new();
@@ -1226,39 +1283,12 @@ fn human_report(report: &Report) -> String {
         "keel bench scale: {} nodes (SYNC_FLUSH), {}-byte values, {} partition(s), {} lookups of each kind per size",
         NODES, report.value_bytes, report.partitions, report.samples
     );
-    let _ = writeln!(
-        out,
-        "{:>12}  {:>9}  {:>20}  {:>20}  {:>11}  {:>17}  {:>17}  {:>16}",
-        "records",
-        "fill/s",
-        "RssAnon MiB n1/n2/n3",
-        "after restart",
-        "VmRSS max",
-        "restart s l/r/all",
-        "key p50/p99",
-        "time p50/p99",
-    );
+    let header: Vec<String> = TABLE.iter().map(|c| format!("{:>w$}", c.short, w = c.width)).collect();
+    let _ = writeln!(out, "{}", header.join("  "));
     for p in &report.points {
-        let vm_rss = p.nodes.iter().map(|n| n.settled.vm_rss_kib).max().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "{:>12}  {:>9}  {:>20}  {:>20}  {:>11}  {:>17}  {:>17}  {:>16}   fetch {} rec/s {:.1} MiB/s",
-            thousands(p.records),
-            thousands(p.fill.records_per_s as u64),
-            per_node(&p.nodes, |n| n.settled),
-            per_node(&p.nodes, |n| n.restarted),
-            format!("{:.1}", mib(vm_rss)),
-            format!(
-                "{:.2}/{:.2}/{:.2}",
-                p.restart.leader_ms as f64 / 1e3,
-                p.restart.ready_ms as f64 / 1e3,
-                p.restart.all_nodes_ms as f64 / 1e3
-            ),
-            format!("{}/{}", human_us(p.key_lookup.p50_us), human_us(p.key_lookup.p99_us)),
-            format!("{}/{}", human_us(p.timestamp_lookup.p50_us), human_us(p.timestamp_lookup.p99_us)),
-            thousands(p.fetch.records_per_s as u64),
-            p.fetch.mib_per_s
-        );
+        let row: Vec<String> =
+            TABLE.iter().zip(cells(p, false)).map(|(c, cell)| format!("{cell:>w$}", w = c.width)).collect();
+        let _ = writeln!(out, "{}", row.join("  "));
     }
     if let Some(v) = &report.verdict {
         let _ = writeln!(out, "targets, {} → {} records:", thousands(v.from_records), thousands(v.to_records));
@@ -1292,33 +1322,11 @@ fn markdown(report: &Report, svg_name: &str) -> String {
         report.keel_bin,
         report.seed
     );
-    let _ = writeln!(
-        md,
-        "| records | fill rec/s | RssAnon MiB n1/n2/n3 | after restart | VmRSS / VmHWM MiB (max) | restart s: leader / ready / all nodes | LookupByKey p50 / p99 | OffsetForTimestamp p50 / p99 | fetch rec/s | fetch MiB/s |"
-    );
-    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let header: Vec<&str> = TABLE.iter().map(|c| c.long).collect();
+    let _ = writeln!(md, "| {} |", header.join(" | "));
+    let _ = writeln!(md, "|{}", "---:|".repeat(TABLE.len()));
     for p in &report.points {
-        let vm_rss = p.nodes.iter().map(|n| n.settled.vm_rss_kib).max().unwrap_or(0);
-        let vm_hwm = p.nodes.iter().map(|n| n.settled.vm_hwm_kib).max().unwrap_or(0);
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {:.1} / {:.1} | {:.2} / **{:.2}** / {:.2} | {} / {} | {} / {} | {} | {:.1} |",
-            thousands(p.records),
-            thousands(p.fill.records_per_s as u64),
-            per_node(&p.nodes, |n| n.settled),
-            per_node(&p.nodes, |n| n.restarted),
-            mib(vm_rss),
-            mib(vm_hwm),
-            p.restart.leader_ms as f64 / 1e3,
-            p.restart.ready_ms as f64 / 1e3,
-            p.restart.all_nodes_ms as f64 / 1e3,
-            human_us(p.key_lookup.p50_us),
-            human_us(p.key_lookup.p99_us),
-            human_us(p.timestamp_lookup.p50_us),
-            human_us(p.timestamp_lookup.p99_us),
-            thousands(p.fetch.records_per_s as u64),
-            p.fetch.mib_per_s
-        );
+        let _ = writeln!(md, "| {} |", cells(p, true).join(" | "));
     }
     if let Some(v) = &report.verdict {
         let _ = writeln!(

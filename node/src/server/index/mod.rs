@@ -288,13 +288,8 @@ impl PartitionIndex {
     /// first offset is `start`. Nothing is durable before the first `flush`,
     /// which also fsyncs `dir`'s parent when `dir` was created here (the
     /// directories above that must already be durable).
-    pub fn create(
-        fs: Arc<dyn FileSystem>,
-        dir: PathBuf,
-        entries_per_file: u64,
-        start: u64,
-    ) -> Result<Self, IndexError> {
-        let layout = Layout::new(&dir, entries_per_file)?;
+    pub fn create(fs: Arc<dyn FileSystem>, dir: PathBuf, entries: u64, start: u64) -> Result<Self, IndexError> {
+        let layout = Layout::new(&dir, entries)?;
         // The FileSystem trait has no mkdir (the fault layer models files,
         // not directories), so the real call; `flush` makes it durable.
         let created_dir = !dir.is_dir();
@@ -326,13 +321,8 @@ impl PartitionIndex {
     /// newest set keeps `durable.key_entries` key entries, with its slot table
     /// rebuilt from them, and `durable.time_entries` time entries. Reads the
     /// headers of the live sets and the entries of the newest set only.
-    pub fn open(
-        fs: Arc<dyn FileSystem>,
-        dir: PathBuf,
-        entries_per_file: u64,
-        durable: Durable,
-    ) -> Result<Self, IndexError> {
-        let layout = Layout::new(&dir, entries_per_file)?;
+    pub fn open(fs: Arc<dyn FileSystem>, dir: PathBuf, entries: u64, durable: Durable) -> Result<Self, IndexError> {
+        let layout = Layout::new(&dir, entries)?;
         let e = layout.entries;
         let past = |path: PathBuf, what: String| IndexError::Checkpoint { path, durable, what };
         if durable.start > durable.end {
