@@ -254,24 +254,15 @@ impl IndexRoot {
         self.topic_dir(topic, incarnation).join(partition.to_string())
     }
 
-    /// Fresh, empty index files for a partition whose first offset is
+    /// A partition over fresh, empty index files whose first offset is
     /// `start`; files already there (a crash left them: the topic was
     /// created after the last checkpoint, or a snapshot install was cut
     /// short) are replaced.
-    pub fn create_index(
-        &self,
-        topic: &str,
-        incarnation: u64,
-        partition: usize,
-        start: u64,
-    ) -> Result<PartitionIndex, IndexError> {
+    pub fn create(&self, topic: &str, incarnation: u64, partition: usize, start: u64) -> Result<Partition, IndexError> {
         let dir = self.partition_dir(topic, incarnation, partition);
         remove_dir(&dir)?;
-        PartitionIndex::create(self.fs.clone(), dir, self.entries_per_file, start)
-    }
-
-    fn create(&self, topic: &str, incarnation: u64, partition: usize, start: u64) -> Result<Partition, IndexError> {
-        Ok(Partition { cq: self.create_index(topic, incarnation, partition, start)?, bytes: 0 })
+        let cq = PartitionIndex::create(self.fs.clone(), dir, self.entries_per_file, start)?;
+        Ok(Partition { cq, bytes: 0 })
     }
 }
 
@@ -458,50 +449,60 @@ impl State {
     /// records. Index directories it does not name (topics deleted, or
     /// created after it: the log replays their creation) are removed.
     pub fn restore(stored: StoredState, root: IndexRoot) -> Result<Self, IndexError> {
-        let mut state = Self::new(root);
-        let mut keep = std::collections::HashSet::new();
-        for (name, t) in stored.topics {
-            keep.insert(format!("{name}-{}", t.incarnation));
-            let mut partitions = Vec::with_capacity(t.partitions.len());
-            for (i, p) in t.partitions.into_iter().enumerate() {
-                let dir = state.root.partition_dir(&name, t.incarnation, i);
-                let cq = PartitionIndex::open(state.root.fs.clone(), dir, state.root.entries_per_file, p.index)?;
-                partitions.push(Partition { cq, bytes: p.bytes });
-            }
-            state.topics.insert(name, Topic { name: t.name, incarnation: t.incarnation, config: t.config, partitions });
-        }
-        state.groups = stored.groups;
-        state.producers = stored.producers;
-        state.remove_unnamed(&keep)?;
-        Ok(state)
+        let StoredState { topics, groups, producers } = stored;
+        let topics = topics.into_values().map(|t| (t.name, t.incarnation, t.config, t.partitions));
+        Self::assemble(root, topics, groups, producers, |root, name, incarnation, i, p: StoredPartition| {
+            let dir = root.partition_dir(name, incarnation, i);
+            Ok(Partition {
+                cq: PartitionIndex::open(root.fs.clone(), dir, root.entries_per_file, p.index)?,
+                bytes: p.bytes,
+            })
+        })
     }
 
     /// A received snapshot's state: `stored`'s topics over fresh index
-    /// files, each made by `make` (which appends the shipped entries and
-    /// returns the index and the bytes its records hold).
+    /// files, each partition made by `make` (which appends the shipped
+    /// entries to [`IndexRoot::create`]'s partition and counts their bytes).
     pub fn install<E: From<IndexError>>(
         stored: StoredState,
         root: IndexRoot,
-        mut make: impl FnMut(&IndexRoot, &str, u64, usize) -> Result<(PartitionIndex, u64), E>,
+        mut make: impl FnMut(&IndexRoot, &str, u64, usize) -> Result<Partition, E>,
+    ) -> Result<Self, E> {
+        let StoredState { topics, groups, producers } = stored;
+        let topics = topics.into_values().map(|t| (t.name, t.incarnation, t.config, t.partitions));
+        Self::assemble(root, topics, groups, producers, |root, name, incarnation, i, _| {
+            make(root, name, incarnation, i)
+        })
+    }
+
+    /// A state of `topics` (name, incarnation, config, what each partition
+    /// is made from) whose partitions `make` builds; index directories of
+    /// any other topic are removed.
+    fn assemble<P, E: From<IndexError>>(
+        root: IndexRoot,
+        topics: impl Iterator<Item = (String, u64, TopicConfig, Vec<P>)>,
+        groups: BTreeMap<(String, String, u32), u64>,
+        producers: HashMap<(u64, String, u32), ProducerState>,
+        mut make: impl FnMut(&IndexRoot, &str, u64, usize, P) -> Result<Partition, E>,
     ) -> Result<Self, E> {
         let mut state = Self::new(root);
-        let mut keep = std::collections::HashSet::new();
-        for (name, t) in stored.topics {
-            keep.insert(format!("{name}-{}", t.incarnation));
-            let mut partitions = Vec::with_capacity(t.partitions.len());
-            for i in 0..t.partitions.len() {
-                let (cq, bytes) = make(&state.root, &name, t.incarnation, i)?;
-                partitions.push(Partition { cq, bytes });
+        for (name, incarnation, config, parts) in topics {
+            let mut partitions = Vec::with_capacity(parts.len());
+            for (i, p) in parts.into_iter().enumerate() {
+                partitions.push(make(&state.root, &name, incarnation, i, p)?);
             }
-            state.topics.insert(name, Topic { name: t.name, incarnation: t.incarnation, config: t.config, partitions });
+            state.topics.insert(name.clone(), Topic { name, incarnation, config, partitions });
         }
-        state.groups = stored.groups;
-        state.producers = stored.producers;
-        state.remove_unnamed(&keep)?;
+        state.groups = groups;
+        state.producers = producers;
+        state.remove_unnamed()?;
         Ok(state)
     }
 
-    fn remove_unnamed(&self, keep: &std::collections::HashSet<String>) -> Result<(), IndexError> {
+    /// Remove the index directories of topics the state does not hold.
+    fn remove_unnamed(&self) -> Result<(), IndexError> {
+        let keep: std::collections::HashSet<PathBuf> =
+            self.topics.values().map(|t| self.root.topic_dir(&t.name, t.incarnation)).collect();
         let dir = &self.root.dir;
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -509,8 +510,7 @@ impl State {
             Err(e) => return Err(IndexError::Io { path: dir.clone(), op: "list", source: e }),
         };
         for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&name) {
+            if !keep.contains(&entry.path()) {
                 tracing::info!(dir = %entry.path().display(), "removing index files no checkpoint names");
                 remove_dir(&entry.path())?;
             }
@@ -655,17 +655,15 @@ impl State {
         name: String,
         config: TopicConfig,
     ) -> Result<Result<(), Reject>, IndexError> {
-        let refused = check_name("topic", &name).err().or_else(|| {
-            if self.topics.contains_key(&name) {
-                Some(Reject::TopicExists(name.clone()))
-            } else if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
-                Some(Reject::Invalid(format!("partitions must be 1 to {MAX_PARTITIONS}, got {}", config.partitions)))
-            } else {
-                None
-            }
-        });
-        if let Some(r) = refused {
+        if let Err(r) = check_name("topic", &name) {
             return Ok(Err(r));
+        }
+        if self.topics.contains_key(&name) {
+            return Ok(Err(Reject::TopicExists(name)));
+        }
+        if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
+            let got = config.partitions;
+            return Ok(Err(Reject::Invalid(format!("partitions must be 1 to {MAX_PARTITIONS}, got {got}"))));
         }
         let partitions = (0..config.partitions as usize)
             .map(|i| self.root.create(&name, log_index, i, 0))
@@ -828,31 +826,18 @@ pub mod v1 {
 
     impl State {
         pub fn into_current(self, root: IndexRoot) -> Result<super::State, IndexError> {
-            let mut state = super::State::new(root);
-            let mut keep = std::collections::HashSet::new();
-            for (name, t) in self.topics {
-                keep.insert(format!("{name}-{}", t.incarnation));
-                let mut partitions = Vec::with_capacity(t.partitions.len());
-                for (i, old) in t.partitions.into_iter().enumerate() {
-                    let key_of: HashMap<u64, u64> =
-                        old.keys.iter().flat_map(|(&hash, offsets)| offsets.iter().map(move |&o| (o, hash))).collect();
-                    let mut p = state.root.create(&name, t.incarnation, i, old.cq.start())?;
-                    for o in old.cq.start()..old.cq.end() {
-                        let e = old.cq.get(o).expect("every offset in start..end has an entry");
-                        p.cq.append(e.log_index, e.slot, e.size, e.timestamp_ms, e.tag_hash, key_of.get(&o).copied())?;
-                    }
-                    p.bytes = old.bytes;
-                    partitions.push(p);
+            let topics = self.topics.into_values().map(|t| (t.name, t.incarnation, t.config, t.partitions));
+            super::State::assemble(root, topics, self.groups, self.producers, |root, name, incarnation, i, old| {
+                let key_of: HashMap<u64, u64> =
+                    old.keys.iter().flat_map(|(&hash, offsets)| offsets.iter().map(move |&o| (o, hash))).collect();
+                let mut p = root.create(name, incarnation, i, old.cq.start())?;
+                for o in old.cq.start()..old.cq.end() {
+                    let e = old.cq.get(o).expect("every offset in start..end has an entry");
+                    p.cq.append(e.log_index, e.slot, e.size, e.timestamp_ms, e.tag_hash, key_of.get(&o).copied())?;
                 }
-                state.topics.insert(
-                    name,
-                    super::Topic { name: t.name, incarnation: t.incarnation, config: t.config, partitions },
-                );
-            }
-            state.groups = self.groups;
-            state.producers = self.producers;
-            state.remove_unnamed(&keep)?;
-            Ok(state)
+                p.bytes = old.bytes;
+                Ok(p)
+            })
         }
     }
 }

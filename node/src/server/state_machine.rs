@@ -532,15 +532,14 @@ impl StateMachine {
                     let q = queues.next().ok_or_else(|| {
                         SnapshotFileError::CutShort(format!("no consume queue for {topic}/{i} in the snapshot"))
                     })?;
-                    let mut cq = root.create_index(topic, incarnation, i, q.start)?;
-                    let mut bytes = 0u64;
+                    let mut p = root.create(topic, incarnation, i, q.start)?;
                     for raw in q.entries.chunks_exact(CQ_ENTRY_BYTES) {
                         let e = CqEntry::decode(0, raw);
                         let key = keys.key_hash(e.log_index, e.slot)?;
-                        cq.append(e.log_index, e.slot, e.size, e.timestamp_ms, e.tag_hash, key)?;
-                        bytes += u64::from(e.size);
+                        p.cq.append(e.log_index, e.slot, e.size, e.timestamp_ms, e.tag_hash, key)?;
+                        p.bytes += u64::from(e.size);
                     }
-                    Ok::<_, SnapshotFileError>((cq, bytes))
+                    Ok::<_, SnapshotFileError>(p)
                 })?
             }
         };
