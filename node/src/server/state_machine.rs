@@ -612,6 +612,18 @@ impl StateMachine {
         Ok(newest.map(|n| self.dir.join(n)))
     }
 
+    /// The newest checkpoint as a snapshot: its meta, and the checkpoint
+    /// file itself as the data (what openraft keeps of a built snapshot,
+    /// and all it reads while it builds its initial state).
+    async fn newest_checkpoint_as_snapshot(&self) -> Result<Option<Snapshot>, std::io::Error> {
+        let Some(path) = self.newest_checkpoint().map_err(snap_err)? else { return Ok(None) };
+        let cp =
+            decode_checkpoint(&keel_raft_log::io::read_file(&*self.fs, &path).map_err(snap_err)?).map_err(snap_err)?;
+        let meta = SnapshotMeta { last_log_id: cp.last_applied, last_membership: cp.membership };
+        let snapshot = tokio::fs::File::open(&path).await.map_err(snap_err)?;
+        Ok(Some(Snapshot { meta, snapshot }))
+    }
+
     /// Write a checkpoint of the current machine durably; drop older ones.
     fn write_checkpoint(&self, cp_bytes: &[u8], last: u64) -> Result<(), SnapshotFileError> {
         let name = checkpoint_name(last);
@@ -690,14 +702,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         self.checkpoint(Some(asked)).await.map_err(io_err)?;
         // openraft only keeps the meta of a built snapshot; sending opens it
         // again through `get_current_snapshot`.
-        let Some(path) = self.newest_checkpoint().map_err(snap_err)? else {
-            return Err(snap_err("no checkpoint to build a snapshot from: nothing is applied yet"));
-        };
-        let cp =
-            decode_checkpoint(&keel_raft_log::io::read_file(&*self.fs, &path).map_err(snap_err)?).map_err(snap_err)?;
-        let meta = SnapshotMeta { last_log_id: cp.last_applied, last_membership: cp.membership };
-        let f = tokio::fs::File::open(&path).await.map_err(snap_err)?;
-        Ok(Snapshot { meta, snapshot: f })
+        self.newest_checkpoint_as_snapshot()
+            .await?
+            .ok_or_else(|| snap_err("no checkpoint to build a snapshot from: nothing is applied yet"))
     }
 }
 
@@ -806,12 +813,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
         if !self.shared.raft_started.load(Ordering::Acquire) {
             // openraft building its initial state: it reads the meta only.
-            let Some(path) = self.newest_checkpoint().map_err(snap_err)? else { return Ok(None) };
-            let cp = decode_checkpoint(&keel_raft_log::io::read_file(&*self.fs, &path).map_err(snap_err)?)
-                .map_err(snap_err)?;
-            let meta = SnapshotMeta { last_log_id: cp.last_applied, last_membership: cp.membership };
-            let f = tokio::fs::File::open(&path).await.map_err(snap_err)?;
-            return Ok(Some(Snapshot { meta, snapshot: f }));
+            return self.newest_checkpoint_as_snapshot().await;
         }
         // A checkpoint of what is applied now: the queues shipped with it
         // are read from the live index files, which retention trims on.
@@ -842,6 +844,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// The partition of `topic` in its `incarnation` as the live state holds it:
+/// retention trims it and a delete (and a re-create under the same name)
+/// may come while a snapshot of an earlier checkpoint is written.
+fn live_partition<'m>(m: &'m Machine, topic: &str, incarnation: u64, i: usize) -> Option<&'m super::state::Partition> {
+    m.state.topics.get(topic).filter(|t| t.incarnation == incarnation).and_then(|t| t.partitions.get(i))
+}
+
 /// Consume-queue entries read under one hold of the state's read lock
 /// while a transfer file is written.
 const SHIP_CHUNK: u64 = 16 * 1024;
@@ -867,15 +876,10 @@ fn write_transfer(
     // the receiver counts bytes from what it gets.
     for (name, t) in &stored.topics {
         for (i, p) in t.partitions.iter().enumerate() {
-            let live_start = {
-                let m = shared.read();
-                let live = m.state.topics.get(name).filter(|l| l.incarnation == t.incarnation);
-                live.and_then(|l| l.partitions.get(i)).map(|l| l.cq.start()).ok_or_else(|| {
-                    SnapshotFileError::MissingEntry(format!(
-                        "topic {name} was deleted while its snapshot was being written; the next one will do"
-                    ))
-                })?
-            };
+            let gone = |what: String| SnapshotFileError::MissingEntry(format!("{what}; the next snapshot will do"));
+            let live_start = live_partition(&shared.read(), name, t.incarnation, i)
+                .map(|l| l.cq.start())
+                .ok_or_else(|| gone(format!("topic {name} was deleted while its snapshot was being written")))?;
             let start = p.index.start.max(live_start).min(p.index.end);
             put(&start.to_le_bytes())?;
             put(&(p.index.end - start).to_le_bytes())?;
@@ -886,10 +890,10 @@ fn write_transfer(
                 buf.clear();
                 {
                     let m = shared.read();
-                    let live = m.state.topics.get(name).and_then(|l| l.partitions.get(i));
+                    let live = live_partition(&m, name, t.incarnation, i);
                     for at in o..upto {
                         let e = live.and_then(|l| l.cq.get(at)).ok_or_else(|| {
-                            SnapshotFileError::MissingEntry(format!(
+                            gone(format!(
                                 "offset {at} of {name}/{i} left the index files while its snapshot was being written"
                             ))
                         })?;
