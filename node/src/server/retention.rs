@@ -53,7 +53,6 @@ impl Retention {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = tokio::time::Instant::now();
-        let mut checkpoint_failed: Option<String> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -74,17 +73,8 @@ impl Retention {
             if let Err(e) = self.compact().await {
                 tracing::warn!(error = %e, "retention could not delete segments this round");
             }
-            match &checkpoint_failed {
-                None => {
-                    if let Err(e) = self.sm.checkpoint(None).await {
-                        tracing::error!(error = %e, "checkpoint failed; no more checkpoints until the node restarts");
-                        checkpoint_failed = Some(e.to_string());
-                    }
-                }
-                Some(e) => tracing::error!(
-                    error = %e,
-                    "checkpoints stopped after an I/O error: restart the node (it replays the log from the last good one)"
-                ),
+            if let Err(e) = self.sm.checkpoint(None).await {
+                tracing::error!(error = %e, "no checkpoint this round");
             }
         }
     }

@@ -72,7 +72,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -141,6 +141,10 @@ pub enum SnapshotFileError {
     MissingEntry(String),
     #[error("index files: {0}")]
     Index(#[from] super::index::IndexError),
+    #[error(
+        "checkpoints stopped after an I/O error ({0}): restart the node (it replays the log from the last good one)"
+    )]
+    Stopped(String),
 }
 
 impl SnapshotFileError {
@@ -272,6 +276,8 @@ pub struct Shared {
     /// transfer file, whose log range would cost a copy of the whole
     /// retained log at every start.
     raft_started: std::sync::atomic::AtomicBool,
+    /// Why checkpoints stopped ([`StateMachine::checkpoint`]), once one failed.
+    checkpoints_stopped: OnceLock<String>,
 }
 
 impl Shared {
@@ -403,6 +409,7 @@ impl StateMachine {
                 transfer_lock: tokio::sync::Mutex::new(()),
                 snapshot_lock: tokio::sync::Mutex::new(()),
                 raft_started: std::sync::atomic::AtomicBool::new(false),
+                checkpoints_stopped: OnceLock::new(),
             }),
             store,
             fs,
@@ -566,7 +573,23 @@ impl StateMachine {
     /// `log_start` (a snapshot for retention). Returns the snapshot's meta
     /// and last index, or `None` when nothing is applied yet or nothing
     /// changed since the newest checkpoint.
+    ///
+    /// A checkpoint that fails stops every later one until the node
+    /// restarts: a failed fdatasync may have dropped pages that a later one
+    /// would report durable. The restart replays from the last good one.
     pub async fn checkpoint(&self, log_start: Option<u64>) -> Result<Option<SnapshotMeta>, SnapshotFileError> {
+        if let Some(why) = self.shared.checkpoints_stopped.get() {
+            return Err(SnapshotFileError::Stopped(why.clone()));
+        }
+        let written = self.write_state_checkpoint(log_start).await;
+        if let Err(e) = &written {
+            tracing::error!(error = %e, "checkpoint failed; no more checkpoints until the node restarts");
+            let _ = self.shared.checkpoints_stopped.set(e.to_string());
+        }
+        written
+    }
+
+    async fn write_state_checkpoint(&self, log_start: Option<u64>) -> Result<Option<SnapshotMeta>, SnapshotFileError> {
         let _one_at_a_time = self.shared.snapshot_lock.lock().await;
         let previous = *self.shared.snapshot_range.lock().unwrap_or_else(|p| p.into_inner());
         let known_prev = *self.shared.checkpoint_prev.lock().unwrap_or_else(|p| p.into_inner());
@@ -1084,6 +1107,32 @@ mod tests {
         assert!(text.contains(&checkpoint_name(9)), "{text}");
         std::fs::remove_file(&trigger).expect("disarm");
         assert_eq!(sm.newest_checkpoint().expect("list"), Some(sm.dir.join(checkpoint_name(5))));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_checkpoint_stops_every_later_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trigger = dir.path().join("strike");
+        let spec = format!("fsync:when={}", trigger.display());
+        let fs = keel_raft_log::io::with_eio_failpoint(Arc::new(keel_raft_log::RealFs), Some(&spec)).expect("armed");
+        let mut config = StoreConfig::new(dir.path().join("log"));
+        config.segment_bytes = 8192;
+        let store = Store::open_with(config, fs).await.expect("open store");
+        let entries = keyed_log(2);
+        append_entries(&store, &entries[..2]).await;
+        let (mut sm, _shared) = StateMachine::open(store.clone()).await.expect("open");
+        sm.apply(stream(entries[..2].to_vec())).await.expect("applied");
+        // Phase: an fdatasync fails under the checkpoint: it is refused.
+        std::fs::write(&trigger, b"").expect("arm");
+        sm.checkpoint(None).await.expect_err("a checkpoint past an EIO");
+        std::fs::remove_file(&trigger).expect("disarm");
+        // Phase: the disk answers again, more is applied, and still no
+        // checkpoint is written: the failed sync may have dropped pages.
+        append_entries(&store, &entries[2..]).await;
+        sm.apply(stream(entries[2..].to_vec())).await.expect("applied");
+        let e = sm.checkpoint(None).await.expect_err("a checkpoint after a failed one");
+        assert!(matches!(e, SnapshotFileError::Stopped(_)), "{e:?}");
+        assert_eq!(sm.newest_checkpoint().expect("list"), None);
     }
 
     fn stream(
