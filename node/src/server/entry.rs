@@ -247,6 +247,19 @@ impl Reader {
         Ok(b)
     }
 
+    /// Past a batch's header to its first record; returns its record count.
+    fn skip_batch_header(&mut self) -> Result<u32, Malformed> {
+        let topic_len = self.u16("topic length")? as usize;
+        self.take(topic_len + 8 + 4 + 8 + 8, "batch header")?;
+        self.u32("record count")
+    }
+
+    /// Past one record, by its length prefix.
+    fn skip_record(&mut self) -> Result<(), Malformed> {
+        let len = self.u32("record length")? as usize;
+        self.take(len, "record").map(drop)
+    }
+
     fn u16(&mut self, what: &'static str) -> Result<u16, Malformed> {
         let b = self.take(2, what)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
@@ -382,9 +395,7 @@ impl RecordCursor {
                 if self.batches_left == 0 {
                     return Err(Malformed { at: self.r.at, what: "slot past the last record" });
                 }
-                let topic_len = self.r.u16("topic length")? as usize;
-                self.r.take(topic_len + 8 + 4 + 8 + 8, "batch header")?;
-                self.records_left = self.r.u32("record count")?;
+                self.records_left = self.r.skip_batch_header()?;
                 self.batches_left -= 1;
                 continue;
             }
@@ -393,8 +404,7 @@ impl RecordCursor {
             if self.slot - 1 == slot {
                 return decode_record(&mut self.r);
             }
-            let len = self.r.u32("record length")? as usize;
-            self.r.take(len, "record")?;
+            self.r.skip_record()?;
         }
     }
 }
@@ -411,12 +421,9 @@ pub fn message_count(payload: &Bytes) -> u64 {
         }
         let mut total = 0u64;
         for _ in 0..r.u32("batch count")? {
-            let topic_len = r.u16("topic length")? as usize;
-            r.take(topic_len + 8 + 4 + 8 + 8, "batch header")?;
-            let records = r.u32("record count")?;
+            let records = r.skip_batch_header()?;
             for _ in 0..records {
-                let len = r.u32("record length")? as usize;
-                r.take(len, "record")?;
+                r.skip_record()?;
             }
             total += u64::from(records);
         }
